@@ -1,0 +1,146 @@
+//! Errors with a stable code. They cross into JavaScript as the message
+//! `"<CODE>: <message>"`; the JS layer (`store.js`) moves the code to `err.code`.
+
+use std::fmt;
+
+use redis::{ErrorKind, RedisError, ServerErrorKind};
+
+/// The stable codes a caller may branch on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Code {
+    /// An argument or option is missing, of the wrong type or out of range.
+    InvalidArg,
+    /// The server could not be reached, or the connection broke.
+    Connection,
+    /// The server did not answer in time.
+    Timeout,
+    /// The stored session is not a JSON object.
+    CorruptSession,
+    /// The store was closed.
+    Closed,
+    /// The server refused the credentials.
+    Auth,
+    /// Any other error reply from the server.
+    Redis,
+}
+
+impl Code {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Code::InvalidArg => "ERR_INVALID_ARG",
+            Code::Connection => "ERR_CONNECTION",
+            Code::Timeout => "ERR_TIMEOUT",
+            Code::CorruptSession => "ERR_CORRUPT_SESSION",
+            Code::Closed => "ERR_CLOSED",
+            Code::Auth => "ERR_AUTH",
+            Code::Redis => "ERR_REDIS",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreError {
+    pub code: Code,
+    pub message: String,
+}
+
+pub type Result<T> = std::result::Result<T, StoreError>;
+
+impl StoreError {
+    pub fn new(code: Code, message: impl Into<String>) -> Self {
+        StoreError { code, message: message.into() }
+    }
+
+    pub fn invalid_arg(message: impl Into<String>) -> Self {
+        Self::new(Code::InvalidArg, message)
+    }
+
+    pub fn closed() -> Self {
+        Self::new(Code::Closed, "the store is closed")
+    }
+
+    pub fn timeout(ms: u64) -> Self {
+        Self::new(Code::Timeout, format!("Redis did not answer within {ms} ms"))
+    }
+}
+
+impl fmt::Display for StoreError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.code.as_str(), self.message)
+    }
+}
+
+impl std::error::Error for StoreError {}
+
+/// Error replies the merge script raises itself: `<CODE> <detail>`.
+const SCRIPT_CODES: [Code; 2] = [Code::CorruptSession, Code::InvalidArg];
+
+impl From<RedisError> for StoreError {
+    fn from(e: RedisError) -> Self {
+        if let Some(code) = e.code() {
+            if let Some(c) = SCRIPT_CODES.iter().find(|c| c.as_str() == code) {
+                return StoreError::new(*c, e.detail().unwrap_or_default());
+            }
+        }
+        let code = if e.is_timeout() {
+            Code::Timeout
+        } else if e.is_io_error() || e.is_connection_refusal() || e.is_connection_dropped() {
+            Code::Connection
+        } else {
+            match e.kind() {
+                ErrorKind::AuthenticationFailed
+                | ErrorKind::Server(ServerErrorKind::NoPerm) => Code::Auth,
+                _ if matches!(e.code(), Some("NOAUTH" | "WRONGPASS")) => Code::Auth,
+                _ => Code::Redis,
+            }
+        };
+        let message = match code {
+            Code::Timeout => "Redis did not answer in time".to_string(),
+            Code::Connection => format!("cannot reach Redis: {e}"),
+            _ => format!("Redis replied: {e}"),
+        };
+        StoreError::new(code, message)
+    }
+}
+
+impl From<StoreError> for napi::Error {
+    fn from(e: StoreError) -> Self {
+        napi::Error::new(napi::Status::GenericFailure, e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn display_carries_the_code_first() {
+        let e = StoreError::invalid_arg("sessionId must be a non-empty string");
+        assert_eq!(e.to_string(), "ERR_INVALID_ARG: sessionId must be a non-empty string");
+    }
+
+    #[test]
+    fn script_error_replies_keep_their_code() {
+        let e = redis::make_extension_error(
+            "ERR_CORRUPT_SESSION".into(),
+            Some("stored session is not a JSON object: bad escape at byte 3".into()),
+        );
+        let s = StoreError::from(e);
+        assert_eq!(s.code, Code::CorruptSession);
+        assert_eq!(s.message, "stored session is not a JSON object: bad escape at byte 3");
+    }
+
+    #[test]
+    fn io_errors_are_connection_errors() {
+        let io = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
+        let s = StoreError::from(RedisError::from(io));
+        assert_eq!(s.code, Code::Connection);
+    }
+
+    #[test]
+    fn timeouts_are_timeouts() {
+        let io = std::io::Error::new(std::io::ErrorKind::TimedOut, "timed out");
+        let s = StoreError::from(RedisError::from(io));
+        assert_eq!(s.code, Code::Timeout);
+    }
+}
