@@ -1,0 +1,353 @@
+// @ts-check
+'use strict'
+
+// The public face of the store: checks every argument, does the JSON work in
+// V8 (JSON.stringify / JSON.parse) and gives errors a stable `code`. Everything
+// that talks to Redis runs in the native addon (`index.js`, generated).
+
+const { NativeStore } = require('./index.js')
+
+/** @typedef {import('./store').StoreOptions} StoreOptions */
+/** @typedef {import('./store').SessionStoreData} SessionStoreData */
+/** @typedef {import('./store').ErrorCode} ErrorCode */
+
+class RedisSessionStoreError extends Error {
+  /**
+   * @param {string} message
+   * @param {ErrorCode} code
+   */
+  constructor(message, code) {
+    super(message)
+    this.name = 'RedisSessionStoreError'
+    /** @type {ErrorCode} */
+    this.code = code
+  }
+}
+
+/** @param {string} message */
+const invalid = (message) => new RedisSessionStoreError(message, 'ERR_INVALID_ARG')
+
+// The addon's errors read "<CODE>: <message>".
+const CODED = /^(ERR_[A-Z_]+): ([\s\S]*)$/
+
+/** @param {unknown} e */
+function fromNative(e) {
+  const m = e instanceof Error ? CODED.exec(e.message) : null
+  if (!m) return e
+  return new RedisSessionStoreError(m[2], /** @type {ErrorCode} */ (m[1]))
+}
+
+const OPTION_TYPES = {
+  url: 'string',
+  prefix: 'string',
+  lockPrefix: 'string',
+  preloadScript: 'boolean',
+  connectTimeout: 'number',
+  commandTimeout: 'number',
+}
+
+/** @param {unknown} v */
+const isPlainObject = (v) => {
+  if (typeof v !== 'object' || v === null) return false
+  const proto = Object.getPrototypeOf(v)
+  return proto === Object.prototype || proto === null
+}
+
+/**
+ * @param {unknown} options
+ * @param {string} where
+ * @returns {StoreOptions}
+ */
+function checkOptions(options, where) {
+  if (options === undefined) return {}
+  if (!isPlainObject(options)) throw invalid(`${where} must be a plain object`)
+  const o = /** @type {Record<string, unknown>} */ (options)
+  for (const key of Object.keys(o)) {
+    const type = OPTION_TYPES[/** @type {keyof OPTION_TYPES} */ (key)]
+    if (!type) {
+      throw invalid(`unknown option '${key}' in ${where}; known: ${Object.keys(OPTION_TYPES).join(', ')}`)
+    }
+    if (o[key] !== undefined && typeof o[key] !== type) {
+      throw invalid(`${where}.${key} must be a ${type}, got ${describe(o[key])}`)
+    }
+  }
+  return /** @type {StoreOptions} */ (o)
+}
+
+/** @param {unknown} v */
+function describe(v) {
+  if (v === null) return 'null'
+  if (Array.isArray(v)) return 'an array'
+  return typeof v
+}
+
+/**
+ * Whether `v` looks like an ioredis client (the migration form).
+ * @param {unknown} v
+ * @returns {v is {options: Record<string, any>, isCluster?: boolean}}
+ */
+function isIoredis(v) {
+  const r = /** @type {any} */ (v)
+  return typeof r === 'object' && r !== null && typeof r.sendCommand === 'function' && isObject(r.options ?? r.redisOptions)
+}
+
+/** @param {unknown} v */
+const isObject = (v) => typeof v === 'object' && v !== null
+
+/**
+ * Options for a connection of our own to the server an ioredis client is set
+ * up for: host, port, username, password, db and tls. ioredis's `keyPrefix`
+ * also prefixes the JS adapter's keys, so it goes in front of `prefix`.
+ * @param {{options: Record<string, any>, isCluster?: boolean}} redis
+ * @param {StoreOptions} options
+ * @returns {StoreOptions}
+ */
+function optionsFromIoredis(redis, options) {
+  if (redis.isCluster) throw invalid('an ioredis Cluster is not supported: pass the options of one server')
+  if (options.url !== undefined) throw invalid('options.url cannot be given with an ioredis instance')
+  const o = redis.options
+  if (o.path) throw invalid('the ioredis instance connects through a unix socket (options.path), which the store does not support')
+  if (o.sentinels) throw invalid('the ioredis instance uses Sentinel, which the store does not support')
+  let scheme = 'redis'
+  if (o.tls) {
+    const tlsKeys = Object.keys(o.tls).filter((k) => o.tls[k] !== undefined)
+    if (tlsKeys.length > 0) {
+      throw invalid(`the ioredis instance sets tls.${tlsKeys[0]}: only tls with the system's trusted roots is supported`)
+    }
+    scheme = 'rediss'
+  }
+  const host = String(o.host ?? 'localhost')
+  const port = Number(o.port ?? 6379)
+  const auth =
+    o.username || o.password
+      ? `${encodeURIComponent(o.username ?? '')}${o.password ? ':' + encodeURIComponent(o.password) : ''}@`
+      : ''
+  const db = Number(o.db ?? 0)
+  return {
+    ...options,
+    url: `${scheme}://${auth}${host.includes(':') ? `[${host}]` : host}:${port}/${db}`,
+    prefix: String(o.keyPrefix ?? '') + (options.prefix ?? 'sess:'),
+  }
+}
+
+/** @param {unknown} id */
+function checkId(id) {
+  if (typeof id !== 'string' || id.length === 0) {
+    throw invalid(`sessionId must be a non-empty string, got ${typeof id === 'string' ? 'an empty string' : describe(id)}`)
+  }
+}
+
+/**
+ * @param {unknown} ttl
+ * @returns {number} whole ms
+ */
+function checkTtl(ttl) {
+  if (typeof ttl !== 'number' || !Number.isFinite(ttl) || ttl <= 0 || ttl > Number.MAX_SAFE_INTEGER) {
+    throw invalid(`ttlMs must be a finite number greater than 0, got ${typeof ttl === 'number' ? ttl : describe(ttl)}`)
+  }
+  return Math.ceil(ttl)
+}
+
+/**
+ * JSON text of a value, or undefined where JSON has no text for it.
+ * @param {unknown} value
+ * @param {string} name
+ */
+function stringify(value, name) {
+  try {
+    return JSON.stringify(value)
+  } catch (e) {
+    throw invalid(`${name} cannot be written as JSON: ${/** @type {Error} */ (e).message}`)
+  }
+}
+
+/**
+ * @param {string} text
+ * @param {string} sessionId
+ * @returns {SessionStoreData}
+ */
+function parseSession(text, sessionId) {
+  let value
+  try {
+    value = JSON.parse(text)
+  } catch (e) {
+    throw new RedisSessionStoreError(
+      `stored session ${sessionId} is not valid JSON: ${/** @type {Error} */ (e).message}`,
+      'ERR_CORRUPT_SESSION',
+    )
+  }
+  if (typeof value !== 'object' || value === null || Array.isArray(value)) {
+    throw new RedisSessionStoreError(`stored session ${sessionId} is not a JSON object`, 'ERR_CORRUPT_SESSION')
+  }
+  return value
+}
+
+class RedisSessionStore {
+  /** @type {NativeStore} */
+  #native
+
+  /** @param {StoreOptions} options */
+  constructor(options) {
+    try {
+      this.#native = new NativeStore(options)
+    } catch (e) {
+      throw fromNative(e)
+    }
+    if (options.preloadScript) {
+      // A failed preload is retried by the first merge (EVALSHA falls back to
+      // loading the script), so its failure is not reported here.
+      this.#native.preload().catch(() => {})
+    }
+  }
+
+  /**
+   * @param {string} sessionId
+   * @returns {Promise<SessionStoreData | null>}
+   */
+  async get(sessionId) {
+    checkId(sessionId)
+    let text
+    try {
+      text = await this.#native.get(sessionId)
+    } catch (e) {
+      throw fromNative(e)
+    }
+    return text === null ? null : parseSession(text, sessionId)
+  }
+
+  /**
+   * @param {string} sessionId
+   * @param {SessionStoreData} data
+   * @param {number} ttlMs
+   * @returns {Promise<void>}
+   */
+  async set(sessionId, data, ttlMs) {
+    checkId(sessionId)
+    if (typeof data !== 'object' || data === null || Array.isArray(data)) {
+      throw invalid(`data must be an object, got ${describe(data)}`)
+    }
+    const ttl = checkTtl(ttlMs)
+    const json = stringify(data, 'data')
+    if (typeof json !== 'string' || json[0] !== '{') throw invalid('data must serialise to a JSON object')
+    try {
+      await this.#native.set(sessionId, json, ttl)
+    } catch (e) {
+      throw fromNative(e)
+    }
+  }
+
+  /**
+   * Removes the session and its lock.
+   * @param {string} sessionId
+   * @returns {Promise<void>}
+   */
+  async delete(sessionId) {
+    checkId(sessionId)
+    try {
+      await this.#native.delete(sessionId)
+    } catch (e) {
+      throw fromNative(e)
+    }
+  }
+
+  /**
+   * Applies dirty dot-paths atomically; `undefined` removes a path. Does nothing
+   * when the session does not exist.
+   * @param {string} sessionId
+   * @param {Record<string, unknown>} paths
+   * @param {number} ttlMs
+   * @returns {Promise<void>}
+   */
+  async merge(sessionId, paths, ttlMs) {
+    checkId(sessionId)
+    if (!isPlainObject(paths)) throw invalid(`paths must be a plain object, got ${describe(paths)}`)
+    if (Object.getOwnPropertySymbols(paths).length > 0) throw invalid('paths must have string keys only, not symbols')
+    const ttl = checkTtl(ttlMs)
+    const keys = Object.keys(paths)
+    /** @type {string[]} */
+    const pairs = new Array(keys.length * 2)
+    for (let i = 0; i < keys.length; i++) {
+      const path = keys[i]
+      if (path.length === 0) throw invalid('paths must not have an empty key')
+      const value = paths[path]
+      // '' is no JSON text: the script reads it as "remove".
+      pairs[2 * i] = path
+      pairs[2 * i + 1] = value === undefined ? '' : (stringify(value, `paths['${path}']`) ?? '')
+    }
+    try {
+      await this.#native.merge(sessionId, ttl, pairs)
+    } catch (e) {
+      throw fromNative(e)
+    }
+  }
+
+  /**
+   * Takes the session's lock atomically; `true` when this call got it.
+   * @param {string} sessionId
+   * @param {number} ttlMs
+   * @returns {Promise<boolean>}
+   */
+  async lock(sessionId, ttlMs) {
+    checkId(sessionId)
+    const ttl = checkTtl(ttlMs)
+    try {
+      return await this.#native.lock(sessionId, ttl)
+    } catch (e) {
+      throw fromNative(e)
+    }
+  }
+
+  /**
+   * Releases the lock if this store still holds it.
+   * @param {string} sessionId
+   * @returns {Promise<void>}
+   */
+  async unlock(sessionId) {
+    checkId(sessionId)
+    try {
+      await this.#native.unlock(sessionId)
+    } catch (e) {
+      throw fromNative(e)
+    }
+  }
+
+  /**
+   * @param {string} sessionId
+   * @returns {Promise<boolean>}
+   */
+  async isLocked(sessionId) {
+    checkId(sessionId)
+    try {
+      return await this.#native.isLocked(sessionId)
+    } catch (e) {
+      throw fromNative(e)
+    }
+  }
+
+  /**
+   * Waits for calls in flight, then closes the connection. Later calls reject
+   * with ERR_CLOSED.
+   * @returns {Promise<void>}
+   */
+  async close() {
+    await this.#native.close()
+  }
+}
+
+/**
+ * @param {unknown} [redisOrOptions] options, or an ioredis client (migration form)
+ * @param {unknown} [options] options, in the migration form
+ * @returns {RedisSessionStore}
+ */
+function createRedisSessionStore(redisOrOptions, options) {
+  if (isIoredis(redisOrOptions)) {
+    return new RedisSessionStore(optionsFromIoredis(redisOrOptions, checkOptions(options, 'options')))
+  }
+  if (options !== undefined) {
+    throw invalid('createRedisSessionStore takes (options) or (ioredisClient, options); the first argument is not an ioredis client')
+  }
+  return new RedisSessionStore(checkOptions(redisOrOptions, 'options'))
+}
+
+module.exports.createRedisSessionStore = createRedisSessionStore
+module.exports.RedisSessionStoreError = RedisSessionStoreError
