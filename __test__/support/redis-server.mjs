@@ -1,0 +1,97 @@
+// Starts throwaway redis-server processes on free loopback ports for the tests
+// (and the demo and benchmarks), and stops them.
+import { spawn } from 'node:child_process'
+import { accessSync, constants } from 'node:fs'
+import net from 'node:net'
+import path from 'node:path'
+import { setTimeout as sleep } from 'node:timers/promises'
+
+const INSTALL_HINT =
+  'redis-server was not found. Install it (Debian/Ubuntu: `sudo apt-get install redis-server`, ' +
+  'macOS: `brew install redis`) or point REDIS_SERVER_BIN at a redis-server binary.'
+
+/** The redis-server binary: REDIS_SERVER_BIN, else the first on PATH. */
+export function findRedisServer() {
+  const candidates = process.env.REDIS_SERVER_BIN
+    ? [process.env.REDIS_SERVER_BIN]
+    : (process.env.PATH ?? '').split(path.delimiter).filter(Boolean).map((dir) => path.join(dir, 'redis-server'))
+  for (const file of candidates) {
+    try {
+      accessSync(file, constants.X_OK)
+      return file
+    } catch {}
+  }
+  throw new Error(INSTALL_HINT)
+}
+
+/** A TCP port on 127.0.0.1 that was free a moment ago. */
+export function freePort() {
+  return new Promise((resolve, reject) => {
+    const srv = net.createServer()
+    srv.unref()
+    srv.on('error', reject)
+    srv.listen(0, '127.0.0.1', () => {
+      const { port } = /** @type {net.AddressInfo} */ (srv.address())
+      srv.close(() => resolve(port))
+    })
+  })
+}
+
+/** Sends one inline command and resolves the first reply line. */
+export function rawCommand(port, command, timeoutMs = 500) {
+  return new Promise((resolve, reject) => {
+    const sock = net.connect({ host: '127.0.0.1', port })
+    let buf = ''
+    const done = (fn, v) => {
+      sock.destroy()
+      fn(v)
+    }
+    sock.setTimeout(timeoutMs, () => done(reject, new Error('timeout')))
+    sock.on('error', (e) => done(reject, e))
+    sock.on('connect', () => sock.write(command + '\r\n'))
+    sock.on('data', (d) => {
+      buf += d
+      const i = buf.indexOf('\r\n')
+      if (i >= 0) done(resolve, buf.slice(0, i))
+    })
+  })
+}
+
+/**
+ * Starts a redis-server on a free loopback port, persistence off.
+ * @param {{args?: string[], port?: number}} [opts]
+ */
+export async function startRedis(opts = {}) {
+  const bin = findRedisServer()
+  const port = opts.port ?? (await freePort())
+  const args = ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', ...(opts.args ?? [])]
+  const child = spawn(bin, args, { stdio: ['ignore', 'pipe', 'pipe'] })
+  let output = ''
+  child.stdout.on('data', (d) => (output += d))
+  child.stderr.on('data', (d) => (output += d))
+  let exited = false
+  child.on('exit', () => (exited = true))
+  const server = {
+    port,
+    url: `redis://127.0.0.1:${port}`,
+    child,
+    /** Sends a signal to the server process. */
+    signal: (sig) => child.kill(sig),
+    async stop() {
+      if (exited) return
+      const gone = new Promise((r) => child.once('exit', r))
+      child.kill('SIGKILL')
+      await gone
+    },
+  }
+  for (let i = 0; i < 200; i++) {
+    if (exited) throw new Error(`redis-server exited at start:\n${output}`)
+    try {
+      await rawCommand(port, 'PING') // any reply, +PONG or -NOAUTH, means it is up
+      return server
+    } catch {}
+    await sleep(25)
+  }
+  await server.stop()
+  throw new Error(`redis-server did not answer on port ${port}:\n${output}`)
+}

@@ -1,0 +1,64 @@
+// Shared fixtures: one throwaway server per test file, an admin client on it,
+// and stores that are closed when the file ends.
+import { after, before } from 'node:test'
+import { Redis } from 'ioredis'
+import { createRequire } from 'node:module'
+import { startRedis } from './redis-server.mjs'
+
+const require = createRequire(import.meta.url)
+export const { createRedisSessionStore, RedisSessionStoreError } = require('../../store.js')
+
+/** Starts a server before the file's tests and stops it after. */
+export function useRedis(opts) {
+  const ctx = { server: null, admin: null, stores: [] }
+  before(async () => {
+    ctx.server = await startRedis(opts)
+    ctx.admin = new Redis({ port: ctx.server.port, host: '127.0.0.1', lazyConnect: true, maxRetriesPerRequest: 1 })
+    await ctx.admin.connect()
+  })
+  after(async () => {
+    await Promise.allSettled(ctx.stores.map((s) => s.close()))
+    ctx.admin?.disconnect()
+    await ctx.server?.stop()
+  })
+  /** A store on this file's server, closed at the end. */
+  ctx.store = (options = {}) => {
+    const s = createRedisSessionStore({ url: ctx.server.url, ...options })
+    ctx.stores.push(s)
+    return s
+  }
+  /** Every key and its value, for "nothing was written" checks. */
+  ctx.snapshot = async () => {
+    const keys = (await ctx.admin.keys('*')).sort()
+    const values = await Promise.all(keys.map((k) => ctx.admin.get(k)))
+    return Object.fromEntries(keys.map((k, i) => [k, values[i]]))
+  }
+  return ctx
+}
+
+let counter = 0
+/** A fresh 64-hex session id, as relay-session makes them. */
+export const newId = () => (Date.now().toString(16) + (++counter).toString(16)).padStart(64, '0')
+
+/** A realistic small session. */
+export const session = (id, data = {}) => ({
+  data: { user: { id: 7, name: 'Ada' }, cart: [], flags: { beta: true }, ...data },
+  meta: { id, createdAt: 1763812345678, expiresAt: 1763812345678 + 86400000 },
+})
+
+/** Asserts that `promise` rejects with a RedisSessionStoreError of `code`. */
+export async function rejectsWith(promise, code, messagePart) {
+  let err
+  try {
+    await promise
+  } catch (e) {
+    err = e
+  }
+  if (!err) throw new Error(`expected a rejection with ${code}, but it resolved`)
+  if (err.code !== code) throw new Error(`expected ${code}, got ${err.code}: ${err.message}`)
+  if (!(err instanceof RedisSessionStoreError)) throw new Error('not a RedisSessionStoreError')
+  if (messagePart && !err.message.includes(messagePart)) {
+    throw new Error(`message "${err.message}" does not mention "${messagePart}"`)
+  }
+  return err
+}
