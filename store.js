@@ -78,6 +78,10 @@ function checkOptions(options, where) {
 function describe(v) {
   if (v === null) return 'null'
   if (Array.isArray(v)) return 'an array'
+  if (typeof v === 'object' && !isPlainObject(v)) {
+    const name = /** @type {any} */ (v).constructor?.name
+    return typeof name === 'string' && name !== 'Object' ? `an instance of ${name}` : 'an object with a custom prototype'
+  }
   return typeof v
 }
 
