@@ -11,11 +11,15 @@ export const { createRedisSessionStore, RedisSessionStoreError } = require('../.
 /** Starts a server before the file's tests and stops it after. */
 export function useRedis(opts) {
   const ctx = { server: null, admin: null, stores: [] }
-  before(async () => {
-    ctx.server = await startRedis(opts)
-    ctx.admin = new Redis({ port: ctx.server.port, host: '127.0.0.1', lazyConnect: true, maxRetriesPerRequest: 1 })
-    await ctx.admin.connect()
-  })
+  let starting = null
+  /** Starts the server once; hooks of suites await it too (root hooks may not have run yet). */
+  ctx.ready = () =>
+    (starting ??= (async () => {
+      ctx.server = await startRedis(opts)
+      ctx.admin = new Redis({ port: ctx.server.port, host: '127.0.0.1', lazyConnect: true, maxRetriesPerRequest: 1 })
+      await ctx.admin.connect()
+    })())
+  before(ctx.ready)
   after(async () => {
     await Promise.allSettled(ctx.stores.map((s) => s.close()))
     ctx.admin?.disconnect()

@@ -1,0 +1,142 @@
+import assert from 'node:assert/strict'
+import { describe, it } from 'node:test'
+import { inspect } from 'node:util'
+import { Redis } from 'ioredis'
+import { startRedis } from './support/redis-server.mjs'
+import { createRedisSessionStore, newId, rejectsWith, session, useRedis } from './support/setup.mjs'
+
+const redis = useRedis()
+
+const invalid = (fn, message) => assert.throws(fn, (e) => e.code === 'ERR_INVALID_ARG' && message.test(e.message) && e.name === 'RedisSessionStoreError')
+
+describe('options', () => {
+  it('refuses an unknown option, naming it', () => {
+    invalid(() => createRedisSessionStore({ host: 'x' }), /unknown option 'host'/)
+    invalid(() => createRedisSessionStore({ url: 'redis://127.0.0.1', ttl: 5 }), /unknown option 'ttl'/)
+  })
+
+  it('refuses options of the wrong type', () => {
+    invalid(() => createRedisSessionStore({ url: 6379 }), /options\.url must be a string, got number/)
+    invalid(() => createRedisSessionStore({ prefix: null }), /options\.prefix must be a string, got null/)
+    invalid(() => createRedisSessionStore({ lockPrefix: 1 }), /options\.lockPrefix must be a string/)
+    invalid(() => createRedisSessionStore({ preloadScript: 'yes' }), /options\.preloadScript must be a boolean/)
+    invalid(() => createRedisSessionStore({ connectTimeout: '100' }), /options\.connectTimeout must be a number/)
+    invalid(() => createRedisSessionStore({ commandTimeout: [] }), /options\.commandTimeout must be a number, got an array/)
+    invalid(() => createRedisSessionStore('redis://127.0.0.1'), /options must be a plain object/)
+    invalid(() => createRedisSessionStore(null), /options must be a plain object/)
+  })
+
+  it('refuses values out of range', () => {
+    invalid(() => createRedisSessionStore({ connectTimeout: 0 }), /options\.connectTimeout must be a number of ms greater than 0/)
+    invalid(() => createRedisSessionStore({ commandTimeout: -5 }), /options\.commandTimeout/)
+    invalid(() => createRedisSessionStore({ commandTimeout: NaN }), /options\.commandTimeout/)
+    invalid(() => createRedisSessionStore({ lockPrefix: '' }), /options\.lockPrefix must not be empty/)
+  })
+
+  it('refuses a URL that is not redis:// or rediss://, and never shows the password', () => {
+    for (const url of ['http://user:hunter2@127.0.0.1', 'redis://user:hunter2@127.0.0.1:notaport', 'user:hunter2@127.0.0.1']) {
+      assert.throws(
+        () => createRedisSessionStore({ url }),
+        (e) => e.code === 'ERR_INVALID_ARG' && /options\.url/.test(e.message) && !e.message.includes('hunter2'),
+      )
+    }
+  })
+
+  it('a second argument needs an ioredis client as the first', () => {
+    invalid(() => createRedisSessionStore({ url: redis.server.url }, {}), /not an ioredis client/)
+  })
+
+  it('uses the db of the URL', async () => {
+    const store = redis.store({ url: `${redis.server.url}/3` })
+    const id = newId()
+    await store.set(id, session(id), 60_000)
+    assert.equal(await redis.admin.exists(`sess:${id}`), 0)
+    const db3 = new Redis({ port: redis.server.port, host: '127.0.0.1', db: 3 })
+    try {
+      assert.equal(await db3.exists(`sess:${id}`), 1)
+    } finally {
+      db3.disconnect()
+    }
+  })
+
+  it('util.inspect of a store shows no URL or password', () => {
+    const store = redis.store({ url: `redis://:hunter2@127.0.0.1:${redis.server.port}` })
+    const shown = inspect(store, { showHidden: true, depth: 5 })
+    assert.ok(!shown.includes('hunter2') && !shown.includes('redis://'), shown)
+  })
+})
+
+describe('a server with a password', () => {
+  it('connects with the password of the URL; a wrong one is ERR_AUTH and never shown', async () => {
+    const server = await startRedis({ args: ['--requirepass', 's3cret p@ss:/'] })
+    const good = createRedisSessionStore({ url: `redis://:${encodeURIComponent('s3cret p@ss:/')}@127.0.0.1:${server.port}` })
+    const bad = createRedisSessionStore({ url: `redis://:hunter2@127.0.0.1:${server.port}` })
+    try {
+      const id = newId()
+      await good.set(id, session(id), 60_000)
+      assert.equal((await good.get(id)).meta.id, id)
+      const err = await rejectsWith(bad.get(id), 'ERR_AUTH')
+      assert.ok(!err.message.includes('hunter2') && !err.stack.includes('hunter2'), err.message)
+    } finally {
+      await good.close()
+      await bad.close()
+      await server.stop()
+    }
+  })
+
+  it('an ACL user limited to sess:* keys and the commands the store uses', async () => {
+    const commands = ['+get', '+set', '+del', '+exists', '+evalsha', '+eval', '+script|load']
+    const server = await startRedis({ args: ['--user', 'default', 'off', '--user', 'app', 'on', '>pw', '~sess:*', ...commands] })
+    const store = createRedisSessionStore({ url: `redis://app:pw@127.0.0.1:${server.port}` })
+    try {
+      const id = newId()
+      await store.set(id, session(id), 60_000)
+      await store.merge(id, { 'data.a': 1 }, 60_000)
+      assert.equal((await store.get(id)).data.a, 1)
+      assert.equal(await store.lock(id, 5000), true)
+      assert.equal(await store.isLocked(id), true)
+      await store.unlock(id)
+      assert.equal(await store.isLocked(id), false)
+      await store.delete(id)
+      assert.equal(await store.get(id), null)
+    } finally {
+      await store.close()
+      await server.stop()
+    }
+  })
+})
+
+describe('migration form: createRedisSessionStore(ioredis, options)', () => {
+  it('reads host, port, password and db from the ioredis client and opens its own connection', async () => {
+    const server = await startRedis({ args: ['--requirepass', 'pw'] })
+    const client = new Redis({ host: '127.0.0.1', port: server.port, password: 'pw', db: 2, lazyConnect: true })
+    const store = createRedisSessionStore(client, { prefix: 'm:' })
+    try {
+      const id = newId()
+      await store.set(id, session(id), 60_000)
+      await client.connect()
+      assert.equal(await client.exists(`m:${id}`), 1)
+      assert.equal(client.status, 'ready') // the client itself was not taken over
+    } finally {
+      client.disconnect()
+      await store.close()
+      await server.stop()
+    }
+  })
+
+  it("puts ioredis's keyPrefix in front of prefix, as the JS adapter's keys have it", async () => {
+    const client = new Redis({ host: '127.0.0.1', port: redis.server.port, keyPrefix: 'app:', lazyConnect: true })
+    const store = createRedisSessionStore(client)
+    const id = newId()
+    await store.set(id, session(id), 60_000)
+    assert.equal(await redis.admin.exists(`app:sess:${id}`), 1)
+    await store.close()
+  })
+
+  it('refuses what the store cannot do, with a clear error', () => {
+    invalid(() => createRedisSessionStore(new Redis({ lazyConnect: true, path: '/tmp/redis.sock' })), /unix socket/)
+    invalid(() => createRedisSessionStore(new Redis({ lazyConnect: true, tls: { ca: 'x' } })), /tls\.ca/)
+    invalid(() => createRedisSessionStore(new Redis({ lazyConnect: true }), { url: 'redis://x' }), /options\.url cannot be given/)
+    invalid(() => createRedisSessionStore(new Redis({ lazyConnect: true }), { nope: 1 }), /unknown option 'nope'/)
+  })
+})
