@@ -29,10 +29,10 @@ const int = (n) => Math.floor(rnd() * n)
 const pick = (a) => a[int(a.length)]
 const chance = (p) => rnd() < p
 
-const KEYS = ['a', 'b', 'c', 'user', 'cart', 'name', 'id', '0', '1', '10', '__proto__', 'constructor', 'é', '😀', 'k"q', 'sl/ash', 'back\\s', 'tab\t', 'ctl\u0001', '', 'Ünï', '日本']
+const KEYS = ['a', 'b', 'c', '{', 'k]', 'user', 'cart', 'name', 'id', '0', '1', '10', '__proto__', 'constructor', 'é', '😀', 'k"q', 'sl/ash', 'back\\s', 'tab\t', 'ctl\u0001', '', 'Ünï', '日本']
 const DOC_ONLY_KEYS = ['dot.ted', 'x.0']
 const NUMBERS = ['0', '-0', '1', '-1', '42', '9007199254740993', '12345678901234567890', '0.30000000000000004', '1e+300', '1E5', '2.5e-7', '-3.14', '9.007199254741e+15', '1.0', '100', '1763812345678']
-const STRINGS = ['', 'x', 'Ada Lovelace', 'a/b/c', 'quote"inside', 'back\\slash', 'line\nbreak', 'tab\there', 'ctl\u0001\u001f', 'é', 'naïve café', '😀 emoji', '日本語', '\u2028\u2029', 'https://example.com/x?y=1']
+const STRINGS = ['', 'x', 'Ada Lovelace', 'a/b/c', 'quote"inside', 'back\\slash', 'line\nbreak', 'tab\there', 'ctl\u0001\u001f', 'é', 'naïve café', '😀 emoji', '日本語', '\u2028\u2029', 'https://example.com/x?y=1', '{', '}', '[x]', 'a]b}c', '{"json":"in a string"}', '\\"']
 
 /** A string as JSON text, with cjson-like and escape-happy spellings at random. */
 function emitString(s) {
