@@ -15,20 +15,24 @@ export declare const __napiBindingTarget: 'native' | 'wasm32-wasi' | 'wasm32-was
  */
 export declare class NativeStore {
   constructor(options?: StoreOptions | undefined | null)
-  /** The stored session JSON text, or null. */
-  get(sessionId: string): Promise<string | null>
-  set(sessionId: string, json: string, ttlMs: number): Promise<void>
-  delete(sessionId: string): Promise<void>
   /**
-   * `pairs`: path, value JSON (empty string: remove), path, value, …
-   * Resolves whether the session existed.
+   * Runs a batch of calls as one pipeline. Op i: `kinds[i]` (see ops.rs),
+   * `ids[i]`, `ttls[i]`; Set takes one string of `strings` (the JSON), Merge
+   * takes `counts[i]` (path, value JSON or "" to remove, …), in order.
    */
-  merge(sessionId: string, ttlMs: number, pairs: Array<string>): Promise<boolean>
-  lock(sessionId: string, ttlMs: number): Promise<boolean>
-  unlock(sessionId: string): Promise<void>
-  isLocked(sessionId: string): Promise<boolean>
+  batch(kinds: Array<number>, ids: Array<string>, ttls: Array<number>, counts: Array<number>, strings: Array<string>): Promise<BatchResult>
+  /** Loads the scripts now (`preloadScript`). */
   preload(): Promise<void>
   close(): Promise<void>
+}
+
+/**
+ * The outcome of a batch: a code per op (ops.rs: DONE, TRUE, FALSE, TEXT, NULL,
+ * FAILED) and its text (TEXT) or error "<CODE>: <message>" (FAILED).
+ */
+export interface BatchResult {
+  codes: Array<number>
+  values: Array<string | undefined | null>
 }
 
 /** Options of `createRedisSessionStore`. */

@@ -30,9 +30,15 @@ const invalid = (message) => new RedisSessionStoreError(message, 'ERR_INVALID_AR
 // The addon's errors read "<CODE>: <message>".
 const CODED = /^(ERR_[A-Z_]+): ([\s\S]*)$/
 
-/** @param {unknown} e */
+/**
+ * A coded error from the addon: an Error whose message, or a string (a failed
+ * op of a batch), reads "<CODE>: <message>". Called in the public method's
+ * catch, so the new error's stack shows the caller.
+ * @param {unknown} e
+ */
 function fromNative(e) {
-  const m = e instanceof Error ? CODED.exec(e.message) : null
+  const text = typeof e === 'string' ? e : e instanceof Error ? e.message : null
+  const m = text === null ? null : CODED.exec(text)
   if (!m) return e
   return new RedisSessionStoreError(m[2], /** @type {ErrorCode} */ (m[1]))
 }
@@ -186,9 +192,37 @@ function parseSession(text, sessionId) {
   return value
 }
 
+// Op and result codes shared with src/ops.rs.
+const GET = 0
+const SET = 1
+const DELETE = 2
+const MERGE = 3
+const LOCK = 4
+const UNLOCK = 5
+const IS_LOCKED = 6
+const [DONE, TRUE, FALSE, TEXT, NULL, FAILED] = [0, 1, 2, 3, 4, 5]
+
+// Calls made in one tick cross into Rust together, as one batch (one Redis
+// pipeline, one completion). A cap lets several batches overlap under load,
+// so the event loop keeps working while a batch is out.
+const MAX_BATCH = 16
+
+class Batch {
+  /** @type {number[]} */ kinds = []
+  /** @type {string[]} */ ids = []
+  /** @type {number[]} */ ttls = []
+  /** @type {number[]} */ counts = []
+  /** @type {string[]} */ strings = []
+  /** resolve, reject, resolve, reject, … one pair per op @type {Function[]} */ settle = []
+}
+
 class RedisSessionStore {
   /** @type {NativeStore} */
   #native
+  /** @type {Batch | null} */
+  #batch = null
+  /** @type {Set<Promise<unknown>>} */
+  #inFlight = new Set()
 
   /** @param {StoreOptions} options */
   constructor(options) {
@@ -198,10 +232,55 @@ class RedisSessionStore {
       throw fromNative(e)
     }
     if (options.preloadScript) {
-      // A failed preload is retried by the first merge (EVALSHA falls back to
-      // loading the script), so its failure is not reported here.
+      // A failed preload is retried by the first merge (NOSCRIPT loads the
+      // scripts), so its failure is not reported here.
       this.#native.preload().catch(() => {})
     }
+  }
+
+  /**
+   * Queues one op; its strings are pushed by the caller right after.
+   * @returns {[Batch, Promise<any>]}
+   */
+  #enqueue(/** @type {number} */ kind, /** @type {string} */ id, /** @type {number} */ ttl, /** @type {number} */ count) {
+    let b = this.#batch
+    if (b === null) {
+      const batch = (b = this.#batch = new Batch())
+      queueMicrotask(() => {
+        if (this.#batch === batch) this.#send()
+      })
+    }
+    b.kinds.push(kind)
+    b.ids.push(id)
+    b.ttls.push(ttl)
+    b.counts.push(count)
+    const settle = b.settle
+    const promise = new Promise((resolve, reject) => settle.push(resolve, reject))
+    return [b, promise]
+  }
+
+  #sendIfFull(/** @type {Batch} */ b) {
+    if (b.kinds.length >= MAX_BATCH) this.#send()
+  }
+
+  #send() {
+    const b = /** @type {Batch} */ (this.#batch)
+    this.#batch = null
+    const { settle } = b
+    const done = this.#native.batch(b.kinds, b.ids, b.ttls, b.counts, b.strings).then(
+      ({ codes, values }) => {
+        for (let i = 0; i < codes.length; i++) {
+          const code = codes[i]
+          if (code === FAILED) settle[2 * i + 1](values[i])
+          else settle[2 * i](code === TEXT ? values[i] : code === NULL ? null : code === TRUE ? true : code === FALSE ? false : undefined)
+        }
+      },
+      (e) => {
+        for (let i = 1; i < settle.length; i += 2) settle[i](e)
+      },
+    )
+    this.#inFlight.add(done)
+    done.then(() => this.#inFlight.delete(done))
   }
 
   /**
@@ -210,9 +289,11 @@ class RedisSessionStore {
    */
   async get(sessionId) {
     checkId(sessionId)
+    const [b, p] = this.#enqueue(GET, sessionId, 0, 0)
+    this.#sendIfFull(b)
     let text
     try {
-      text = await this.#native.get(sessionId)
+      text = await p
     } catch (e) {
       throw fromNative(e)
     }
@@ -233,8 +314,11 @@ class RedisSessionStore {
     const ttl = checkTtl(ttlMs)
     const json = stringify(data, 'data')
     if (typeof json !== 'string' || json[0] !== '{') throw invalid('data must serialise to a JSON object')
+    const [b, p] = this.#enqueue(SET, sessionId, ttl, 1)
+    b.strings.push(json)
+    this.#sendIfFull(b)
     try {
-      await this.#native.set(sessionId, json, ttl)
+      await p
     } catch (e) {
       throw fromNative(e)
     }
@@ -246,12 +330,7 @@ class RedisSessionStore {
    * @returns {Promise<void>}
    */
   async delete(sessionId) {
-    checkId(sessionId)
-    try {
-      await this.#native.delete(sessionId)
-    } catch (e) {
-      throw fromNative(e)
-    }
+    await this.#simple(DELETE, sessionId, 0)
   }
 
   /**
@@ -278,8 +357,11 @@ class RedisSessionStore {
       pairs[2 * i] = path
       pairs[2 * i + 1] = value === undefined ? '' : (stringify(value, `paths['${path}']`) ?? '')
     }
+    const [b, p] = this.#enqueue(MERGE, sessionId, ttl, pairs.length)
+    for (let i = 0; i < pairs.length; i++) b.strings.push(pairs[i])
+    this.#sendIfFull(b)
     try {
-      await this.#native.merge(sessionId, ttl, pairs)
+      await p
     } catch (e) {
       throw fromNative(e)
     }
@@ -293,12 +375,7 @@ class RedisSessionStore {
    */
   async lock(sessionId, ttlMs) {
     checkId(sessionId)
-    const ttl = checkTtl(ttlMs)
-    try {
-      return await this.#native.lock(sessionId, ttl)
-    } catch (e) {
-      throw fromNative(e)
-    }
+    return this.#simple(LOCK, sessionId, checkTtl(ttlMs))
   }
 
   /**
@@ -307,12 +384,7 @@ class RedisSessionStore {
    * @returns {Promise<void>}
    */
   async unlock(sessionId) {
-    checkId(sessionId)
-    try {
-      await this.#native.unlock(sessionId)
-    } catch (e) {
-      throw fromNative(e)
-    }
+    await this.#simple(UNLOCK, sessionId, 0)
   }
 
   /**
@@ -320,20 +392,29 @@ class RedisSessionStore {
    * @returns {Promise<boolean>}
    */
   async isLocked(sessionId) {
+    return this.#simple(IS_LOCKED, sessionId, 0)
+  }
+
+  /** An op that takes only the id (and a checked ttl). */
+  async #simple(/** @type {number} */ kind, /** @type {unknown} */ sessionId, /** @type {number} */ ttl) {
     checkId(sessionId)
+    const [b, p] = this.#enqueue(kind, /** @type {string} */ (sessionId), ttl, 0)
+    this.#sendIfFull(b)
     try {
-      return await this.#native.isLocked(sessionId)
+      return await p
     } catch (e) {
       throw fromNative(e)
     }
   }
 
   /**
-   * Waits for calls in flight, then closes the connection. Later calls reject
-   * with ERR_CLOSED.
+   * Sends the calls already made, waits for every call in flight, then closes
+   * the connection. Later calls reject with ERR_CLOSED.
    * @returns {Promise<void>}
    */
   async close() {
+    if (this.#batch !== null) this.#send()
+    await Promise.allSettled([...this.#inFlight])
     await this.#native.close()
   }
 }

@@ -3,10 +3,12 @@
 //! JS layer; session JSON crosses as strings. Each method is one async call on
 //! the addon's own tokio runtime.
 
+pub mod batch;
 pub mod connection;
 pub mod errors;
 pub mod keys;
 pub mod lock;
+pub mod ops;
 pub mod options;
 pub mod store;
 
@@ -45,6 +47,14 @@ fn init() {
     }
 }
 
+/// The outcome of a batch: a code per op (ops.rs: DONE, TRUE, FALSE, TEXT, NULL,
+/// FAILED) and its text (TEXT) or error "<CODE>: <message>" (FAILED).
+#[napi(object)]
+pub struct BatchResult {
+    pub codes: Vec<u32>,
+    pub values: Vec<Option<String>>,
+}
+
 /// The native half of a store. Use `createRedisSessionStore` from the package
 /// instead: it checks arguments and does the JSON work in V8.
 #[napi]
@@ -60,47 +70,27 @@ impl NativeStore {
         Ok(NativeStore { inner: store::Store::new(&config)? })
     }
 
-    /// The stored session JSON text, or null.
+    /// Runs a batch of calls as one pipeline. Op i: `kinds[i]` (see ops.rs),
+    /// `ids[i]`, `ttls[i]`; Set takes one string of `strings` (the JSON), Merge
+    /// takes `counts[i]` (path, value JSON or "" to remove, …), in order.
     #[napi]
-    pub async fn get(&self, session_id: String) -> Result<Option<String>> {
-        Ok(self.inner.get(&session_id).await?)
+    pub async fn batch(
+        &self,
+        kinds: Vec<u32>,
+        ids: Vec<String>,
+        ttls: Vec<f64>,
+        counts: Vec<u32>,
+        strings: Vec<String>,
+    ) -> Result<BatchResult> {
+        let ops = ops::decode_batch(kinds, ids, ttls, counts, strings)?;
+        let (codes, values) = ops::encode_outcomes(self.inner.run(&ops).await);
+        Ok(BatchResult { codes, values })
     }
 
-    #[napi]
-    pub async fn set(&self, session_id: String, json: String, ttl_ms: f64) -> Result<()> {
-        Ok(self.inner.set(&session_id, json, ttl_ms).await?)
-    }
-
-    #[napi]
-    pub async fn delete(&self, session_id: String) -> Result<()> {
-        Ok(self.inner.delete(&session_id).await?)
-    }
-
-    /// `pairs`: path, value JSON (empty string: remove), path, value, …
-    /// Resolves whether the session existed.
-    #[napi]
-    pub async fn merge(&self, session_id: String, ttl_ms: f64, pairs: Vec<String>) -> Result<bool> {
-        Ok(self.inner.merge(&session_id, ttl_ms, pairs).await?)
-    }
-
-    #[napi]
-    pub async fn lock(&self, session_id: String, ttl_ms: f64) -> Result<bool> {
-        Ok(self.inner.lock(&session_id, ttl_ms).await?)
-    }
-
-    #[napi]
-    pub async fn unlock(&self, session_id: String) -> Result<()> {
-        Ok(self.inner.unlock(&session_id).await?)
-    }
-
-    #[napi]
-    pub async fn is_locked(&self, session_id: String) -> Result<bool> {
-        Ok(self.inner.is_locked(&session_id).await?)
-    }
-
+    /// Loads the scripts now (`preloadScript`).
     #[napi]
     pub async fn preload(&self) -> Result<()> {
-        Ok(self.inner.preload().await?)
+        Ok(self.inner.load_scripts().await?)
     }
 
     #[napi]

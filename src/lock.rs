@@ -1,5 +1,6 @@
-//! Locks: `SET <lockKey> <token> NX PX ttl`, released by compare-and-delete so a
-//! store whose lock expired cannot release a lock another store holds since.
+//! Lock tokens. `lock` is `SET <lockKey> <token> NX PX ttl`; `unlock` is a
+//! compare-and-delete script (`lua/unlock.lua`), so a store whose lock expired
+//! cannot release a lock another store holds since (commands in `ops.rs`).
 //!
 //! The token is remembered per session id in this store. Two requests of one
 //! process on one session share that memory: if the first one's lock expires and
@@ -11,11 +12,6 @@ use std::hash::{BuildHasher, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
-
-use redis::AsyncCommands;
-
-use crate::errors::Result;
-use crate::store::{ttl_ms, Store};
 
 /// Beyond this many remembered tokens, expired ones are pruned on the next lock.
 const PRUNE_ABOVE: usize = 4096;
@@ -75,49 +71,6 @@ impl LockTokens {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
-    }
-}
-
-impl Store {
-    /// Takes the lock; `true` when this call got it.
-    pub async fn lock(&self, id: &str, ttl: f64) -> Result<bool> {
-        let ttl = ttl_ms(ttl)?;
-        let key = self.keys.lock(id);
-        let token = new_token();
-        let value = token.clone();
-        let reply: Option<String> = self
-            .conn
-            .run(|mut c| async move {
-                redis::cmd("SET").arg(key).arg(value).arg("NX").arg("PX").arg(ttl).query_async(&mut c).await
-            })
-            .await?;
-        let won = reply.is_some();
-        if won {
-            self.tokens.remember(id, token, Duration::from_millis(ttl));
-        }
-        Ok(won)
-    }
-
-    /// Releases the lock if this store holds it; otherwise does nothing.
-    pub async fn unlock(&self, id: &str) -> Result<()> {
-        let Some(token) = self.tokens.token(id) else {
-            return Ok(());
-        };
-        let key = self.keys.lock(id);
-        let script = &self.unlock_script;
-        let arg = token.clone();
-        let _released: i64 = self
-            .conn
-            .run(|mut c| async move { script.key(key).arg(arg).invoke_async(&mut c).await })
-            .await?;
-        self.tokens.forget_if(id, &token);
-        Ok(())
-    }
-
-    /// Whether anyone holds the lock.
-    pub async fn is_locked(&self, id: &str) -> Result<bool> {
-        let key = self.keys.lock(id);
-        self.conn.run(|mut c| async move { c.exists(key).await }).await
     }
 }
 

@@ -1,0 +1,285 @@
+//! The store's operations as data: what crosses the boundary for a batch of
+//! calls (flat arrays, decoded into [`Op`]s), the Redis commands each op sends,
+//! and how each reply becomes an [`Outcome`]. No I/O here.
+
+use redis::{Pipeline, RedisError, Value};
+
+use crate::errors::{Code, Result, StoreError};
+use crate::keys::Keys;
+
+/// Operation codes shared with `store.js`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Get = 0,
+    Set = 1,
+    Delete = 2,
+    Merge = 3,
+    Lock = 4,
+    Unlock = 5,
+    IsLocked = 6,
+}
+
+impl Kind {
+    pub fn from_code(code: u32) -> Option<Kind> {
+        Some(match code {
+            0 => Kind::Get,
+            1 => Kind::Set,
+            2 => Kind::Delete,
+            3 => Kind::Merge,
+            4 => Kind::Lock,
+            5 => Kind::Unlock,
+            6 => Kind::IsLocked,
+            _ => return None,
+        })
+    }
+
+    /// How many strings of the batch's `strings` array the op takes.
+    fn strings(self, count: u32) -> usize {
+        match self {
+            Kind::Set => 1,
+            Kind::Merge => count as usize,
+            _ => 0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Op {
+    pub kind: Kind,
+    pub id: String,
+    pub ttl: f64,
+    /// Set: the JSON text. Merge: path, value JSON ("" removes), path, value, …
+    pub args: Vec<String>,
+}
+
+/// The result of one op.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    Done,
+    Bool(bool),
+    Text(Option<String>),
+    Failed(StoreError),
+}
+
+/// Result codes shared with `store.js`.
+pub const DONE: u32 = 0;
+pub const TRUE: u32 = 1;
+pub const FALSE: u32 = 2;
+pub const TEXT: u32 = 3;
+pub const NULL: u32 = 4;
+pub const FAILED: u32 = 5;
+
+/// Decodes a batch: op i has kind `kinds[i]`, id `ids[i]`, ttl `ttls[i]`, and
+/// takes its strings in order from `strings` (a merge takes `counts[i]`).
+pub fn decode_batch(
+    kinds: Vec<u32>,
+    ids: Vec<String>,
+    ttls: Vec<f64>,
+    counts: Vec<u32>,
+    strings: Vec<String>,
+) -> Result<Vec<Op>> {
+    let n = kinds.len();
+    if ids.len() != n || ttls.len() != n || counts.len() != n {
+        return Err(StoreError::invalid_arg("a batch needs kinds, ids, ttls and counts of one length"));
+    }
+    let mut strings = strings.into_iter();
+    let mut ops = Vec::with_capacity(n);
+    for (((kind, id), ttl), count) in kinds.into_iter().zip(ids).zip(ttls).zip(counts) {
+        let kind = Kind::from_code(kind).ok_or_else(|| StoreError::invalid_arg(format!("unknown op code {kind}")))?;
+        let take = kind.strings(count);
+        let args: Vec<String> = strings.by_ref().take(take).collect();
+        if args.len() != take || (kind == Kind::Merge && take % 2 != 0) {
+            return Err(StoreError::invalid_arg("a batch's strings do not match its ops"));
+        }
+        ops.push(Op { kind, id, ttl, args });
+    }
+    if strings.next().is_some() {
+        return Err(StoreError::invalid_arg("a batch's strings do not match its ops"));
+    }
+    Ok(ops)
+}
+
+/// Encodes outcomes for `store.js`: a code per op, and the text (or the error
+/// as "<CODE>: <message>") where there is one.
+pub fn encode_outcomes(outcomes: Vec<Outcome>) -> (Vec<u32>, Vec<Option<String>>) {
+    outcomes
+        .into_iter()
+        .map(|o| match o {
+            Outcome::Done => (DONE, None),
+            Outcome::Bool(true) => (TRUE, None),
+            Outcome::Bool(false) => (FALSE, None),
+            Outcome::Text(Some(t)) => (TEXT, Some(t)),
+            Outcome::Text(None) => (NULL, None),
+            Outcome::Failed(e) => (FAILED, Some(e.to_string())),
+        })
+        .unzip()
+}
+
+/// A ttl in whole ms; the JS layer has checked it, this only refuses what Redis would.
+pub fn ttl_ms(ttl: f64) -> Result<u64> {
+    if ttl.is_finite() && ttl > 0.0 && ttl <= 9_007_199_254_740_991.0 {
+        Ok(ttl.ceil() as u64)
+    } else {
+        Err(StoreError::invalid_arg(format!("ttlMs must be a finite number greater than 0, got {ttl}")))
+    }
+}
+
+/// Script hashes the commands refer to.
+pub struct Shas<'a> {
+    pub merge: &'a str,
+    pub unlock: &'a str,
+}
+
+/// Appends op's commands to `pipe`; returns how many it appended. `token` is the
+/// lock token for Lock (the new one) and Unlock (the remembered one).
+pub fn push_commands(pipe: &mut Pipeline, op: &Op, keys: &Keys, shas: &Shas, token: Option<&str>) -> Result<usize> {
+    Ok(match op.kind {
+        Kind::Get => {
+            pipe.cmd("GET").arg(keys.session(&op.id));
+            1
+        }
+        Kind::Set => {
+            let ttl = ttl_ms(op.ttl)?; // before the command goes in: no half-written command
+            pipe.cmd("SET").arg(keys.session(&op.id)).arg(&op.args[0]).arg("PX").arg(ttl);
+            1
+        }
+        Kind::Delete => {
+            // Two single-key commands, so that each stays on its own cluster slot.
+            pipe.cmd("DEL").arg(keys.session(&op.id));
+            pipe.cmd("DEL").arg(keys.lock(&op.id));
+            2
+        }
+        Kind::Merge => {
+            let ttl = ttl_ms(op.ttl)?;
+            pipe.cmd("EVALSHA").arg(shas.merge).arg(1).arg(keys.session(&op.id)).arg(ttl).arg(&op.args);
+            1
+        }
+        Kind::Lock => {
+            let ttl = ttl_ms(op.ttl)?;
+            pipe.cmd("SET").arg(keys.lock(&op.id)).arg(token.unwrap_or_default()).arg("NX").arg("PX").arg(ttl);
+            1
+        }
+        Kind::Unlock => match token {
+            Some(token) => {
+                pipe.cmd("EVALSHA").arg(shas.unlock).arg(1).arg(keys.lock(&op.id)).arg(token);
+                1
+            }
+            None => 0,
+        },
+        Kind::IsLocked => {
+            pipe.cmd("EXISTS").arg(keys.lock(&op.id));
+            1
+        }
+    })
+}
+
+/// Whether a reply says the script is not in the server's cache.
+pub fn is_noscript(v: &Value) -> bool {
+    matches!(v, Value::ServerError(e) if e.code() == "NOSCRIPT")
+}
+
+/// The outcome of op from its replies (one per command it sent).
+pub fn decode_replies(kind: Kind, replies: &[Value]) -> Outcome {
+    if let Some(Value::ServerError(e)) = replies.iter().find(|v| matches!(v, Value::ServerError(_))) {
+        return Outcome::Failed(StoreError::from(RedisError::from(e.clone())));
+    }
+    let reply = replies.first();
+    match (kind, reply) {
+        (Kind::Get, Some(Value::Nil)) => Outcome::Text(None),
+        (Kind::Get, Some(Value::BulkString(bytes))) => match std::str::from_utf8(bytes) {
+            Ok(text) => Outcome::Text(Some(text.to_owned())),
+            Err(e) => Outcome::Failed(StoreError::new(
+                Code::CorruptSession,
+                format!("stored session is not UTF-8 text (byte {})", e.valid_up_to() + 1),
+            )),
+        },
+        (Kind::Set, Some(Value::Okay)) => Outcome::Done,
+        (Kind::Delete, _) | (Kind::Merge, Some(Value::Int(_))) | (Kind::Unlock, _) => Outcome::Done,
+        (Kind::Lock, Some(Value::Okay)) => Outcome::Bool(true),
+        (Kind::Lock, Some(Value::Nil)) => Outcome::Bool(false),
+        (Kind::IsLocked, Some(Value::Int(n))) => Outcome::Bool(*n > 0),
+        (kind, reply) => Outcome::Failed(StoreError::new(
+            Code::Redis,
+            format!("unexpected reply to {kind:?}: {reply:?}"),
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn s(v: &str) -> String {
+        v.to_owned()
+    }
+
+    #[test]
+    fn a_batch_decodes_into_ops() {
+        let ops = decode_batch(
+            vec![0, 1, 3, 4],
+            vec![s("a"), s("b"), s("c"), s("d")],
+            vec![0.0, 10.0, 20.0, 30.0],
+            vec![0, 0, 4, 0],
+            vec![s("{}"), s("data.x"), s("1"), s("data.y"), s("")],
+        )
+        .unwrap();
+        assert_eq!(ops[0], Op { kind: Kind::Get, id: s("a"), ttl: 0.0, args: vec![] });
+        assert_eq!(ops[1].args, vec![s("{}")]);
+        assert_eq!(ops[2].args, vec![s("data.x"), s("1"), s("data.y"), s("")]);
+        assert_eq!(ops[3].kind, Kind::Lock);
+    }
+
+    #[test]
+    fn a_malformed_batch_is_refused() {
+        let bad = [
+            decode_batch(vec![0], vec![], vec![0.0], vec![0], vec![]),
+            decode_batch(vec![9], vec![s("a")], vec![0.0], vec![0], vec![]),
+            decode_batch(vec![1], vec![s("a")], vec![1.0], vec![0], vec![]),
+            decode_batch(vec![3], vec![s("a")], vec![1.0], vec![1], vec![s("p")]),
+            decode_batch(vec![0], vec![s("a")], vec![0.0], vec![0], vec![s("extra")]),
+        ];
+        for b in bad {
+            assert_eq!(b.unwrap_err().code, Code::InvalidArg);
+        }
+    }
+
+    #[test]
+    fn outcomes_encode_to_codes_and_texts() {
+        let (codes, values) = encode_outcomes(vec![
+            Outcome::Done,
+            Outcome::Bool(true),
+            Outcome::Bool(false),
+            Outcome::Text(Some(s("{}"))),
+            Outcome::Text(None),
+            Outcome::Failed(StoreError::closed()),
+        ]);
+        assert_eq!(codes, vec![DONE, TRUE, FALSE, TEXT, NULL, FAILED]);
+        assert_eq!(values[3].as_deref(), Some("{}"));
+        assert_eq!(values[5].as_deref(), Some("ERR_CLOSED: the store is closed"));
+    }
+
+    #[test]
+    fn replies_decode_per_kind() {
+        assert_eq!(decode_replies(Kind::Get, &[Value::Nil]), Outcome::Text(None));
+        assert_eq!(decode_replies(Kind::Get, &[Value::BulkString(b"{}".to_vec())]), Outcome::Text(Some(s("{}"))));
+        assert!(matches!(
+            decode_replies(Kind::Get, &[Value::BulkString(vec![0x7b, 0xff])]),
+            Outcome::Failed(StoreError { code: Code::CorruptSession, .. })
+        ));
+        assert_eq!(decode_replies(Kind::Lock, &[Value::Okay]), Outcome::Bool(true));
+        assert_eq!(decode_replies(Kind::Lock, &[Value::Nil]), Outcome::Bool(false));
+        assert_eq!(decode_replies(Kind::IsLocked, &[Value::Int(1)]), Outcome::Bool(true));
+        assert_eq!(decode_replies(Kind::Delete, &[Value::Int(1), Value::Int(0)]), Outcome::Done);
+        assert!(matches!(decode_replies(Kind::Set, &[Value::Int(3)]), Outcome::Failed(_)));
+    }
+
+    #[test]
+    fn ttl_rounds_up_and_refuses_what_redis_would() {
+        assert_eq!(ttl_ms(1.0).unwrap(), 1);
+        assert_eq!(ttl_ms(0.2).unwrap(), 1);
+        assert_eq!(ttl_ms(5000.5).unwrap(), 5001);
+        for bad in [0.0, -5.0, f64::NAN, f64::INFINITY, 1e300] {
+            assert_eq!(ttl_ms(bad).unwrap_err().code, Code::InvalidArg);
+        }
+    }
+}
