@@ -7,6 +7,7 @@ import { it } from 'node:test'
 import { Redis } from 'ioredis'
 import { createJsAdapter } from './support/js-adapter.mjs'
 import { applyToText, applyToValue } from './support/merge-oracles.mjs'
+import { MERGE_SOURCE } from './support/scripts.mjs'
 import { newId, useRedis } from './support/setup.mjs'
 
 const CASES = Number(process.env.FUZZ_CASES ?? 5000)
@@ -130,8 +131,12 @@ function randomCase() {
   return { text, paths }
 }
 
-it(`merge equals both oracles on ${CASES} random documents (seed ${SEED})`, async (t) => {
+/** Arguments of merge.lua for paths, as store.js makes them. */
+const scriptArgs = (paths) => Object.entries(paths).flatMap(([p, v]) => [p, v === undefined ? '' : (JSON.stringify(v) ?? '')])
+
+it(`merge equals both oracles on ${CASES} random documents (seed ${SEED}), in Rust and in the server-side script`, async (t) => {
   const store = redis.store()
+  const mergeSha = await redis.admin.script('LOAD', MERGE_SOURCE)
   const cjsonClient = new Redis({ port: redis.server.port, host: '127.0.0.1' })
   const cjson = createJsAdapter(cjsonClient, { prefix: 'cjson:' })
   t.after(() => cjsonClient.disconnect())
@@ -149,6 +154,7 @@ it(`merge equals both oracles on ${CASES} random documents (seed ${SEED})`, asyn
         stats.removals += Object.values(paths).filter((v) => v === undefined).length
         stats.bytes += text.length
         await redis.admin.set(`sess:${id}`, text)
+        await redis.admin.set(`lua:${id}`, text)
         await redis.admin.set(`cjson:${id}`, text)
         const expectedValue = applyToValue(JSON.parse(text), paths)
         const expectedText = applyToText(text, paths)
@@ -158,7 +164,14 @@ it(`merge equals both oracles on ${CASES} random documents (seed ${SEED})`, asyn
           if (after !== expectedText) throw new Error(`text differs:\n  got      ${after}\n  expected ${expectedText}`)
           assert.deepStrictEqual(JSON.parse(after), expectedValue)
         } catch (e) {
-          mismatches.push(`case ${n}: stored ${text}\n  paths ${JSON.stringify(Object.entries(paths))}\n  ${e.message}`)
+          mismatches.push(`case ${n} (store): stored ${text}\n  paths ${JSON.stringify(Object.entries(paths))}\n  ${e.message}`)
+        }
+        try {
+          await redis.admin.evalsha(mergeSha, 1, `lua:${id}`, 60_000, ...scriptArgs(paths))
+          const after = await redis.admin.get(`lua:${id}`)
+          if (after !== expectedText) throw new Error(`text differs:\n  got      ${after}\n  expected ${expectedText}`)
+        } catch (e) {
+          mismatches.push(`case ${n} (merge.lua): stored ${text}\n  paths ${JSON.stringify(Object.entries(paths))}\n  ${e.message}`)
         }
         try {
           await cjson.merge(id, paths, 60_000)
@@ -167,7 +180,7 @@ it(`merge equals both oracles on ${CASES} random documents (seed ${SEED})`, asyn
         } catch {
           adapterErrors++
         }
-        await redis.admin.del(`sess:${id}`, `cjson:${id}`)
+        await redis.admin.del(`sess:${id}`, `lua:${id}`, `cjson:${id}`)
       }),
     )
   }

@@ -1,24 +1,39 @@
 import assert from 'node:assert/strict'
 import { describe, it } from 'node:test'
 import { applyToText, applyToValue } from './support/merge-oracles.mjs'
+import { MERGE_SOURCE } from './support/scripts.mjs'
 import { newId, rejectsWith, session, useRedis } from './support/setup.mjs'
 
 const redis = useRedis()
 
-/** Stores `text` raw, merges `paths`, returns the raw text after. */
-async function mergeText(text, paths, ttl = 60_000) {
+// A merge is spliced in Rust and written back by compare-and-set; the
+// server-side script (merge.lua) does it when that cannot be. Every semantic
+// check below runs both: through the store, and through the script directly.
+let mergeSha
+const scriptArgs = (paths) => Object.entries(paths).flatMap(([p, v]) => [p, v === undefined ? '' : (JSON.stringify(v) ?? '')])
+
+/** Stores `text` raw, merges `paths` one way, returns the raw text after. */
+async function mergeText(text, paths, via = 'store', ttl = 60_000) {
   const id = newId()
   await redis.admin.set(`sess:${id}`, text)
-  await redis.store().merge(id, paths, ttl)
+  if (via === 'store') {
+    await redis.store().merge(id, paths, ttl)
+  } else {
+    mergeSha ??= await redis.admin.script('LOAD', MERGE_SOURCE)
+    await redis.admin.evalsha(mergeSha, 1, `sess:${id}`, ttl, ...scriptArgs(paths))
+  }
   return redis.admin.get(`sess:${id}`)
 }
 
-/** Checks the merge against both oracles. */
+/** Checks the merge, both ways, against both oracles. */
 async function check(text, paths, expected) {
-  const after = await mergeText(text, paths)
-  assert.deepEqual(JSON.parse(after), applyToValue(JSON.parse(text), paths))
-  if (!/\s/.test(text.replace(/"(?:[^"\\]|\\.)*"/g, ''))) assert.equal(after, applyToText(text, paths))
-  if (expected !== undefined) assert.equal(after, expected)
+  let after
+  for (const via of ['store', 'script']) {
+    after = await mergeText(text, paths, via)
+    assert.deepEqual(JSON.parse(after), applyToValue(JSON.parse(text), paths), via)
+    if (!/\s/.test(text.replace(/"(?:[^"\\]|\\.)*"/g, ''))) assert.equal(after, applyToText(text, paths), via)
+    if (expected !== undefined) assert.equal(after, expected, via)
+  }
   return after
 }
 
@@ -103,9 +118,18 @@ describe('merge semantics', () => {
   })
 
   it('duplicate keys: reads and replaces the last, removes all', async () => {
-    assert.equal(await mergeText('{"a":1,"a":2,"b":0}', { a: 3 }), '{"a":1,"a":3,"b":0}')
-    assert.equal(await mergeText('{"a":1,"b":0,"a":2}', { a: undefined }), '{"b":0}')
-    assert.equal(await mergeText('{"a":{"x":1},"a":{"y":1}}', { 'a.z': 1 }), '{"a":{"x":1},"a":{"y":1,"z":1}}')
+    for (const via of ['store', 'script']) {
+      assert.equal(await mergeText('{"a":1,"a":2,"b":0}', { a: 3 }, via), '{"a":1,"a":3,"b":0}')
+      assert.equal(await mergeText('{"a":1,"b":0,"a":2}', { a: undefined }, via), '{"b":0}')
+      assert.equal(await mergeText('{"a":{"x":1},"a":{"y":1}}', { 'a.z': 1 }, via), '{"a":{"x":1},"a":{"y":1,"z":1}}')
+      assert.equal(await mergeText('{"a":1,"b":{"a":2}}', { a: 3 }, via), '{"a":3,"b":{"a":2}}')
+    }
+  })
+
+  it('nesting deeper than the client-side splice follows is merged by the server-side script', async () => {
+    const deep = `{"data":{"deep":${'['.repeat(1200)}${']'.repeat(1200)},"n":1}}`
+    const after = await mergeText(deep, { 'data.n': 2, 'data.m': [] })
+    assert.equal(after, deep.replace('"n":1}}', '"n":2,"m":[]}}'))
   })
 
   it('sets the ttl', async () => {
@@ -174,6 +198,8 @@ describe('merge of stored text that is not a JSON object', () => {
       const id = newId()
       await redis.admin.set(`sess:${id}`, text, 'PX', 600_000)
       await rejectsWith(redis.store().merge(id, { 'data.a': 2 }, 1000), 'ERR_CORRUPT_SESSION', 'not a JSON object')
+      mergeSha ??= await redis.admin.script('LOAD', MERGE_SOURCE)
+      await assert.rejects(redis.admin.evalsha(mergeSha, 1, `sess:${id}`, 1000, 'data.a', '2'), /^ReplyError: ERR_CORRUPT_SESSION stored session is not a JSON object/)
       assert.equal(await redis.admin.get(`sess:${id}`), text)
       assert.ok((await redis.admin.pttl(`sess:${id}`)) > 500_000, 'the ttl changed')
     })

@@ -14,7 +14,10 @@ const cfg = JSON.parse(process.argv[2])
 const { impl, op, size, inflight, seconds, warmup, port } = cfg
 const url = `redis://127.0.0.1:${port}`
 const TTL = 86_400_000
-const POOL = 256
+// Worker w uses sessions w, w + inflight, w + 2 * inflight, … of the pool: no
+// two calls in flight touch one session, as with concurrent requests of
+// different users.
+const POOL = Math.max(256, 2 * inflight)
 
 let store
 let client

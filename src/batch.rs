@@ -1,32 +1,79 @@
 //! A batch of calls made in one JavaScript tick runs as one pipeline on the
-//! connection: one write, one crossing back into JavaScript. Ops whose script
-//! the server does not have (NOSCRIPT after a restart or SCRIPT FLUSH) run again
-//! in a second pipeline once the scripts are loaded.
+//! connection: one write, one crossing back into JavaScript.
+//!
+//! A merge takes steps: read the stored text; splice the paths in here
+//! (`splice.rs`, at memory speed); write it back with a compare-and-set script.
+//! When the text changed in between, or the splice cannot be done here, the
+//! server-side script (`lua/merge.lua`) applies the paths atomically instead.
+//! Each step of every op of the batch shares one pipeline per round. Ops whose
+//! script the server does not have (NOSCRIPT after a restart or SCRIPT FLUSH)
+//! run again once the scripts are loaded.
 
 use std::time::Duration;
 
 use redis::{Pipeline, Value};
 
-use crate::errors::Result;
+use crate::errors::{Code, Result, StoreError};
 use crate::lock::new_token;
-use crate::ops::{decode_replies, is_noscript, push_commands, ttl_ms, Kind, Op, Outcome, Shas};
-use crate::store::{Store, MERGE_LUA, UNLOCK_LUA};
+use crate::ops::{
+    decode_replies, is_noscript, push_commands, push_read, push_swap, ttl_ms, Kind, Op, Outcome,
+    Shas,
+};
+use crate::splice::{self, SpliceError};
+use crate::store::{Store, MERGE_LUA, SWAP_LUA, UNLOCK_LUA};
 
-/// An op's place in a pipeline.
+/// Where an op stands.
+enum Step {
+    /// Send the op's commands (every op but Merge; Merge's server-side script).
+    Send,
+    /// Merge: read the stored text.
+    Read,
+    /// Merge: write `new` if the stored text is still `old`.
+    Swap { old: Vec<u8>, new: Vec<u8> },
+}
+
+enum Next {
+    Finished(Outcome),
+    Then(Step),
+}
+
+/// An op's place in a round's pipeline.
 struct Planned {
     op: usize,
+    step: Step,
     first: usize,
     len: usize,
     token: Option<String>,
 }
 
+/// Read, swap, script, and one repeat after NOSCRIPT: no op needs more rounds.
+const MAX_ROUNDS: usize = 5;
+
 impl Store {
     /// Runs ops in order; one outcome per op.
     pub async fn run(&self, ops: &[Op]) -> Vec<Outcome> {
         let mut outcomes = vec![Outcome::Done; ops.len()];
-        let mut todo: Vec<usize> = (0..ops.len()).collect();
-        for pass in 0..2 {
-            let (pipe, planned) = self.plan(ops, &todo, &mut outcomes);
+        let mut todo: Vec<(usize, Step)> = ops
+            .iter()
+            .enumerate()
+            .map(|(i, op)| {
+                (
+                    i,
+                    if op.kind == Kind::Merge {
+                        Step::Read
+                    } else {
+                        Step::Send
+                    },
+                )
+            })
+            .collect();
+        let mut scripts_loaded = false;
+        for _ in 0..MAX_ROUNDS {
+            if todo.is_empty() {
+                break;
+            }
+            let (pipe, planned) = self.plan(ops, todo, &mut outcomes);
+            todo = Vec::new();
             if planned.is_empty() {
                 break;
             }
@@ -34,7 +81,7 @@ impl Store {
                 .conn
                 .run(|mut c| async move { pipe.query_async::<Vec<Value>>(&mut c).await })
                 .await;
-            let replies = match replies {
+            let mut replies = match replies {
                 Ok(r) => r,
                 Err(e) => {
                     for p in planned {
@@ -43,46 +90,75 @@ impl Store {
                     break;
                 }
             };
-            let mut again = Vec::new();
+            let mut missing_script = false;
             for p in planned {
-                let r = replies.get(p.first..p.first + p.len).unwrap_or_default();
-                if pass == 0 && r.iter().any(is_noscript) {
-                    again.push(p.op);
+                let r = replies
+                    .get_mut(p.first..p.first + p.len)
+                    .unwrap_or_default();
+                if !scripts_loaded && r.iter().any(is_noscript) {
+                    missing_script = true;
+                    todo.push((p.op, p.step));
                     continue;
                 }
-                outcomes[p.op] = self.settle(&ops[p.op], p.token, decode_replies(ops[p.op].kind, r));
-            }
-            if again.is_empty() {
-                break;
-            }
-            if let Err(e) = self.load_scripts().await {
-                for i in again {
-                    outcomes[i] = Outcome::Failed(e.clone());
+                match self.advance(&ops[p.op], p.step, p.token, r) {
+                    Next::Finished(outcome) => outcomes[p.op] = outcome,
+                    Next::Then(step) => todo.push((p.op, step)),
                 }
-                break;
             }
-            todo = again;
+            if missing_script {
+                scripts_loaded = true;
+                if let Err(e) = self.load_scripts().await {
+                    for (i, _) in todo.drain(..) {
+                        outcomes[i] = Outcome::Failed(e.clone());
+                    }
+                }
+            }
         }
         outcomes
     }
 
-    fn plan(&self, ops: &[Op], todo: &[usize], outcomes: &mut [Outcome]) -> (Pipeline, Vec<Planned>) {
+    fn plan(
+        &self,
+        ops: &[Op],
+        todo: Vec<(usize, Step)>,
+        outcomes: &mut [Outcome],
+    ) -> (Pipeline, Vec<Planned>) {
         let mut pipe = redis::pipe();
         pipe.ignore_errors();
-        let shas = Shas { merge: self.merge_script.get_hash(), unlock: self.unlock_script.get_hash() };
+        let shas = Shas {
+            merge: self.merge_script.get_hash(),
+            swap: self.swap_script.get_hash(),
+            unlock: self.unlock_script.get_hash(),
+        };
         let mut planned = Vec::with_capacity(todo.len());
         let mut first = 0;
-        for &i in todo {
+        for (i, step) in todo {
             let op = &ops[i];
             let token = match op.kind {
                 Kind::Lock => Some(new_token()),
                 Kind::Unlock => self.tokens.token(&op.id),
                 _ => None,
             };
-            match push_commands(&mut pipe, op, &self.keys, &shas, token.as_deref()) {
+            let pushed = match &step {
+                Step::Send => push_commands(&mut pipe, op, &self.keys, &shas, token.as_deref()),
+                Step::Read => {
+                    push_read(&mut pipe, op, &self.keys);
+                    Ok(1)
+                }
+                Step::Swap { old, new } => {
+                    push_swap(&mut pipe, op, &self.keys, &shas, old, new).map(|_| 1)
+                }
+            };
+            match pushed {
                 Ok(0) => outcomes[i] = Outcome::Done,
                 Ok(len) => {
-                    planned.push(Planned { op: i, first, len, token });
+                    planned.push(Planned {
+                        op: i,
+                        step,
+                        first,
+                        len,
+                        token,
+                    });
                     first += len;
                 }
                 Err(e) => outcomes[i] = Outcome::Failed(e),
@@ -91,12 +167,43 @@ impl Store {
         (pipe, planned)
     }
 
+    /// What an op's replies to one step mean: its outcome, or its next step.
+    fn advance(&self, op: &Op, step: Step, token: Option<String>, replies: &mut [Value]) -> Next {
+        match step {
+            Step::Send => Next::Finished(self.settle(op, token, decode_replies(op.kind, replies))),
+            Step::Read => match replies.first_mut().map(std::mem::take) {
+                Some(Value::Nil) => Next::Finished(Outcome::Done), // no session: nothing to merge
+                Some(Value::BulkString(old)) => match splice::merge(&old, &op.args) {
+                    Ok(new) => Next::Then(Step::Swap { old, new }),
+                    Err(SpliceError::Corrupt(m)) => {
+                        Next::Finished(Outcome::Failed(StoreError::new(Code::CorruptSession, m)))
+                    }
+                    Err(SpliceError::BadArg(m)) => {
+                        Next::Finished(Outcome::Failed(StoreError::invalid_arg(m)))
+                    }
+                    Err(SpliceError::TooDeep) => Next::Then(Step::Send),
+                },
+                other => Next::Finished(
+                    decode_replies(Kind::Get, &other.into_iter().collect::<Vec<_>>())
+                        .failed_or_unexpected(),
+                ),
+            },
+            Step::Swap { .. } => match replies.first() {
+                Some(Value::Int(1)) => Next::Finished(Outcome::Done),
+                // The text changed since it was read: the server-side script applies the paths.
+                Some(Value::Int(0)) => Next::Then(Step::Send),
+                _ => Next::Finished(decode_replies(Kind::Merge, replies)),
+            },
+        }
+    }
+
     /// Keeps the lock tokens in step with what Redis answered.
     fn settle(&self, op: &Op, token: Option<String>, outcome: Outcome) -> Outcome {
         match (op.kind, &outcome, token) {
             (Kind::Lock, Outcome::Bool(true), Some(token)) => {
                 let ttl = ttl_ms(op.ttl).unwrap_or_default();
-                self.tokens.remember(&op.id, token, Duration::from_millis(ttl));
+                self.tokens
+                    .remember(&op.id, token, Duration::from_millis(ttl));
             }
             (Kind::Unlock, Outcome::Done, Some(token)) => self.tokens.forget_if(&op.id, &token),
             (Kind::Delete, Outcome::Done, _) => self.tokens.forget(&op.id),
@@ -105,11 +212,27 @@ impl Store {
         outcome
     }
 
-    /// `SCRIPT LOAD` of both scripts; used by `preloadScript` and after NOSCRIPT.
+    /// `SCRIPT LOAD` of the scripts; used by `preloadScript` and after NOSCRIPT.
     pub async fn load_scripts(&self) -> Result<()> {
         let mut pipe = redis::pipe();
-        pipe.cmd("SCRIPT").arg("LOAD").arg(MERGE_LUA);
-        pipe.cmd("SCRIPT").arg("LOAD").arg(UNLOCK_LUA);
-        self.conn.run(|mut c| async move { pipe.query_async::<()>(&mut c).await }).await
+        for lua in [MERGE_LUA, SWAP_LUA, UNLOCK_LUA] {
+            pipe.cmd("SCRIPT").arg("LOAD").arg(lua);
+        }
+        self.conn
+            .run(|mut c| async move { pipe.query_async::<()>(&mut c).await })
+            .await
+    }
+}
+
+impl Outcome {
+    /// A reply to a merge's read that is neither text nor nil: its error, or "unexpected".
+    fn failed_or_unexpected(self) -> Outcome {
+        match self {
+            Outcome::Failed(e) => Outcome::Failed(e),
+            other => Outcome::Failed(StoreError::new(
+                Code::Redis,
+                format!("unexpected reply to a read: {other:?}"),
+            )),
+        }
     }
 }

@@ -48,7 +48,10 @@ pub type Result<T> = std::result::Result<T, StoreError>;
 
 impl StoreError {
     pub fn new(code: Code, message: impl Into<String>) -> Self {
-        StoreError { code, message: message.into() }
+        StoreError {
+            code,
+            message: message.into(),
+        }
     }
 
     pub fn invalid_arg(message: impl Into<String>) -> Self {
@@ -60,7 +63,10 @@ impl StoreError {
     }
 
     pub fn timeout(ms: u64) -> Self {
-        Self::new(Code::Timeout, format!("Redis did not answer within {ms} ms"))
+        Self::new(
+            Code::Timeout,
+            format!("Redis did not answer within {ms} ms"),
+        )
     }
 }
 
@@ -88,8 +94,9 @@ impl From<RedisError> for StoreError {
             Code::Connection
         } else {
             match e.kind() {
-                ErrorKind::AuthenticationFailed
-                | ErrorKind::Server(ServerErrorKind::NoPerm) => Code::Auth,
+                ErrorKind::AuthenticationFailed | ErrorKind::Server(ServerErrorKind::NoPerm) => {
+                    Code::Auth
+                }
                 _ if matches!(e.code(), Some("NOAUTH" | "WRONGPASS")) => Code::Auth,
                 _ => Code::Redis,
             }
@@ -116,7 +123,10 @@ mod tests {
     #[test]
     fn display_carries_the_code_first() {
         let e = StoreError::invalid_arg("sessionId must be a non-empty string");
-        assert_eq!(e.to_string(), "ERR_INVALID_ARG: sessionId must be a non-empty string");
+        assert_eq!(
+            e.to_string(),
+            "ERR_INVALID_ARG: sessionId must be a non-empty string"
+        );
     }
 
     #[test]
@@ -127,7 +137,10 @@ mod tests {
         );
         let s = StoreError::from(e);
         assert_eq!(s.code, Code::CorruptSession);
-        assert_eq!(s.message, "stored session is not a JSON object: bad escape at byte 3");
+        assert_eq!(
+            s.message,
+            "stored session is not a JSON object: bad escape at byte 3"
+        );
     }
 
     #[test]

@@ -9,7 +9,10 @@ pub struct Keys {
 
 impl Keys {
     pub fn new(prefix: &str, lock_prefix: &str) -> Self {
-        Keys { prefix: prefix.to_owned(), lock_prefix: lock_prefix.to_owned() }
+        Keys {
+            prefix: prefix.to_owned(),
+            lock_prefix: lock_prefix.to_owned(),
+        }
     }
 
     pub fn session(&self, id: &str) -> String {

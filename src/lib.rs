@@ -10,6 +10,7 @@ pub mod keys;
 pub mod lock;
 pub mod ops;
 pub mod options;
+pub mod splice;
 pub mod store;
 
 use napi::bindgen_prelude::Result;
@@ -28,7 +29,9 @@ fn worker_threads() -> usize {
     {
         return n;
     }
-    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
     (cores / 2).clamp(1, 2)
 }
 
@@ -67,7 +70,9 @@ impl NativeStore {
     #[napi(constructor)]
     pub fn new(options: Option<StoreOptions>) -> Result<Self> {
         let config = Config::from_options(&options.unwrap_or_default())?;
-        Ok(NativeStore { inner: store::Store::new(&config)? })
+        Ok(NativeStore {
+            inner: store::Store::new(&config)?,
+        })
     }
 
     /// Runs a batch of calls as one pipeline. Op i: `kinds[i]` (see ops.rs),

@@ -37,7 +37,9 @@ pub fn new_token() -> String {
 
 impl LockTokens {
     fn held(&self) -> std::sync::MutexGuard<'_, HashMap<String, (String, Instant)>> {
-        self.held.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.held
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     pub fn remember(&self, id: &str, token: String, ttl: Duration) {
@@ -82,7 +84,9 @@ mod tests {
     fn tokens_are_32_hex_and_distinct() {
         let tokens: std::collections::HashSet<String> = (0..10_000).map(|_| new_token()).collect();
         assert_eq!(tokens.len(), 10_000);
-        assert!(tokens.iter().all(|t| t.len() == 32 && t.bytes().all(|b| b.is_ascii_hexdigit())));
+        assert!(tokens
+            .iter()
+            .all(|t| t.len() == 32 && t.bytes().all(|b| b.is_ascii_hexdigit())));
     }
 
     #[test]

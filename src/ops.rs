@@ -80,21 +80,33 @@ pub fn decode_batch(
 ) -> Result<Vec<Op>> {
     let n = kinds.len();
     if ids.len() != n || ttls.len() != n || counts.len() != n {
-        return Err(StoreError::invalid_arg("a batch needs kinds, ids, ttls and counts of one length"));
+        return Err(StoreError::invalid_arg(
+            "a batch needs kinds, ids, ttls and counts of one length",
+        ));
     }
     let mut strings = strings.into_iter();
     let mut ops = Vec::with_capacity(n);
     for (((kind, id), ttl), count) in kinds.into_iter().zip(ids).zip(ttls).zip(counts) {
-        let kind = Kind::from_code(kind).ok_or_else(|| StoreError::invalid_arg(format!("unknown op code {kind}")))?;
+        let kind = Kind::from_code(kind)
+            .ok_or_else(|| StoreError::invalid_arg(format!("unknown op code {kind}")))?;
         let take = kind.strings(count);
         let args: Vec<String> = strings.by_ref().take(take).collect();
         if args.len() != take || (kind == Kind::Merge && take % 2 != 0) {
-            return Err(StoreError::invalid_arg("a batch's strings do not match its ops"));
+            return Err(StoreError::invalid_arg(
+                "a batch's strings do not match its ops",
+            ));
         }
-        ops.push(Op { kind, id, ttl, args });
+        ops.push(Op {
+            kind,
+            id,
+            ttl,
+            args,
+        });
     }
     if strings.next().is_some() {
-        return Err(StoreError::invalid_arg("a batch's strings do not match its ops"));
+        return Err(StoreError::invalid_arg(
+            "a batch's strings do not match its ops",
+        ));
     }
     Ok(ops)
 }
@@ -120,19 +132,54 @@ pub fn ttl_ms(ttl: f64) -> Result<u64> {
     if ttl.is_finite() && ttl > 0.0 && ttl <= 9_007_199_254_740_991.0 {
         Ok(ttl.ceil() as u64)
     } else {
-        Err(StoreError::invalid_arg(format!("ttlMs must be a finite number greater than 0, got {ttl}")))
+        Err(StoreError::invalid_arg(format!(
+            "ttlMs must be a finite number greater than 0, got {ttl}"
+        )))
     }
 }
 
 /// Script hashes the commands refer to.
 pub struct Shas<'a> {
     pub merge: &'a str,
+    pub swap: &'a str,
     pub unlock: &'a str,
 }
 
-/// Appends op's commands to `pipe`; returns how many it appended. `token` is the
+/// A merge's first step: read the stored text, to splice the paths in here.
+pub fn push_read(pipe: &mut Pipeline, op: &Op, keys: &Keys) {
+    pipe.cmd("GET").arg(keys.session(&op.id));
+}
+
+/// A merge's second step: write the spliced text if the stored one is unchanged.
+pub fn push_swap(
+    pipe: &mut Pipeline,
+    op: &Op,
+    keys: &Keys,
+    shas: &Shas,
+    old: &[u8],
+    new: &[u8],
+) -> Result<()> {
+    let ttl = ttl_ms(op.ttl)?;
+    pipe.cmd("EVALSHA")
+        .arg(shas.swap)
+        .arg(1)
+        .arg(keys.session(&op.id))
+        .arg(old)
+        .arg(new)
+        .arg(ttl);
+    Ok(())
+}
+
+/// Appends op's commands to `pipe` (for Merge: the server-side script, used
+/// when the client-side splice cannot be); returns how many it appended. `token` is the
 /// lock token for Lock (the new one) and Unlock (the remembered one).
-pub fn push_commands(pipe: &mut Pipeline, op: &Op, keys: &Keys, shas: &Shas, token: Option<&str>) -> Result<usize> {
+pub fn push_commands(
+    pipe: &mut Pipeline,
+    op: &Op,
+    keys: &Keys,
+    shas: &Shas,
+    token: Option<&str>,
+) -> Result<usize> {
     Ok(match op.kind {
         Kind::Get => {
             pipe.cmd("GET").arg(keys.session(&op.id));
@@ -140,7 +187,11 @@ pub fn push_commands(pipe: &mut Pipeline, op: &Op, keys: &Keys, shas: &Shas, tok
         }
         Kind::Set => {
             let ttl = ttl_ms(op.ttl)?; // before the command goes in: no half-written command
-            pipe.cmd("SET").arg(keys.session(&op.id)).arg(&op.args[0]).arg("PX").arg(ttl);
+            pipe.cmd("SET")
+                .arg(keys.session(&op.id))
+                .arg(&op.args[0])
+                .arg("PX")
+                .arg(ttl);
             1
         }
         Kind::Delete => {
@@ -151,17 +202,31 @@ pub fn push_commands(pipe: &mut Pipeline, op: &Op, keys: &Keys, shas: &Shas, tok
         }
         Kind::Merge => {
             let ttl = ttl_ms(op.ttl)?;
-            pipe.cmd("EVALSHA").arg(shas.merge).arg(1).arg(keys.session(&op.id)).arg(ttl).arg(&op.args);
+            pipe.cmd("EVALSHA")
+                .arg(shas.merge)
+                .arg(1)
+                .arg(keys.session(&op.id))
+                .arg(ttl)
+                .arg(&op.args);
             1
         }
         Kind::Lock => {
             let ttl = ttl_ms(op.ttl)?;
-            pipe.cmd("SET").arg(keys.lock(&op.id)).arg(token.unwrap_or_default()).arg("NX").arg("PX").arg(ttl);
+            pipe.cmd("SET")
+                .arg(keys.lock(&op.id))
+                .arg(token.unwrap_or_default())
+                .arg("NX")
+                .arg("PX")
+                .arg(ttl);
             1
         }
         Kind::Unlock => match token {
             Some(token) => {
-                pipe.cmd("EVALSHA").arg(shas.unlock).arg(1).arg(keys.lock(&op.id)).arg(token);
+                pipe.cmd("EVALSHA")
+                    .arg(shas.unlock)
+                    .arg(1)
+                    .arg(keys.lock(&op.id))
+                    .arg(token);
                 1
             }
             None => 0,
@@ -180,7 +245,8 @@ pub fn is_noscript(v: &Value) -> bool {
 
 /// The outcome of op from its replies (one per command it sent).
 pub fn decode_replies(kind: Kind, replies: &[Value]) -> Outcome {
-    if let Some(Value::ServerError(e)) = replies.iter().find(|v| matches!(v, Value::ServerError(_))) {
+    if let Some(Value::ServerError(e)) = replies.iter().find(|v| matches!(v, Value::ServerError(_)))
+    {
         return Outcome::Failed(StoreError::from(RedisError::from(e.clone())));
     }
     let reply = replies.first();
@@ -190,7 +256,10 @@ pub fn decode_replies(kind: Kind, replies: &[Value]) -> Outcome {
             Ok(text) => Outcome::Text(Some(text.to_owned())),
             Err(e) => Outcome::Failed(StoreError::new(
                 Code::CorruptSession,
-                format!("stored session is not UTF-8 text (byte {})", e.valid_up_to() + 1),
+                format!(
+                    "stored session is not UTF-8 text (byte {})",
+                    e.valid_up_to() + 1
+                ),
             )),
         },
         (Kind::Set, Some(Value::Okay)) => Outcome::Done,
@@ -223,7 +292,15 @@ mod tests {
             vec![s("{}"), s("data.x"), s("1"), s("data.y"), s("")],
         )
         .unwrap();
-        assert_eq!(ops[0], Op { kind: Kind::Get, id: s("a"), ttl: 0.0, args: vec![] });
+        assert_eq!(
+            ops[0],
+            Op {
+                kind: Kind::Get,
+                id: s("a"),
+                ttl: 0.0,
+                args: vec![]
+            }
+        );
         assert_eq!(ops[1].args, vec![s("{}")]);
         assert_eq!(ops[2].args, vec![s("data.x"), s("1"), s("data.y"), s("")]);
         assert_eq!(ops[3].kind, Kind::Lock);
@@ -255,22 +332,49 @@ mod tests {
         ]);
         assert_eq!(codes, vec![DONE, TRUE, FALSE, TEXT, NULL, FAILED]);
         assert_eq!(values[3].as_deref(), Some("{}"));
-        assert_eq!(values[5].as_deref(), Some("ERR_CLOSED: the store is closed"));
+        assert_eq!(
+            values[5].as_deref(),
+            Some("ERR_CLOSED: the store is closed")
+        );
     }
 
     #[test]
     fn replies_decode_per_kind() {
-        assert_eq!(decode_replies(Kind::Get, &[Value::Nil]), Outcome::Text(None));
-        assert_eq!(decode_replies(Kind::Get, &[Value::BulkString(b"{}".to_vec())]), Outcome::Text(Some(s("{}"))));
+        assert_eq!(
+            decode_replies(Kind::Get, &[Value::Nil]),
+            Outcome::Text(None)
+        );
+        assert_eq!(
+            decode_replies(Kind::Get, &[Value::BulkString(b"{}".to_vec())]),
+            Outcome::Text(Some(s("{}")))
+        );
         assert!(matches!(
             decode_replies(Kind::Get, &[Value::BulkString(vec![0x7b, 0xff])]),
-            Outcome::Failed(StoreError { code: Code::CorruptSession, .. })
+            Outcome::Failed(StoreError {
+                code: Code::CorruptSession,
+                ..
+            })
         ));
-        assert_eq!(decode_replies(Kind::Lock, &[Value::Okay]), Outcome::Bool(true));
-        assert_eq!(decode_replies(Kind::Lock, &[Value::Nil]), Outcome::Bool(false));
-        assert_eq!(decode_replies(Kind::IsLocked, &[Value::Int(1)]), Outcome::Bool(true));
-        assert_eq!(decode_replies(Kind::Delete, &[Value::Int(1), Value::Int(0)]), Outcome::Done);
-        assert!(matches!(decode_replies(Kind::Set, &[Value::Int(3)]), Outcome::Failed(_)));
+        assert_eq!(
+            decode_replies(Kind::Lock, &[Value::Okay]),
+            Outcome::Bool(true)
+        );
+        assert_eq!(
+            decode_replies(Kind::Lock, &[Value::Nil]),
+            Outcome::Bool(false)
+        );
+        assert_eq!(
+            decode_replies(Kind::IsLocked, &[Value::Int(1)]),
+            Outcome::Bool(true)
+        );
+        assert_eq!(
+            decode_replies(Kind::Delete, &[Value::Int(1), Value::Int(0)]),
+            Outcome::Done
+        );
+        assert!(matches!(
+            decode_replies(Kind::Set, &[Value::Int(3)]),
+            Outcome::Failed(_)
+        ));
     }
 
     #[test]

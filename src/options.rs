@@ -62,8 +62,16 @@ impl Config {
             url,
             keys: Keys::new(prefix, lock_prefix),
             preload_script: o.preload_script.unwrap_or(false),
-            connect_timeout: timeout("connectTimeout", o.connect_timeout, DEFAULT_CONNECT_TIMEOUT_MS)?,
-            command_timeout: timeout("commandTimeout", o.command_timeout, DEFAULT_COMMAND_TIMEOUT_MS)?,
+            connect_timeout: timeout(
+                "connectTimeout",
+                o.connect_timeout,
+                DEFAULT_CONNECT_TIMEOUT_MS,
+            )?,
+            command_timeout: timeout(
+                "commandTimeout",
+                o.command_timeout,
+                DEFAULT_COMMAND_TIMEOUT_MS,
+            )?,
         })
     }
 }
@@ -109,7 +117,11 @@ pub fn redact_url(url: &str) -> String {
     };
     let userinfo = &authority[..at];
     let user = userinfo.split(':').next().unwrap_or("");
-    let masked = if userinfo.contains(':') { format!("{user}:***") } else { "***".to_owned() };
+    let masked = if userinfo.contains(':') {
+        format!("{user}:***")
+    } else {
+        "***".to_owned()
+    };
     format!("{}{}{}", &url[..scheme_end + 3], masked, &rest[at..])
 }
 
@@ -130,33 +142,66 @@ mod tests {
 
     #[test]
     fn timeouts_round_up_and_reject_nonsense() {
-        let o = StoreOptions { command_timeout: Some(2.5), ..Default::default() };
-        assert_eq!(Config::from_options(&o).unwrap().command_timeout, Duration::from_millis(3));
+        let o = StoreOptions {
+            command_timeout: Some(2.5),
+            ..Default::default()
+        };
+        assert_eq!(
+            Config::from_options(&o).unwrap().command_timeout,
+            Duration::from_millis(3)
+        );
         for bad in [0.0, -1.0, f64::NAN, f64::INFINITY, 1e12] {
-            let o = StoreOptions { connect_timeout: Some(bad), ..Default::default() };
+            let o = StoreOptions {
+                connect_timeout: Some(bad),
+                ..Default::default()
+            };
             let e = Config::from_options(&o).unwrap_err();
-            assert!(e.message.contains("options.connectTimeout"), "{}", e.message);
+            assert!(
+                e.message.contains("options.connectTimeout"),
+                "{}",
+                e.message
+            );
         }
     }
 
     #[test]
     fn url_must_be_redis_and_errors_never_show_the_password() {
-        for bad in ["http://u:hunter2@h", "redis://u:hunter2@h:notaport", "hunter2"] {
-            let o = StoreOptions { url: Some(bad.into()), ..Default::default() };
+        for bad in [
+            "http://u:hunter2@h",
+            "redis://u:hunter2@h:notaport",
+            "hunter2",
+        ] {
+            let o = StoreOptions {
+                url: Some(bad.into()),
+                ..Default::default()
+            };
             let e = Config::from_options(&o).unwrap_err();
             assert!(e.message.starts_with("options.url"), "{}", e.message);
             assert!(!e.message.contains("hunter2"), "{}", e.message);
         }
-        for good in ["redis://h:1/2", "rediss://u:p@h", "redis://:p@127.0.0.1:6380/0"] {
-            let o = StoreOptions { url: Some(good.into()), ..Default::default() };
+        for good in [
+            "redis://h:1/2",
+            "rediss://u:p@h",
+            "redis://:p@127.0.0.1:6380/0",
+        ] {
+            let o = StoreOptions {
+                url: Some(good.into()),
+                ..Default::default()
+            };
             assert!(Config::from_options(&o).is_ok(), "{good}");
         }
     }
 
     #[test]
     fn empty_lock_prefix_is_refused() {
-        let o = StoreOptions { lock_prefix: Some(String::new()), ..Default::default() };
-        assert!(Config::from_options(&o).unwrap_err().message.contains("lockPrefix"));
+        let o = StoreOptions {
+            lock_prefix: Some(String::new()),
+            ..Default::default()
+        };
+        assert!(Config::from_options(&o)
+            .unwrap_err()
+            .message
+            .contains("lockPrefix"));
     }
 
     #[test]

@@ -11,6 +11,8 @@ use crate::options::Config;
 
 /// The merge script, compiled in. Run by EVALSHA; loaded again after NOSCRIPT.
 pub const MERGE_LUA: &str = include_str!("../lua/merge.lua");
+/// Compare-and-set of a session merged on the client.
+pub const SWAP_LUA: &str = include_str!("../lua/swap.lua");
 /// Compare-and-delete of a lock key.
 pub const UNLOCK_LUA: &str = include_str!("../lua/unlock.lua");
 
@@ -18,6 +20,7 @@ pub struct Store {
     pub(crate) conn: Connection,
     pub(crate) keys: Keys,
     pub(crate) merge_script: Script,
+    pub(crate) swap_script: Script,
     pub(crate) unlock_script: Script,
     pub(crate) tokens: LockTokens,
 }
@@ -28,6 +31,7 @@ impl Store {
             conn: Connection::new(config)?,
             keys: config.keys.clone(),
             merge_script: Script::new(MERGE_LUA),
+            swap_script: Script::new(SWAP_LUA),
             unlock_script: Script::new(UNLOCK_LUA),
             tokens: LockTokens::default(),
         })
@@ -45,7 +49,7 @@ mod tests {
     #[test]
     fn scripts_pass_keys_only_through_keys() {
         // Cluster routing needs every key in KEYS; the scripts never build one.
-        for lua in [MERGE_LUA, UNLOCK_LUA] {
+        for lua in [MERGE_LUA, SWAP_LUA, UNLOCK_LUA] {
             assert!(lua.contains("KEYS[1]"));
             assert!(!lua.contains("KEYS[2]"));
         }

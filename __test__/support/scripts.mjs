@@ -2,6 +2,9 @@
 import { createHash } from 'node:crypto'
 import { readFileSync } from 'node:fs'
 
-const sha = (name) => createHash('sha1').update(readFileSync(new URL(`../../lua/${name}`, import.meta.url))).digest('hex')
+const source = (name) => readFileSync(new URL(`../../lua/${name}`, import.meta.url), 'utf8')
+const sha = (name) => createHash('sha1').update(source(name)).digest('hex')
+export const MERGE_SOURCE = source('merge.lua')
 export const MERGE_SHA = sha('merge.lua')
+export const SWAP_SHA = sha('swap.lua')
 export const UNLOCK_SHA = sha('unlock.lua')
