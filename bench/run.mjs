@@ -101,8 +101,9 @@ async function ceiling(port, cells) {
         const n = Math.max(2000, Math.min(200_000, Math.round((inflight === 1 ? 20_000 : 400_000) * (1024 / size) ** 0.5)))
         const args = ['-p', String(port), '-c', '1', '-P', String(inflight), '-n', String(n), '--csv', ...cmd]
         const { stdout } = await promisify(execFile)(bin, args, { maxBuffer: 1 << 20 })
+        // The first column quotes the command, commas and all: read from the end.
         const row = stdout.trim().split('\n').pop().split(',').map((v) => v.replace(/"/g, ''))
-        rates.push(Number(row[1]))
+        rates.push(Number(row[row.length - 7]))
       }
       out[`${op}/${size}/${inflight}`] = 1 / rates.reduce((a, r) => a + 1 / r, 0)
     }

@@ -14,6 +14,8 @@ function cartItem(i) {
   }
 }
 
+const cartLength = new Map()
+
 /** A session whose JSON text is about `bytes` long. */
 export function makeSession(id, bytes) {
   const s = {
@@ -27,7 +29,13 @@ export function makeSession(id, bytes) {
     },
     meta: { id, createdAt: 1763812345678, expiresAt: 1763812345678 + 86_400_000 },
   }
-  for (let i = 0; JSON.stringify(s).length < bytes; i++) s.data.cart.push(cartItem(i))
+  let n = cartLength.get(bytes)
+  if (n === undefined) {
+    for (n = 0; JSON.stringify(s).length < bytes; n++) s.data.cart.push(cartItem(n))
+    cartLength.set(bytes, n)
+  } else {
+    for (let i = 0; i < n; i++) s.data.cart.push(cartItem(i))
+  }
   return s
 }
 
