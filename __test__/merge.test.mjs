@@ -150,6 +150,44 @@ describe('merge semantics', () => {
   })
 })
 
+describe('merge after this store read the session', () => {
+  // A store remembers the text it last read or wrote and splices into it;
+  // the compare-and-set finds out when another writer came in between.
+  it('applies the paths to what another writer stored since', async () => {
+    const store = redis.store()
+    const id = newId()
+    await store.set(id, session(id, { a: 1 }), 60_000)
+    await store.get(id)
+    await redis.admin.set(`sess:${id}`, JSON.stringify(session(id, { a: 1, other: 'writer' })), 'PX', 60_000)
+    await store.merge(id, { 'data.b': 2 }, 60_000)
+    const s = await store.get(id)
+    assert.equal(s.data.other, 'writer')
+    assert.equal(s.data.b, 2)
+    await store.merge(id, { 'data.c': 3 }, 60_000) // and again, on the text it wrote
+    assert.deepEqual(Object.keys((await store.get(id)).data).slice(-3), ['other', 'b', 'c'])
+  })
+
+  it('does not bring back a session another store deleted', async () => {
+    const [a, b] = [redis.store(), redis.store()]
+    const id = newId()
+    await a.set(id, session(id), 60_000)
+    await a.get(id)
+    await b.delete(id)
+    await a.merge(id, { 'data.b': 2 }, 60_000)
+    assert.equal(await redis.admin.exists(`sess:${id}`), 0)
+  })
+
+  it('reads afresh when the stored text became corrupt', async () => {
+    const store = redis.store()
+    const id = newId()
+    await store.set(id, session(id), 60_000)
+    await store.get(id)
+    await redis.admin.set(`sess:${id}`, '{"data":', 'PX', 60_000)
+    await rejectsWith(store.merge(id, { 'data.b': 2 }, 60_000), 'ERR_CORRUPT_SESSION')
+    assert.equal(await redis.admin.get(`sess:${id}`), '{"data":')
+  })
+})
+
 describe('merge keeps untouched bytes', () => {
   it('keeps empty arrays, every digit, cjson spellings and escapes', async () => {
     // As JSON.stringify writes it, and as the JS adapter's cjson writes it.

@@ -5,10 +5,13 @@
 //! (`splice.rs`, at memory speed); write it back with a compare-and-set script.
 //! When the text changed in between, or the splice cannot be done here, the
 //! server-side script (`lua/merge.lua`) applies the paths atomically instead.
+//! A merge of a session whose text this store read or wrote lately starts with
+//! the compare-and-set (`texts.rs`); if that text is out of date, it reads.
 //! Each step of every op of the batch shares one pipeline per round. Ops whose
 //! script the server does not have (NOSCRIPT after a restart or SCRIPT FLUSH)
 //! run again once the scripts are loaded.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use redis::{Pipeline, Value};
@@ -28,8 +31,13 @@ enum Step {
     Send,
     /// Merge: read the stored text.
     Read,
-    /// Merge: write `new` if the stored text is still `old`.
-    Swap { old: Vec<u8>, new: Vec<u8> },
+    /// Merge: write `new` if the stored text is still `old`, which came from
+    /// this store's texts (`remembered`) or was just read.
+    Swap {
+        old: Arc<Vec<u8>>,
+        new: Vec<u8>,
+        remembered: bool,
+    },
 }
 
 enum Next {
@@ -46,8 +54,9 @@ struct Planned {
     token: Option<String>,
 }
 
-/// Read, swap, script, and one repeat after NOSCRIPT: no op needs more rounds.
-const MAX_ROUNDS: usize = 5;
+/// Swap on a remembered text, read, swap, script, and one repeat after
+/// NOSCRIPT: no op needs more rounds.
+const MAX_ROUNDS: usize = 6;
 
 impl Store {
     /// Runs ops in order; one outcome per op.
@@ -60,7 +69,7 @@ impl Store {
                 (
                     i,
                     if op.kind == Kind::Merge {
-                        Step::Read
+                        self.first_merge_step(op)
                     } else {
                         Step::Send
                     },
@@ -145,7 +154,7 @@ impl Store {
                     push_read(&mut pipe, op, &self.keys);
                     Ok(1)
                 }
-                Step::Swap { old, new } => {
+                Step::Swap { old, new, .. } => {
                     push_swap(&mut pipe, op, &self.keys, &shas, old, new).map(|_| 1)
                 }
             };
@@ -167,14 +176,37 @@ impl Store {
         (pipe, planned)
     }
 
+    /// A merge starts with the compare-and-set when this store has the session's
+    /// text, and with a read otherwise.
+    fn first_merge_step(&self, op: &Op) -> Step {
+        match self.texts.get(&op.id) {
+            Some(old) => match splice::merge(&old, &op.args) {
+                Ok(new) => Step::Swap {
+                    old,
+                    new,
+                    remembered: true,
+                },
+                Err(_) => Step::Read, // let the stored text decide
+            },
+            None => Step::Read,
+        }
+    }
+
     /// What an op's replies to one step mean: its outcome, or its next step.
     fn advance(&self, op: &Op, step: Step, token: Option<String>, replies: &mut [Value]) -> Next {
         match step {
             Step::Send => Next::Finished(self.settle(op, token, decode_replies(op.kind, replies))),
             Step::Read => match replies.first_mut().map(std::mem::take) {
-                Some(Value::Nil) => Next::Finished(Outcome::Done), // no session: nothing to merge
+                Some(Value::Nil) => {
+                    self.texts.forget(&op.id);
+                    Next::Finished(Outcome::Done) // no session: nothing to merge
+                }
                 Some(Value::BulkString(old)) => match splice::merge(&old, &op.args) {
-                    Ok(new) => Next::Then(Step::Swap { old, new }),
+                    Ok(new) => Next::Then(Step::Swap {
+                        old: Arc::new(old),
+                        new,
+                        remembered: false,
+                    }),
                     Err(SpliceError::Corrupt(m)) => {
                         Next::Finished(Outcome::Failed(StoreError::new(Code::CorruptSession, m)))
                     }
@@ -188,17 +220,39 @@ impl Store {
                         .failed_or_unexpected(),
                 ),
             },
-            Step::Swap { .. } => match replies.first() {
-                Some(Value::Int(1)) => Next::Finished(Outcome::Done),
-                // The text changed since it was read: the server-side script applies the paths.
-                Some(Value::Int(0)) => Next::Then(Step::Send),
+            Step::Swap {
+                new, remembered, ..
+            } => match replies.first() {
+                Some(Value::Int(1)) => {
+                    self.texts.put(&op.id, Arc::new(new));
+                    Next::Finished(Outcome::Done)
+                }
+                Some(Value::Int(0)) => {
+                    self.texts.forget(&op.id);
+                    if remembered {
+                        Next::Then(Step::Read) // the remembered text was out of date
+                    } else {
+                        // The text changed since it was read: the server-side script applies the paths.
+                        Next::Then(Step::Send)
+                    }
+                }
                 _ => Next::Finished(decode_replies(Kind::Merge, replies)),
             },
         }
     }
 
-    /// Keeps the lock tokens in step with what Redis answered.
+    /// Keeps the lock tokens and the remembered texts in step with what Redis
+    /// answered.
     fn settle(&self, op: &Op, token: Option<String>, outcome: Outcome) -> Outcome {
+        match (op.kind, &outcome) {
+            (Kind::Get, Outcome::Text(Some(text))) => {
+                self.texts.put(&op.id, Arc::new(text.as_bytes().to_vec()))
+            }
+            // Unknown now: a get that failed or found nothing, a set, a delete,
+            // a merge the server-side script did.
+            (Kind::Get | Kind::Set | Kind::Delete | Kind::Merge, _) => self.texts.forget(&op.id),
+            _ => {}
+        }
         match (op.kind, &outcome, token) {
             (Kind::Lock, Outcome::Bool(true), Some(token)) => {
                 let ttl = ttl_ms(op.ttl).unwrap_or_default();

@@ -12,6 +12,7 @@ pub mod ops;
 pub mod options;
 pub mod splice;
 pub mod store;
+pub mod texts;
 
 use napi::bindgen_prelude::Result;
 use napi_derive::napi;

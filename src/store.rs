@@ -8,6 +8,7 @@ use crate::errors::Result;
 use crate::keys::Keys;
 use crate::lock::LockTokens;
 use crate::options::Config;
+use crate::texts::Texts;
 
 /// The merge script, compiled in. Run by EVALSHA; loaded again after NOSCRIPT.
 pub const MERGE_LUA: &str = include_str!("../lua/merge.lua");
@@ -23,6 +24,7 @@ pub struct Store {
     pub(crate) swap_script: Script,
     pub(crate) unlock_script: Script,
     pub(crate) tokens: LockTokens,
+    pub(crate) texts: Texts,
 }
 
 impl Store {
@@ -34,6 +36,7 @@ impl Store {
             swap_script: Script::new(SWAP_LUA),
             unlock_script: Script::new(UNLOCK_LUA),
             tokens: LockTokens::default(),
+            texts: Texts::default(),
         })
     }
 
