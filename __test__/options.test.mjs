@@ -85,7 +85,7 @@ describe('a server with a password', () => {
   })
 
   it('an ACL user limited to sess:* keys and the commands the store uses', async () => {
-    const commands = ['+get', '+set', '+del', '+exists', '+evalsha', '+eval', '+script|load']
+    const commands = ['+get', '+set', '+del', '+exists', '+evalsha', '+script|load']
     const server = await startRedis({ args: ['--user', 'default', 'off', '--user', 'app', 'on', '>pw', '~sess:*', ...commands] })
     const store = createRedisSessionStore({ url: `redis://app:pw@127.0.0.1:${server.port}` })
     try {
