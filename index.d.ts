@@ -47,8 +47,9 @@ export interface StoreOptions {
   /** Lock keys are `<prefix><lockPrefix><sessionId>`. Default `'lock:'`; must not be empty. */
   lockPrefix?: string
   /**
-   * Load the merge script when the store is created instead of on the first
-   * `merge()`. A failed preload is retried by the first merge. Default `false`.
+   * Load the scripts when the store is created instead of on the first
+   * `merge()`. A failed preload is retried by the first merge. Default
+   * `false`. (Read by store.js, which asks for the preload.)
    */
   preloadScript?: boolean
   /** How long to wait for a connection to be established, in ms. Default 1000. */

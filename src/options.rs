@@ -27,8 +27,9 @@ pub struct StoreOptions {
     pub prefix: Option<String>,
     /// Lock keys are `<prefix><lockPrefix><sessionId>`. Default `'lock:'`; must not be empty.
     pub lock_prefix: Option<String>,
-    /// Load the merge script when the store is created instead of on the first
-    /// `merge()`. A failed preload is retried by the first merge. Default `false`.
+    /// Load the scripts when the store is created instead of on the first
+    /// `merge()`. A failed preload is retried by the first merge. Default
+    /// `false`. (Read by store.js, which asks for the preload.)
     pub preload_script: Option<bool>,
     /// How long to wait for a connection to be established, in ms. Default 1000.
     pub connect_timeout: Option<f64>,
@@ -42,7 +43,6 @@ pub struct StoreOptions {
 pub struct Config {
     pub url: String,
     pub keys: Keys,
-    pub preload_script: bool,
     pub connect_timeout: Duration,
     pub command_timeout: Duration,
 }
@@ -61,7 +61,6 @@ impl Config {
         Ok(Config {
             url,
             keys: Keys::new(prefix, lock_prefix),
-            preload_script: o.preload_script.unwrap_or(false),
             connect_timeout: timeout(
                 "connectTimeout",
                 o.connect_timeout,
@@ -135,7 +134,6 @@ mod tests {
         assert_eq!(c.url, DEFAULT_URL);
         assert_eq!(c.keys.session("x"), "sess:x");
         assert_eq!(c.keys.lock("x"), "sess:lock:x");
-        assert!(!c.preload_script);
         assert_eq!(c.connect_timeout, Duration::from_millis(1000));
         assert_eq!(c.command_timeout, Duration::from_millis(1000));
     }
