@@ -11,6 +11,7 @@
 //! script the server does not have (NOSCRIPT after a restart or SCRIPT FLUSH)
 //! run again once the scripts are loaded.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -54,37 +55,48 @@ struct Planned {
     token: Option<String>,
 }
 
-/// Swap on a remembered text, read, swap, script, and one repeat after
-/// NOSCRIPT: no op needs more rounds.
-const MAX_ROUNDS: usize = 6;
+/// The most steps one op takes: a swap on a remembered text, a read, a swap,
+/// the server-side script, and one repeat after NOSCRIPT.
+const MAX_STEPS: usize = 5;
 
 impl Store {
-    /// Runs ops in order; one outcome per op.
+    /// Runs ops; one outcome per op. Ops on one session take effect in the
+    /// order given: an op waits while an earlier op of the batch on the same
+    /// session may still need another round (a merge, or an unlock whose script
+    /// may have to be loaded first).
     pub async fn run(&self, ops: &[Op]) -> Vec<Outcome> {
         let mut outcomes = vec![Outcome::Done; ops.len()];
-        let mut todo: Vec<(usize, Step)> = ops
-            .iter()
-            .enumerate()
-            .map(|(i, op)| {
-                (
-                    i,
-                    if op.kind == Kind::Merge {
-                        self.first_merge_step(op)
-                    } else {
-                        Step::Send
-                    },
-                )
-            })
-            .collect();
+        // Unfinished ops in batch order, with their next step (None: not started).
+        let mut todo: Vec<(usize, Option<Step>)> = (0..ops.len()).map(|i| (i, None)).collect();
         let mut scripts_loaded = false;
-        for _ in 0..MAX_ROUNDS {
+        // Each round advances at least the first unfinished op.
+        for _ in 0..MAX_STEPS * ops.len() + 1 {
             if todo.is_empty() {
                 break;
             }
-            let (pipe, planned) = self.plan(ops, todo, &mut outcomes);
-            todo = Vec::new();
+            let mut round = Vec::with_capacity(todo.len());
+            let mut waiting = Vec::new();
+            let mut busy: HashSet<&str> = HashSet::new();
+            for (i, step) in todo.drain(..) {
+                let op = &ops[i];
+                if busy.contains(op.id.as_str()) {
+                    waiting.push((i, step));
+                    continue;
+                }
+                if matches!(op.kind, Kind::Merge | Kind::Unlock) {
+                    busy.insert(op.id.as_str());
+                }
+                // A merge's first step is chosen now, after the ops before it.
+                let step = step.unwrap_or_else(|| match op.kind {
+                    Kind::Merge => self.first_merge_step(op),
+                    _ => Step::Send,
+                });
+                round.push((i, step));
+            }
+            let (pipe, planned) = self.plan(ops, round, &mut outcomes);
+            todo = waiting;
             if planned.is_empty() {
-                break;
+                continue;
             }
             let replies = self
                 .conn
@@ -96,24 +108,26 @@ impl Store {
                     for p in planned {
                         outcomes[p.op] = Outcome::Failed(e.clone());
                     }
+                    for (i, _) in todo.drain(..) {
+                        outcomes[i] = Outcome::Failed(e.clone());
+                    }
                     break;
                 }
             };
             let mut missing_script = false;
             for p in planned {
-                let r = replies
-                    .get_mut(p.first..p.first + p.len)
-                    .unwrap_or_default();
+                let r = replies.get_mut(p.first..p.first + p.len).unwrap_or_default();
                 if !scripts_loaded && r.iter().any(is_noscript) {
                     missing_script = true;
-                    todo.push((p.op, p.step));
+                    todo.push((p.op, Some(p.step)));
                     continue;
                 }
                 match self.advance(&ops[p.op], p.step, p.token, r) {
                     Next::Finished(outcome) => outcomes[p.op] = outcome,
-                    Next::Then(step) => todo.push((p.op, step)),
+                    Next::Then(step) => todo.push((p.op, Some(step))),
                 }
             }
+            todo.sort_unstable_by_key(|(i, _)| *i);
             if missing_script {
                 scripts_loaded = true;
                 if let Err(e) = self.load_scripts().await {
