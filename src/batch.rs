@@ -116,7 +116,9 @@ impl Store {
             };
             let mut missing_script = false;
             for p in planned {
-                let r = replies.get_mut(p.first..p.first + p.len).unwrap_or_default();
+                let r = replies
+                    .get_mut(p.first..p.first + p.len)
+                    .unwrap_or_default();
                 if !scripts_loaded && r.iter().any(is_noscript) {
                     missing_script = true;
                     todo.push((p.op, Some(p.step)));
