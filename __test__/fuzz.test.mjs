@@ -7,7 +7,7 @@ import { it } from 'node:test'
 import { Redis } from 'ioredis'
 import { createJsAdapter } from './support/js-adapter.mjs'
 import { applyToText, applyToValue } from './support/merge-oracles.mjs'
-import { MERGE_SOURCE } from './support/scripts.mjs'
+import { MERGE_SOURCE, scriptArgs } from './support/scripts.mjs'
 import { newId, useRedis } from './support/setup.mjs'
 
 const CASES = Number(process.env.FUZZ_CASES ?? 5000)
@@ -130,9 +130,6 @@ function randomCase() {
   }
   return { text, paths }
 }
-
-/** Arguments of merge.lua for paths, as store.js makes them. */
-const scriptArgs = (paths) => Object.entries(paths).flatMap(([p, v]) => [p, v === undefined ? '' : (JSON.stringify(v) ?? '')])
 
 it(`merge equals both oracles on ${CASES} random documents (seed ${SEED}), in Rust and in the server-side script`, async (t) => {
   const store = redis.store()

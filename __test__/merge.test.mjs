@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict'
 import { describe, it } from 'node:test'
 import { applyToText, applyToValue } from './support/merge-oracles.mjs'
-import { MERGE_SOURCE } from './support/scripts.mjs'
+import { MERGE_SOURCE, scriptArgs } from './support/scripts.mjs'
 import { newId, rejectsWith, session, useRedis } from './support/setup.mjs'
 
 const redis = useRedis()
@@ -10,7 +10,6 @@ const redis = useRedis()
 // server-side script (merge.lua) does it when that cannot be. Every semantic
 // check below runs both: through the store, and through the script directly.
 let mergeSha
-const scriptArgs = (paths) => Object.entries(paths).flatMap(([p, v]) => [p, v === undefined ? '' : (JSON.stringify(v) ?? '')])
 
 /** Stores `text` raw, merges `paths` one way, returns the raw text after. */
 async function mergeText(text, paths, via = 'store', ttl = 60_000) {

@@ -12,7 +12,7 @@ use redis::RedisResult;
 use tokio::sync::Notify;
 
 use crate::errors::{Result, StoreError};
-use crate::options::{redact_url, Config};
+use crate::options::Config;
 
 /// Reconnection after a failure: a few quick attempts, so that calls fail fast
 /// with `ERR_CONNECTION` while the server is down instead of queueing.
@@ -58,29 +58,22 @@ pub fn install_crypto_provider() {
 }
 
 impl Connection {
-    pub fn new(config: &Config) -> Result<Self> {
+    pub fn new(config: &Config) -> Self {
         install_crypto_provider();
-        let client = redis::Client::open(config.url.as_str()).map_err(|e| {
-            StoreError::invalid_arg(format!(
-                "options.url {} is not usable: {}",
-                redact_url(&config.url),
-                e.category()
-            ))
-        })?;
         let manager_config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(config.connect_timeout))
             .set_response_timeout(Some(config.command_timeout))
             .set_number_of_retries(RECONNECT_RETRIES)
             .set_min_delay(RECONNECT_MIN_DELAY)
             .set_max_delay(RECONNECT_MAX_DELAY);
-        Ok(Connection {
-            client,
+        Connection {
+            client: config.client.clone(),
             manager_config,
             call_timeout: config.connect_timeout + config.command_timeout,
             state: Mutex::new(State::Idle),
             in_flight: AtomicUsize::new(0),
             idle: Notify::new(),
-        })
+        }
     }
 
     fn state(&self) -> MutexGuard<'_, State> {

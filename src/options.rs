@@ -42,6 +42,8 @@ pub struct StoreOptions {
 #[derive(Debug, Clone)]
 pub struct Config {
     pub url: String,
+    /// The client for `url`, parsed once here.
+    pub client: redis::Client,
     pub keys: Keys,
     pub connect_timeout: Duration,
     pub command_timeout: Duration,
@@ -50,7 +52,7 @@ pub struct Config {
 impl Config {
     pub fn from_options(o: &StoreOptions) -> Result<Config> {
         let url = o.url.clone().unwrap_or_else(|| DEFAULT_URL.to_owned());
-        check_url(&url)?;
+        let client = parse_url(&url)?;
         let prefix = o.prefix.as_deref().unwrap_or(DEFAULT_PREFIX);
         let lock_prefix = o.lock_prefix.as_deref().unwrap_or(DEFAULT_LOCK_PREFIX);
         if lock_prefix.is_empty() {
@@ -60,6 +62,7 @@ impl Config {
         }
         Ok(Config {
             url,
+            client,
             keys: Keys::new(prefix, lock_prefix),
             connect_timeout: timeout(
                 "connectTimeout",
@@ -87,14 +90,14 @@ fn timeout(name: &str, value: Option<f64>, default_ms: u64) -> Result<Duration> 
     Ok(Duration::from_millis(ms.ceil() as u64))
 }
 
-fn check_url(url: &str) -> Result<()> {
+fn parse_url(url: &str) -> Result<redis::Client> {
     if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
         return Err(StoreError::invalid_arg(format!(
             "options.url must start with redis:// or rediss://, got {}",
             redact_url(url)
         )));
     }
-    redis::Client::open(url).map(|_| ()).map_err(|e| {
+    redis::Client::open(url).map_err(|e| {
         StoreError::invalid_arg(format!(
             "options.url {} is not a valid Redis URL: {}",
             redact_url(url),

@@ -30,7 +30,7 @@ pub struct Store {
 impl Store {
     pub fn new(config: &Config) -> Result<Store> {
         Ok(Store {
-            conn: Connection::new(config)?,
+            conn: Connection::new(config),
             keys: config.keys.clone(),
             merge_script: Script::new(MERGE_LUA),
             swap_script: Script::new(SWAP_LUA),

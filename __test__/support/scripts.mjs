@@ -8,3 +8,6 @@ export const MERGE_SOURCE = source('merge.lua')
 export const MERGE_SHA = sha('merge.lua')
 export const SWAP_SHA = sha('swap.lua')
 export const UNLOCK_SHA = sha('unlock.lua')
+
+/** merge.lua's arguments for a paths object, as store.js makes them ('' removes). */
+export const scriptArgs = (paths) => Object.entries(paths).flatMap(([p, v]) => [p, v === undefined ? '' : (JSON.stringify(v) ?? '')])
