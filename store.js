@@ -259,6 +259,19 @@ class RedisSessionStore {
     return [b, promise]
   }
 
+  /**
+   * The value a queued op settled with; a failure becomes a coded error here,
+   * in a frame the public method awaits, so its stack shows the caller.
+   * @param {Promise<any>} p
+   */
+  async #outcome(p) {
+    try {
+      return await p
+    } catch (e) {
+      throw fromNative(e)
+    }
+  }
+
   #sendIfFull(/** @type {Batch} */ b) {
     if (b.kinds.length >= MAX_BATCH) this.#send()
   }
@@ -291,12 +304,7 @@ class RedisSessionStore {
     checkId(sessionId)
     const [b, p] = this.#enqueue(GET, sessionId, 0, 0)
     this.#sendIfFull(b)
-    let text
-    try {
-      text = await p
-    } catch (e) {
-      throw fromNative(e)
-    }
+    const text = await this.#outcome(p)
     return text === null ? null : parseSession(text, sessionId)
   }
 
@@ -317,11 +325,7 @@ class RedisSessionStore {
     const [b, p] = this.#enqueue(SET, sessionId, ttl, 1)
     b.strings.push(json)
     this.#sendIfFull(b)
-    try {
-      await p
-    } catch (e) {
-      throw fromNative(e)
-    }
+    await this.#outcome(p)
   }
 
   /**
@@ -360,11 +364,7 @@ class RedisSessionStore {
     const [b, p] = this.#enqueue(MERGE, sessionId, ttl, pairs.length)
     for (let i = 0; i < pairs.length; i++) b.strings.push(pairs[i])
     this.#sendIfFull(b)
-    try {
-      await p
-    } catch (e) {
-      throw fromNative(e)
-    }
+    await this.#outcome(p)
   }
 
   /**
@@ -400,11 +400,7 @@ class RedisSessionStore {
     checkId(sessionId)
     const [b, p] = this.#enqueue(kind, /** @type {string} */ (sessionId), ttl, 0)
     this.#sendIfFull(b)
-    try {
-      return await p
-    } catch (e) {
-      throw fromNative(e)
-    }
+    return await this.#outcome(p)
   }
 
   /**
