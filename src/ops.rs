@@ -145,6 +145,11 @@ pub struct Shas<'a> {
     pub unlock: &'a str,
 }
 
+/// Starts `EVALSHA <sha> 1 <key>`; the script's arguments follow.
+fn evalsha<'a>(pipe: &'a mut Pipeline, sha: &str, key: String) -> &'a mut Pipeline {
+    pipe.cmd("EVALSHA").arg(sha).arg(1).arg(key)
+}
+
 /// A merge's first step: read the stored text, to splice the paths in here.
 pub fn push_read(pipe: &mut Pipeline, op: &Op, keys: &Keys) {
     pipe.cmd("GET").arg(keys.session(&op.id));
@@ -160,10 +165,7 @@ pub fn push_swap(
     new: &[u8],
 ) -> Result<()> {
     let ttl = ttl_ms(op.ttl)?;
-    pipe.cmd("EVALSHA")
-        .arg(shas.swap)
-        .arg(1)
-        .arg(keys.session(&op.id))
+    evalsha(pipe, shas.swap, keys.session(&op.id))
         .arg(old)
         .arg(new)
         .arg(ttl);
@@ -202,10 +204,7 @@ pub fn push_commands(
         }
         Kind::Merge => {
             let ttl = ttl_ms(op.ttl)?;
-            pipe.cmd("EVALSHA")
-                .arg(shas.merge)
-                .arg(1)
-                .arg(keys.session(&op.id))
+            evalsha(pipe, shas.merge, keys.session(&op.id))
                 .arg(ttl)
                 .arg(&op.args);
             1
@@ -222,11 +221,7 @@ pub fn push_commands(
         }
         Kind::Unlock => match token {
             Some(token) => {
-                pipe.cmd("EVALSHA")
-                    .arg(shas.unlock)
-                    .arg(1)
-                    .arg(keys.lock(&op.id))
-                    .arg(token);
+                evalsha(pipe, shas.unlock, keys.lock(&op.id)).arg(token);
                 1
             }
             None => 0,
