@@ -21,6 +21,8 @@ export declare class NativeStore {
    * takes `counts[i]` (path, value JSON or "" to remove, …), in order.
    */
   batch(kinds: Array<number>, ids: Array<string>, ttls: Array<number>, counts: Array<number>, strings: Array<string>): Promise<BatchResult>
+  /** Where the store connects, credentials left out (for `util.inspect`). */
+  get target(): string
   /** Loads the scripts now (`preloadScript`). */
   preload(): Promise<void>
   close(): Promise<void>
@@ -35,13 +37,52 @@ export interface BatchResult {
   values: Array<string | undefined | null>
 }
 
-/** Options of `createRedisSessionStore`. */
+/** Redis Cluster. */
+export interface ClusterOptions {
+  /**
+   * Seed nodes as URLs, `redis://host:port` (or `rediss://` for TLS); user
+   * and password may be given here or as the store's `username`/`password`.
+   */
+  nodes: Array<string>
+}
+
+/** Redis Sentinel. */
+export interface SentinelOptions {
+  /** The sentinels as URLs, `redis://host:port`. */
+  nodes: Array<string>
+  /** The name the sentinels monitor the master under. */
+  masterName: string
+  /** ACL user name for the sentinels themselves, if they require one. */
+  username?: string
+  /** Password for the sentinels themselves (`requirepass` of sentinel.conf). */
+  password?: string
+}
+
+/**
+ * Options of `createRedisSessionStore`. Give at most one of `url`, `cluster`
+ * and `sentinel`; without any, the store connects to `redis://127.0.0.1:6379`.
+ */
 export interface StoreOptions {
   /**
    * `redis://[[user]:password@]host[:port][/db]` or `rediss://…` for TLS.
    * Default `redis://127.0.0.1:6379`.
    */
   url?: string
+  /** Redis Cluster: the store finds every master from these seed nodes. */
+  cluster?: ClusterOptions
+  /**
+   * Redis Sentinel: the store asks these sentinels for the master and asks
+   * again after a failover.
+   */
+  sentinel?: SentinelOptions
+  /** ACL user name for the data nodes; overrides the URL's. */
+  username?: string
+  /** Password for the data nodes; overrides the URL's. Never shown in errors. */
+  password?: string
+  /** Database index; overrides the URL's. Not with `cluster` (Cluster has only db 0). */
+  db?: number
+  /** TLS settings; needs `rediss://` URLs. Certificates are verified always. */
+  tls?: TlsOptions
   /** Session keys are `<prefix><sessionId>`. Default `'sess:'`. */
   prefix?: string
   /** Lock keys are `<prefix><lockPrefix><sessionId>`. Default `'lock:'`; must not be empty. */
@@ -59,4 +100,14 @@ export interface StoreOptions {
    * rejects with `ERR_TIMEOUT`. Default 1000.
    */
   commandTimeout?: number
+}
+
+/** TLS. PEM text (store.js also takes Buffers). */
+export interface TlsOptions {
+  /** CA certificate(s) to trust instead of the system's roots. */
+  ca?: string
+  /** Client certificate (chain), for servers that ask for one (`tls-auth-clients`). */
+  cert?: string
+  /** The client certificate's private key. */
+  key?: string
 }

@@ -45,6 +45,12 @@ function fromNative(e) {
 
 const OPTION_TYPES = {
   url: 'string',
+  cluster: 'object',
+  sentinel: 'object',
+  username: 'string',
+  password: 'string',
+  db: 'number',
+  tls: 'object',
   prefix: 'string',
   lockPrefix: 'string',
   preloadScript: 'boolean',
@@ -60,22 +66,60 @@ const isPlainObject = (v) => {
 }
 
 /**
+ * Checks an object's keys against `types`; returns a copy without undefined values.
+ * @param {unknown} value
+ * @param {string} where
+ * @param {Record<string, string>} types
+ * @returns {Record<string, any>}
+ */
+function checkObject(value, where, types) {
+  if (!isPlainObject(value)) throw invalid(`${where} must be a plain object, got ${describe(value)}`)
+  const o = /** @type {Record<string, unknown>} */ (value)
+  /** @type {Record<string, any>} */
+  const out = {}
+  for (const key of Object.keys(o)) {
+    const type = types[key]
+    if (!type) throw invalid(`unknown option '${key}' in ${where}; known: ${Object.keys(types).join(', ')}`)
+    const v = o[key]
+    if (v === undefined) continue
+    if (type === 'pem') {
+      if (typeof v === 'string') out[key] = v
+      else if (Buffer.isBuffer(v)) out[key] = v.toString('utf8')
+      else throw invalid(`${where}.${key} must be PEM text as a string or Buffer, got ${describe(v)}`)
+    } else if (type === 'urls') {
+      if (!Array.isArray(v) || v.length === 0 || !v.every((u) => typeof u === 'string')) {
+        throw invalid(`${where}.${key} must be a non-empty array of URL strings`)
+      }
+      out[key] = [...v]
+    } else if (type === 'object' ? !isPlainObject(v) : typeof v !== type) {
+      throw invalid(`${where}.${key} must be ${type === 'object' ? 'a plain object' : `a ${type}`}, got ${describe(v)}`)
+    } else {
+      out[key] = v
+    }
+  }
+  return out
+}
+
+/**
  * @param {unknown} options
  * @param {string} where
  * @returns {StoreOptions}
  */
 function checkOptions(options, where) {
   if (options === undefined) return {}
-  if (!isPlainObject(options)) throw invalid(`${where} must be a plain object`)
-  const o = /** @type {Record<string, unknown>} */ (options)
-  for (const key of Object.keys(o)) {
-    const type = OPTION_TYPES[/** @type {keyof OPTION_TYPES} */ (key)]
-    if (!type) {
-      throw invalid(`unknown option '${key}' in ${where}; known: ${Object.keys(OPTION_TYPES).join(', ')}`)
-    }
-    if (o[key] !== undefined && typeof o[key] !== type) {
-      throw invalid(`${where}.${key} must be a ${type}, got ${describe(o[key])}`)
-    }
+  const o = checkObject(options, where, OPTION_TYPES)
+  if (o.tls) o.tls = checkObject(o.tls, `${where}.tls`, { ca: 'pem', cert: 'pem', key: 'pem' })
+  if (o.cluster) o.cluster = checkObject(o.cluster, `${where}.cluster`, { nodes: 'urls' })
+  if (o.cluster && !o.cluster.nodes) throw invalid(`${where}.cluster.nodes must be a non-empty array of URL strings`)
+  if (o.sentinel) {
+    o.sentinel = checkObject(o.sentinel, `${where}.sentinel`, {
+      nodes: 'urls',
+      masterName: 'string',
+      username: 'string',
+      password: 'string',
+    })
+    if (!o.sentinel.nodes) throw invalid(`${where}.sentinel.nodes must be a non-empty array of URL strings`)
+    if (!o.sentinel.masterName) throw invalid(`${where}.sentinel.masterName must be a non-empty string`)
   }
   return /** @type {StoreOptions} */ (o)
 }
@@ -113,31 +157,49 @@ const isObject = (v) => typeof v === 'object' && v !== null
  * @returns {StoreOptions}
  */
 function optionsFromIoredis(redis, options) {
-  if (redis.isCluster) throw invalid('an ioredis Cluster is not supported: pass the options of one server')
-  if (options.url !== undefined) throw invalid('options.url cannot be given with an ioredis instance')
+  if (redis.isCluster) throw invalid('an ioredis Cluster is not supported here: pass options.cluster with its node URLs')
+  if (options.url !== undefined || options.cluster !== undefined || options.sentinel !== undefined) {
+    throw invalid('options.url, options.cluster and options.sentinel cannot be given with an ioredis instance')
+  }
   const o = redis.options
   if (o.path) throw invalid('the ioredis instance connects through a unix socket (options.path), which the store does not support')
-  if (o.sentinels) throw invalid('the ioredis instance uses Sentinel, which the store does not support')
+  /** @type {StoreOptions} */
+  const out = { ...options, prefix: String(o.keyPrefix ?? '') + (options.prefix ?? 'sess:') }
   let scheme = 'redis'
   if (o.tls) {
-    const tlsKeys = Object.keys(o.tls).filter((k) => o.tls[k] !== undefined)
-    if (tlsKeys.length > 0) {
-      throw invalid(`the ioredis instance sets tls.${tlsKeys[0]}: only tls with the system's trusted roots is supported`)
+    /** @type {Record<string, any>} */
+    const tls = {}
+    for (const k of Object.keys(o.tls)) {
+      if (o.tls[k] === undefined) continue
+      if (k !== 'ca' && k !== 'cert' && k !== 'key') {
+        throw invalid(`the ioredis instance sets tls.${k}: only tls.ca, tls.cert and tls.key are supported`)
+      }
+      tls[k] = Array.isArray(o.tls[k]) ? o.tls[k].map(String).join('\n') : o.tls[k]
     }
+    if (Object.keys(tls).length > 0) out.tls = /** @type {any} */ (checkOptions({ tls }, 'the ioredis instance\'s').tls)
     scheme = 'rediss'
   }
-  const host = String(o.host ?? 'localhost')
-  const port = Number(o.port ?? 6379)
-  const auth =
-    o.username || o.password
-      ? `${encodeURIComponent(o.username ?? '')}${o.password ? ':' + encodeURIComponent(o.password) : ''}@`
-      : ''
-  const db = Number(o.db ?? 0)
-  return {
-    ...options,
-    url: `${scheme}://${auth}${host.includes(':') ? `[${host}]` : host}:${port}/${db}`,
-    prefix: String(o.keyPrefix ?? '') + (options.prefix ?? 'sess:'),
+  if (o.username) out.username = String(o.username)
+  if (o.password) out.password = String(o.password)
+  if (o.sentinels) {
+    if (o.tls) throw invalid('the ioredis instance uses Sentinel with TLS, which the store does not support')
+    out.sentinel = {
+      nodes: o.sentinels.map((/** @type {any} */ n) => `redis://${hostPort(n.host, n.port ?? 26379)}`),
+      masterName: String(o.name ?? ''),
+      ...(o.sentinelUsername ? { username: String(o.sentinelUsername) } : {}),
+      ...(o.sentinelPassword ? { password: String(o.sentinelPassword) } : {}),
+    }
+    out.db = Number(o.db ?? 0)
+    return out
   }
+  out.url = `${scheme}://${hostPort(o.host ?? 'localhost', o.port ?? 6379)}/${Number(o.db ?? 0)}`
+  return out
+}
+
+/** host:port for a URL, IPv6 hosts in brackets. */
+const hostPort = (/** @type {unknown} */ host, /** @type {unknown} */ port) => {
+  const h = String(host)
+  return `${h.includes(':') ? `[${h}]` : h}:${Number(port)}`
 }
 
 /** @param {unknown} id */
@@ -401,6 +463,11 @@ class RedisSessionStore {
     const [b, p] = this.#enqueue(kind, /** @type {string} */ (sessionId), ttl, 0)
     this.#sendIfFull(b)
     return await this.#outcome(p)
+  }
+
+  /** What `util.inspect` and `console.log` show: where, never credentials. */
+  [Symbol.for('nodejs.util.inspect.custom')]() {
+    return `RedisSessionStore { target: ${JSON.stringify(this.#native.target)} }`
   }
 
   /**

@@ -59,10 +59,22 @@ describe('options', () => {
     }
   })
 
-  it('util.inspect of a store shows no URL or password', () => {
+  it('util.inspect of a store shows where it connects, never a password', () => {
     const store = redis.store({ url: `redis://:hunter2@127.0.0.1:${redis.server.port}` })
     const shown = inspect(store, { showHidden: true, depth: 5 })
-    assert.ok(!shown.includes('hunter2') && !shown.includes('redis://'), shown)
+    assert.ok(!shown.includes('hunter2') && shown.includes(`redis://:***@127.0.0.1:${redis.server.port}`), shown)
+    const others = [
+      redis.store({ url: `redis://127.0.0.1:${redis.server.port}`, username: 'u', password: 'hunter2' }),
+      createRedisSessionStore({ cluster: { nodes: ['redis://u:hunter2@127.0.0.1:1'] } }),
+      createRedisSessionStore({
+        sentinel: { nodes: ['redis://127.0.0.1:1'], masterName: 'm', password: 'hunter2' },
+        password: 'hunter2',
+      }),
+    ]
+    for (const s of others) {
+      const text = inspect(s, { showHidden: true, depth: 5 }) + String(s)
+      assert.ok(!text.includes('hunter2'), text)
+    }
   })
 })
 
@@ -136,7 +148,7 @@ describe('migration form: createRedisSessionStore(ioredis, options)', () => {
   it('refuses what the store cannot do, with a clear error', () => {
     invalid(() => createRedisSessionStore(new Redis({ lazyConnect: true, path: '/tmp/redis.sock' })), /unix socket/)
     invalid(() => createRedisSessionStore(new Redis({ lazyConnect: true, tls: { ca: 'x' } })), /tls\.ca/)
-    invalid(() => createRedisSessionStore(new Redis({ lazyConnect: true }), { url: 'redis://x' }), /options\.url cannot be given/)
+    invalid(() => createRedisSessionStore(new Redis({ lazyConnect: true }), { url: 'redis://x' }), /cannot be given with an ioredis instance/)
     invalid(() => createRedisSessionStore(new Redis({ lazyConnect: true }), { nope: 1 }), /unknown option 'nope'/)
   })
 })

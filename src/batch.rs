@@ -15,7 +15,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use redis::{Pipeline, Value};
+use redis::{Pipeline, RedisError, Value};
 
 use crate::errors::{Code, Result, StoreError};
 use crate::lock::new_token;
@@ -69,6 +69,7 @@ impl Store {
         // Unfinished ops in batch order, with their next step (None: not started).
         let mut todo: Vec<(usize, Option<Step>)> = (0..ops.len()).map(|i| (i, None)).collect();
         let mut scripts_loaded = false;
+        let ordered = self.conn.is_cluster();
         // Each round advances at least the first unfinished op.
         for _ in 0..MAX_STEPS * ops.len() + 1 {
             if todo.is_empty() {
@@ -83,7 +84,8 @@ impl Store {
                     waiting.push((i, step));
                     continue;
                 }
-                if matches!(op.kind, Kind::Merge | Kind::Unlock) {
+                // On a cluster a round's commands run side by side: one op per session.
+                if ordered || matches!(op.kind, Kind::Merge | Kind::Unlock) {
                     busy.insert(op.id.as_str());
                 }
                 // A merge's first step is chosen now, after the ops before it.
@@ -98,10 +100,7 @@ impl Store {
             if planned.is_empty() {
                 continue;
             }
-            let replies = self
-                .conn
-                .run(|mut c| async move { pipe.query_async::<Vec<Value>>(&mut c).await })
-                .await;
+            let replies = self.conn.exec(&pipe).await;
             let mut replies = match replies {
                 Ok(r) => r,
                 Err(e) => {
@@ -288,9 +287,12 @@ impl Store {
         for lua in [MERGE_LUA, SWAP_LUA, UNLOCK_LUA] {
             pipe.cmd("SCRIPT").arg("LOAD").arg(lua);
         }
-        self.conn
-            .run(|mut c| async move { pipe.query_async::<()>(&mut c).await })
-            .await
+        for reply in self.conn.exec(&pipe).await? {
+            if let Value::ServerError(e) = reply {
+                return Err(StoreError::from(RedisError::from(e)));
+            }
+        }
+        Ok(())
     }
 }
 

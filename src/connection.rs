@@ -1,18 +1,24 @@
-//! One multiplexed connection per store, opened lazily on the first call,
-//! re-established on demand after a failure, bounded by the store's timeouts,
-//! and closed gracefully: `close()` lets calls in flight finish first.
+//! The store's link to Redis, opened on the first call and bounded by the
+//! store's timeouts: one multiplexed connection to a server (reconnected on
+//! demand after a failure), a Redis Cluster connection (routing each command
+//! to the master of its key, following MOVED/ASK), or, with Sentinel, a
+//! connection to the master the sentinels name, looked up again after the
+//! connection breaks or the server answers READONLY. `close()` lets calls in
+//! flight finish first.
 
-use std::future::Future;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard, Once};
 use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::RedisResult;
+use redis::cluster::ClusterClient;
+use redis::cluster_async::ClusterConnection;
+use redis::sentinel::{SentinelClient, SentinelClientBuilder, SentinelServerType};
+use redis::{Pipeline, RedisError, RedisResult, ServerError, Value};
 use tokio::sync::Notify;
 
 use crate::errors::{Result, StoreError};
-use crate::options::Config;
+use crate::options::{Config, SentinelTarget, Target};
 
 /// Reconnection after a failure: a few quick attempts, so that calls fail fast
 /// with `ERR_CONNECTION` while the server is down instead of queueing.
@@ -20,25 +26,72 @@ const RECONNECT_RETRIES: usize = 2;
 const RECONNECT_MIN_DELAY: Duration = Duration::from_millis(50);
 const RECONNECT_MAX_DELAY: Duration = Duration::from_millis(500);
 
+/// An open link to Redis.
+#[derive(Clone)]
+enum Link {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl Link {
+    /// Runs a pipeline; error replies stay in place as `Value::ServerError`.
+    async fn exec(self, pipe: &Pipeline) -> RedisResult<Vec<Value>> {
+        match self {
+            Link::Single(mut m) => pipe.query_async::<Vec<Value>>(&mut m).await,
+            // Keys of one pipeline live on different masters: each command
+            // goes on its own, all at once. A batch never holds two commands
+            // on one key in a round (batch.rs), so their order does not matter.
+            Link::Cluster(c) => {
+                let calls = pipe.cmd_iter().map(|cmd| {
+                    let mut c = c.clone();
+                    async move {
+                        match cmd.query_async::<Value>(&mut c).await {
+                            Ok(v) => Ok(v),
+                            Err(e) => ServerError::try_from(e).map(Value::ServerError),
+                        }
+                    }
+                });
+                futures_util::future::join_all(calls)
+                    .await
+                    .into_iter()
+                    .collect()
+            }
+        }
+    }
+}
+
 enum State {
-    /// No call has needed the connection yet.
+    /// No link yet, or the last one was given up (Sentinel after a failover).
     Idle,
-    Ready(ConnectionManager),
+    /// The link and its generation.
+    Ready(Link, u64),
     Closed,
 }
 
+/// Where links come from.
+enum Source {
+    Single(redis::Client, ConnectionManagerConfig),
+    Cluster(ClusterClient),
+    Sentinel(tokio::sync::Mutex<SentinelClient>, ConnectionManagerConfig),
+}
+
 pub struct Connection {
-    client: redis::Client,
-    manager_config: ConnectionManagerConfig,
-    /// Bound on a whole call: establishing the connection, then the answer.
+    source: Source,
+    connect_timeout: Duration,
+    /// Bound on a whole call: establishing the link, then the answer.
     call_timeout: Duration,
     state: Mutex<State>,
+    /// Held while a link is being opened, so that one call opens it.
+    opening: tokio::sync::Mutex<()>,
+    generation: AtomicU64,
+    /// Set by `close()`: no new calls.
+    closing: AtomicBool,
     in_flight: AtomicUsize,
     idle: Notify,
 }
 
 /// Counts a call in flight for as long as it lives.
-pub struct CallGuard<'a>(&'a Connection);
+struct CallGuard<'a>(&'a Connection);
 
 impl Drop for CallGuard<'_> {
     fn drop(&mut self) {
@@ -57,8 +110,46 @@ pub fn install_crypto_provider() {
     });
 }
 
+fn sentinel_client(t: &SentinelTarget) -> Result<SentinelClient> {
+    let mut b =
+        SentinelClientBuilder::new(t.nodes.clone(), &t.master_name, SentinelServerType::Master)
+            .map_err(StoreError::from)?
+            .set_client_to_redis_db(t.db);
+    if let Some(u) = &t.username {
+        b = b.set_client_to_redis_username(u);
+    }
+    if let Some(p) = &t.password {
+        b = b.set_client_to_redis_password(p);
+    }
+    if let Some(u) = &t.sentinel_username {
+        b = b.set_client_to_sentinel_username(u);
+    }
+    if let Some(p) = &t.sentinel_password {
+        b = b.set_client_to_sentinel_password(p);
+    }
+    b.build().map_err(|e| {
+        StoreError::invalid_arg(format!(
+            "options.sentinel is not usable: {}",
+            e.detail().unwrap_or(e.category())
+        ))
+    })
+}
+
+/// Whether an error means the link should be looked up again (Sentinel).
+fn is_lost(e: &RedisError) -> bool {
+    e.is_io_error()
+        || e.is_connection_dropped()
+        || e.is_connection_refusal()
+        || e.is_timeout()
+        || e.code() == Some("READONLY")
+}
+
+fn is_readonly(v: &Value) -> bool {
+    matches!(v, Value::ServerError(e) if e.code() == "READONLY")
+}
+
 impl Connection {
-    pub fn new(config: &Config) -> Self {
+    pub fn new(config: &Config) -> Result<Self> {
         install_crypto_provider();
         let manager_config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(config.connect_timeout))
@@ -66,14 +157,29 @@ impl Connection {
             .set_number_of_retries(RECONNECT_RETRIES)
             .set_min_delay(RECONNECT_MIN_DELAY)
             .set_max_delay(RECONNECT_MAX_DELAY);
-        Connection {
-            client: config.client.clone(),
-            manager_config,
+        let source = match &config.target {
+            Target::Single(client) => Source::Single(client.clone(), manager_config),
+            Target::Cluster(client) => Source::Cluster(client.clone()),
+            Target::Sentinel(t) => {
+                Source::Sentinel(tokio::sync::Mutex::new(sentinel_client(t)?), manager_config)
+            }
+        };
+        Ok(Connection {
+            source,
+            connect_timeout: config.connect_timeout,
             call_timeout: config.connect_timeout + config.command_timeout,
             state: Mutex::new(State::Idle),
+            opening: tokio::sync::Mutex::new(()),
+            generation: AtomicU64::new(0),
+            closing: AtomicBool::new(false),
             in_flight: AtomicUsize::new(0),
             idle: Notify::new(),
-        }
+        })
+    }
+
+    /// Whether commands of one pipeline may run out of order (Redis Cluster).
+    pub fn is_cluster(&self) -> bool {
+        matches!(self.source, Source::Cluster(_))
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
@@ -82,42 +188,116 @@ impl Connection {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// The connection for one call, counted in flight; `ERR_CLOSED` after `close()`.
-    /// Must run inside the tokio runtime (the manager spawns its driver there).
-    fn enter(&self) -> Result<(ConnectionManager, CallGuard<'_>)> {
-        let mut state = self.state();
-        let manager = match &*state {
-            State::Ready(m) => m.clone(),
-            State::Closed => return Err(StoreError::closed()),
-            State::Idle => {
-                let m = ConnectionManager::new_lazy_with_config(
-                    self.client.clone(),
-                    self.manager_config.clone(),
-                )?;
-                *state = State::Ready(m.clone());
-                m
-            }
-        };
+    /// Counts a call in flight; `ERR_CLOSED` after `close()`.
+    fn enter(&self) -> Result<CallGuard<'_>> {
+        let _state = self.state(); // orders this with close()'s flag
+        if self.closing.load(Ordering::Acquire) {
+            return Err(StoreError::closed());
+        }
         self.in_flight.fetch_add(1, Ordering::AcqRel);
-        Ok((manager, CallGuard(self)))
+        Ok(CallGuard(self))
     }
 
-    /// Runs one call against Redis within the store's timeouts.
-    pub async fn run<T, F, Fut>(&self, call: F) -> Result<T>
-    where
-        F: FnOnce(ConnectionManager) -> Fut,
-        Fut: Future<Output = RedisResult<T>>,
-    {
-        let (manager, _guard) = self.enter()?;
-        match tokio::time::timeout(self.call_timeout, call(manager)).await {
-            Ok(result) => result.map_err(StoreError::from),
-            Err(_) => Err(StoreError::timeout(self.call_timeout.as_millis() as u64)),
+    /// The current link, opened first if there is none.
+    async fn link(&self) -> Result<(Link, u64)> {
+        loop {
+            match &*self.state() {
+                State::Ready(link, generation) => return Ok((link.clone(), *generation)),
+                State::Closed => return Err(StoreError::closed()),
+                State::Idle => {}
+            }
+            let _opening = self.opening.lock().await;
+            if !matches!(*self.state(), State::Idle) {
+                continue; // another call opened it meanwhile
+            }
+            let link = self.open().await?;
+            let generation = self.generation.fetch_add(1, Ordering::AcqRel) + 1;
+            let mut state = self.state();
+            if matches!(*state, State::Closed) {
+                return Err(StoreError::closed());
+            }
+            *state = State::Ready(link.clone(), generation);
+            return Ok((link, generation));
         }
     }
 
-    /// Refuses new calls, waits for the calls in flight, then drops the connection.
+    async fn open(&self) -> Result<Link> {
+        match &self.source {
+            // Lazy: the manager connects on its first command, within the call's bound.
+            Source::Single(client, config) => Ok(Link::Single(
+                ConnectionManager::new_lazy_with_config(client.clone(), config.clone())?,
+            )),
+            Source::Cluster(client) => {
+                let connecting = client.get_async_connection();
+                match tokio::time::timeout(self.connect_timeout, connecting).await {
+                    Ok(c) => Ok(Link::Cluster(c?)),
+                    Err(_) => Err(StoreError::timeout(self.connect_timeout.as_millis() as u64)),
+                }
+            }
+            Source::Sentinel(sentinel, config) => {
+                let lookup = async { sentinel.lock().await.async_get_client().await };
+                let client = match tokio::time::timeout(self.connect_timeout, lookup).await {
+                    Ok(c) => c?,
+                    Err(_) => {
+                        return Err(StoreError::timeout(self.connect_timeout.as_millis() as u64))
+                    }
+                };
+                Ok(Link::Single(ConnectionManager::new_lazy_with_config(
+                    client,
+                    config.clone(),
+                )?))
+            }
+        }
+    }
+
+    /// Gives up link `generation` (Sentinel: the next call asks the sentinels).
+    fn forget(&self, generation: u64) {
+        if !matches!(self.source, Source::Sentinel(..)) {
+            return;
+        }
+        let mut state = self.state();
+        if matches!(*state, State::Ready(_, g) if g == generation) {
+            *state = State::Idle;
+        }
+    }
+
+    /// Runs a pipeline within the store's timeouts; error replies stay in place.
+    pub async fn exec(&self, pipe: &Pipeline) -> Result<Vec<Value>> {
+        let _guard = self.enter()?;
+        let used = AtomicU64::new(0);
+        let call = async {
+            let (link, generation) = self.link().await?;
+            used.store(generation, Ordering::Relaxed);
+            match link.exec(pipe).await {
+                Ok(values) => {
+                    if values.iter().any(is_readonly) {
+                        self.forget(generation); // a replica now: failover
+                    }
+                    Ok(values)
+                }
+                Err(e) => {
+                    if is_lost(&e) {
+                        self.forget(generation);
+                    }
+                    Err(StoreError::from(e))
+                }
+            }
+        };
+        match tokio::time::timeout(self.call_timeout, call).await {
+            Ok(result) => result,
+            Err(_) => {
+                self.forget(used.load(Ordering::Relaxed));
+                Err(StoreError::timeout(self.call_timeout.as_millis() as u64))
+            }
+        }
+    }
+
+    /// Refuses new calls, waits for the calls in flight, then drops the link.
     pub async fn close(&self) {
-        let manager = std::mem::replace(&mut *self.state(), State::Closed);
+        {
+            let _state = self.state();
+            self.closing.store(true, Ordering::Release);
+        }
         loop {
             let notified = self.idle.notified();
             tokio::pin!(notified);
@@ -127,6 +307,7 @@ impl Connection {
             }
             notified.await;
         }
-        drop(manager);
+        let link = std::mem::replace(&mut *self.state(), State::Closed);
+        drop(link);
     }
 }

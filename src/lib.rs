@@ -93,6 +93,12 @@ impl NativeStore {
         Ok(BatchResult { codes, values })
     }
 
+    /// Where the store connects, credentials left out (for `util.inspect`).
+    #[napi(getter)]
+    pub fn target(&self) -> String {
+        self.inner.description.clone()
+    }
+
     /// Loads the scripts now (`preloadScript`).
     #[napi]
     pub async fn preload(&self) -> Result<()> {

@@ -1,9 +1,12 @@
-//! Store options: the `#[napi(object)]` the constructor takes (its `///` docs
-//! become `index.d.ts`) and their checked form, [`Config`].
+//! Store options: the `#[napi(object)]`s the constructor takes (their `///`
+//! docs become `index.d.ts`) and their checked form, [`Config`].
 
+use std::fmt;
 use std::time::Duration;
 
 use napi_derive::napi;
+use redis::cluster::{ClusterClient, ClusterClientBuilder};
+use redis::{ConnectionAddr, ConnectionInfo, IntoConnectionInfo, TlsCertificates};
 
 use crate::errors::{Result, StoreError};
 use crate::keys::Keys;
@@ -16,13 +19,27 @@ pub const DEFAULT_COMMAND_TIMEOUT_MS: u64 = 1000;
 /// Upper bound for both timeouts: one hour.
 pub const MAX_TIMEOUT_MS: u64 = 3_600_000;
 
-/// Options of `createRedisSessionStore`.
+/// Options of `createRedisSessionStore`. Give at most one of `url`, `cluster`
+/// and `sentinel`; without any, the store connects to `redis://127.0.0.1:6379`.
 #[napi(object)]
 #[derive(Default, Clone)]
 pub struct StoreOptions {
     /// `redis://[[user]:password@]host[:port][/db]` or `rediss://…` for TLS.
     /// Default `redis://127.0.0.1:6379`.
     pub url: Option<String>,
+    /// Redis Cluster: the store finds every master from these seed nodes.
+    pub cluster: Option<ClusterOptions>,
+    /// Redis Sentinel: the store asks these sentinels for the master and asks
+    /// again after a failover.
+    pub sentinel: Option<SentinelOptions>,
+    /// ACL user name for the data nodes; overrides the URL's.
+    pub username: Option<String>,
+    /// Password for the data nodes; overrides the URL's. Never shown in errors.
+    pub password: Option<String>,
+    /// Database index; overrides the URL's. Not with `cluster` (Cluster has only db 0).
+    pub db: Option<f64>,
+    /// TLS settings; needs `rediss://` URLs. Certificates are verified always.
+    pub tls: Option<TlsOptions>,
     /// Session keys are `<prefix><sessionId>`. Default `'sess:'`.
     pub prefix: Option<String>,
     /// Lock keys are `<prefix><lockPrefix><sessionId>`. Default `'lock:'`; must not be empty.
@@ -38,21 +55,109 @@ pub struct StoreOptions {
     pub command_timeout: Option<f64>,
 }
 
+/// Redis Cluster.
+#[napi(object)]
+#[derive(Default, Clone)]
+pub struct ClusterOptions {
+    /// Seed nodes as URLs, `redis://host:port` (or `rediss://` for TLS); user
+    /// and password may be given here or as the store's `username`/`password`.
+    pub nodes: Vec<String>,
+}
+
+/// Redis Sentinel.
+#[napi(object)]
+#[derive(Default, Clone)]
+pub struct SentinelOptions {
+    /// The sentinels as URLs, `redis://host:port`.
+    pub nodes: Vec<String>,
+    /// The name the sentinels monitor the master under.
+    pub master_name: String,
+    /// ACL user name for the sentinels themselves, if they require one.
+    pub username: Option<String>,
+    /// Password for the sentinels themselves (`requirepass` of sentinel.conf).
+    pub password: Option<String>,
+}
+
+/// TLS. PEM text (store.js also takes Buffers).
+#[napi(object)]
+#[derive(Default, Clone)]
+pub struct TlsOptions {
+    /// CA certificate(s) to trust instead of the system's roots.
+    pub ca: Option<String>,
+    /// Client certificate (chain), for servers that ask for one (`tls-auth-clients`).
+    pub cert: Option<String>,
+    /// The client certificate's private key.
+    pub key: Option<String>,
+}
+
+/// Where the store connects.
+#[derive(Clone)]
+pub enum Target {
+    Single(redis::Client),
+    Cluster(ClusterClient),
+    Sentinel(SentinelTarget),
+}
+
+/// What a Sentinel client is built from (it is not `Clone` itself).
+#[derive(Clone)]
+pub struct SentinelTarget {
+    pub nodes: Vec<ConnectionAddr>,
+    pub master_name: String,
+    pub username: Option<String>,
+    pub password: Option<String>,
+    pub db: i64,
+    pub sentinel_username: Option<String>,
+    pub sentinel_password: Option<String>,
+}
+
 /// Checked options.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Config {
-    pub url: String,
-    /// The client for `url`, parsed once here.
-    pub client: redis::Client,
+    /// Where the store connects, without credentials: for messages and `util.inspect`.
+    pub description: String,
+    pub target: Target,
     pub keys: Keys,
     pub connect_timeout: Duration,
     pub command_timeout: Duration,
 }
 
+impl fmt::Debug for Config {
+    // By hand: the clients inside hold the password.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Config")
+            .field("target", &self.description)
+            .field("keys", &self.keys)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("command_timeout", &self.command_timeout)
+            .finish()
+    }
+}
+
 impl Config {
     pub fn from_options(o: &StoreOptions) -> Result<Config> {
-        let url = o.url.clone().unwrap_or_else(|| DEFAULT_URL.to_owned());
-        let client = parse_url(&url)?;
+        let given = [o.url.is_some(), o.cluster.is_some(), o.sentinel.is_some()];
+        if given.iter().filter(|g| **g).count() > 1 {
+            return Err(StoreError::invalid_arg(
+                "give only one of options.url, options.cluster and options.sentinel",
+            ));
+        }
+        let db = db(o.db)?;
+        let certs = o.tls.as_ref().map(certificates).transpose()?;
+        let (target, description) = if let Some(c) = &o.cluster {
+            cluster_target(c, o, db, certs)?
+        } else if let Some(s) = &o.sentinel {
+            sentinel_target(s, o, db, certs)?
+        } else {
+            let url = o.url.as_deref().unwrap_or(DEFAULT_URL);
+            let info = data_node("options.url", url, o, db)?;
+            let client = match certs {
+                Some(certs) => {
+                    redis::Client::build_with_tls(info, certs).map_err(|e| bad_tls(&e))?
+                }
+                None => redis::Client::open(info).map_err(|e| bad_url("options.url", url, &e))?,
+            };
+            (Target::Single(client), redact_url(url))
+        };
         let prefix = o.prefix.as_deref().unwrap_or(DEFAULT_PREFIX);
         let lock_prefix = o.lock_prefix.as_deref().unwrap_or(DEFAULT_LOCK_PREFIX);
         if lock_prefix.is_empty() {
@@ -61,8 +166,8 @@ impl Config {
             ));
         }
         Ok(Config {
-            url,
-            client,
+            description,
+            target,
             keys: Keys::new(prefix, lock_prefix),
             connect_timeout: timeout(
                 "connectTimeout",
@@ -78,6 +183,203 @@ impl Config {
     }
 }
 
+fn cluster_target(
+    c: &ClusterOptions,
+    o: &StoreOptions,
+    db: Option<i64>,
+    certs: Option<TlsCertificates>,
+) -> Result<(Target, String)> {
+    if db.is_some_and(|db| db != 0) {
+        return Err(StoreError::invalid_arg(
+            "options.db cannot be used with options.cluster: Redis Cluster has only database 0",
+        ));
+    }
+    if c.nodes.is_empty() {
+        return Err(StoreError::invalid_arg(
+            "options.cluster.nodes must list at least one node URL",
+        ));
+    }
+    let mut nodes = Vec::with_capacity(c.nodes.len());
+    for (i, url) in c.nodes.iter().enumerate() {
+        nodes.push(data_node(
+            &format!("options.cluster.nodes[{i}]"),
+            url,
+            o,
+            None,
+        )?);
+    }
+    let tls = nodes
+        .iter()
+        .map(|n| matches!(n.addr(), ConnectionAddr::TcpTls { .. }))
+        .collect::<Vec<_>>();
+    if tls.iter().any(|t| *t != tls[0]) {
+        return Err(StoreError::invalid_arg(
+            "options.cluster.nodes must all use redis:// or all use rediss://",
+        ));
+    }
+    let mut builder = ClusterClientBuilder::new(nodes);
+    if let Some(certs) = certs {
+        if !tls[0] {
+            return Err(StoreError::invalid_arg(
+                "options.tls needs rediss:// node URLs in options.cluster.nodes",
+            ));
+        }
+        builder = builder.certs(certs);
+    }
+    let client = builder.build().map_err(|e| {
+        StoreError::invalid_arg(format!(
+            "options.cluster is not usable: {}",
+            e.detail().unwrap_or(e.category())
+        ))
+    })?;
+    let description = format!(
+        "cluster {}",
+        c.nodes
+            .iter()
+            .map(|u| redact_url(u))
+            .collect::<Vec<_>>()
+            .join(",")
+    );
+    Ok((Target::Cluster(client), description))
+}
+
+fn sentinel_target(
+    s: &SentinelOptions,
+    o: &StoreOptions,
+    db: Option<i64>,
+    certs: Option<TlsCertificates>,
+) -> Result<(Target, String)> {
+    if certs.is_some() {
+        return Err(StoreError::invalid_arg(
+            "options.tls cannot be used with options.sentinel yet",
+        ));
+    }
+    if s.master_name.is_empty() {
+        return Err(StoreError::invalid_arg(
+            "options.sentinel.masterName must be a non-empty string",
+        ));
+    }
+    if s.nodes.is_empty() {
+        return Err(StoreError::invalid_arg(
+            "options.sentinel.nodes must list at least one sentinel URL",
+        ));
+    }
+    let mut nodes = Vec::with_capacity(s.nodes.len());
+    for (i, url) in s.nodes.iter().enumerate() {
+        let what = format!("options.sentinel.nodes[{i}]");
+        let info = parse_url(&what, url)?;
+        match info.addr() {
+            ConnectionAddr::Tcp(..) => nodes.push(info.addr().clone()),
+            _ => {
+                return Err(StoreError::invalid_arg(format!(
+                    "{what} must be a redis:// URL of a sentinel, got {}",
+                    redact_url(url)
+                )))
+            }
+        }
+    }
+    let target = SentinelTarget {
+        nodes,
+        master_name: s.master_name.clone(),
+        username: o.username.clone(),
+        password: o.password.clone(),
+        db: db.unwrap_or(0),
+        sentinel_username: s.username.clone(),
+        sentinel_password: s.password.clone(),
+    };
+    let description = format!(
+        "sentinel {} of {}",
+        s.master_name,
+        s.nodes
+            .iter()
+            .map(|u| redact_url(u))
+            .collect::<Vec<_>>()
+            .join(",")
+    );
+    Ok((Target::Sentinel(target), description))
+}
+
+/// A data node's connection info: the URL, then `username`, `password` and `db`
+/// from the options on top. Skips CLIENT SETINFO, a Redis 7.2 command.
+fn data_node(what: &str, url: &str, o: &StoreOptions, db: Option<i64>) -> Result<ConnectionInfo> {
+    let info = parse_url(what, url)?;
+    let mut redis = info.redis_settings().clone().set_skip_set_lib_name();
+    if let Some(u) = &o.username {
+        redis = redis.set_username(u);
+    }
+    if let Some(p) = &o.password {
+        redis = redis.set_password(p);
+    }
+    if let Some(db) = db {
+        redis = redis.set_db(db);
+    }
+    Ok(info.set_redis_settings(redis))
+}
+
+fn parse_url(what: &str, url: &str) -> Result<ConnectionInfo> {
+    if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+        return Err(StoreError::invalid_arg(format!(
+            "{what} must start with redis:// or rediss://, got {}",
+            redact_url(url)
+        )));
+    }
+    url.into_connection_info()
+        .map_err(|e| bad_url(what, url, &e))
+}
+
+fn bad_url(what: &str, url: &str, e: &redis::RedisError) -> StoreError {
+    StoreError::invalid_arg(format!(
+        "{what} {} is not a valid Redis URL: {}",
+        redact_url(url),
+        e.detail().unwrap_or(e.category())
+    ))
+}
+
+fn bad_tls(e: &redis::RedisError) -> StoreError {
+    StoreError::invalid_arg(format!(
+        "options.tls is not usable: {}",
+        e.detail().unwrap_or(e.category())
+    ))
+}
+
+fn certificates(t: &TlsOptions) -> Result<TlsCertificates> {
+    let pem = |name: &str, v: &Option<String>| -> Result<Option<Vec<u8>>> {
+        match v {
+            Some(text) if !text.contains("-----BEGIN ") => Err(StoreError::invalid_arg(format!(
+                "options.tls.{name} must be PEM text (-----BEGIN …)"
+            ))),
+            Some(text) => Ok(Some(text.as_bytes().to_vec())),
+            None => Ok(None),
+        }
+    };
+    let client_tls = match (pem("cert", &t.cert)?, pem("key", &t.key)?) {
+        (Some(client_cert), Some(client_key)) => Some(redis::ClientTlsConfig {
+            client_cert,
+            client_key,
+        }),
+        (None, None) => None,
+        _ => {
+            return Err(StoreError::invalid_arg(
+                "options.tls.cert and options.tls.key must be given together",
+            ))
+        }
+    };
+    Ok(TlsCertificates {
+        client_tls,
+        root_cert: pem("ca", &t.ca)?,
+    })
+}
+
+fn db(value: Option<f64>) -> Result<Option<i64>> {
+    match value {
+        None => Ok(None),
+        Some(n) if n.fract() == 0.0 && (0.0..=2_147_483_647.0).contains(&n) => Ok(Some(n as i64)),
+        Some(n) => Err(StoreError::invalid_arg(format!(
+            "options.db must be an integer from 0, got {n}"
+        ))),
+    }
+}
+
 fn timeout(name: &str, value: Option<f64>, default_ms: u64) -> Result<Duration> {
     let Some(ms) = value else {
         return Ok(Duration::from_millis(default_ms));
@@ -88,22 +390,6 @@ fn timeout(name: &str, value: Option<f64>, default_ms: u64) -> Result<Duration> 
         )));
     }
     Ok(Duration::from_millis(ms.ceil() as u64))
-}
-
-fn parse_url(url: &str) -> Result<redis::Client> {
-    if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
-        return Err(StoreError::invalid_arg(format!(
-            "options.url must start with redis:// or rediss://, got {}",
-            redact_url(url)
-        )));
-    }
-    redis::Client::open(url).map_err(|e| {
-        StoreError::invalid_arg(format!(
-            "options.url {} is not a valid Redis URL: {}",
-            redact_url(url),
-            e.detail().unwrap_or(e.category())
-        ))
-    })
 }
 
 /// The URL with any password replaced by `***`, for messages.
@@ -134,7 +420,7 @@ mod tests {
     #[test]
     fn defaults() {
         let c = Config::from_options(&StoreOptions::default()).unwrap();
-        assert_eq!(c.url, DEFAULT_URL);
+        assert_eq!(c.description, DEFAULT_URL);
         assert_eq!(c.keys.session("x"), "sess:x");
         assert_eq!(c.keys.lock("x"), "sess:lock:x");
         assert_eq!(c.connect_timeout, Duration::from_millis(1000));

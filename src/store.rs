@@ -18,6 +18,8 @@ pub const SWAP_LUA: &str = include_str!("../lua/swap.lua");
 pub const UNLOCK_LUA: &str = include_str!("../lua/unlock.lua");
 
 pub struct Store {
+    /// Where the store connects, without credentials.
+    pub description: String,
     pub(crate) conn: Connection,
     pub(crate) keys: Keys,
     pub(crate) merge_script: Script,
@@ -30,7 +32,8 @@ pub struct Store {
 impl Store {
     pub fn new(config: &Config) -> Result<Store> {
         Ok(Store {
-            conn: Connection::new(config),
+            description: config.description.clone(),
+            conn: Connection::new(config)?,
             keys: config.keys.clone(),
             merge_script: Script::new(MERGE_LUA),
             swap_script: Script::new(SWAP_LUA),
