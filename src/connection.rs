@@ -159,7 +159,7 @@ impl Connection {
             .set_max_delay(RECONNECT_MAX_DELAY);
         let source = match &config.target {
             Target::Single(client) => Source::Single(client.clone(), manager_config),
-            Target::Cluster(client) => Source::Cluster(client.clone()),
+            Target::Cluster(client) => Source::Cluster((**client).clone()),
             Target::Sentinel(t) => {
                 Source::Sentinel(tokio::sync::Mutex::new(sentinel_client(t)?), manager_config)
             }

@@ -94,7 +94,7 @@ pub struct TlsOptions {
 #[derive(Clone)]
 pub enum Target {
     Single(redis::Client),
-    Cluster(ClusterClient),
+    Cluster(Box<ClusterClient>),
     Sentinel(SentinelTarget),
 }
 
@@ -240,7 +240,7 @@ fn cluster_target(
             .collect::<Vec<_>>()
             .join(",")
     );
-    Ok((Target::Cluster(client), description))
+    Ok((Target::Cluster(Box::new(client)), description))
 }
 
 fn sentinel_target(
