@@ -59,12 +59,17 @@ export function rawCommand(port, command, timeoutMs = 500) {
 
 /**
  * Starts a redis-server on a free loopback port, persistence off.
- * @param {{args?: string[], port?: number}} [opts]
+ * `config` names a config file to start from (a sentinel's).
+ * @param {{args?: string[], port?: number, config?: string}} [opts]
  */
 export async function startRedis(opts = {}) {
   const bin = findRedisServer()
   const port = opts.port ?? (await freePort())
-  const args = ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', ...(opts.args ?? [])]
+  const args = [
+    ...(opts.config ? [opts.config] : []),
+    '--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no',
+    ...(opts.args ?? []),
+  ]
   const child = spawn(bin, args, { stdio: ['ignore', 'pipe', 'pipe'] })
   let output = ''
   child.stdout.on('data', (d) => (output += d))

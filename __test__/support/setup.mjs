@@ -4,17 +4,33 @@ import { after, before } from 'node:test'
 import { Redis } from 'ioredis'
 import { createRequire } from 'node:module'
 import { startRedis } from './redis-server.mjs'
+import { startCluster } from './cluster.mjs'
+
+/** TEST_TOPOLOGY=cluster runs a suite against a 3-master Redis Cluster. */
+export const onCluster = process.env.TEST_TOPOLOGY === 'cluster'
 
 const require = createRequire(import.meta.url)
 export const { createRedisSessionStore, RedisSessionStoreError } = require('../../store.js')
 
 /** Starts a server before the file's tests and stops it after. */
 export function useRedis(opts) {
+  /** @type {{server: any, admin: any, cluster?: any, stores: any[], [k: string]: any}} */
   const ctx = { server: null, admin: null, stores: [] }
   let starting = null
   /** Starts the server once; hooks of suites await it too (root hooks may not have run yet). */
   ctx.ready = () =>
     (starting ??= (async () => {
+      if (onCluster && !opts) {
+        ctx.cluster = await startCluster()
+        ctx.server = { ...ctx.cluster.nodes[0], stop: () => ctx.cluster.stop() }
+        ctx.admin = ctx.cluster.admin()
+        await ctx.admin.connect()
+        // SCRIPT LOAD on every master, as the store does.
+        const admin = /** @type {any} */ (ctx.admin)
+        admin.script = async (/** @type {string} */ sub, /** @type {string} */ src) =>
+          (await Promise.all(admin.nodes('master').map((/** @type {any} */ n) => n.script(sub, src))))[0]
+        return
+      }
       ctx.server = await startRedis(opts)
       ctx.admin = new Redis({ port: ctx.server.port, host: '127.0.0.1', lazyConnect: true, maxRetriesPerRequest: 1 })
       await ctx.admin.connect()
@@ -27,13 +43,16 @@ export function useRedis(opts) {
   })
   /** A store on this file's server, closed at the end. */
   ctx.store = (options = {}) => {
-    const s = createRedisSessionStore({ url: ctx.server.url, ...options })
+    const where = ctx.cluster && !options.url ? { cluster: { nodes: ctx.cluster.urls } } : { url: ctx.server.url }
+    const s = createRedisSessionStore({ ...where, ...options })
     ctx.stores.push(s)
     return s
   }
   /** Every key and its value, for "nothing was written" checks. */
   ctx.snapshot = async () => {
-    const keys = (await ctx.admin.keys('*')).sort()
+    const keys = ctx.cluster
+      ? (await Promise.all(ctx.admin.nodes('master').map((n) => n.keys('*')))).flat().sort()
+      : (await ctx.admin.keys('*')).sort()
     const values = await Promise.all(keys.map((k) => ctx.admin.get(k)))
     return Object.fromEntries(keys.map((k, i) => [k, values[i]]))
   }

@@ -1,0 +1,163 @@
+// Throwaway Redis Cluster and Sentinel setups on loopback ports, for the HA
+// tests and for running the contract suites against a cluster.
+import { execFile } from 'node:child_process'
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import path from 'node:path'
+import { promisify } from 'node:util'
+import { setTimeout as sleep } from 'node:timers/promises'
+import { Redis } from 'ioredis'
+import { findRedisServer, freePort, startRedis } from './redis-server.mjs'
+
+const run = promisify(execFile)
+
+/** redis-cli (or valkey-cli) beside the server binary, else on PATH. */
+export function redisCli() {
+  if (process.env.REDIS_CLI_BIN) return process.env.REDIS_CLI_BIN
+  const server = findRedisServer()
+  return server.replace(/(redis|valkey)-server$/, '$1-cli')
+}
+
+/** Runs redis-cli with args; resolves its stdout. */
+export async function cli(args) {
+  const { stdout } = await run(redisCli(), args, { timeout: 60_000 })
+  return stdout
+}
+
+async function waitFor(what, check, timeoutMs = 20_000) {
+  const until = Date.now() + timeoutMs
+  for (;;) {
+    try {
+      if (await check()) return
+    } catch {}
+    if (Date.now() > until) throw new Error(`timed out waiting for ${what}`)
+    await sleep(100)
+  }
+}
+
+/**
+ * A cluster of `masters` masters, all slots assigned, state ok everywhere.
+ * @param {{masters?: number, args?: string[]}} [opts]
+ */
+export async function startCluster(opts = {}) {
+  const dir = mkdtempSync(path.join(tmpdir(), 'rsr-cluster-'))
+  const nodes = []
+  try {
+    for (let i = 0; i < (opts.masters ?? 3); i++) {
+      const port = await freePort()
+      nodes.push(
+        await startRedis({
+          port,
+          args: [
+            '--cluster-enabled', 'yes',
+            '--cluster-config-file', path.join(dir, `nodes-${port}.conf`),
+            '--cluster-node-timeout', '2000',
+            '--dir', dir,
+            ...(opts.args ?? []),
+          ],
+        }),
+      )
+    }
+    await cli(['--cluster', 'create', ...nodes.map((n) => `127.0.0.1:${n.port}`), '--cluster-replicas', '0', '--cluster-yes'])
+    for (const n of nodes) {
+      await waitFor(`cluster_state:ok on ${n.port}`, async () =>
+        (await cli(['-p', String(n.port), 'cluster', 'info'])).includes('cluster_state:ok'),
+      )
+    }
+  } catch (e) {
+    await Promise.allSettled(nodes.map((n) => n.stop()))
+    rmSync(dir, { recursive: true, force: true })
+    throw e
+  }
+  const urls = nodes.map((n) => n.url)
+  return {
+    nodes,
+    urls,
+    /** An ioredis Cluster client for checks. */
+    admin() {
+      return new Redis.Cluster(nodes.map((n) => ({ host: '127.0.0.1', port: n.port })), { lazyConnect: true })
+    },
+    /** Node id of the master on `port`. */
+    async id(port) {
+      return (await cli(['-p', String(port), 'cluster', 'myid'])).trim()
+    },
+    /** Moves `slots` slots from one master to another with redis-cli, keys and all. */
+    async reshard(fromPort, toPort, slots) {
+      await cli([
+        '--cluster', 'reshard', `127.0.0.1:${fromPort}`,
+        '--cluster-from', await this.id(fromPort),
+        '--cluster-to', await this.id(toPort),
+        '--cluster-slots', String(slots),
+        '--cluster-yes',
+      ])
+    },
+    async stop() {
+      await Promise.allSettled(nodes.map((n) => n.stop()))
+      rmSync(dir, { recursive: true, force: true })
+    },
+  }
+}
+
+/**
+ * A master, a replica and `sentinels` sentinels watching it as `mymaster`.
+ * @param {{sentinels?: number, downAfterMs?: number}} [opts]
+ */
+export async function startSentinels(opts = {}) {
+  const dir = mkdtempSync(path.join(tmpdir(), 'rsr-sentinel-'))
+  const started = []
+  try {
+    const master = await startRedis({ args: ['--dir', dir] })
+    started.push(master)
+    const replica = await startRedis({ args: ['--dir', dir, '--replicaof', '127.0.0.1', String(master.port)] })
+    started.push(replica)
+    await waitFor('the replica to sync', async () =>
+      (await cli(['-p', String(replica.port), 'info', 'replication'])).includes('master_link_status:up'),
+    )
+    const sentinels = []
+    for (let i = 0; i < (opts.sentinels ?? 3); i++) {
+      const port = await freePort()
+      const conf = path.join(dir, `sentinel-${port}.conf`)
+      writeFileSync(
+        conf,
+        [
+          `port ${port}`,
+          'bind 127.0.0.1',
+          `dir ${dir}`,
+          `sentinel monitor mymaster 127.0.0.1 ${master.port} 2`,
+          `sentinel down-after-milliseconds mymaster ${opts.downAfterMs ?? 1000}`,
+          'sentinel failover-timeout mymaster 10000',
+          'sentinel parallel-syncs mymaster 1',
+          '',
+        ].join('\n'),
+      )
+      const s = await startRedis({ port, config: conf, args: ['--sentinel'] })
+      started.push(s)
+      sentinels.push(s)
+    }
+    await waitFor('the sentinels to see each other and the replica', async () => {
+      const info = await cli(['-p', String(sentinels[0].port), 'sentinel', 'master', 'mymaster'])
+      const lines = info.split('\n').map((l) => l.trim())
+      const field = (name) => lines[lines.indexOf(name) + 1]
+      return Number(field('num-other-sentinels')) === sentinels.length - 1 && Number(field('num-slaves')) === 1
+    })
+    return {
+      master,
+      replica,
+      sentinels,
+      urls: sentinels.map((s) => s.url),
+      /** Port of the master the sentinels name now. */
+      async masterPort() {
+        const out = await cli(['-p', String(sentinels[0].port), 'sentinel', 'get-master-addr-by-name', 'mymaster'])
+        return Number(out.trim().split('\n')[1])
+      },
+      async stop() {
+        await Promise.allSettled(started.map((s) => s.stop()))
+        rmSync(dir, { recursive: true, force: true })
+      },
+    }
+  } catch (e) {
+    await Promise.allSettled(started.map((s) => s.stop()))
+    rmSync(dir, { recursive: true, force: true })
+    throw e
+  }
+}
