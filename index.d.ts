@@ -12,6 +12,10 @@ export declare const __napiBindingTarget: 'native' | 'wasm32-wasi' | 'wasm32-was
 /**
  * The native half of a store. Use `createRedisSessionStore` from the package
  * instead: it checks arguments and does the JSON work in V8.
+ *
+ * Every call's future owns a share of the store (`Arc`), never a borrow of
+ * this object: when a worker thread ends with calls in flight, its objects
+ * are finalized at once, and the calls must not outlive what they use.
  */
 export declare class NativeStore {
   constructor(options?: StoreOptions | undefined | null)

@@ -14,7 +14,10 @@ pub mod splice;
 pub mod store;
 pub mod texts;
 
-use napi::bindgen_prelude::Result;
+use std::sync::Arc;
+
+use napi::bindgen_prelude::{PromiseRaw, Result};
+use napi::Env;
 use napi_derive::napi;
 
 use crate::options::{Config, StoreOptions};
@@ -61,36 +64,44 @@ pub struct BatchResult {
 
 /// The native half of a store. Use `createRedisSessionStore` from the package
 /// instead: it checks arguments and does the JSON work in V8.
+///
+/// Every call's future owns a share of the store (`Arc`), never a borrow of
+/// this object: when a worker thread ends with calls in flight, its objects
+/// are finalized at once, and the calls must not outlive what they use.
 #[napi]
 pub struct NativeStore {
-    inner: store::Store,
+    inner: Arc<store::Store>,
 }
 
 #[napi]
 impl NativeStore {
-    #[napi(constructor)]
+    #[napi(constructor, catch_unwind)]
     pub fn new(options: Option<StoreOptions>) -> Result<Self> {
         let config = Config::from_options(&options.unwrap_or_default())?;
         Ok(NativeStore {
-            inner: store::Store::new(&config)?,
+            inner: Arc::new(store::Store::new(&config)?),
         })
     }
 
     /// Runs a batch of calls as one pipeline. Op i: `kinds[i]` (see ops.rs),
     /// `ids[i]`, `ttls[i]`; Set takes one string of `strings` (the JSON), Merge
     /// takes `counts[i]` (path, value JSON or "" to remove, …), in order.
-    #[napi]
-    pub async fn batch(
+    #[napi(ts_return_type = "Promise<BatchResult>")]
+    pub fn batch<'env>(
         &self,
+        env: &'env Env,
         kinds: Vec<u32>,
         ids: Vec<String>,
         ttls: Vec<f64>,
         counts: Vec<u32>,
         strings: Vec<String>,
-    ) -> Result<BatchResult> {
+    ) -> Result<PromiseRaw<'env, BatchResult>> {
         let ops = ops::decode_batch(kinds, ids, ttls, counts, strings)?;
-        let (codes, values) = ops::encode_outcomes(self.inner.run(&ops).await);
-        Ok(BatchResult { codes, values })
+        let store = Arc::clone(&self.inner);
+        env.spawn_future(async move {
+            let (codes, values) = ops::encode_outcomes(store.run(&ops).await);
+            Ok(BatchResult { codes, values })
+        })
     }
 
     /// Where the store connects, credentials left out (for `util.inspect`).
@@ -100,14 +111,18 @@ impl NativeStore {
     }
 
     /// Loads the scripts now (`preloadScript`).
-    #[napi]
-    pub async fn preload(&self) -> Result<()> {
-        Ok(self.inner.load_scripts().await?)
+    #[napi(ts_return_type = "Promise<void>")]
+    pub fn preload<'env>(&self, env: &'env Env) -> Result<PromiseRaw<'env, ()>> {
+        let store = Arc::clone(&self.inner);
+        env.spawn_future(async move { Ok(store.load_scripts().await?) })
     }
 
-    #[napi]
-    pub async fn close(&self) -> Result<()> {
-        self.inner.close().await;
-        Ok(())
+    #[napi(ts_return_type = "Promise<void>")]
+    pub fn close<'env>(&self, env: &'env Env) -> Result<PromiseRaw<'env, ()>> {
+        let store = Arc::clone(&self.inner);
+        env.spawn_future(async move {
+            store.close().await;
+            Ok(())
+        })
     }
 }

@@ -1,0 +1,221 @@
+// Faults, each with a bound on how long it may take: a server that is down,
+// stalled or killed, processes that never close their store, worker threads.
+import assert from 'node:assert/strict'
+import { spawn } from 'node:child_process'
+import { describe, it } from 'node:test'
+import { setTimeout as sleep } from 'node:timers/promises'
+import { fileURLToPath } from 'node:url'
+import { Worker } from 'node:worker_threads'
+import { createRedisSessionStore, newId, session } from './support/setup.mjs'
+import { startRedis } from './support/redis-server.mjs'
+
+const STORE = fileURLToPath(new URL('../store.js', import.meta.url))
+
+/** Settles every promise; fails if any is still pending after `ms`. */
+async function allSettleWithin(promises, ms) {
+  let timer
+  const bound = new Promise((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`calls still pending after ${ms} ms`)), ms)
+  })
+  try {
+    return await Promise.race([Promise.allSettled(promises), bound])
+  } finally {
+    clearTimeout(timer)
+  }
+}
+
+/** The codes of the rejections among settled results. */
+const codes = (results) => new Set(results.filter((r) => r.status === 'rejected').map((r) => r.reason.code))
+
+/** Ms until `call` first succeeds, trying every 20 ms; fails after `limitMs`. */
+async function msUntilSuccess(call, limitMs) {
+  const t0 = Date.now()
+  for (;;) {
+    try {
+      await call()
+      return Date.now() - t0
+    } catch (e) {
+      if (Date.now() - t0 > limitMs) throw e
+      await sleep(20)
+    }
+  }
+}
+
+describe('server down', () => {
+  it('200 calls at once all reject with ERR_CONNECTION within 1.5 s; after the server is back, calls work within 1 s', async () => {
+    const server = await startRedis()
+    const store = createRedisSessionStore({ url: server.url })
+    try {
+      const id = newId()
+      await store.set(id, session(id), 60_000)
+      await server.stop()
+      const t0 = Date.now()
+      const results = await allSettleWithin(
+        Array.from({ length: 200 }, (_, i) => (i % 2 ? store.get(id) : store.merge(id, { 'data.i': i }, 60_000))),
+        1500,
+      )
+      assert.deepEqual(codes(results), new Set(['ERR_CONNECTION']), `after ${Date.now() - t0} ms`)
+      // Still down a while later: each call still fails fast, nothing queues up.
+      await sleep(700)
+      const t1 = Date.now()
+      await assert.rejects(store.get(id), { code: 'ERR_CONNECTION' })
+      assert.ok(Date.now() - t1 < 1500, `took ${Date.now() - t1} ms`)
+      const again = await startRedis({ port: server.port })
+      try {
+        const ms = await msUntilSuccess(() => store.set(id, session(id), 60_000), 1000)
+        assert.ok(ms <= 1000, `${ms} ms`)
+      } finally {
+        await again.stop()
+      }
+    } finally {
+      await store.close()
+    }
+  })
+})
+
+describe('stalled server (SIGSTOP)', () => {
+  it('100 calls in flight all reject with ERR_TIMEOUT near commandTimeout; after SIGCONT calls work', async () => {
+    const server = await startRedis()
+    const store = createRedisSessionStore({ url: server.url, commandTimeout: 400 })
+    try {
+      const id = newId()
+      await store.set(id, session(id), 60_000)
+      server.signal('SIGSTOP')
+      const t0 = Date.now()
+      const results = await allSettleWithin(
+        Array.from({ length: 100 }, (_, i) => (i % 3 ? store.get(id) : store.merge(id, { 'data.i': i }, 60_000))),
+        2500,
+      )
+      const took = Date.now() - t0
+      assert.deepEqual(codes(results), new Set(['ERR_TIMEOUT']))
+      assert.ok(took >= 350 && took < 2500, `took ${took} ms`)
+      server.signal('SIGCONT')
+      const ms = await msUntilSuccess(() => store.merge(id, { 'data.after': true }, 60_000), 1000)
+      assert.ok(ms <= 1000, `${ms} ms`)
+      assert.equal((await store.get(id)).data.after, true)
+    } finally {
+      server.signal('SIGCONT')
+      await store.close()
+      await server.stop()
+    }
+  })
+})
+
+describe('killed server (kill -9) under load', () => {
+  it('calls in flight settle with coded errors within 2 s; after a restart the merge reloads its script', async () => {
+    const server = await startRedis()
+    const store = createRedisSessionStore({ url: server.url })
+    try {
+      const id = newId()
+      await store.set(id, session(id), 60_000)
+      await store.merge(id, { 'data.warm': 1 }, 60_000) // the script is cached, then lost with the server
+      const inFlight = Array.from({ length: 300 }, (_, i) => store.merge(id, { [`data.k${i}`]: i }, 60_000))
+      server.signal('SIGKILL')
+      const results = await allSettleWithin(inFlight, 2000)
+      for (const c of codes(results)) assert.ok(['ERR_CONNECTION', 'ERR_TIMEOUT'].includes(c), c)
+      const again = await startRedis({ port: server.port })
+      try {
+        await msUntilSuccess(() => store.set(id, session(id), 60_000), 1500)
+        await store.merge(id, { 'data.n': 2 }, 60_000)
+        assert.equal((await store.get(id)).data.n, 2)
+      } finally {
+        await again.stop()
+      }
+    } finally {
+      await store.close()
+    }
+  })
+})
+
+/** Runs `code` in a fresh node process; resolves its exit code and output, or fails after `ms`. */
+function runNode(code, ms) {
+  return new Promise((resolve, reject) => {
+    const child = spawn(process.execPath, ['-e', code], { stdio: ['ignore', 'pipe', 'pipe'] })
+    let out = ''
+    child.stdout.on('data', (d) => (out += d))
+    child.stderr.on('data', (d) => (out += d))
+    const timer = setTimeout(() => {
+      child.kill('SIGKILL')
+      reject(new Error(`the process did not exit within ${ms} ms:\n${out}`))
+    }, ms)
+    child.on('exit', (code) => {
+      clearTimeout(timer)
+      resolve({ code, out })
+    })
+  })
+}
+
+describe('process lifecycle', () => {
+  it('a script that never calls close() exits by itself once its calls are done', async () => {
+    const server = await startRedis()
+    try {
+      const { code, out } = await runNode(
+        `const { createRedisSessionStore } = require(${JSON.stringify(STORE)})
+         const store = createRedisSessionStore({ url: '${server.url}' })
+         store.set('a', { data: {}, meta: {} }, 60000)
+           .then(() => store.merge('a', { 'data.x': 1 }, 60000))
+           .then(() => store.get('a'))
+           .then((s) => console.log(JSON.stringify(s.data)))`,
+        5000,
+      )
+      assert.equal(code, 0, out)
+      assert.equal(out.trim(), '{"x":1}')
+    } finally {
+      await server.stop()
+    }
+  })
+
+  it('a script whose server is down also exits by itself, after its calls reject', async () => {
+    const server = await startRedis()
+    await server.stop()
+    const { code, out } = await runNode(
+      `const { createRedisSessionStore } = require(${JSON.stringify(STORE)})
+       createRedisSessionStore({ url: '${server.url}' }).get('a').catch((e) => console.log(e.code))`,
+      5000,
+    )
+    assert.equal(code, 0, out)
+    assert.equal(out.trim(), 'ERR_CONNECTION')
+  })
+
+  it('stores work in worker threads; ending workers mid-calls leaves the others working', async () => {
+    const server = await startRedis()
+    const main = createRedisSessionStore({ url: server.url })
+    const workerCode = `
+      const { parentPort, workerData } = require('node:worker_threads')
+      const { createRedisSessionStore } = require(workerData.store)
+      const store = createRedisSessionStore({ url: workerData.url })
+      let n = 0
+      const loop = async () => {
+        for (;;) {
+          const id = workerData.name + ':' + (n++ % 50)
+          await store.set(id, { data: { n }, meta: {} }, 60000)
+          await store.merge(id, { 'data.m': n }, 60000)
+          if (n === 200) parentPort.postMessage('busy')
+          if (n >= workerData.rounds) break
+        }
+        await store.close()
+        parentPort.postMessage('done ' + n)
+      }
+      loop().catch((e) => parentPort.postMessage('error ' + e.code + ' ' + e.message))`
+    const start = (name, rounds) =>
+      new Worker(workerCode, { eval: true, workerData: { store: STORE, url: server.url, name, rounds } })
+    try {
+      const survivor = start('survivor', 3000)
+      const survivorDone = new Promise((resolve) => survivor.on('message', (m) => m !== 'busy' && resolve(m)))
+      // Ten times, two workers ended with calls in flight (this once freed a
+      // store under its own calls and aborted the process).
+      for (let round = 0; round < 10; round++) {
+        const doomed = [start(`doomed${round}a`, 1e9), start(`doomed${round}b`, 1e9)]
+        await Promise.all(doomed.map((w) => new Promise((resolve) => w.on('message', (m) => m === 'busy' && resolve()))))
+        await Promise.all(doomed.map((w) => w.terminate()))
+      }
+      assert.equal(await survivorDone, 'done 3000')
+      const id = newId()
+      await main.set(id, session(id), 60_000)
+      assert.equal((await main.get(id)).meta.id, id)
+    } finally {
+      await main.close()
+      await server.stop()
+    }
+  })
+})
