@@ -42,21 +42,17 @@ async function waitFor(what, check, timeoutMs = 20_000) {
 export async function startCluster(opts = {}) {
   const dir = mkdtempSync(path.join(tmpdir(), 'rsr-cluster-'))
   const nodes = []
+  const nodeArgs = (port) => [
+    '--cluster-enabled', 'yes',
+    '--cluster-config-file', path.join(dir, `nodes-${port}.conf`),
+    '--cluster-node-timeout', '2000',
+    '--dir', dir,
+    ...(opts.args ?? []),
+  ]
   try {
     for (let i = 0; i < (opts.masters ?? 3); i++) {
       const port = await freePort()
-      nodes.push(
-        await startRedis({
-          port,
-          args: [
-            '--cluster-enabled', 'yes',
-            '--cluster-config-file', path.join(dir, `nodes-${port}.conf`),
-            '--cluster-node-timeout', '2000',
-            '--dir', dir,
-            ...(opts.args ?? []),
-          ],
-        }),
-      )
+      nodes.push(await startRedis({ port, args: nodeArgs(port) }))
     }
     await cli(['--cluster', 'create', ...nodes.map((n) => `127.0.0.1:${n.port}`), '--cluster-replicas', '0', '--cluster-yes'])
     for (const n of nodes) {
@@ -76,6 +72,13 @@ export async function startCluster(opts = {}) {
     /** An ioredis Cluster client for checks. */
     admin() {
       return new Redis.Cluster(nodes.map((n) => ({ host: '127.0.0.1', port: n.port })), { lazyConnect: true })
+    },
+    /** Starts node `i` again after it was stopped: same port and node id, no data. */
+    async restart(i) {
+      nodes[i] = await startRedis({ port: nodes[i].port, args: nodeArgs(nodes[i].port) })
+      await waitFor('cluster_state:ok', async () =>
+        (await cli(['-p', String(nodes[i].port), 'cluster', 'info'])).includes('cluster_state:ok'),
+      )
     },
     /** Node id of the master on `port`. */
     async id(port) {
