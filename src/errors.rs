@@ -88,6 +88,12 @@ impl From<RedisError> for StoreError {
                 return StoreError::new(*c, e.detail().unwrap_or_default());
             }
         }
+        if e.kind() == ErrorKind::MasterNameNotFoundBySentinel {
+            return StoreError::new(
+                Code::Connection,
+                "the sentinels name no reachable master (a failover in progress, or an unknown masterName)",
+            );
+        }
         let code = if e.is_timeout() {
             Code::Timeout
         } else if e.is_io_error() || e.is_connection_refusal() || e.is_connection_dropped() {

@@ -1,0 +1,136 @@
+// A master, a replica and three sentinels: the master is killed under a load
+// of merges, and the store carries on against the promoted replica.
+import assert from 'node:assert/strict'
+import { after, before, describe, it } from 'node:test'
+import { setTimeout as sleep } from 'node:timers/promises'
+import { createRedisSessionStore, session } from '../support/setup.mjs'
+import { startRedis } from '../support/redis-server.mjs'
+import { cli, startSentinels } from '../support/cluster.mjs'
+
+let ha
+let revived = null
+before(async () => {
+  ha = await startSentinels({ downAfterMs: 1000 })
+})
+after(async () => {
+  await revived?.stop()
+  await ha?.stop()
+})
+
+const ids = Array.from({ length: 100 }, (_, i) => `ha-${i}`)
+
+describe('Redis Sentinel', () => {
+  it('finds the master through the sentinels', async () => {
+    const store = createRedisSessionStore({ sentinel: { nodes: ha.urls, masterName: 'mymaster' } })
+    await Promise.all(ids.map((id) => store.set(id, session(id), 600_000)))
+    assert.equal((await store.get(ids[0])).meta.id, ids[0])
+    await store.close()
+  })
+
+  it('an unknown master name is a clear ERR_CONNECTION', async () => {
+    const store = createRedisSessionStore({ sentinel: { nodes: ha.urls, masterName: 'nope' } })
+    await assert.rejects(store.get('x'), (e) => e.code === 'ERR_CONNECTION' || e.code === 'ERR_REDIS')
+    await store.close()
+  })
+
+  it('kill -9 of the master under merges: the store carries on against the promoted replica', async (t) => {
+    const store = createRedisSessionStore({
+      sentinel: { nodes: ha.urls, masterName: 'mymaster' },
+      commandTimeout: 500,
+      connectTimeout: 500,
+    })
+    const oldMaster = await ha.masterPort()
+    let running = true
+    let killedAt = 0
+    const log = [] // [time, ok, id, path]
+    let n = 0
+    const loops = Array.from({ length: 4 }, async () => {
+      while (running) {
+        const i = n++
+        const id = ids[i % ids.length]
+        const path = `k${i}`
+        try {
+          await store.merge(id, { [`data.${path}`]: i }, 600_000)
+          log.push([Date.now(), true, id, path])
+        } catch (e) {
+          log.push([Date.now(), false, id, e.code])
+          if (process.env.DEBUG_HA) console.log(e.code, e.message)
+          await sleep(20)
+        }
+      }
+    })
+    await sleep(1000)
+    killedAt = Date.now()
+    ha.master.signal('SIGKILL')
+    // Run until calls have succeeded for 2 s after the first failure, at most 30 s.
+    const deadline = killedAt + 30_000
+    for (;;) {
+      await sleep(100)
+      const firstFail = log.find(([time, ok]) => !ok && time >= killedAt)
+      const lastFail = log.findLast(([, ok]) => !ok)
+      if (firstFail && lastFail && Date.now() - lastFail[0] > 2000) break
+      if (Date.now() > deadline) break
+    }
+    running = false
+    await Promise.all(loops)
+
+    const newMaster = await ha.masterPort()
+    const failed = log.filter(([, ok]) => !ok)
+    const firstFail = failed[0]?.[0] ?? killedAt
+    const lastFail = failed.at(-1)?.[0] ?? killedAt
+    const codes = [...new Set(failed.map(([, , , code]) => code))]
+    const before = log.filter(([time, ok]) => ok && time < killedAt)
+    const afterRecovery = log.filter(([time, ok]) => ok && time > lastFail)
+    // What the promoted replica has of each acknowledged merge.
+    const stored = new Map()
+    for (const id of ids) stored.set(id, (await store.get(id))?.data ?? {})
+    const lostBefore = before.filter(([, , id, path]) => !(path in stored.get(id))).length
+    const lostAfter = afterRecovery.filter(([, , id, path]) => !(path in stored.get(id))).length
+    const lostDuring = log.filter(([time, ok, id, path]) => ok && time >= killedAt && time <= lastFail && !(path in stored.get(id))).length
+    const report =
+      `master ${oldMaster} -> ${newMaster}; calls failed from ${firstFail - killedAt} ms to ${lastFail - killedAt} ms after the kill ` +
+      `(${failed.length} failed calls: ${codes.join(', ')}); acknowledged before the kill: ${before.length}, lost ${lostBefore}; ` +
+      `acknowledged during the failover: lost ${lostDuring}; acknowledged after: ${afterRecovery.length}, lost ${lostAfter}`
+    t.diagnostic(report)
+    console.log(`failover: ${report}`)
+    assert.notEqual(newMaster, oldMaster, 'no failover happened')
+    assert.ok(afterRecovery.length > 100, 'the store did not carry on')
+    assert.equal(lostAfter, 0)
+    assert.ok(lastFail - killedAt < 15_000, `calls failed for ${lastFail - killedAt} ms`)
+    for (const c of codes) assert.ok(['ERR_CONNECTION', 'ERR_TIMEOUT', 'ERR_REDIS'].includes(c), c)
+    await store.close()
+  })
+
+  it('SENTINEL FAILOVER (the old master stays up and turns replica): writes move to the new master', async (t) => {
+    const store = createRedisSessionStore({ sentinel: { nodes: ha.urls, masterName: 'mymaster' }, commandTimeout: 500 })
+    const id = ids[0]
+    await store.merge(id, { 'data.before': 1 }, 600_000)
+    // The master killed above comes back; the sentinels make it a replica.
+    revived = await startRedis({ port: ha.master.port })
+    const t00 = Date.now()
+    while (!(await cli(['-p', String(ha.master.port), 'info', 'replication'])).includes('master_link_status:up')) {
+      assert.ok(Date.now() - t00 < 20_000, 'the revived server did not become a replica')
+      await sleep(200)
+    }
+    const oldMaster = await ha.masterPort()
+    await cli(['-p', String(ha.sentinels[0].port), 'sentinel', 'failover', 'mymaster'])
+    const t0 = Date.now()
+    let newMaster = oldMaster
+    while (newMaster === oldMaster && Date.now() - t0 < 15_000) {
+      await sleep(100)
+      newMaster = await ha.masterPort()
+    }
+    assert.notEqual(newMaster, oldMaster)
+    // Wait until the old master really is a replica, then write.
+    while (!(await cli(['-p', String(oldMaster), 'role'])).startsWith('slave') && Date.now() - t0 < 15_000) await sleep(100)
+    let ok = false
+    let failures = 0
+    while (!ok && Date.now() - t0 < 15_000) {
+      ok = await store.merge(id, { 'data.after': 2 }, 600_000).then(() => true, () => (failures++, sleep(50).then(() => false)))
+    }
+    t.diagnostic(`writes on the new master ${Date.now() - t0} ms after SENTINEL FAILOVER, ${failures} failed calls`)
+    assert.ok(ok)
+    assert.equal(await cli(['-p', String(newMaster), 'get', `sess:${id}`]).then((v) => JSON.parse(v).data.after), 2)
+    await store.close()
+  })
+})
