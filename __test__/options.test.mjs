@@ -33,6 +33,41 @@ describe('options', () => {
     invalid(() => createRedisSessionStore({ lockPrefix: '' }), /options\.lockPrefix must not be empty/)
   })
 
+  it('refuses topology options that do not fit, naming the option', () => {
+    const nodes = ['redis://127.0.0.1:7000']
+    invalid(() => createRedisSessionStore({ url: 'redis://127.0.0.1', cluster: { nodes } }), /only one of options\.url, options\.cluster and options\.sentinel/)
+    invalid(() => createRedisSessionStore({ cluster: { nodes }, sentinel: { nodes, masterName: 'm' } }), /only one of/)
+    invalid(() => createRedisSessionStore({ cluster: { nodes: [] } }), /options\.cluster\.nodes must be a non-empty array/)
+    invalid(() => createRedisSessionStore({ cluster: {} }), /options\.cluster\.nodes/)
+    invalid(() => createRedisSessionStore({ cluster: { nodes: ['127.0.0.1:7000'] } }), /options\.cluster\.nodes\[0\] must start with redis:\/\//)
+    invalid(() => createRedisSessionStore({ cluster: { nodes: ['redis://a:1', 'rediss://b:1'] } }), /all use redis:\/\/ or all use rediss:\/\//)
+    invalid(() => createRedisSessionStore({ cluster: { nodes }, db: 1 }), /options\.db cannot be used with options\.cluster/)
+    invalid(() => createRedisSessionStore({ cluster: { nodes, seeds: 1 } }), /unknown option 'seeds' in options\.cluster/)
+    invalid(() => createRedisSessionStore({ sentinel: { nodes } }), /options\.sentinel\.masterName must be a non-empty string/)
+    invalid(() => createRedisSessionStore({ sentinel: { nodes: 'redis://x', masterName: 'm' } }), /options\.sentinel\.nodes must be a non-empty array/)
+    invalid(() => createRedisSessionStore({ sentinel: { nodes: ['rediss://x:1'], masterName: 'm' } }), /options\.sentinel\.nodes\[0\] must be a redis:\/\/ URL/)
+    invalid(() => createRedisSessionStore({ db: -1 }), /options\.db must be an integer from 0, got -1/)
+    invalid(() => createRedisSessionStore({ db: 1.5 }), /options\.db must be an integer/)
+    invalid(() => createRedisSessionStore({ db: '1' }), /options\.db must be a number/)
+    invalid(() => createRedisSessionStore({ tls: 'yes' }), /options\.tls must be a plain object/)
+    invalid(() => createRedisSessionStore({ username: 7 }), /options\.username must be a string/)
+  })
+
+  it('username, password and db options override the URL', async () => {
+    const server = await startRedis({ args: ['--requirepass', 'right'] })
+    const store = createRedisSessionStore({ url: `redis://:wrong@127.0.0.1:${server.port}/1`, password: 'right', db: 4 })
+    const admin = new Redis({ port: server.port, host: '127.0.0.1', password: 'right', db: 4 })
+    try {
+      const id = newId()
+      await store.set(id, session(id), 60_000)
+      assert.equal(await admin.exists(`sess:${id}`), 1)
+    } finally {
+      admin.disconnect()
+      await store.close()
+      await server.stop()
+    }
+  })
+
   it('refuses a URL that is not redis:// or rediss://, and never shows the password', () => {
     for (const url of ['http://user:hunter2@127.0.0.1', 'redis://user:hunter2@127.0.0.1:notaport', 'user:hunter2@127.0.0.1']) {
       assert.throws(

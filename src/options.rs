@@ -151,6 +151,11 @@ impl Config {
             let url = o.url.as_deref().unwrap_or(DEFAULT_URL);
             let info = data_node("options.url", url, o, db)?;
             let client = match certs {
+                Some(_) if !url.starts_with("rediss://") => {
+                    return Err(StoreError::invalid_arg(
+                        "options.tls needs a rediss:// URL in options.url",
+                    ))
+                }
                 Some(certs) => {
                     redis::Client::build_with_tls(info, certs).map_err(|e| bad_tls(&e))?
                 }
@@ -337,7 +342,7 @@ fn bad_url(what: &str, url: &str, e: &redis::RedisError) -> StoreError {
 
 fn bad_tls(e: &redis::RedisError) -> StoreError {
     StoreError::invalid_arg(format!(
-        "options.tls is not usable: {}",
+        "options.tls is not usable (a certificate or key that is not valid PEM?): {}",
         e.detail().unwrap_or(e.category())
     ))
 }

@@ -1,0 +1,162 @@
+// TLS with a CA and certificates generated here with openssl; a server that
+// asks for client certificates; an untrusted certificate is refused.
+import assert from 'node:assert/strict'
+import { execFileSync } from 'node:child_process'
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import path from 'node:path'
+import { after, before, describe, it } from 'node:test'
+import { inspect } from 'node:util'
+import { Redis } from 'ioredis'
+import { createRedisSessionStore, newId, rejectsWith, session } from './support/setup.mjs'
+import { freePort, startRedis } from './support/redis-server.mjs'
+
+const dir = mkdtempSync(path.join(tmpdir(), 'rsr-tls-'))
+const file = (name) => path.join(dir, name)
+const openssl = (...args) => execFileSync('openssl', args, { stdio: ['ignore', 'ignore', 'pipe'] })
+
+/** A CA (key + self-signed cert) named `name`. */
+function makeCa(name) {
+  openssl('req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-days', '2', '-subj', `/CN=${name}`,
+    '-keyout', file(`${name}.key`), '-out', file(`${name}.crt`))
+}
+
+/** A certificate for `cn` signed by `ca`, valid for 127.0.0.1 and localhost. */
+function makeCert(name, ca, cn, usage) {
+  writeFileSync(file(`${name}.ext`), `subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=${usage}\n`)
+  openssl('req', '-newkey', 'rsa:2048', '-nodes', '-subj', `/CN=${cn}`, '-keyout', file(`${name}.key`), '-out', file(`${name}.csr`))
+  openssl('x509', '-req', '-in', file(`${name}.csr`), '-CA', file(`${ca}.crt`), '-CAkey', file(`${ca}.key`),
+    '-CAcreateserial', '-days', '2', '-extfile', file(`${name}.ext`), '-out', file(`${name}.crt`))
+}
+
+const pem = (name) => readFileSync(file(name), 'utf8')
+let server
+let tlsPort
+let mutual
+let mutualPort
+
+before(async () => {
+  makeCa('ca')
+  makeCa('rogue')
+  makeCert('server', 'ca', 'redis-test', 'serverAuth')
+  makeCert('client', 'ca', 'app', 'clientAuth')
+  makeCert('rogue-client', 'rogue', 'intruder', 'clientAuth')
+  const tlsArgs = (port, authClients) => [
+    '--tls-port', String(port),
+    '--tls-cert-file', file('server.crt'),
+    '--tls-key-file', file('server.key'),
+    '--tls-ca-cert-file', file('ca.crt'),
+    '--tls-auth-clients', authClients,
+  ]
+  tlsPort = await freePort()
+  server = await startRedis({ args: tlsArgs(tlsPort, 'no') })
+  mutualPort = await freePort()
+  mutual = await startRedis({ args: tlsArgs(mutualPort, 'yes') })
+})
+after(async () => {
+  await server?.stop()
+  await mutual?.stop()
+  rmSync(dir, { recursive: true, force: true })
+})
+
+async function roundTrip(store) {
+  const id = newId()
+  await store.set(id, session(id), 60_000)
+  await store.merge(id, { 'data.tls': true }, 60_000)
+  assert.equal((await store.get(id)).data.tls, true)
+  assert.equal(await store.lock(id, 5000), true)
+  await store.unlock(id)
+  await store.delete(id)
+}
+
+describe('TLS', () => {
+  it('rediss:// with the CA given as options.tls.ca (PEM string or Buffer)', async () => {
+    for (const ca of [pem('ca.crt'), readFileSync(file('ca.crt'))]) {
+      const store = createRedisSessionStore({ url: `rediss://127.0.0.1:${tlsPort}`, tls: { ca } })
+      await roundTrip(store)
+      await store.close()
+    }
+  })
+
+  it('also by host name, when the certificate names it', async () => {
+    const store = createRedisSessionStore({ url: `rediss://localhost:${tlsPort}`, tls: { ca: pem('ca.crt') } })
+    await roundTrip(store)
+    await store.close()
+  })
+
+  it('a server certificate from a CA the store does not trust is refused, and nothing is written', async () => {
+    // Trusting only the rogue CA: the server's certificate is not trusted.
+    const store = createRedisSessionStore({ url: `rediss://127.0.0.1:${tlsPort}`, tls: { ca: pem('rogue.crt') } })
+    const err = await rejectsWith(store.set('x', session('x'), 60_000), 'ERR_CONNECTION')
+    assert.match(err.message, /certificate|UnknownIssuer|invalid peer/i)
+    await store.close()
+    // Without a CA option the system's roots are used: not trusted either.
+    const system = createRedisSessionStore({ url: `rediss://127.0.0.1:${tlsPort}` })
+    await rejectsWith(system.get('x'), 'ERR_CONNECTION')
+    await system.close()
+    const check = createRedisSessionStore({ url: `rediss://127.0.0.1:${tlsPort}`, tls: { ca: pem('ca.crt') } })
+    assert.equal(await check.get('x'), null)
+    await check.close()
+  })
+
+  it('plain redis:// to a TLS port fails with a coded error, not a hang', async () => {
+    const store = createRedisSessionStore({ url: `redis://127.0.0.1:${tlsPort}`, commandTimeout: 500 })
+    const t0 = Date.now()
+    await assert.rejects(store.get('x'), (e) => ['ERR_CONNECTION', 'ERR_TIMEOUT'].includes(e.code))
+    assert.ok(Date.now() - t0 < 3000)
+    await store.close()
+  })
+
+  it('a server that asks for client certificates: accepted with cert and key, refused without or with a rogue one', async () => {
+    const url = `rediss://127.0.0.1:${mutualPort}`
+    const good = createRedisSessionStore({ url, tls: { ca: pem('ca.crt'), cert: pem('client.crt'), key: pem('client.key') } })
+    await roundTrip(good)
+    await good.close()
+    const none = createRedisSessionStore({ url, tls: { ca: pem('ca.crt') }, commandTimeout: 500 })
+    await assert.rejects(none.get('x'), (e) => ['ERR_CONNECTION', 'ERR_TIMEOUT'].includes(e.code))
+    await none.close()
+    const rogue = createRedisSessionStore({
+      url,
+      tls: { ca: pem('ca.crt'), cert: pem('rogue-client.crt'), key: pem('rogue-client.key') },
+      commandTimeout: 500,
+    })
+    await assert.rejects(rogue.get('x'), (e) => ['ERR_CONNECTION', 'ERR_TIMEOUT'].includes(e.code))
+    await rogue.close()
+  })
+
+  it('an ACL user (options.username / password) limited to sess:* and the needed commands, on db 2, over TLS', async () => {
+    const admin = new Redis({ port: server.port, host: '127.0.0.1' })
+    try {
+      await admin.call('ACL', 'SETUSER', 'app', 'on', '>s3cret', '~sess:*',
+        '+get', '+set', '+del', '+exists', '+evalsha', '+script|load', '+select')
+      const options = { url: `rediss://127.0.0.1:${tlsPort}`, tls: { ca: pem('ca.crt') }, username: 'app', db: 2 }
+      const store = createRedisSessionStore({ ...options, password: 's3cret' })
+      await roundTrip(store)
+      const id = newId()
+      await store.set(id, session(id), 60_000)
+      await admin.select(2)
+      assert.equal(await admin.exists(`sess:${id}`), 1)
+      await store.close()
+      const wrong = createRedisSessionStore({ ...options, password: 'hunter2' })
+      const err = await rejectsWith(wrong.get('x'), 'ERR_AUTH')
+      assert.ok(!err.message.includes('hunter2') && !inspect(wrong).includes('hunter2'), err.message)
+      await wrong.close()
+    } finally {
+      admin.disconnect()
+    }
+  })
+
+  it('refuses bad TLS options at creation, naming the option', () => {
+    const url = `rediss://127.0.0.1:${tlsPort}`
+    const bad = [
+      [{ url, tls: { ca: 'not a certificate' } }, /options\.tls\.ca must be PEM/],
+      [{ url, tls: { cert: pem('client.crt') } }, /options\.tls\.cert and options\.tls\.key/],
+      [{ url, tls: { ca: 42 } }, /options\.tls\.ca must be PEM text/],
+      [{ url, tls: { servername: 'x' } }, /unknown option 'servername'/],
+      [{ url: `redis://127.0.0.1:${tlsPort}`, tls: { ca: pem('ca.crt') } }, /rediss/],
+    ]
+    for (const [options, message] of bad) {
+      assert.throws(() => createRedisSessionStore(options), (e) => e.code === 'ERR_INVALID_ARG' && message.test(e.message))
+    }
+  })
+})
