@@ -9,7 +9,7 @@ import { after, before, describe, it } from 'node:test'
 import { inspect } from 'node:util'
 import { Redis } from 'ioredis'
 import { createRedisSessionStore, newId, rejectsWith, session } from './support/setup.mjs'
-import { freePort, startRedis } from './support/redis-server.mjs'
+import { freePort, serverHasTls, startRedis } from './support/redis-server.mjs'
 
 const dir = mkdtempSync(path.join(tmpdir(), 'rsr-tls-'))
 const file = (name) => path.join(dir, name)
@@ -36,6 +36,7 @@ let mutual
 let mutualPort
 
 before(async () => {
+  if (!serverHasTls()) return
   makeCa('ca')
   makeCa('rogue')
   makeCert('server', 'ca', 'redis-test', 'serverAuth')
@@ -69,7 +70,7 @@ async function roundTrip(store) {
   await store.delete(id)
 }
 
-describe('TLS', () => {
+describe('TLS', { skip: serverHasTls() ? false : 'this redis-server was built without TLS' }, () => {
   it('rediss:// with the CA given as options.tls.ca (PEM string or Buffer)', async () => {
     for (const ca of [pem('ca.crt'), readFileSync(file('ca.crt'))]) {
       const store = createRedisSessionStore({ url: `rediss://127.0.0.1:${tlsPort}`, tls: { ca } })

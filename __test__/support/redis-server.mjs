@@ -1,7 +1,8 @@
 // Starts throwaway redis-server processes on free loopback ports for the tests
 // (and the demo and benchmarks), and stops them.
-import { spawn } from 'node:child_process'
-import { accessSync, constants } from 'node:fs'
+import { spawn, spawnSync } from 'node:child_process'
+import { accessSync, constants, mkdtempSync, rmSync } from 'node:fs'
+import { tmpdir } from 'node:os'
 import net from 'node:net'
 import path from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
@@ -22,6 +23,13 @@ export function findRedisServer() {
     } catch {}
   }
   throw new Error(INSTALL_HINT)
+}
+
+/** Whether the redis-server binary was built with TLS (some builds are not). */
+export function serverHasTls() {
+  // Listening nowhere, a TLS build exits at once; others refuse the directive.
+  const r = spawnSync(findRedisServer(), ['--port', '0', '--tls-port', '0', '--save', ''], { encoding: 'utf8', timeout: 5000 })
+  return !/Bad directive/.test(`${r.stdout}${r.stderr}`)
 }
 
 /** A TCP port on 127.0.0.1 that was free a moment ago. */
@@ -65,9 +73,13 @@ export function rawCommand(port, command, timeoutMs = 500) {
 export async function startRedis(opts = {}) {
   const bin = findRedisServer()
   const port = opts.port ?? (await freePort())
+  // A directory of its own: no dump file of another server (or version) is
+  // ever read from, or left in, the current directory.
+  const ownDir = (opts.args ?? []).includes('--dir') ? null : mkdtempSync(path.join(tmpdir(), 'rsr-redis-'))
   const args = [
     ...(opts.config ? [opts.config] : []),
     '--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no',
+    ...(ownDir ? ['--dir', ownDir] : []),
     ...(opts.args ?? []),
   ]
   const child = spawn(bin, args, { stdio: ['ignore', 'pipe', 'pipe'] })
@@ -75,7 +87,10 @@ export async function startRedis(opts = {}) {
   child.stdout.on('data', (d) => (output += d))
   child.stderr.on('data', (d) => (output += d))
   let exited = false
-  child.on('exit', () => (exited = true))
+  child.on('exit', () => {
+    exited = true
+    if (ownDir) rmSync(ownDir, { recursive: true, force: true })
+  })
   const server = {
     port,
     url: `redis://127.0.0.1:${port}`,
