@@ -87,6 +87,23 @@ describe('Redis Cluster', () => {
     await store.close()
   })
 
+  it('an ACL user limited to sess:* and the commands the store needs (with CLUSTER SLOTS) is enough', async () => {
+    const commands = ['+get', '+set', '+del', '+exists', '+evalsha', '+script|load', '+cluster|slots']
+    await Promise.all(admin.nodes('master').map((n) => n.call('ACL', 'SETUSER', 'app', 'on', '>pw', '~sess:*', ...commands)))
+    const store = createRedisSessionStore({ cluster: { nodes: cluster.urls }, username: 'app', password: 'pw' })
+    await Promise.all(admin.nodes('master').map((n) => n.script('FLUSH')))
+    for (const id of ids.slice(0, 30)) {
+      await store.merge(id, { 'data.acl': 1 }, 600_000)
+      assert.equal(await store.lock(id, 5000), true)
+      assert.equal(await store.isLocked(id), true)
+      await store.unlock(id)
+      assert.equal((await store.get(id)).data.acl, 1)
+    }
+    await store.delete(ids[29])
+    await store.set(ids[29], session(ids[29]), 600_000)
+    await store.close()
+  })
+
   it('merge and unlock reload their scripts after the masters lose them', async () => {
     const store = createRedisSessionStore({ cluster: { nodes: cluster.urls } })
     await Promise.all(ids.slice(0, 30).map((id) => store.merge(id, { 'data.before': 1 }, 600_000)))
