@@ -1,8 +1,14 @@
 // Types of the public API (store.js). The native half's types are generated
 // into index.d.ts from the Rust sources, StoreOptions among them.
-import type { StoreOptions } from './index'
+import type { StoreOptions as NativeOptions, TlsOptions as NativeTlsOptions, ClusterOptions, SentinelOptions } from './index'
 
-export type { StoreOptions }
+export type { ClusterOptions, SentinelOptions }
+
+/** PEM text, as a string or a Buffer. */
+export type TlsOptions = { [K in keyof NativeTlsOptions]?: string | Buffer }
+
+/** Options of createRedisSessionStore (documented in index.d.ts and the README). */
+export type StoreOptions = Omit<NativeOptions, 'tls'> & { tls?: TlsOptions }
 
 /** What relay-session stores: a live session, or a rotated-away id. */
 export type SessionStoreData =

@@ -497,6 +497,74 @@ mod tests {
     }
 
     #[test]
+    fn topologies_are_described_without_passwords() {
+        let o = StoreOptions {
+            cluster: Some(ClusterOptions {
+                nodes: vec!["redis://u:hunter2@127.0.0.1:7000".into()],
+            }),
+            password: Some("hunter2".into()),
+            ..Default::default()
+        };
+        let c = Config::from_options(&o).unwrap();
+        assert!(matches!(c.target, Target::Cluster(_)));
+        assert_eq!(c.description, "cluster redis://u:***@127.0.0.1:7000");
+        assert!(!format!("{c:?}").contains("hunter2"));
+        let o = StoreOptions {
+            sentinel: Some(SentinelOptions {
+                nodes: vec!["redis://127.0.0.1:26379".into()],
+                master_name: "mymaster".into(),
+                password: Some("hunter2".into()),
+                ..Default::default()
+            }),
+            db: Some(3.0),
+            ..Default::default()
+        };
+        let c = Config::from_options(&o).unwrap();
+        match &c.target {
+            Target::Sentinel(t) => assert_eq!((t.db, t.master_name.as_str()), (3, "mymaster")),
+            _ => panic!("not sentinel"),
+        }
+        assert!(!format!("{c:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn options_that_do_not_fit_are_refused() {
+        let nodes = vec!["redis://127.0.0.1:7000".to_string()];
+        let cases = [
+            StoreOptions {
+                url: Some("redis://h".into()),
+                cluster: Some(ClusterOptions {
+                    nodes: nodes.clone(),
+                }),
+                ..Default::default()
+            },
+            StoreOptions {
+                cluster: Some(ClusterOptions { nodes }),
+                db: Some(2.0),
+                ..Default::default()
+            },
+            StoreOptions {
+                db: Some(-1.0),
+                ..Default::default()
+            },
+            StoreOptions {
+                url: Some("redis://h".into()),
+                tls: Some(TlsOptions {
+                    ca: Some("-----BEGIN CERTIFICATE-----".into()),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+        ];
+        for o in cases {
+            assert_eq!(
+                Config::from_options(&o).unwrap_err().code,
+                crate::errors::Code::InvalidArg
+            );
+        }
+    }
+
+    #[test]
     fn redaction() {
         assert_eq!(redact_url("redis://u:secret@h:1/0"), "redis://u:***@h:1/0");
         assert_eq!(redact_url("redis://:secret@h"), "redis://:***@h");
