@@ -6,6 +6,7 @@ import { describe, it } from 'node:test'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { fileURLToPath } from 'node:url'
 import { Worker } from 'node:worker_threads'
+import { Redis } from 'ioredis'
 import { createRedisSessionStore, newId, session } from './support/setup.mjs'
 import { startRedis } from './support/redis-server.mjs'
 
@@ -69,6 +70,38 @@ describe('server down', () => {
       }
     } finally {
       await store.close()
+    }
+  })
+
+  it('reconnects in the background: once the server is back, the store is connected within about a second without a call', async () => {
+    const server = await startRedis()
+    const store = createRedisSessionStore({ url: server.url })
+    let again
+    let admin
+    try {
+      const id = newId()
+      await store.set(id, session(id), 60_000)
+      await server.stop()
+      await assert.rejects(store.get(id), { code: 'ERR_CONNECTION' })
+      await sleep(1500) // down a while: the backoff has grown to its cap
+      again = await startRedis({ port: server.port })
+      admin = new Redis({ port: server.port, host: '127.0.0.1', connectionName: 'admin' })
+      const t0 = Date.now()
+      let clients = 0
+      while (clients < 1 && Date.now() - t0 < 2500) {
+        await sleep(50)
+        const list = await admin.client('LIST')
+        clients = list.split('\n').filter((l) => l && !l.includes('name=admin')).length
+      }
+      const ms = Date.now() - t0
+      assert.ok(clients >= 1 && ms <= 1500, `store connected: ${clients >= 1} after ${ms} ms`)
+      const t1 = Date.now()
+      assert.equal((await store.get(id)), null) // a new, empty server
+      assert.ok(Date.now() - t1 < 100)
+    } finally {
+      admin?.disconnect()
+      await store.close()
+      await again?.stop()
     }
   })
 })

@@ -7,7 +7,7 @@
 //! flight finish first.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Mutex, MutexGuard, Once};
+use std::sync::{Arc, Mutex, MutexGuard, Once};
 use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -25,6 +25,11 @@ use crate::options::{Config, SentinelTarget, Target};
 const RECONNECT_RETRIES: usize = 2;
 const RECONNECT_MIN_DELAY: Duration = Duration::from_millis(50);
 const RECONNECT_MAX_DELAY: Duration = Duration::from_millis(500);
+/// After a connection is lost, a background task pings with this backoff
+/// (doubling, capped) until the server answers, so that the connection is up
+/// again soon after the server is, without waiting for a call.
+const REVIVE_MIN_DELAY: Duration = Duration::from_millis(100);
+const REVIVE_MAX_DELAY: Duration = Duration::from_millis(1000);
 
 /// An open link to Redis.
 #[derive(Clone)]
@@ -35,9 +40,9 @@ enum Link {
 
 impl Link {
     /// Runs a pipeline; error replies stay in place as `Value::ServerError`.
-    async fn exec(self, pipe: &Pipeline) -> RedisResult<Vec<Value>> {
+    async fn exec(&self, pipe: &Pipeline) -> RedisResult<Vec<Value>> {
         match self {
-            Link::Single(mut m) => pipe.query_async::<Vec<Value>>(&mut m).await,
+            Link::Single(m) => pipe.query_async::<Vec<Value>>(&mut m.clone()).await,
             // Keys of one pipeline live on different masters: each command
             // goes on its own, all at once. A batch never holds two commands
             // on one key in a round (batch.rs), so their order does not matter.
@@ -84,8 +89,10 @@ pub struct Connection {
     /// Held while a link is being opened, so that one call opens it.
     opening: tokio::sync::Mutex<()>,
     generation: AtomicU64,
-    /// Set by `close()`: no new calls.
-    closing: AtomicBool,
+    /// Set by `close()`: no new calls (and the background reconnect stops).
+    closing: Arc<AtomicBool>,
+    /// Whether the background reconnect runs.
+    reviving: Arc<AtomicBool>,
     in_flight: AtomicUsize,
     idle: Notify,
 }
@@ -171,7 +178,8 @@ impl Connection {
             state: Mutex::new(State::Idle),
             opening: tokio::sync::Mutex::new(()),
             generation: AtomicU64::new(0),
-            closing: AtomicBool::new(false),
+            closing: Arc::new(AtomicBool::new(false)),
+            reviving: Arc::new(AtomicBool::new(false)),
             in_flight: AtomicUsize::new(0),
             idle: Notify::new(),
         })
@@ -261,6 +269,32 @@ impl Connection {
         }
     }
 
+    /// Reconnects a lost standalone connection in the background: pings with a
+    /// capped backoff until the server answers (any answer, even an ACL
+    /// refusal of PING) or the store closes. Cluster connections reconnect by
+    /// themselves; with Sentinel the next call asks the sentinels.
+    fn revive(&self, link: &Link) {
+        let (Link::Single(manager), Source::Single(..)) = (link, &self.source) else {
+            return;
+        };
+        if self.reviving.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let mut manager = manager.clone();
+        let (reviving, closing) = (Arc::clone(&self.reviving), Arc::clone(&self.closing));
+        tokio::spawn(async move {
+            let mut delay = REVIVE_MIN_DELAY;
+            while !closing.load(Ordering::Acquire) {
+                tokio::time::sleep(delay).await;
+                match redis::cmd("PING").query_async::<()>(&mut manager).await {
+                    Err(e) if is_lost(&e) => delay = (delay * 2).min(REVIVE_MAX_DELAY),
+                    _ => break,
+                }
+            }
+            reviving.store(false, Ordering::Release);
+        });
+    }
+
     /// Runs a pipeline within the store's timeouts; error replies stay in place.
     pub async fn exec(&self, pipe: &Pipeline) -> Result<Vec<Value>> {
         let _guard = self.enter()?;
@@ -278,6 +312,7 @@ impl Connection {
                 Err(e) => {
                     if is_lost(&e) {
                         self.forget(generation);
+                        self.revive(&link);
                     }
                     Err(StoreError::from(e))
                 }
