@@ -94,6 +94,14 @@ impl From<RedisError> for StoreError {
                 "the sentinels name no reachable master (a failover in progress, or an unknown masterName)",
             );
         }
+        // Redirections left over after the cluster client's retries: the slot's
+        // master is moving or down.
+        if matches!(e.code(), Some("MOVED" | "ASK" | "TRYAGAIN" | "CLUSTERDOWN")) {
+            return StoreError::new(
+                Code::Connection,
+                format!("the cluster could not reach the master of the key: {e}"),
+            );
+        }
         let code = if e.is_timeout() {
             Code::Timeout
         } else if e.is_io_error() || e.is_connection_refusal() || e.is_connection_dropped() {
@@ -154,6 +162,12 @@ mod tests {
         let io = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
         let s = StoreError::from(RedisError::from(io));
         assert_eq!(s.code, Code::Connection);
+    }
+
+    #[test]
+    fn redirections_left_over_are_connection_errors() {
+        let e = redis::make_extension_error("MOVED".into(), Some("12111 127.0.0.1:7002".into()));
+        assert_eq!(StoreError::from(e).code, Code::Connection);
     }
 
     #[test]

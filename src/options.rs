@@ -16,6 +16,8 @@ pub const DEFAULT_PREFIX: &str = "sess:";
 pub const DEFAULT_LOCK_PREFIX: &str = "lock:";
 pub const DEFAULT_CONNECT_TIMEOUT_MS: u64 = 1000;
 pub const DEFAULT_COMMAND_TIMEOUT_MS: u64 = 1000;
+/// Retries of a cluster command on a failing node.
+const CLUSTER_RETRIES: u32 = 3;
 /// Upper bound for both timeouts: one hour.
 pub const MAX_TIMEOUT_MS: u64 = 3_600_000;
 
@@ -143,8 +145,19 @@ impl Config {
         }
         let db = db(o.db)?;
         let certs = o.tls.as_ref().map(certificates).transpose()?;
+        let connect_timeout = timeout(
+            "connectTimeout",
+            o.connect_timeout,
+            DEFAULT_CONNECT_TIMEOUT_MS,
+        )?;
+        let command_timeout = timeout(
+            "commandTimeout",
+            o.command_timeout,
+            DEFAULT_COMMAND_TIMEOUT_MS,
+        )?;
         let (target, description) = if let Some(c) = &o.cluster {
-            cluster_target(c, o, db, certs)?
+            let timeouts = (connect_timeout, command_timeout);
+            cluster_target(c, o, db, certs, timeouts)?
         } else if let Some(s) = &o.sentinel {
             sentinel_target(s, o, db, certs)?
         } else {
@@ -174,16 +187,8 @@ impl Config {
             description,
             target,
             keys: Keys::new(prefix, lock_prefix),
-            connect_timeout: timeout(
-                "connectTimeout",
-                o.connect_timeout,
-                DEFAULT_CONNECT_TIMEOUT_MS,
-            )?,
-            command_timeout: timeout(
-                "commandTimeout",
-                o.command_timeout,
-                DEFAULT_COMMAND_TIMEOUT_MS,
-            )?,
+            connect_timeout,
+            command_timeout,
         })
     }
 }
@@ -193,6 +198,7 @@ fn cluster_target(
     o: &StoreOptions,
     db: Option<i64>,
     certs: Option<TlsCertificates>,
+    (connect_timeout, command_timeout): (Duration, Duration),
 ) -> Result<(Target, String)> {
     if db.is_some_and(|db| db != 0) {
         return Err(StoreError::invalid_arg(
@@ -222,7 +228,15 @@ fn cluster_target(
             "options.cluster.nodes must all use redis:// or all use rediss://",
         ));
     }
-    let mut builder = ClusterClientBuilder::new(nodes);
+    // The crate's defaults retry a failing node 16 times from 1.28 s apart; a
+    // few quick retries let a call fail with ERR_CONNECTION within its bound.
+    // Redirections (MOVED, ASK) are followed whatever this says.
+    let mut builder = ClusterClientBuilder::new(nodes)
+        .connection_timeout(connect_timeout)
+        .response_timeout(command_timeout)
+        .retries(CLUSTER_RETRIES)
+        .min_retry_wait(50)
+        .max_retry_wait(500);
     if let Some(certs) = certs {
         if !tls[0] {
             return Err(StoreError::invalid_arg(

@@ -118,7 +118,7 @@ describe('Redis Cluster', () => {
     await store.close()
   })
 
-  it('a master killed with kill -9: its calls reject with coded errors within the bound; after its restart they work again', async (t) => {
+  it('a master killed with kill -9: its calls reject fast with ERR_CONNECTION; after its restart they work again', async (t) => {
     const store = createRedisSessionStore({ cluster: { nodes: cluster.urls }, commandTimeout: 1000 })
     const slots = await admin.cluster('SLOTS')
     const portOf = (slot) => slots.find(([from, to]) => slot >= from && slot <= to)[2][1]
@@ -135,8 +135,8 @@ describe('Redis Cluster', () => {
     const downMs = Date.now() - t0
     const codes = new Set(results.map((r) => r.status === 'rejected' && r.reason.code))
     t.diagnostic(`calls to the killed master: ${[...codes].join(', ')} after ${downMs} ms`)
-    for (const c of codes) assert.ok(['ERR_CONNECTION', 'ERR_TIMEOUT'].includes(c), String(c))
-    assert.ok(downMs < 3000, `${downMs} ms`)
+    assert.deepEqual([...codes], ['ERR_CONNECTION'])
+    assert.ok(downMs < 1500, `${downMs} ms`)
     // The other masters keep serving.
     await store.merge(elsewhere, { 'data.y': 1 }, 600_000)
     await cluster.restart(victim)
