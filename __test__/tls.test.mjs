@@ -1,35 +1,16 @@
 // TLS with a CA and certificates generated here with openssl; a server that
 // asks for client certificates; an untrusted certificate is refused.
 import assert from 'node:assert/strict'
-import { execFileSync } from 'node:child_process'
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
-import { tmpdir } from 'node:os'
-import path from 'node:path'
+import { readFileSync } from 'node:fs'
 import { after, before, describe, it } from 'node:test'
 import { inspect } from 'node:util'
 import { Redis } from 'ioredis'
 import { createRedisSessionStore, newId, rejectsWith, session } from './support/setup.mjs'
 import { freePort, serverHasTls, startRedis } from './support/redis-server.mjs'
+import { certificates } from './support/certs.mjs'
 
-const dir = mkdtempSync(path.join(tmpdir(), 'rsr-tls-'))
-const file = (name) => path.join(dir, name)
-const openssl = (...args) => execFileSync('openssl', args, { stdio: ['ignore', 'ignore', 'pipe'] })
-
-/** A CA (key + self-signed cert) named `name`. */
-function makeCa(name) {
-  openssl('req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-days', '2', '-subj', `/CN=${name}`,
-    '-keyout', file(`${name}.key`), '-out', file(`${name}.crt`))
-}
-
-/** A certificate for `cn` signed by `ca`, valid for 127.0.0.1 and localhost. */
-function makeCert(name, ca, cn, usage) {
-  writeFileSync(file(`${name}.ext`), `subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=${usage}\n`)
-  openssl('req', '-newkey', 'rsa:2048', '-nodes', '-subj', `/CN=${cn}`, '-keyout', file(`${name}.key`), '-out', file(`${name}.csr`))
-  openssl('x509', '-req', '-in', file(`${name}.csr`), '-CA', file(`${ca}.crt`), '-CAkey', file(`${ca}.key`),
-    '-CAcreateserial', '-days', '2', '-extfile', file(`${name}.ext`), '-out', file(`${name}.crt`))
-}
-
-const pem = (name) => readFileSync(file(name), 'utf8')
+const certs = certificates()
+const { file, pem, makeCa, makeCert } = certs
 let server
 let tlsPort
 let mutual
@@ -57,7 +38,7 @@ before(async () => {
 after(async () => {
   await server?.stop()
   await mutual?.stop()
-  rmSync(dir, { recursive: true, force: true })
+  certs.remove()
 })
 
 async function roundTrip(store) {

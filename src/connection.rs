@@ -14,7 +14,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
 use redis::sentinel::{SentinelClient, SentinelClientBuilder, SentinelServerType};
-use redis::{Pipeline, RedisError, RedisResult, ServerError, Value};
+use redis::{Pipeline, RedisError, RedisResult, ServerError, TlsMode, Value};
 use tokio::sync::Notify;
 
 use crate::errors::{Result, StoreError};
@@ -133,6 +133,17 @@ fn sentinel_client(t: &SentinelTarget) -> Result<SentinelClient> {
     }
     if let Some(p) = &t.sentinel_password {
         b = b.set_client_to_sentinel_password(p);
+    }
+    if let Some(certs) = &t.tls {
+        b = b
+            .set_client_to_redis_tls_mode(TlsMode::Secure)
+            .set_client_to_redis_certificates(certs.clone());
+    }
+    if t.sentinel_tls {
+        b = b.set_client_to_sentinel_tls_mode(TlsMode::Secure);
+        if let Some(certs) = &t.tls {
+            b = b.set_client_to_sentinel_certificates(certs.clone());
+        }
     }
     b.build().map_err(|e| {
         StoreError::invalid_arg(format!(

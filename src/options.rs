@@ -110,6 +110,10 @@ pub struct SentinelTarget {
     pub db: i64,
     pub sentinel_username: Option<String>,
     pub sentinel_password: Option<String>,
+    /// TLS to the data nodes (options.tls given), with these certificates.
+    pub tls: Option<TlsCertificates>,
+    /// TLS to the sentinels (rediss:// sentinel URLs).
+    pub sentinel_tls: bool,
 }
 
 /// Checked options.
@@ -268,11 +272,6 @@ fn sentinel_target(
     db: Option<i64>,
     certs: Option<TlsCertificates>,
 ) -> Result<(Target, String)> {
-    if certs.is_some() {
-        return Err(StoreError::invalid_arg(
-            "options.tls cannot be used with options.sentinel yet",
-        ));
-    }
     if s.master_name.is_empty() {
         return Err(StoreError::invalid_arg(
             "options.sentinel.masterName must be a non-empty string",
@@ -287,15 +286,23 @@ fn sentinel_target(
     for (i, url) in s.nodes.iter().enumerate() {
         let what = format!("options.sentinel.nodes[{i}]");
         let info = parse_url(&what, url)?;
-        match info.addr() {
-            ConnectionAddr::Tcp(..) => nodes.push(info.addr().clone()),
-            _ => {
-                return Err(StoreError::invalid_arg(format!(
-                    "{what} must be a redis:// URL of a sentinel, got {}",
-                    redact_url(url)
-                )))
-            }
+        if info.redis_settings().password().is_some() || info.redis_settings().db() != 0 {
+            return Err(StoreError::invalid_arg(format!(
+                "{what} must be a URL without password or db, got {}: give the sentinels' \
+                 password as options.sentinel.password",
+                redact_url(url)
+            )));
         }
+        nodes.push(info.addr().clone());
+    }
+    let sentinel_tls = matches!(nodes[0], ConnectionAddr::TcpTls { .. });
+    if nodes
+        .iter()
+        .any(|n| matches!(n, ConnectionAddr::TcpTls { .. }) != sentinel_tls)
+    {
+        return Err(StoreError::invalid_arg(
+            "options.sentinel.nodes must all use redis:// or all use rediss://",
+        ));
     }
     let target = SentinelTarget {
         nodes,
@@ -305,6 +312,8 @@ fn sentinel_target(
         db: db.unwrap_or(0),
         sentinel_username: s.username.clone(),
         sentinel_password: s.password.clone(),
+        tls: certs,
+        sentinel_tls,
     };
     let description = format!(
         "sentinel {} of {}",

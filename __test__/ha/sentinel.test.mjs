@@ -4,7 +4,8 @@ import assert from 'node:assert/strict'
 import { after, before, describe, it } from 'node:test'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { createRedisSessionStore, session } from '../support/setup.mjs'
-import { startRedis } from '../support/redis-server.mjs'
+import { serverHasTls, startRedis } from '../support/redis-server.mjs'
+import { certificates } from '../support/certs.mjs'
 import { cli, startSentinels } from '../support/cluster.mjs'
 
 let ha
@@ -132,5 +133,48 @@ describe('Redis Sentinel', () => {
     assert.ok(ok)
     assert.equal(await cli(['-p', String(newMaster), 'get', `sess:${id}`]).then((v) => JSON.parse(v).data.after), 2)
     await store.close()
+  })
+})
+
+describe('Redis Sentinel with TLS to the data nodes', { skip: serverHasTls() ? false : 'this redis-server was built without TLS' }, () => {
+  let tls
+  let certs
+  before(async () => {
+    certs = certificates()
+    certs.makeCa('ca')
+    certs.makeCert('server', 'ca', 'redis-test', 'serverAuth,clientAuth')
+    tls = await startSentinels({ tls: certs })
+  })
+  after(async () => {
+    await tls?.stop()
+    certs?.remove()
+  })
+
+  it('finds the master and talks TLS to it, and carries on after kill -9 of the master', async (t) => {
+    const store = createRedisSessionStore({
+      sentinel: { nodes: tls.urls, masterName: 'mymaster' },
+      tls: { ca: certs.pem('ca.crt') },
+      commandTimeout: 500,
+      connectTimeout: 500,
+    })
+    const id = ids[0]
+    await store.set(id, session(id), 600_000)
+    await store.merge(id, { 'data.before': 1 }, 600_000)
+    assert.equal(await tls.masterPort(), tls.master.dataPort) // the TLS port
+    tls.master.signal('SIGKILL')
+    const t0 = Date.now()
+    let ok = false
+    while (!ok && Date.now() - t0 < 20_000) {
+      ok = await store.merge(id, { 'data.after': 2 }, 600_000).then(() => true, () => sleep(100).then(() => false))
+    }
+    t.diagnostic(`merges work again ${Date.now() - t0} ms after the kill, on port ${await tls.masterPort()}`)
+    assert.ok(ok)
+    assert.equal(await tls.masterPort(), tls.replica.dataPort)
+    assert.deepEqual((await store.get(id)).data.after, 2)
+    await store.close()
+    // Without the CA, the data node's certificate is not trusted.
+    const untrusting = createRedisSessionStore({ sentinel: { nodes: tls.urls, masterName: 'mymaster' }, tls: {} })
+    await assert.rejects(untrusting.get(id), { code: 'ERR_CONNECTION' })
+    await untrusting.close()
   })
 })

@@ -103,15 +103,30 @@ export async function startCluster(opts = {}) {
 
 /**
  * A master, a replica and `sentinels` sentinels watching it as `mymaster`.
- * @param {{sentinels?: number, downAfterMs?: number}} [opts]
+ * With `tls` (a folder from certs.mjs holding ca, server.crt and server.key),
+ * the data nodes also listen on a TLS port, replicate over TLS, and the
+ * sentinels name them by their TLS ports; everything keeps a plain port for
+ * the tests' own checks.
+ * @param {{sentinels?: number, downAfterMs?: number, tls?: {file: (name: string) => string}}} [opts]
  */
 export async function startSentinels(opts = {}) {
   const dir = mkdtempSync(path.join(tmpdir(), 'rsr-sentinel-'))
   const started = []
+  const tlsFiles = opts.tls
+    ? ['--tls-cert-file', opts.tls.file('server.crt'), '--tls-key-file', opts.tls.file('server.key'),
+       '--tls-ca-cert-file', opts.tls.file('ca.crt'), '--tls-auth-clients', 'no', '--tls-replication', 'yes']
+    : []
+  /** Starts a data node; resolves it with `dataPort`, the port sentinels and stores use. */
+  const dataNode = async (extra = []) => {
+    const tlsPort = opts.tls ? await freePort() : null
+    const tlsPorts = tlsPort ? ['--tls-port', String(tlsPort), '--replica-announce-port', String(tlsPort)] : []
+    const node = await startRedis({ args: ['--dir', dir, ...tlsFiles, ...tlsPorts, ...extra] })
+    return Object.assign(node, { dataPort: tlsPort ?? node.port })
+  }
   try {
-    const master = await startRedis({ args: ['--dir', dir] })
+    const master = await dataNode()
     started.push(master)
-    const replica = await startRedis({ args: ['--dir', dir, '--replicaof', '127.0.0.1', String(master.port)] })
+    const replica = await dataNode(['--replicaof', '127.0.0.1', String(master.dataPort)])
     started.push(replica)
     await waitFor('the replica to sync', async () =>
       (await cli(['-p', String(replica.port), 'info', 'replication'])).includes('master_link_status:up'),
@@ -119,6 +134,8 @@ export async function startSentinels(opts = {}) {
     const sentinels = []
     for (let i = 0; i < (opts.sentinels ?? 3); i++) {
       const port = await freePort()
+      // With TLS, sentinels talk to each other over TLS too: a TLS port, announced.
+      const sentinelTlsPort = opts.tls ? await freePort() : null
       const conf = path.join(dir, `sentinel-${port}.conf`)
       writeFileSync(
         conf,
@@ -126,7 +143,12 @@ export async function startSentinels(opts = {}) {
           `port ${port}`,
           'bind 127.0.0.1',
           `dir ${dir}`,
-          `sentinel monitor mymaster 127.0.0.1 ${master.port} 2`,
+          `sentinel monitor mymaster 127.0.0.1 ${master.dataPort} 2`,
+          ...(opts.tls
+            ? [`tls-cert-file ${opts.tls.file('server.crt')}`, `tls-key-file ${opts.tls.file('server.key')}`,
+               `tls-ca-cert-file ${opts.tls.file('ca.crt')}`, 'tls-replication yes',
+               `tls-port ${sentinelTlsPort}`, `sentinel announce-port ${sentinelTlsPort}`]
+            : []),
           `sentinel down-after-milliseconds mymaster ${opts.downAfterMs ?? 1000}`,
           'sentinel failover-timeout mymaster 10000',
           'sentinel parallel-syncs mymaster 1',
@@ -147,6 +169,7 @@ export async function startSentinels(opts = {}) {
       master,
       replica,
       sentinels,
+      dataNode,
       urls: sentinels.map((s) => s.url),
       /** Port of the master the sentinels name now. */
       async masterPort() {
