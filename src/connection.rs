@@ -315,7 +315,9 @@ impl Connection {
             used.store(generation, Ordering::Relaxed);
             match link.exec(pipe).await {
                 Ok(values) => {
-                    if values.iter().any(is_readonly) {
+                    // Only Sentinel acts on it: no scan of the replies otherwise.
+                    if matches!(self.source, Source::Sentinel(..)) && values.iter().any(is_readonly)
+                    {
                         self.forget(generation); // a replica now: failover
                     }
                     Ok(values)
