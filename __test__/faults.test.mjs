@@ -7,7 +7,7 @@ import { setTimeout as sleep } from 'node:timers/promises'
 import { fileURLToPath } from 'node:url'
 import { Worker } from 'node:worker_threads'
 import { Redis } from 'ioredis'
-import { createRedisSessionStore, newId, session } from './support/setup.mjs'
+import { createRedisSessionStore, msUntilSuccess, newId, session } from './support/setup.mjs'
 import { startRedis } from './support/redis-server.mjs'
 
 const STORE = fileURLToPath(new URL('../store.js', import.meta.url))
@@ -27,20 +27,6 @@ async function allSettleWithin(promises, ms) {
 
 /** The codes of the rejections among settled results. */
 const codes = (results) => new Set(results.filter((r) => r.status === 'rejected').map((r) => r.reason.code))
-
-/** Ms until `call` first succeeds, trying every 20 ms; fails after `limitMs`. */
-async function msUntilSuccess(call, limitMs) {
-  const t0 = Date.now()
-  for (;;) {
-    try {
-      await call()
-      return Date.now() - t0
-    } catch (e) {
-      if (Date.now() - t0 > limitMs) throw e
-      await sleep(20)
-    }
-  }
-}
 
 describe('server down', () => {
   it('200 calls at once all reject with ERR_CONNECTION within 1.5 s; after the server is back, calls work within 1 s', async () => {

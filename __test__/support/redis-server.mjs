@@ -25,11 +25,15 @@ export function findRedisServer() {
   throw new Error(INSTALL_HINT)
 }
 
-/** Whether the redis-server binary was built with TLS (some builds are not). */
+let hasTls
+/** Whether the redis-server binary was built with TLS (some builds are not); asked once. */
 export function serverHasTls() {
   // Listening nowhere, a TLS build exits at once; others refuse the directive.
-  const r = spawnSync(findRedisServer(), ['--port', '0', '--tls-port', '0', '--save', ''], { encoding: 'utf8', timeout: 5000 })
-  return !/Bad directive/.test(`${r.stdout}${r.stderr}`)
+  if (hasTls === undefined) {
+    const r = spawnSync(findRedisServer(), ['--port', '0', '--tls-port', '0', '--save', ''], { encoding: 'utf8', timeout: 5000 })
+    hasTls = !/Bad directive/.test(`${r.stdout}${r.stderr}`)
+  }
+  return hasTls
 }
 
 /** A TCP port on 127.0.0.1 that was free a moment ago. */

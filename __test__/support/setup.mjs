@@ -3,6 +3,7 @@
 import { after, before } from 'node:test'
 import { Redis } from 'ioredis'
 import { createRequire } from 'node:module'
+import { setTimeout as sleep } from 'node:timers/promises'
 import { startRedis } from './redis-server.mjs'
 import { startCluster } from './cluster.mjs'
 
@@ -68,6 +69,23 @@ export const session = (id, data = {}) => ({
   data: { user: { id: 7, name: 'Ada' }, cart: [], flags: { beta: true }, ...data },
   meta: { id, createdAt: 1763812345678, expiresAt: 1763812345678 + 86400000 },
 })
+
+/**
+ * Ms until `call` first succeeds, trying every `everyMs`; once `limitMs` have
+ * passed, the last failure is thrown.
+ */
+export async function msUntilSuccess(call, limitMs, everyMs = 20) {
+  const t0 = Date.now()
+  for (;;) {
+    try {
+      await call()
+      return Date.now() - t0
+    } catch (e) {
+      if (Date.now() - t0 > limitMs) throw e
+      await sleep(everyMs)
+    }
+  }
+}
 
 /** Asserts that `promise` rejects with a RedisSessionStoreError of `code`. */
 export async function rejectsWith(promise, code, messagePart) {
