@@ -20,11 +20,15 @@ export declare const __napiBindingTarget: 'native' | 'wasm32-wasi' | 'wasm32-was
 export declare class NativeStore {
   constructor(options?: StoreOptions | undefined | null)
   /**
-   * Runs a batch of calls as one pipeline. Op i: `kinds[i]` (see ops.rs),
-   * `ids[i]`, `ttls[i]`; Set takes one string of `strings` (the JSON), Merge
-   * takes `counts[i]` (path, value JSON or "" to remove, …), in order.
+   * Runs a batch of calls, one pipeline per round. Op i: `kinds[i]`
+   * (`OpKind`), `ids[i]`, `ttls[i]`; Set takes one string of `strings` (the
+   * JSON), Merge takes `counts[i]` (path, value JSON or "" to remove, …), in
+   * order. Resolves with the first outcomes; `next(more)` gives the rest.
+   * Every op settles within the call's bound from now.
    */
   batch(kinds: Array<number>, ids: Array<string>, ttls: Array<number>, counts: Array<number>, strings: Array<string>): Promise<BatchResult>
+  /** The next outcomes of a batch whose last delivery had `more`. */
+  next(ticket: number): Promise<BatchResult>
   /** Where the store connects, credentials left out (for `util.inspect`). */
   get target(): string
   /** Loads the scripts now (`preloadScript`). */
@@ -33,12 +37,14 @@ export declare class NativeStore {
 }
 
 /**
- * The outcome of a batch: a code per op (ops.rs: DONE, TRUE, FALSE, TEXT, NULL,
- * FAILED) and its text (TEXT) or error "<CODE>: <message>" (FAILED).
+ * One delivery of a batch's outcomes: an `OutcomeCode` per op (`Pending`
+ * where this delivery has none), its text (`Text`) or error "<CODE>: <message>"
+ * (`Failed`); `more` is the ticket for `next()` while some ops still run.
  */
 export interface BatchResult {
   codes: Array<number>
   values: Array<string | undefined | null>
+  more?: number
 }
 
 /** Redis Cluster. */
@@ -48,6 +54,50 @@ export interface ClusterOptions {
    * and password may be given here or as the store's `username`/`password`.
    */
   nodes: Array<string>
+}
+
+/** Paths in one `merge` call. */
+export declare const MAX_MERGE_PATHS: number
+
+/**
+ * Writing far past an array's end pads it with nulls, as JavaScript would;
+ * padding by more than this many elements is refused.
+ */
+export declare const MAX_PADDING: number
+
+/** Dot-separated segments in one merge path. */
+export declare const MAX_PATH_SEGMENTS: number
+
+/**
+ * The largest `ttlMs`: `Number.MAX_SAFE_INTEGER`, the largest whole number a
+ * JavaScript number holds exactly (and far below what Redis's `PX` takes).
+ */
+export declare const MAX_TTL_MS: number
+
+/** Operation codes; exported to `store.js` as `OpKind`. */
+export declare const enum OpKind {
+  Get = 0,
+  Set = 1,
+  Delete = 2,
+  Merge = 3,
+  Lock = 4,
+  Unlock = 5,
+  IsLocked = 6,
+}
+
+/**
+ * What an op's slot of a delivery to `store.js` holds; exported as `OutcomeCode`.
+ * `Pending`: no outcome in this delivery (the op settles in a later one, or
+ * settled in an earlier one).
+ */
+export declare const enum OutcomeCode {
+  Done = 0,
+  True = 1,
+  False = 2,
+  Text = 3,
+  Null = 4,
+  Failed = 5,
+  Pending = 6,
 }
 
 /** Redis Sentinel. */
@@ -100,10 +150,17 @@ export interface StoreOptions {
   /** How long to wait for a connection to be established, in ms. Default 1000. */
   connectTimeout?: number
   /**
-   * How long any call may wait for Redis's answer, in ms; the call then
-   * rejects with `ERR_TIMEOUT`. Default 1000.
+   * How long any call may wait for Redis's answer, in ms. A call settles
+   * within `connectTimeout + commandTimeout` of being made, however many
+   * round trips it takes; it then rejects with `ERR_TIMEOUT`. Default 1000.
    */
   commandTimeout?: number
+  /**
+   * Memory, in bytes, for the session texts this store last read or wrote
+   * (ids and bookkeeping counted), which save a merge its read. Default
+   * 8388608 (8 MiB); 0 remembers nothing.
+   */
+  rememberedTextBytes?: number
 }
 
 /** TLS. PEM text (store.js also takes Buffers). */

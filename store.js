@@ -5,7 +5,7 @@
 // V8 (JSON.stringify / JSON.parse) and gives errors a stable `code`. Everything
 // that talks to Redis runs in the native addon (`index.js`, generated).
 
-const { NativeStore } = require('./index.js')
+const { NativeStore, OpKind, OutcomeCode, MAX_MERGE_PATHS, MAX_PATH_SEGMENTS, MAX_TTL_MS, MAX_PADDING } = require('./index.js')
 
 /** @typedef {import('./store').StoreOptions} StoreOptions */
 /** @typedef {import('./store').SessionStoreData} SessionStoreData */
@@ -26,6 +26,14 @@ class RedisSessionStoreError extends Error {
 
 /** @param {string} message */
 const invalid = (message) => new RedisSessionStoreError(message, 'ERR_INVALID_ARG')
+
+// With the u flag, a surrogate pair is one code point: only lone surrogates
+// match. They have no UTF-8 form, so two ids differing only in one would
+// reach Redis as the same key.
+const LONE_SURROGATE = /[\uD800-\uDFFF]/u
+
+/** A path for a message: quoted, and cut when long. @param {string} path */
+const quotePath = (path) => `paths['${path.length > 80 ? `${path.slice(0, 80)}…` : path}']`
 
 // The addon's errors read "<CODE>: <message>".
 const CODED = /^(ERR_[A-Z_]+): ([\s\S]*)$/
@@ -56,6 +64,7 @@ const OPTION_TYPES = {
   preloadScript: 'boolean',
   connectTimeout: 'number',
   commandTimeout: 'number',
+  rememberedTextBytes: 'number',
 }
 
 /** @param {unknown} v */
@@ -93,6 +102,8 @@ function checkObject(value, where, types) {
       out[key] = [...v]
     } else if (type === 'object' ? !isPlainObject(v) : typeof v !== type) {
       throw invalid(`${where}.${key} must be ${type === 'object' ? 'a plain object' : `a ${type}`}, got ${describe(v)}`)
+    } else if (typeof v === 'string' && LONE_SURROGATE.test(v)) {
+      throw invalid(`${where}.${key} must be a well-formed string: it holds a lone surrogate (\\ud800-\\udfff)`)
     } else {
       out[key] = v
     }
@@ -207,6 +218,9 @@ function checkId(id) {
   if (typeof id !== 'string' || id.length === 0) {
     throw invalid(`sessionId must be a non-empty string, got ${typeof id === 'string' ? 'an empty string' : describe(id)}`)
   }
+  if (LONE_SURROGATE.test(id)) {
+    throw invalid('sessionId must be a well-formed string: it holds a lone surrogate (\\ud800-\\udfff)')
+  }
 }
 
 /**
@@ -214,10 +228,56 @@ function checkId(id) {
  * @returns {number} whole ms
  */
 function checkTtl(ttl) {
-  if (typeof ttl !== 'number' || !Number.isFinite(ttl) || ttl <= 0 || ttl > Number.MAX_SAFE_INTEGER) {
-    throw invalid(`ttlMs must be a finite number greater than 0, got ${typeof ttl === 'number' ? ttl : describe(ttl)}`)
+  if (typeof ttl !== 'number' || !(ttl > 0 && ttl <= MAX_TTL_MS)) {
+    throw invalid(`ttlMs must be a number of ms greater than 0 and at most ${MAX_TTL_MS}, got ${typeof ttl === 'number' ? ttl : describe(ttl)}`)
   }
   return Math.ceil(ttl)
+}
+
+/**
+ * The (path, value JSON) pairs of a merge, checked: '' stands for a removal.
+ * Reading `paths` runs the caller's code (getters, proxies): what it throws
+ * becomes ERR_INVALID_ARG.
+ * @param {unknown} paths
+ * @returns {string[]}
+ */
+function mergePairs(paths) {
+  if (!isPlainObject(paths)) throw invalid(`paths must be a plain object, got ${describe(paths)}`)
+  const o = /** @type {Record<string, unknown>} */ (paths)
+  let keys
+  try {
+    if (Object.getOwnPropertySymbols(o).length > 0) throw invalid('paths must have string keys only, not symbols')
+    keys = Object.keys(o)
+  } catch (e) {
+    if (e instanceof RedisSessionStoreError) throw e
+    throw invalid(`paths could not be read: ${/** @type {Error} */ (e)?.message ?? String(e)}`)
+  }
+  if (keys.length > MAX_MERGE_PATHS) {
+    throw invalid(`paths has ${keys.length} paths; one merge takes at most ${MAX_MERGE_PATHS} (MAX_MERGE_PATHS)`)
+  }
+  /** @type {string[]} */
+  const pairs = new Array(keys.length * 2)
+  for (let i = 0; i < keys.length; i++) {
+    const path = keys[i]
+    if (path.length === 0) throw invalid('paths must not have an empty key')
+    if (LONE_SURROGATE.test(path)) throw invalid(`${quotePath(path)} must be a well-formed string: it holds a lone surrogate`)
+    let segments = 1
+    for (let at = path.indexOf('.'); at !== -1; at = path.indexOf('.', at + 1)) {
+      if (++segments > MAX_PATH_SEGMENTS) {
+        throw invalid(`${quotePath(path)} has more than ${MAX_PATH_SEGMENTS} segments (MAX_PATH_SEGMENTS)`)
+      }
+    }
+    let value
+    try {
+      value = o[path]
+    } catch (e) {
+      throw invalid(`${quotePath(path)} could not be read: ${/** @type {Error} */ (e)?.message ?? String(e)}`)
+    }
+    // '' is no JSON text: the store reads it as "remove".
+    pairs[2 * i] = path
+    pairs[2 * i + 1] = value === undefined ? '' : (stringify(value, quotePath(path)) ?? '')
+  }
+  return pairs
 }
 
 /**
@@ -254,15 +314,9 @@ function parseSession(text, sessionId) {
   return value
 }
 
-// Op and result codes shared with src/ops.rs.
-const GET = 0
-const SET = 1
-const DELETE = 2
-const MERGE = 3
-const LOCK = 4
-const UNLOCK = 5
-const IS_LOCKED = 6
-const [DONE, TRUE, FALSE, TEXT, NULL, FAILED] = [0, 1, 2, 3, 4, 5]
+// Op and outcome codes, from src/ops.rs.
+const { Get: GET, Set: SET, Delete: DELETE, Merge: MERGE, Lock: LOCK, Unlock: UNLOCK, IsLocked: IS_LOCKED } = OpKind
+const { True: TRUE, False: FALSE, Text: TEXT, Null: NULL, Failed: FAILED, Pending: PENDING } = OutcomeCode
 
 // Calls made in one tick cross into Rust together, as one batch (one Redis
 // pipeline, one completion). A cap lets several batches overlap under load,
@@ -285,6 +339,8 @@ class RedisSessionStore {
   #batch = null
   /** @type {Set<Promise<unknown>>} */
   #inFlight = new Set()
+  /** Set by close(): later calls reject with ERR_CLOSED. */
+  #closed = false
 
   /** @param {StoreOptions} options */
   constructor(options) {
@@ -342,20 +398,32 @@ class RedisSessionStore {
     const b = /** @type {Batch} */ (this.#batch)
     this.#batch = null
     const { settle } = b
-    const done = this.#native.batch(b.kinds, b.ids, b.ttls, b.counts, b.strings).then(
-      ({ codes, values }) => {
-        for (let i = 0; i < codes.length; i++) {
-          const code = codes[i]
-          if (code === FAILED) settle[2 * i + 1](values[i])
-          else settle[2 * i](code === TEXT ? values[i] : code === NULL ? null : code === TRUE ? true : code === FALSE ? false : undefined)
-        }
-      },
-      (e) => {
+    const native = this.#native
+    // Outcomes come as they settle: the first delivery, then one per `next`
+    // while `more` says some ops are still running.
+    /** @param {import('./index').BatchResult} delivery @returns {Promise<void> | void} */
+    const onDelivery = ({ codes, values, more }) => {
+      for (let i = 0; i < codes.length; i++) {
+        const code = codes[i]
+        if (code === PENDING) continue
+        if (code === FAILED) settle[2 * i + 1](values[i])
+        else settle[2 * i](code === TEXT ? values[i] : code === NULL ? null : code === TRUE ? true : code === FALSE ? false : undefined)
+      }
+      if (more != null) return native.next(more).then(onDelivery)
+    }
+    // A failure of the crossing itself rejects every op not settled yet.
+    const done = native
+      .batch(b.kinds, b.ids, b.ttls, b.counts, b.strings)
+      .then(onDelivery)
+      .catch((e) => {
         for (let i = 1; i < settle.length; i += 2) settle[i](e)
-      },
-    )
+      })
     this.#inFlight.add(done)
     done.then(() => this.#inFlight.delete(done))
+  }
+
+  #checkOpen() {
+    if (this.#closed) throw new RedisSessionStoreError('the store is closed', 'ERR_CLOSED')
   }
 
   /**
@@ -363,6 +431,7 @@ class RedisSessionStore {
    * @returns {Promise<SessionStoreData | null>}
    */
   async get(sessionId) {
+    this.#checkOpen()
     checkId(sessionId)
     const [b, p] = this.#enqueue(GET, sessionId, 0, 0)
     this.#sendIfFull(b)
@@ -377,6 +446,7 @@ class RedisSessionStore {
    * @returns {Promise<void>}
    */
   async set(sessionId, data, ttlMs) {
+    this.#checkOpen()
     checkId(sessionId)
     if (typeof data !== 'object' || data === null || Array.isArray(data)) {
       throw invalid(`data must be an object, got ${describe(data)}`)
@@ -408,21 +478,10 @@ class RedisSessionStore {
    * @returns {Promise<void>}
    */
   async merge(sessionId, paths, ttlMs) {
+    this.#checkOpen()
     checkId(sessionId)
-    if (!isPlainObject(paths)) throw invalid(`paths must be a plain object, got ${describe(paths)}`)
-    if (Object.getOwnPropertySymbols(paths).length > 0) throw invalid('paths must have string keys only, not symbols')
+    const pairs = mergePairs(paths)
     const ttl = checkTtl(ttlMs)
-    const keys = Object.keys(paths)
-    /** @type {string[]} */
-    const pairs = new Array(keys.length * 2)
-    for (let i = 0; i < keys.length; i++) {
-      const path = keys[i]
-      if (path.length === 0) throw invalid('paths must not have an empty key')
-      const value = paths[path]
-      // '' is no JSON text: the script reads it as "remove".
-      pairs[2 * i] = path
-      pairs[2 * i + 1] = value === undefined ? '' : (stringify(value, `paths['${path}']`) ?? '')
-    }
     const [b, p] = this.#enqueue(MERGE, sessionId, ttl, pairs.length)
     for (let i = 0; i < pairs.length; i++) b.strings.push(pairs[i])
     this.#sendIfFull(b)
@@ -436,6 +495,7 @@ class RedisSessionStore {
    * @returns {Promise<boolean>}
    */
   async lock(sessionId, ttlMs) {
+    this.#checkOpen()
     checkId(sessionId)
     return this.#simple(LOCK, sessionId, checkTtl(ttlMs))
   }
@@ -459,6 +519,7 @@ class RedisSessionStore {
 
   /** An op that takes only the id (and a checked ttl). */
   async #simple(/** @type {number} */ kind, /** @type {unknown} */ sessionId, /** @type {number} */ ttl) {
+    this.#checkOpen()
     checkId(sessionId)
     const [b, p] = this.#enqueue(kind, /** @type {string} */ (sessionId), ttl, 0)
     this.#sendIfFull(b)
@@ -476,6 +537,7 @@ class RedisSessionStore {
    * @returns {Promise<void>}
    */
   async close() {
+    this.#closed = true
     if (this.#batch !== null) this.#send()
     await Promise.allSettled([...this.#inFlight])
     await this.#native.close()
@@ -499,3 +561,4 @@ function createRedisSessionStore(redisOrOptions, options) {
 
 module.exports.createRedisSessionStore = createRedisSessionStore
 module.exports.RedisSessionStoreError = RedisSessionStoreError
+module.exports.limits = Object.freeze({ MAX_MERGE_PATHS, MAX_PATH_SEGMENTS, MAX_TTL_MS, MAX_PADDING })

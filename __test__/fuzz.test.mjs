@@ -164,7 +164,7 @@ it(`merge equals both oracles on ${CASES} random documents (seed ${SEED}), in Ru
           mismatches.push(`case ${n} (store): stored ${text}\n  paths ${JSON.stringify(Object.entries(paths))}\n  ${e.message}`)
         }
         try {
-          await redis.admin.evalsha(mergeSha, 1, `lua:${id}`, 60_000, ...scriptArgs(paths))
+          await redis.admin.evalsha(mergeSha, 1, `lua:${id}`, ...scriptArgs(60_000, paths))
           const after = await redis.admin.get(`lua:${id}`)
           if (after !== expectedText) throw new Error(`text differs:\n  got      ${after}\n  expected ${expectedText}`)
         } catch (e) {

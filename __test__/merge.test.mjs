@@ -19,7 +19,7 @@ async function mergeText(text, paths, via = 'store', ttl = 60_000) {
     await redis.store().merge(id, paths, ttl)
   } else {
     mergeSha ??= await redis.admin.script('LOAD', MERGE_SOURCE)
-    await redis.admin.evalsha(mergeSha, 1, `sess:${id}`, ttl, ...scriptArgs(paths))
+    await redis.admin.evalsha(mergeSha, 1, `sess:${id}`, ...scriptArgs(ttl, paths))
   }
   return redis.admin.get(`sess:${id}`)
 }
@@ -236,7 +236,7 @@ describe('merge of stored text that is not a JSON object', () => {
       await redis.admin.set(`sess:${id}`, text, 'PX', 600_000)
       await rejectsWith(redis.store().merge(id, { 'data.a': 2 }, 1000), 'ERR_CORRUPT_SESSION', 'not a JSON object')
       mergeSha ??= await redis.admin.script('LOAD', MERGE_SOURCE)
-      await assert.rejects(redis.admin.evalsha(mergeSha, 1, `sess:${id}`, 1000, 'data.a', '2'), /^ReplyError: ERR_CORRUPT_SESSION stored session is not a JSON object/)
+      await assert.rejects(redis.admin.evalsha(mergeSha, 1, `sess:${id}`, ...scriptArgs(1000, { 'data.a': 2 })), /^ReplyError: ERR_CORRUPT_SESSION stored session is not a JSON object/)
       assert.equal(await redis.admin.get(`sess:${id}`), text)
       assert.ok((await redis.admin.pttl(`sess:${id}`)) > 500_000, 'the ttl changed')
     })

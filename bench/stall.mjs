@@ -21,7 +21,7 @@ import { performance } from 'node:perf_hooks'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { Redis } from 'ioredis'
 import { startRedis } from '../__test__/support/redis-server.mjs'
-import { MERGE_SOURCE as MERGE_LUA } from '../__test__/support/scripts.mjs'
+import { MERGE_SOURCE as MERGE_LUA, scriptArgs } from '../__test__/support/scripts.mjs'
 
 const require = createRequire(import.meta.url)
 const { createRedisSessionStore } = require('../store.js')
@@ -128,8 +128,7 @@ if (CASES.includes('script')) {
     const s = bigSession('s', KB)
     await admin.set('sess:s', JSON.stringify(s), 'PX', TTL)
     const paths = spreadPaths(PATHS, s.data.items.length, 7)
-    const args = [TTL]
-    for (const [p, v] of Object.entries(paths)) args.push(p, JSON.stringify(v))
+    const args = scriptArgs(TTL, paths) // no budget: what the script costs when it runs
     const sha = await admin.script('LOAD', MERGE_LUA)
     const w = watch(server.port)
     const k = killer(server.port)

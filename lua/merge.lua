@@ -2,7 +2,11 @@
 --
 -- KEYS[1]  the session key
 -- ARGV[1]  ttl in ms (a positive integer)
--- ARGV[2], ARGV[3], ...  pairs of (dot path, value as JSON text); an empty value
+-- ARGV[2]  the longest stored text, in bytes, the script takes on (0: any). The
+--          script's cost is about paths x stored bytes; the store sets this so
+--          that no call holds Redis long (src/limits.rs, SCRIPT_WORK).
+-- ARGV[3]  the most nulls a path may pad an array with (src/limits.rs)
+-- ARGV[4], ARGV[5], ...  pairs of (dot path, value as JSON text); an empty value
 --          text removes the path (JavaScript `undefined`).
 --
 -- The stored text is never decoded and re-encoded as a whole: the script checks
@@ -18,18 +22,41 @@
 --    non-index segment on an array is ignored, as JSON.stringify ignores it;
 --  * the last segment gets the value, or is removed (every duplicate of the key).
 -- Replies 1 when the session was written, 0 when the key does not exist (nothing is
--- created), and an ERR_CORRUPT_SESSION error when the stored text is not a JSON
--- object (nothing is written).
+-- created), -1 when the stored text is longer than ARGV[2] (nothing is written:
+-- the store then merges on the client), and an ERR_CORRUPT_SESSION error when
+-- the stored text is not UTF-8 text holding a JSON object (nothing is written).
 
 local find, sub, byte, gsub, format = string.find, string.sub, string.byte, string.gsub, string.format
 local concat, rep, floor, tonumber, char = table.concat, string.rep, math.floor, tonumber, string.char
 
-local CORRUPT, BAD_ARG = '\0corrupt\0', '\0badarg\0'
+local CORRUPT, NOT_UTF8, BAD_ARG = '\0corrupt\0', '\0notutf8\0', '\0badarg\0'
 -- Writing far past an array's end pads with nulls, as JavaScript would; beyond
 -- this many the path is refused rather than let Redis build a huge string.
-local MAX_PADDING = 100000
+local MAX_PADDING = tonumber(ARGV[3])
 local function corrupt(why)
   error(CORRUPT .. why, 0)
+end
+
+-- The text must be UTF-8, as get() requires: every byte from 0x80 up belongs
+-- to a well-formed sequence (no overlong form, no surrogate, at most U+10FFFF).
+-- A plain find skips all-ASCII text at memory speed.
+local function check_utf8(s)
+  local q = 1
+  while true do
+    local a, b = find(s, '[\128-\255][\128-\191]*', q)
+    if not a then return end
+    local lead, n, second = byte(s, a), b - a + 1, byte(s, a + 1)
+    local ok
+    if lead >= 194 and lead <= 223 then
+      ok = n == 2
+    elseif lead >= 224 and lead <= 239 then
+      ok = n == 3 and not (lead == 224 and second < 160) and not (lead == 237 and second > 159)
+    elseif lead >= 240 and lead <= 244 then
+      ok = n == 4 and not (lead == 240 and second < 144) and not (lead == 244 and second > 143)
+    end
+    if not ok then error(NOT_UTF8 .. 'stored session is not UTF-8 text (byte ' .. a .. ')', 0) end
+    q = b + 1
+  end
 end
 
 -- Byte values used below.
@@ -171,6 +198,7 @@ local function loose_fraction(s)
 end
 
 local function validate(s)
+  check_utf8(s)
   if not find(s, '^[ \t\r\n]*{') then corrupt('the root is not an object') end
   for i = 1, #CONTROLS do
     local at = find(s, CONTROLS[i], 1, true)
@@ -439,11 +467,13 @@ end
 
 local stored = redis.call('GET', KEYS[1])
 if not stored then return 0 end
+local max_bytes = tonumber(ARGV[2])
+if max_bytes > 0 and #stored > max_bytes then return -1 end
 
 local ok, result = pcall(function()
   validate(stored)
   local s = stored
-  for i = 2, #ARGV, 2 do
+  for i = 4, #ARGV, 2 do
     local val = ARGV[i + 1]
     if val == '' then val = nil end
     s = apply(s, split(ARGV[i]), val)
@@ -454,6 +484,8 @@ if not ok then
   if type(result) == 'string' then
     if sub(result, 1, #CORRUPT) == CORRUPT then
       return redis.error_reply('ERR_CORRUPT_SESSION stored session is not a JSON object: ' .. sub(result, #CORRUPT + 1))
+    elseif sub(result, 1, #NOT_UTF8) == NOT_UTF8 then
+      return redis.error_reply('ERR_CORRUPT_SESSION ' .. sub(result, #NOT_UTF8 + 1))
     elseif sub(result, 1, #BAD_ARG) == BAD_ARG then
       return redis.error_reply('ERR_INVALID_ARG ' .. sub(result, #BAD_ARG + 1))
     end

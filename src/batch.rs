@@ -1,27 +1,38 @@
-//! A batch of calls made in one JavaScript tick runs as one pipeline on the
-//! connection: one write, one crossing back into JavaScript.
+//! A batch of calls made in one JavaScript tick runs as one pipeline per round
+//! on the connection. Every op of a batch shares one deadline (the call's
+//! bound, `connectTimeout + commandTimeout` from when the batch crossed into
+//! Rust), and each op's outcome is delivered as soon as its round is back: an
+//! op that needs more rounds never holds back the others (`delivery.rs`).
 //!
 //! A merge takes steps: read the stored text; splice the paths in here
 //! (`splice.rs`, at memory speed); write it back with a compare-and-set script.
-//! When the text changed in between, or the splice cannot be done here, the
-//! server-side script (`lua/merge.lua`) applies the paths atomically instead.
 //! A merge of a session whose text this store read or wrote lately starts with
 //! the compare-and-set (`texts.rs`); if that text is out of date, it reads.
-//! Each step of every op of the batch shares one pipeline per round. Ops whose
-//! script the server does not have (NOSCRIPT after a restart or SCRIPT FLUSH)
-//! run again once the scripts are loaded.
+//! When another writer changed the text in between (a conflict), the
+//! server-side script (`lua/merge.lua`) applies the paths atomically if its
+//! work stays within `limits::SCRIPT_WORK`; otherwise the merge reads, splices
+//! and compares again after a short random backoff, until it succeeds or the
+//! deadline passes. So no merge makes Redis do more than a bounded amount of
+//! work in one command, whatever its paths and the session's size.
+//!
+//! A delete removes the lock key first and the session only once that
+//! succeeded. Ops whose script the server does not have (NOSCRIPT after a
+//! restart or SCRIPT FLUSH) run again once the scripts are loaded.
 
+use std::collections::hash_map::RandomState;
 use std::collections::HashSet;
+use std::hash::BuildHasher;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use redis::{Pipeline, RedisError, Value};
 
 use crate::errors::{Code, Result, StoreError};
+use crate::limits::SCRIPT_WORK;
 use crate::lock::new_token;
 use crate::ops::{
-    decode_replies, is_noscript, push_commands, push_read, push_swap, ttl_ms, Kind, Op, Outcome,
-    Shas,
+    decode_replies, is_noscript, push_commands, push_delete_session, push_read, push_swap, ttl_ms,
+    Kind, Op, Outcome, Shas,
 };
 use crate::splice::{self, SpliceError};
 use crate::store::{Store, MERGE_LUA, SWAP_LUA, UNLOCK_LUA};
@@ -30,6 +41,8 @@ use crate::store::{Store, MERGE_LUA, SWAP_LUA, UNLOCK_LUA};
 enum Step {
     /// Send the op's commands (every op but Merge; Merge's server-side script).
     Send,
+    /// Delete: remove the session, once its lock key is gone.
+    DeleteSession,
     /// Merge: read the stored text.
     Read,
     /// Merge: write `new` if the stored text is still `old`, which came from
@@ -41,111 +54,200 @@ enum Step {
     },
 }
 
+/// An unfinished op.
+struct Pending {
+    op: usize,
+    /// None: not started (a merge's first step is chosen when it starts).
+    step: Option<Step>,
+    /// Merge: compare-and-sets that found the text changed by another writer.
+    conflicts: u32,
+    /// A merge backing off after a conflict waits until then.
+    not_before: Option<Instant>,
+}
+
 enum Next {
     Finished(Outcome),
     Then(Step),
+    /// Another writer changed the text. `Some(len)`: the text the splice
+    /// started from was `len` bytes; None: the script declined a longer text.
+    Conflict(Option<usize>),
 }
 
 /// An op's place in a round's pipeline.
 struct Planned {
-    op: usize,
+    pending: Pending,
     step: Step,
     first: usize,
     len: usize,
     token: Option<String>,
 }
 
-/// The most steps one op takes: a swap on a remembered text, a read, a swap,
-/// the server-side script, and one repeat after NOSCRIPT.
-const MAX_STEPS: usize = 5;
+/// A splice of more than this (paths × bytes) runs with `block_in_place`, so
+/// the runtime's other tasks move to another thread meanwhile.
+const BLOCKING_SPLICE: usize = 4 << 20;
+/// Backoff after the n-th conflict: a random wait up to 2^n ms, at most this.
+const MAX_BACKOFF: Duration = Duration::from_millis(32);
+
+/// A random wait before a merge retries after its n-th conflict, so that
+/// writers that collided do not collide again in step.
+fn backoff(conflicts: u32) -> Duration {
+    let cap = (1u64 << conflicts.min(16)).min(MAX_BACKOFF.as_micros() as u64 / 1000);
+    let random = RandomState::new().hash_one(conflicts);
+    Duration::from_micros(random % (cap * 1000 + 1))
+}
+
+/// The paths of `op` spliced into `old`; large splices step off the runtime's
+/// worker meanwhile.
+fn spliced(old: &[u8], op: &Op) -> std::result::Result<Vec<u8>, SpliceError> {
+    let work = old.len().saturating_mul((op.args.len() / 2).max(1));
+    let multi_thread = tokio::runtime::Handle::try_current()
+        .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+    if work > BLOCKING_SPLICE && multi_thread {
+        tokio::task::block_in_place(|| splice::merge(old, &op.args))
+    } else {
+        splice::merge(old, &op.args)
+    }
+}
 
 impl Store {
-    /// Runs ops; one outcome per op. Ops on one session take effect in the
-    /// order given: an op waits while an earlier op of the batch on the same
-    /// session may still need another round (a merge, or an unlock whose script
-    /// may have to be loaded first).
-    pub async fn run(&self, ops: &[Op]) -> Vec<Outcome> {
-        let mut outcomes = vec![Outcome::Done; ops.len()];
-        // Unfinished ops in batch order, with their next step (None: not started).
-        let mut todo: Vec<(usize, Option<Step>)> = (0..ops.len()).map(|i| (i, None)).collect();
+    /// Runs ops until each has an outcome or `deadline` passes, handing each
+    /// round's outcomes to `deliver` as they come. Ops on one session take
+    /// effect in the order given: an op waits while an earlier op of the batch
+    /// on the same session may still need another round.
+    pub async fn run(
+        &self,
+        ops: &[Op],
+        deadline: Instant,
+        deliver: &mut (dyn FnMut(Vec<(usize, Outcome)>) + Send),
+    ) {
+        let mut todo: Vec<Pending> = (0..ops.len())
+            .map(|op| Pending {
+                op,
+                step: None,
+                conflicts: 0,
+                not_before: None,
+            })
+            .collect();
         let mut scripts_loaded = false;
         let ordered = self.conn.is_cluster();
-        // Each round advances at least the first unfinished op.
-        for _ in 0..MAX_STEPS * ops.len() + 1 {
-            if todo.is_empty() {
-                break;
+        while !todo.is_empty() {
+            let now = Instant::now();
+            let mut done = Vec::new();
+            if now >= deadline {
+                let e = self.conn.timeout();
+                done.extend(todo.drain(..).map(|p| (p.op, Outcome::Failed(e.clone()))));
+                deliver(done);
+                return;
             }
             let mut round = Vec::with_capacity(todo.len());
             let mut waiting = Vec::new();
             let mut busy: HashSet<&str> = HashSet::new();
-            for (i, step) in todo.drain(..) {
-                let op = &ops[i];
+            let mut wake = deadline;
+            for mut p in todo.drain(..) {
+                let op = &ops[p.op];
                 if busy.contains(op.id.as_str()) {
-                    waiting.push((i, step));
+                    waiting.push(p);
                     continue;
                 }
-                // On a cluster a round's commands run side by side: one op per session.
-                if ordered || matches!(op.kind, Kind::Merge | Kind::Unlock) {
+                // Ops that may take more rounds hold back later ops on their
+                // session; on a cluster a round's commands run side by side,
+                // so there every op does.
+                if ordered || matches!(op.kind, Kind::Merge | Kind::Unlock | Kind::Delete) {
                     busy.insert(op.id.as_str());
                 }
+                if let Some(t) = p.not_before.filter(|t| *t > now) {
+                    wake = wake.min(t);
+                    waiting.push(p);
+                    continue;
+                }
                 // A merge's first step is chosen now, after the ops before it.
-                let step = step.unwrap_or_else(|| match op.kind {
+                let step = p.step.take().unwrap_or_else(|| match op.kind {
                     Kind::Merge => self.first_merge_step(op),
                     _ => Step::Send,
                 });
-                round.push((i, step));
+                round.push((p, step));
             }
-            let (pipe, planned) = self.plan(ops, round, &mut outcomes);
             todo = waiting;
-            if planned.is_empty() {
+            if round.is_empty() {
+                tokio::time::sleep_until(wake.into()).await;
                 continue;
             }
-            let replies = self.conn.exec(&pipe).await;
-            let mut replies = match replies {
+            let (pipe, planned) = self.plan(ops, round, &mut done);
+            if planned.is_empty() {
+                deliver(done);
+                continue;
+            }
+            let mut replies = match self.conn.exec(&pipe, deadline).await {
                 Ok(r) => r,
                 Err(e) => {
                     for p in planned {
-                        outcomes[p.op] = Outcome::Failed(e.clone());
+                        self.after_failed_send(&ops[p.pending.op], p.token);
+                        done.push((p.pending.op, Outcome::Failed(e.clone())));
                     }
-                    for (i, _) in todo.drain(..) {
-                        outcomes[i] = Outcome::Failed(e.clone());
-                    }
-                    break;
+                    done.extend(todo.drain(..).map(|p| (p.op, Outcome::Failed(e.clone()))));
+                    deliver(done);
+                    return;
                 }
             };
             let mut missing_script = false;
-            for p in planned {
-                let r = replies
-                    .get_mut(p.first..p.first + p.len)
-                    .unwrap_or_default();
+            let now = Instant::now();
+            for Planned {
+                mut pending,
+                step,
+                first,
+                len,
+                token,
+            } in planned
+            {
+                let r = replies.get_mut(first..first + len).unwrap_or_default();
                 if !scripts_loaded && r.iter().any(is_noscript) {
                     missing_script = true;
-                    todo.push((p.op, Some(p.step)));
+                    pending.step = Some(step);
+                    todo.push(pending);
                     continue;
                 }
-                match self.advance(&ops[p.op], p.step, p.token, r) {
-                    Next::Finished(outcome) => outcomes[p.op] = outcome,
-                    Next::Then(step) => todo.push((p.op, Some(step))),
-                }
-            }
-            todo.sort_unstable_by_key(|(i, _)| *i);
-            if missing_script {
-                scripts_loaded = true;
-                if let Err(e) = self.load_scripts().await {
-                    for (i, _) in todo.drain(..) {
-                        outcomes[i] = Outcome::Failed(e.clone());
+                let op = &ops[pending.op];
+                match self.advance(op, step, token, r) {
+                    Next::Finished(outcome) => done.push((pending.op, outcome)),
+                    Next::Then(step) => {
+                        pending.step = Some(step);
+                        todo.push(pending);
+                    }
+                    Next::Conflict(text_len) => {
+                        pending.conflicts += 1;
+                        let paths = (op.args.len() / 2).max(1);
+                        let script_fits =
+                            text_len.is_some_and(|len| len.saturating_mul(paths) <= SCRIPT_WORK);
+                        if script_fits {
+                            pending.step = Some(Step::Send);
+                        } else {
+                            pending.step = Some(Step::Read);
+                            pending.not_before = Some(now + backoff(pending.conflicts));
+                        }
+                        todo.push(pending);
                     }
                 }
             }
+            todo.sort_unstable_by_key(|p| p.op);
+            if !done.is_empty() {
+                deliver(done);
+            }
+            if missing_script {
+                scripts_loaded = true;
+                if let Err(e) = self.load_scripts(deadline).await {
+                    let failed = todo.drain(..).map(|p| (p.op, Outcome::Failed(e.clone())));
+                    deliver(failed.collect());
+                    return;
+                }
+            }
         }
-        outcomes
     }
 
     fn plan(
         &self,
         ops: &[Op],
-        todo: Vec<(usize, Step)>,
-        outcomes: &mut [Outcome],
+        round: Vec<(Pending, Step)>,
+        done: &mut Vec<(usize, Outcome)>,
     ) -> (Pipeline, Vec<Planned>) {
         let mut pipe = redis::pipe();
         pipe.ignore_errors();
@@ -154,10 +256,10 @@ impl Store {
             swap: self.swap_script.get_hash(),
             unlock: self.unlock_script.get_hash(),
         };
-        let mut planned = Vec::with_capacity(todo.len());
+        let mut planned = Vec::with_capacity(round.len());
         let mut first = 0;
-        for (i, step) in todo {
-            let op = &ops[i];
+        for (pending, step) in round {
+            let op = &ops[pending.op];
             let token = match op.kind {
                 Kind::Lock => Some(new_token()),
                 Kind::Unlock => self.tokens.token(&op.id),
@@ -165,6 +267,10 @@ impl Store {
             };
             let pushed = match &step {
                 Step::Send => push_commands(&mut pipe, op, &self.keys, &shas, token.as_deref()),
+                Step::DeleteSession => {
+                    push_delete_session(&mut pipe, op, &self.keys);
+                    Ok(1)
+                }
                 Step::Read => {
                     push_read(&mut pipe, op, &self.keys);
                     Ok(1)
@@ -174,10 +280,10 @@ impl Store {
                 }
             };
             match pushed {
-                Ok(0) => outcomes[i] = Outcome::Done,
+                Ok(0) => done.push((pending.op, Outcome::Done)),
                 Ok(len) => {
                     planned.push(Planned {
-                        op: i,
+                        pending,
                         step,
                         first,
                         len,
@@ -185,7 +291,7 @@ impl Store {
                     });
                     first += len;
                 }
-                Err(e) => outcomes[i] = Outcome::Failed(e),
+                Err(e) => done.push((pending.op, Outcome::Failed(e))),
             }
         }
         (pipe, planned)
@@ -195,7 +301,7 @@ impl Store {
     /// text, and with a read otherwise.
     fn first_merge_step(&self, op: &Op) -> Step {
         match self.texts.get(&op.id) {
-            Some(old) => match splice::merge(&old, &op.args) {
+            Some(old) => match spliced(&old, op) {
                 Ok(new) => Step::Swap {
                     old,
                     new,
@@ -210,13 +316,22 @@ impl Store {
     /// What an op's replies to one step mean: its outcome, or its next step.
     fn advance(&self, op: &Op, step: Step, token: Option<String>, replies: &mut [Value]) -> Next {
         match step {
-            Step::Send => Next::Finished(self.settle(op, token, decode_replies(op.kind, replies))),
+            Step::Send if op.kind == Kind::Merge && replies.first() == Some(&Value::Int(-1)) => {
+                Next::Conflict(None) // the script declined: the text grew past its budget
+            }
+            Step::Send if op.kind == Kind::Delete => match decode_replies(op.kind, replies) {
+                Outcome::Done => Next::Then(Step::DeleteSession),
+                failed => Next::Finished(failed),
+            },
+            Step::Send | Step::DeleteSession => {
+                Next::Finished(self.settle(op, token, decode_replies(op.kind, replies)))
+            }
             Step::Read => match replies.first_mut().map(std::mem::take) {
                 Some(Value::Nil) => {
                     self.texts.forget(&op.id);
                     Next::Finished(Outcome::Done) // no session: nothing to merge
                 }
-                Some(Value::BulkString(old)) => match splice::merge(&old, &op.args) {
+                Some(Value::BulkString(old)) => match spliced(&old, op) {
                     Ok(new) => Next::Then(Step::Swap {
                         old: Arc::new(old),
                         new,
@@ -228,7 +343,6 @@ impl Store {
                     Err(SpliceError::BadArg(m)) => {
                         Next::Finished(Outcome::Failed(StoreError::invalid_arg(m)))
                     }
-                    Err(SpliceError::TooDeep) => Next::Then(Step::Send),
                 },
                 other => Next::Finished(
                     decode_replies(Kind::Get, &other.into_iter().collect::<Vec<_>>())
@@ -236,7 +350,9 @@ impl Store {
                 ),
             },
             Step::Swap {
-                new, remembered, ..
+                old,
+                new,
+                remembered,
             } => match replies.first() {
                 Some(Value::Int(1)) => {
                     self.texts.put(&op.id, Arc::new(new));
@@ -247,12 +363,21 @@ impl Store {
                     if remembered {
                         Next::Then(Step::Read) // the remembered text was out of date
                     } else {
-                        // The text changed since it was read: the server-side script applies the paths.
-                        Next::Then(Step::Send)
+                        Next::Conflict(Some(old.len()))
                     }
                 }
                 _ => Next::Finished(decode_replies(Kind::Merge, replies)),
             },
+        }
+    }
+
+    /// After a round could not be sent or answered: a lock's `SET NX` may
+    /// still have been applied, so its token is kept for a later `unlock()`.
+    fn after_failed_send(&self, op: &Op, token: Option<String>) {
+        if let (Kind::Lock, Some(token)) = (op.kind, token) {
+            let ttl = ttl_ms(op.ttl).unwrap_or_default();
+            self.tokens
+                .remember_unconfirmed(&op.id, token, Duration::from_millis(ttl));
         }
     }
 
@@ -282,12 +407,12 @@ impl Store {
     }
 
     /// `SCRIPT LOAD` of the scripts; used by `preloadScript` and after NOSCRIPT.
-    pub async fn load_scripts(&self) -> Result<()> {
+    pub async fn load_scripts(&self, deadline: Instant) -> Result<()> {
         let mut pipe = redis::pipe();
         for lua in [MERGE_LUA, SWAP_LUA, UNLOCK_LUA] {
             pipe.cmd("SCRIPT").arg("LOAD").arg(lua);
         }
-        for reply in self.conn.exec(&pipe).await? {
+        for reply in self.conn.exec(&pipe, deadline).await? {
             if let Value::ServerError(e) = reply {
                 return Err(StoreError::from(RedisError::from(e)));
             }
@@ -301,10 +426,26 @@ impl Outcome {
     fn failed_or_unexpected(self) -> Outcome {
         match self {
             Outcome::Failed(e) => Outcome::Failed(e),
-            other => Outcome::Failed(StoreError::new(
+            _ => Outcome::Failed(StoreError::new(
                 Code::Redis,
-                format!("unexpected reply to a read: {other:?}"),
+                "unexpected reply to a read".to_string(),
             )),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_is_random_and_capped() {
+        for n in 1..40 {
+            let d = backoff(n);
+            assert!(d <= MAX_BACKOFF, "{d:?}");
+            assert!(d <= Duration::from_millis(1 << n.min(16)));
+        }
+        let spread: HashSet<Duration> = (0..50).map(|_| backoff(5)).collect();
+        assert!(spread.len() > 10);
     }
 }

@@ -8,7 +8,7 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Once};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClient;
@@ -17,7 +17,7 @@ use redis::sentinel::{SentinelClient, SentinelClientBuilder, SentinelServerType}
 use redis::{Pipeline, RedisError, RedisResult, ServerError, TlsMode, Value};
 use tokio::sync::Notify;
 
-use crate::errors::{Result, StoreError};
+use crate::errors::{Code, Result, StoreError};
 use crate::options::{Config, SentinelTarget, Target};
 
 /// Reconnection after a failure: a few quick attempts, so that calls fail fast
@@ -196,6 +196,27 @@ impl Connection {
         })
     }
 
+    /// How long a call may take: establishing the link, then the answers.
+    pub fn call_bound(&self) -> Duration {
+        self.call_timeout
+    }
+
+    /// The error of a call that ran out of its bound.
+    pub fn timeout(&self) -> StoreError {
+        StoreError::timeout(self.call_timeout.as_millis() as u64)
+    }
+
+    /// Connecting took longer than connectTimeout: nothing was sent.
+    fn connect_timed_out(&self) -> StoreError {
+        StoreError::new(
+            Code::Connection,
+            format!(
+                "could not connect within connectTimeout ({} ms)",
+                self.connect_timeout.as_millis()
+            ),
+        )
+    }
+
     /// Whether commands of one pipeline may run out of order (Redis Cluster).
     pub fn is_cluster(&self) -> bool {
         matches!(self.source, Source::Cluster(_))
@@ -250,16 +271,14 @@ impl Connection {
                 let connecting = client.get_async_connection();
                 match tokio::time::timeout(self.connect_timeout, connecting).await {
                     Ok(c) => Ok(Link::Cluster(c?)),
-                    Err(_) => Err(StoreError::timeout(self.connect_timeout.as_millis() as u64)),
+                    Err(_) => Err(self.connect_timed_out()),
                 }
             }
             Source::Sentinel(sentinel, config) => {
                 let lookup = async { sentinel.lock().await.async_get_client().await };
                 let client = match tokio::time::timeout(self.connect_timeout, lookup).await {
                     Ok(c) => c?,
-                    Err(_) => {
-                        return Err(StoreError::timeout(self.connect_timeout.as_millis() as u64))
-                    }
+                    Err(_) => return Err(self.connect_timed_out()),
                 };
                 Ok(Link::Single(ConnectionManager::new_lazy_with_config(
                     client,
@@ -306,8 +325,9 @@ impl Connection {
         });
     }
 
-    /// Runs a pipeline within the store's timeouts; error replies stay in place.
-    pub async fn exec(&self, pipe: &Pipeline) -> Result<Vec<Value>> {
+    /// Runs a pipeline, answered by `deadline` or failed with `ERR_TIMEOUT`;
+    /// error replies stay in place.
+    pub async fn exec(&self, pipe: &Pipeline, deadline: Instant) -> Result<Vec<Value>> {
         let _guard = self.enter()?;
         let used = AtomicU64::new(0);
         let call = async {
@@ -331,11 +351,11 @@ impl Connection {
                 }
             }
         };
-        match tokio::time::timeout(self.call_timeout, call).await {
+        match tokio::time::timeout_at(deadline.into(), call).await {
             Ok(result) => result,
             Err(_) => {
                 self.forget(used.load(Ordering::Relaxed));
-                Err(StoreError::timeout(self.call_timeout.as_millis() as u64))
+                Err(self.timeout())
             }
         }
     }

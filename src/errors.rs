@@ -62,10 +62,11 @@ impl StoreError {
         Self::new(Code::Closed, "the store is closed")
     }
 
+    /// A call that ran out of its bound of `ms` (connectTimeout + commandTimeout).
     pub fn timeout(ms: u64) -> Self {
         Self::new(
             Code::Timeout,
-            format!("Redis did not answer within {ms} ms"),
+            format!("no answer from Redis within the call's bound of {ms} ms"),
         )
     }
 }
@@ -117,11 +118,35 @@ impl From<RedisError> for StoreError {
         };
         let message = match code {
             Code::Timeout => "Redis did not answer in time".to_string(),
-            Code::Connection => format!("cannot reach Redis: {e}"),
-            _ => format!("Redis replied: {e}"),
+            Code::Connection => format!("cannot reach Redis: {}", redis_words(&e)),
+            _ => format!("Redis replied: {}", redis_words(&e)),
         };
         StoreError::new(code, message)
     }
+}
+
+/// The most of an error's text a message quotes.
+const MAX_QUOTED: usize = 300;
+
+/// What Redis (or the connection) said, for a message. Redis echoes the start
+/// of a command's arguments in some replies ("unknown command 'EVALSHA', with
+/// args beginning with: …"): keys hold session ids, arguments hold session
+/// data and lock tokens, so that part is cut off, and the rest is capped.
+fn redis_words(e: &RedisError) -> String {
+    let text = e.to_string();
+    let mut words = match text.find(", with args beginning with") {
+        Some(at) => format!("{} (arguments not shown)", &text[..at]),
+        None => text,
+    };
+    if words.len() > MAX_QUOTED {
+        let mut cut = MAX_QUOTED;
+        while !words.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        words.truncate(cut);
+        words.push('…');
+    }
+    words
 }
 
 impl From<StoreError> for napi::Error {
@@ -168,6 +193,28 @@ mod tests {
     fn redirections_left_over_are_connection_errors() {
         let e = redis::make_extension_error("MOVED".into(), Some("12111 127.0.0.1:7002".into()));
         assert_eq!(StoreError::from(e).code, Code::Connection);
+    }
+
+    #[test]
+    fn echoed_arguments_are_not_quoted() {
+        let e = redis::make_extension_error(
+            "ERR".into(),
+            Some("unknown command 'EVALSHA', with args beginning with: 'abc' '1' 'sess:SECRETID' '{\"data\":1}'".into()),
+        );
+        let s = StoreError::from(e);
+        assert_eq!(s.code, Code::Redis);
+        assert!(
+            s.message.contains("unknown command 'EVALSHA'"),
+            "{}",
+            s.message
+        );
+        assert!(
+            !s.message.contains("SECRETID") && !s.message.contains("data"),
+            "{}",
+            s.message
+        );
+        let long = redis::make_extension_error("ERR".into(), Some("é".repeat(400)));
+        assert!(StoreError::from(long).message.len() < MAX_QUOTED + 40);
     }
 
     #[test]

@@ -5,8 +5,10 @@
 
 pub mod batch;
 pub mod connection;
+pub mod delivery;
 pub mod errors;
 pub mod keys;
+pub mod limits;
 pub mod lock;
 pub mod ops;
 pub mod options;
@@ -15,6 +17,7 @@ pub mod store;
 pub mod texts;
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use napi::bindgen_prelude::{PromiseRaw, Result};
 use napi::Env;
@@ -54,12 +57,24 @@ fn init() {
     }
 }
 
-/// The outcome of a batch: a code per op (ops.rs: DONE, TRUE, FALSE, TEXT, NULL,
-/// FAILED) and its text (TEXT) or error "<CODE>: <message>" (FAILED).
+/// One delivery of a batch's outcomes: an `OutcomeCode` per op (`Pending`
+/// where this delivery has none), its text (`Text`) or error "<CODE>: <message>"
+/// (`Failed`); `more` is the ticket for `next()` while some ops still run.
 #[napi(object)]
 pub struct BatchResult {
     pub codes: Vec<u32>,
     pub values: Vec<Option<String>>,
+    pub more: Option<u32>,
+}
+
+impl From<delivery::Delivered> for BatchResult {
+    fn from(d: delivery::Delivered) -> Self {
+        BatchResult {
+            codes: d.codes,
+            values: d.values,
+            more: d.ticket,
+        }
+    }
 }
 
 /// The native half of a store. Use `createRedisSessionStore` from the package
@@ -83,9 +98,11 @@ impl NativeStore {
         })
     }
 
-    /// Runs a batch of calls as one pipeline. Op i: `kinds[i]` (see ops.rs),
-    /// `ids[i]`, `ttls[i]`; Set takes one string of `strings` (the JSON), Merge
-    /// takes `counts[i]` (path, value JSON or "" to remove, …), in order.
+    /// Runs a batch of calls, one pipeline per round. Op i: `kinds[i]`
+    /// (`OpKind`), `ids[i]`, `ttls[i]`; Set takes one string of `strings` (the
+    /// JSON), Merge takes `counts[i]` (path, value JSON or "" to remove, …), in
+    /// order. Resolves with the first outcomes; `next(more)` gives the rest.
+    /// Every op settles within the call's bound from now.
     #[napi(ts_return_type = "Promise<BatchResult>")]
     pub fn batch<'env>(
         &self,
@@ -96,12 +113,21 @@ impl NativeStore {
         counts: Vec<u32>,
         strings: Vec<String>,
     ) -> Result<PromiseRaw<'env, BatchResult>> {
+        let deadline = Instant::now() + self.inner.conn.call_bound();
         let ops = ops::decode_batch(kinds, ids, ttls, counts, strings)?;
+        let running = delivery::start(&self.inner, ops, deadline);
         let store = Arc::clone(&self.inner);
-        env.spawn_future(async move {
-            let (codes, values) = ops::encode_outcomes(store.run(&ops).await);
-            Ok(BatchResult { codes, values })
-        })
+        env.spawn_future(async move { Ok(store.deliveries.deliver(running).await.into()) })
+    }
+
+    /// The next outcomes of a batch whose last delivery had `more`.
+    #[napi(ts_return_type = "Promise<BatchResult>")]
+    pub fn next<'env>(&self, env: &'env Env, ticket: u32) -> Result<PromiseRaw<'env, BatchResult>> {
+        let running = self.inner.deliveries.take(ticket).ok_or_else(|| {
+            errors::StoreError::invalid_arg(format!("no batch is waiting under ticket {ticket}"))
+        })?;
+        let store = Arc::clone(&self.inner);
+        env.spawn_future(async move { Ok(store.deliveries.deliver(running).await.into()) })
     }
 
     /// Where the store connects, credentials left out (for `util.inspect`).
@@ -114,7 +140,8 @@ impl NativeStore {
     #[napi(ts_return_type = "Promise<void>")]
     pub fn preload<'env>(&self, env: &'env Env) -> Result<PromiseRaw<'env, ()>> {
         let store = Arc::clone(&self.inner);
-        env.spawn_future(async move { Ok(store.load_scripts().await?) })
+        let deadline = Instant::now() + store.conn.call_bound();
+        env.spawn_future(async move { Ok(store.load_scripts(deadline).await?) })
     }
 
     #[napi(ts_return_type = "Promise<void>")]

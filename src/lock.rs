@@ -13,12 +13,21 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-/// Beyond this many remembered tokens, expired ones are pruned on the next lock.
+/// Expired tokens are pruned once this many are remembered, and then again
+/// each time the count has doubled since the last prune: O(1) per lock on
+/// average, however many locks are held.
 const PRUNE_ABOVE: usize = 4096;
 
 #[derive(Default)]
+struct Held {
+    tokens: HashMap<String, (String, Instant)>,
+    /// The count that triggers the next prune (0: PRUNE_ABOVE).
+    prune_at: usize,
+}
+
+#[derive(Default)]
 pub struct LockTokens {
-    held: Mutex<HashMap<String, (String, Instant)>>,
+    held: Mutex<Held>,
 }
 
 /// 128 random bits as 32 hex characters. `RandomState` is seeded from the OS
@@ -36,43 +45,68 @@ pub fn new_token() -> String {
 }
 
 impl LockTokens {
-    fn held(&self) -> std::sync::MutexGuard<'_, HashMap<String, (String, Instant)>> {
+    fn held(&self) -> std::sync::MutexGuard<'_, Held> {
         self.held
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
+    /// Remembers the token of a lock this store took.
     pub fn remember(&self, id: &str, token: String, ttl: Duration) {
         let mut held = self.held();
-        if held.len() >= PRUNE_ABOVE {
-            let now = Instant::now();
-            held.retain(|_, (_, expires)| *expires > now);
+        held.insert(id, token, Instant::now() + ttl);
+    }
+
+    /// Remembers the token of a `lock()` whose outcome is unknown (it timed
+    /// out or its connection broke after the command was sent): Redis may
+    /// still have taken it, and a later `unlock()` then releases it. A live
+    /// token this store holds for the session is kept: while it lives, the
+    /// unknown `SET NX` cannot have succeeded.
+    pub fn remember_unconfirmed(&self, id: &str, token: String, ttl: Duration) {
+        let now = Instant::now();
+        let mut held = self.held();
+        if held
+            .tokens
+            .get(id)
+            .is_none_or(|(_, expires)| *expires <= now)
+        {
+            held.insert(id, token, now + ttl);
         }
-        held.insert(id.to_owned(), (token, Instant::now() + ttl));
     }
 
     pub fn token(&self, id: &str) -> Option<String> {
-        self.held().get(id).map(|(t, _)| t.clone())
+        self.held().tokens.get(id).map(|(t, _)| t.clone())
     }
 
     /// Forgets the token of `id` if it is still `token`.
     pub fn forget_if(&self, id: &str, token: &str) {
         let mut held = self.held();
-        if held.get(id).is_some_and(|(t, _)| t == token) {
-            held.remove(id);
+        if held.tokens.get(id).is_some_and(|(t, _)| t == token) {
+            held.tokens.remove(id);
         }
     }
 
     pub fn forget(&self, id: &str) {
-        self.held().remove(id);
+        self.held().tokens.remove(id);
     }
 
     pub fn len(&self) -> usize {
-        self.held().len()
+        self.held().tokens.len()
     }
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+}
+
+impl Held {
+    fn insert(&mut self, id: &str, token: String, expires: Instant) {
+        self.tokens.insert(id.to_owned(), (token, expires));
+        if self.tokens.len() >= self.prune_at.max(PRUNE_ABOVE) {
+            let now = Instant::now();
+            self.tokens.retain(|_, (_, expires)| *expires > now);
+            self.prune_at = 2 * self.tokens.len();
+        }
     }
 }
 
@@ -98,6 +132,35 @@ mod tests {
         assert_eq!(t.token("s").as_deref(), Some("new"));
         t.forget_if("s", "new");
         assert!(t.is_empty());
+    }
+
+    #[test]
+    fn an_unconfirmed_token_never_replaces_a_live_one() {
+        let t = LockTokens::default();
+        t.remember_unconfirmed("s", "maybe".into(), Duration::from_secs(5));
+        assert_eq!(t.token("s").as_deref(), Some("maybe"));
+        t.remember("s", "held".into(), Duration::from_secs(5));
+        t.remember_unconfirmed("s", "other".into(), Duration::from_secs(5));
+        assert_eq!(t.token("s").as_deref(), Some("held"));
+        t.remember("s", "gone".into(), Duration::ZERO);
+        t.remember_unconfirmed("s", "next".into(), Duration::from_secs(5));
+        assert_eq!(t.token("s").as_deref(), Some("next"));
+    }
+
+    #[test]
+    fn many_live_tokens_are_not_scanned_on_every_lock() {
+        let t = LockTokens::default();
+        for i in 0..60_000 {
+            t.remember(&format!("s{i}"), "x".into(), Duration::from_secs(60));
+        }
+        // The last prune kept every live token and set the next one at twice that.
+        let held = t.held();
+        assert_eq!(held.tokens.len(), 60_000);
+        assert!(
+            held.prune_at > 60_000 && held.prune_at <= 2 * 60_000,
+            "{}",
+            held.prune_at
+        );
     }
 
     #[test]

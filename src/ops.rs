@@ -2,12 +2,16 @@
 //! calls (flat arrays, decoded into [`Op`]s), the Redis commands each op sends,
 //! and how each reply becomes an [`Outcome`]. No I/O here.
 
+use napi_derive::napi;
 use redis::{Pipeline, RedisError, Value};
 
 use crate::errors::{Code, Result, StoreError};
 use crate::keys::Keys;
+use crate::limits::{script_max_bytes, MAX_PADDING, MAX_TTL_MS};
+use crate::splice::not_utf8_message;
 
-/// Operation codes shared with `store.js`.
+/// Operation codes; exported to `store.js` as `OpKind`.
+#[napi(js_name = "OpKind")]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
     Get = 0,
@@ -61,13 +65,20 @@ pub enum Outcome {
     Failed(StoreError),
 }
 
-/// Result codes shared with `store.js`.
-pub const DONE: u32 = 0;
-pub const TRUE: u32 = 1;
-pub const FALSE: u32 = 2;
-pub const TEXT: u32 = 3;
-pub const NULL: u32 = 4;
-pub const FAILED: u32 = 5;
+/// What an op's slot of a delivery to `store.js` holds; exported as `OutcomeCode`.
+/// `Pending`: no outcome in this delivery (the op settles in a later one, or
+/// settled in an earlier one).
+#[napi]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutcomeCode {
+    Done = 0,
+    True = 1,
+    False = 2,
+    Text = 3,
+    Null = 4,
+    Failed = 5,
+    Pending = 6,
+}
 
 /// Decodes a batch: op i has kind `kinds[i]`, id `ids[i]`, ttl `ttls[i]`, and
 /// takes its strings in order from `strings` (a merge takes `counts[i]`).
@@ -111,29 +122,37 @@ pub fn decode_batch(
     Ok(ops)
 }
 
-/// Encodes outcomes for `store.js`: a code per op, and the text (or the error
+/// Encodes the outcomes of one delivery for `store.js`: a code per op of the
+/// batch (`Pending` where this delivery has none), and the text (or the error
 /// as "<CODE>: <message>") where there is one.
-pub fn encode_outcomes(outcomes: Vec<Outcome>) -> (Vec<u32>, Vec<Option<String>>) {
-    outcomes
-        .into_iter()
-        .map(|o| match o {
-            Outcome::Done => (DONE, None),
-            Outcome::Bool(true) => (TRUE, None),
-            Outcome::Bool(false) => (FALSE, None),
-            Outcome::Text(Some(t)) => (TEXT, Some(t)),
-            Outcome::Text(None) => (NULL, None),
-            Outcome::Failed(e) => (FAILED, Some(e.to_string())),
-        })
-        .unzip()
+pub fn encode_outcomes(
+    len: usize,
+    settled: Vec<(usize, Outcome)>,
+) -> (Vec<u32>, Vec<Option<String>>) {
+    let mut codes = vec![OutcomeCode::Pending as u32; len];
+    let mut values = vec![None; len];
+    for (i, o) in settled {
+        let (code, value) = match o {
+            Outcome::Done => (OutcomeCode::Done, None),
+            Outcome::Bool(true) => (OutcomeCode::True, None),
+            Outcome::Bool(false) => (OutcomeCode::False, None),
+            Outcome::Text(Some(t)) => (OutcomeCode::Text, Some(t)),
+            Outcome::Text(None) => (OutcomeCode::Null, None),
+            Outcome::Failed(e) => (OutcomeCode::Failed, Some(e.to_string())),
+        };
+        codes[i] = code as u32;
+        values[i] = value;
+    }
+    (codes, values)
 }
 
 /// A ttl in whole ms; the JS layer has checked it, this only refuses what Redis would.
 pub fn ttl_ms(ttl: f64) -> Result<u64> {
-    if ttl.is_finite() && ttl > 0.0 && ttl <= 9_007_199_254_740_991.0 {
+    if ttl > 0.0 && ttl <= MAX_TTL_MS {
         Ok(ttl.ceil() as u64)
     } else {
         Err(StoreError::invalid_arg(format!(
-            "ttlMs must be a finite number greater than 0, got {ttl}"
+            "ttlMs must be a number of ms greater than 0 and at most {MAX_TTL_MS}, got {ttl}"
         )))
     }
 }
@@ -197,15 +216,19 @@ pub fn push_commands(
             1
         }
         Kind::Delete => {
-            // Two single-key commands, so that each stays on its own cluster slot.
-            pipe.cmd("DEL").arg(keys.session(&op.id));
+            // The lock first; the session in a second step, only once this
+            // succeeded (batch.rs), so a refused DEL (an ACL without the lock
+            // keys) leaves the session in place. Single-key commands, each on
+            // its own cluster slot.
             pipe.cmd("DEL").arg(keys.lock(&op.id));
-            2
+            1
         }
         Kind::Merge => {
             let ttl = ttl_ms(op.ttl)?;
             evalsha(pipe, shas.merge, keys.session(&op.id))
                 .arg(ttl)
+                .arg(script_max_bytes(op.args.len() / 2))
+                .arg(MAX_PADDING)
                 .arg(&op.args);
             1
         }
@@ -233,6 +256,25 @@ pub fn push_commands(
     })
 }
 
+/// A delete's second step, once the lock key is gone: the session.
+pub fn push_delete_session(pipe: &mut Pipeline, op: &Op, keys: &Keys) {
+    pipe.cmd("DEL").arg(keys.session(&op.id));
+}
+
+/// What a reply is, for messages: never its content (session data, tokens).
+pub fn describe_reply(v: Option<&Value>) -> &'static str {
+    match v {
+        None => "no reply",
+        Some(Value::Nil) => "nil",
+        Some(Value::Int(_)) => "an integer",
+        Some(Value::BulkString(_)) => "a bulk string",
+        Some(Value::SimpleString(_) | Value::Okay) => "a status",
+        Some(Value::Array(_) | Value::Set(_) | Value::Map(_)) => "an aggregate",
+        Some(Value::ServerError(_)) => "an error",
+        Some(_) => "another type",
+    }
+}
+
 /// Whether a reply says the script is not in the server's cache.
 pub fn is_noscript(v: &Value) -> bool {
     matches!(v, Value::ServerError(e) if e.code() == "NOSCRIPT")
@@ -251,10 +293,7 @@ pub fn decode_replies(kind: Kind, replies: &[Value]) -> Outcome {
             Ok(text) => Outcome::Text(Some(text.to_owned())),
             Err(e) => Outcome::Failed(StoreError::new(
                 Code::CorruptSession,
-                format!(
-                    "stored session is not UTF-8 text (byte {})",
-                    e.valid_up_to() + 1
-                ),
+                not_utf8_message(e.valid_up_to()),
             )),
         },
         (Kind::Set, Some(Value::Okay)) => Outcome::Done,
@@ -264,7 +303,7 @@ pub fn decode_replies(kind: Kind, replies: &[Value]) -> Outcome {
         (Kind::IsLocked, Some(Value::Int(n))) => Outcome::Bool(*n > 0),
         (kind, reply) => Outcome::Failed(StoreError::new(
             Code::Redis,
-            format!("unexpected reply to {kind:?}: {reply:?}"),
+            format!("unexpected reply to {kind:?}: {}", describe_reply(reply)),
         )),
     }
 }
@@ -317,20 +356,27 @@ mod tests {
 
     #[test]
     fn outcomes_encode_to_codes_and_texts() {
-        let (codes, values) = encode_outcomes(vec![
-            Outcome::Done,
-            Outcome::Bool(true),
-            Outcome::Bool(false),
-            Outcome::Text(Some(s("{}"))),
-            Outcome::Text(None),
-            Outcome::Failed(StoreError::closed()),
-        ]);
-        assert_eq!(codes, vec![DONE, TRUE, FALSE, TEXT, NULL, FAILED]);
+        let (codes, values) = encode_outcomes(
+            7,
+            vec![
+                Outcome::Done,
+                Outcome::Bool(true),
+                Outcome::Bool(false),
+                Outcome::Text(Some(s("{}"))),
+                Outcome::Text(None),
+                Outcome::Failed(StoreError::closed()),
+            ]
+            .into_iter()
+            .enumerate()
+            .collect(),
+        );
+        assert_eq!(codes, vec![0, 1, 2, 3, 4, 5, OutcomeCode::Pending as u32]);
         assert_eq!(values[3].as_deref(), Some("{}"));
         assert_eq!(
             values[5].as_deref(),
             Some("ERR_CLOSED: the store is closed")
         );
+        assert_eq!(values[6], None);
     }
 
     #[test]
@@ -370,6 +416,11 @@ mod tests {
             decode_replies(Kind::Set, &[Value::Int(3)]),
             Outcome::Failed(_)
         ));
+        // An unexpected reply is described, never quoted.
+        match decode_replies(Kind::Set, &[Value::BulkString(b"secret-data".to_vec())]) {
+            Outcome::Failed(e) => assert!(!e.message.contains("secret"), "{}", e.message),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

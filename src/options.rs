@@ -10,6 +10,8 @@ use redis::{ConnectionAddr, ConnectionInfo, IntoConnectionInfo, TlsCertificates}
 
 use crate::errors::{Result, StoreError};
 use crate::keys::Keys;
+use crate::limits::MAX_TTL_MS;
+use crate::texts;
 
 pub const DEFAULT_URL: &str = "redis://127.0.0.1:6379";
 pub const DEFAULT_PREFIX: &str = "sess:";
@@ -52,9 +54,14 @@ pub struct StoreOptions {
     pub preload_script: Option<bool>,
     /// How long to wait for a connection to be established, in ms. Default 1000.
     pub connect_timeout: Option<f64>,
-    /// How long any call may wait for Redis's answer, in ms; the call then
-    /// rejects with `ERR_TIMEOUT`. Default 1000.
+    /// How long any call may wait for Redis's answer, in ms. A call settles
+    /// within `connectTimeout + commandTimeout` of being made, however many
+    /// round trips it takes; it then rejects with `ERR_TIMEOUT`. Default 1000.
     pub command_timeout: Option<f64>,
+    /// Memory, in bytes, for the session texts this store last read or wrote
+    /// (ids and bookkeeping counted), which save a merge its read. Default
+    /// 8388608 (8 MiB); 0 remembers nothing.
+    pub remembered_text_bytes: Option<f64>,
 }
 
 /// Redis Cluster.
@@ -125,6 +132,7 @@ pub struct Config {
     pub keys: Keys,
     pub connect_timeout: Duration,
     pub command_timeout: Duration,
+    pub remembered_text_bytes: usize,
 }
 
 impl fmt::Debug for Config {
@@ -135,6 +143,7 @@ impl fmt::Debug for Config {
             .field("keys", &self.keys)
             .field("connect_timeout", &self.connect_timeout)
             .field("command_timeout", &self.command_timeout)
+            .field("remembered_text_bytes", &self.remembered_text_bytes)
             .finish()
     }
 }
@@ -159,6 +168,15 @@ impl Config {
             o.command_timeout,
             DEFAULT_COMMAND_TIMEOUT_MS,
         )?;
+        let remembered_text_bytes = match o.remembered_text_bytes {
+            None => texts::DEFAULT_MAX_BYTES,
+            Some(n) if n.fract() == 0.0 && (0.0..=MAX_TTL_MS).contains(&n) => n as usize,
+            Some(n) => {
+                return Err(StoreError::invalid_arg(format!(
+                    "options.rememberedTextBytes must be a whole number of bytes from 0, got {n}"
+                )))
+            }
+        };
         let (target, description) = if let Some(c) = &o.cluster {
             let timeouts = (connect_timeout, command_timeout);
             cluster_target(c, o, db, certs, timeouts)?
@@ -174,11 +192,13 @@ impl Config {
                     ))
                 }
                 Some(certs) => {
-                    redis::Client::build_with_tls(info, certs).map_err(|e| bad_tls(&e))?
+                    redis::Client::build_with_tls(info.clone(), certs).map_err(|e| bad_tls(&e))?
                 }
-                None => redis::Client::open(info).map_err(|e| bad_url("options.url", url, &e))?,
+                None => {
+                    redis::Client::open(info.clone()).map_err(|e| bad_url("options.url", &e))?
+                }
             };
-            (Target::Single(client), redact_url(url))
+            (Target::Single(client), describe(&info))
         };
         let prefix = o.prefix.as_deref().unwrap_or(DEFAULT_PREFIX);
         let lock_prefix = o.lock_prefix.as_deref().unwrap_or(DEFAULT_LOCK_PREFIX);
@@ -193,6 +213,7 @@ impl Config {
             keys: Keys::new(prefix, lock_prefix),
             connect_timeout,
             command_timeout,
+            remembered_text_bytes,
         })
     }
 }
@@ -223,6 +244,7 @@ fn cluster_target(
             None,
         )?);
     }
+    let builder_nodes = nodes.clone();
     let tls = nodes
         .iter()
         .map(|n| matches!(n.addr(), ConnectionAddr::TcpTls { .. }))
@@ -235,7 +257,7 @@ fn cluster_target(
     // The crate's defaults retry a failing node 16 times from 1.28 s apart; a
     // few quick retries let a call fail with ERR_CONNECTION within its bound.
     // Redirections (MOVED, ASK) are followed whatever this says.
-    let mut builder = ClusterClientBuilder::new(nodes)
+    let mut builder = ClusterClientBuilder::new(builder_nodes)
         .connection_timeout(connect_timeout)
         .response_timeout(command_timeout)
         .retries(CLUSTER_RETRIES)
@@ -257,11 +279,7 @@ fn cluster_target(
     })?;
     let description = format!(
         "cluster {}",
-        c.nodes
-            .iter()
-            .map(|u| redact_url(u))
-            .collect::<Vec<_>>()
-            .join(",")
+        nodes.iter().map(describe).collect::<Vec<_>>().join(",")
     );
     Ok((Target::Cluster(Box::new(client)), description))
 }
@@ -283,16 +301,17 @@ fn sentinel_target(
         ));
     }
     let mut nodes = Vec::with_capacity(s.nodes.len());
+    let mut described = Vec::with_capacity(s.nodes.len());
     for (i, url) in s.nodes.iter().enumerate() {
         let what = format!("options.sentinel.nodes[{i}]");
         let info = parse_url(&what, url)?;
         if info.redis_settings().password().is_some() || info.redis_settings().db() != 0 {
             return Err(StoreError::invalid_arg(format!(
-                "{what} must be a URL without password or db, got {}: give the sentinels' \
-                 password as options.sentinel.password",
-                redact_url(url)
+                "{what} must be a URL without password or db: give the sentinels' \
+                 password as options.sentinel.password"
             )));
         }
+        described.push(describe(&info));
         nodes.push(info.addr().clone());
     }
     let sentinel_tls = matches!(nodes[0], ConnectionAddr::TcpTls { .. });
@@ -315,15 +334,7 @@ fn sentinel_target(
         tls: certs,
         sentinel_tls,
     };
-    let description = format!(
-        "sentinel {} of {}",
-        s.master_name,
-        s.nodes
-            .iter()
-            .map(|u| redact_url(u))
-            .collect::<Vec<_>>()
-            .join(",")
-    );
+    let description = format!("sentinel {} of {}", s.master_name, described.join(","));
     Ok((Target::Sentinel(target), description))
 }
 
@@ -344,22 +355,38 @@ fn data_node(what: &str, url: &str, o: &StoreOptions, db: Option<i64>) -> Result
     Ok(info.set_redis_settings(redis))
 }
 
+/// A URL's connection info. Errors never quote the URL: a password with an
+/// unencoded `/`, `?`, `#` or `@` would show in any part of it.
 fn parse_url(what: &str, url: &str) -> Result<ConnectionInfo> {
     if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
         return Err(StoreError::invalid_arg(format!(
-            "{what} must start with redis:// or rediss://, got {}",
-            redact_url(url)
+            "{what} must start with redis:// or rediss://"
         )));
     }
-    url.into_connection_info()
-        .map_err(|e| bad_url(what, url, &e))
+    let info = url.into_connection_info().map_err(|e| bad_url(what, &e))?;
+    if matches!(info.addr(), ConnectionAddr::TcpTls { insecure: true, .. }) {
+        return Err(StoreError::invalid_arg(format!(
+            "{what}: #insecure is not supported; certificates are always verified \
+             (give the CA as options.tls.ca)"
+        )));
+    }
+    let db = info.redis_settings().db();
+    if !(0..=MAX_DB).contains(&db) {
+        return Err(StoreError::invalid_arg(format!(
+            "{what}: the database number must be an integer from 0 to {MAX_DB}, got {db}"
+        )));
+    }
+    Ok(info)
 }
 
-fn bad_url(what: &str, url: &str, e: &redis::RedisError) -> StoreError {
+/// The highest database index (Redis keeps the count in a C int).
+const MAX_DB: i64 = 2_147_483_647;
+
+fn bad_url(what: &str, e: &redis::RedisError) -> StoreError {
+    // The crate's parse errors name what is wrong, never the URL's text.
     StoreError::invalid_arg(format!(
-        "{what} {} is not a valid Redis URL: {}",
-        redact_url(url),
-        e.detail().unwrap_or(e.category())
+        "{what} is not a valid Redis URL (redis://[[user]:password@]host[:port][/db]; \
+         percent-encode special characters in the password): {e}"
     ))
 }
 
@@ -401,9 +428,9 @@ fn certificates(t: &TlsOptions) -> Result<TlsCertificates> {
 fn db(value: Option<f64>) -> Result<Option<i64>> {
     match value {
         None => Ok(None),
-        Some(n) if n.fract() == 0.0 && (0.0..=2_147_483_647.0).contains(&n) => Ok(Some(n as i64)),
+        Some(n) if n.fract() == 0.0 && (0.0..=MAX_DB as f64).contains(&n) => Ok(Some(n as i64)),
         Some(n) => Err(StoreError::invalid_arg(format!(
-            "options.db must be an integer from 0, got {n}"
+            "options.db must be an integer from 0 to {MAX_DB}, got {n}"
         ))),
     }
 }
@@ -420,25 +447,31 @@ fn timeout(name: &str, value: Option<f64>, default_ms: u64) -> Result<Duration> 
     Ok(Duration::from_millis(ms.ceil() as u64))
 }
 
-/// The URL with any password replaced by `***`, for messages.
-pub fn redact_url(url: &str) -> String {
-    let Some(scheme_end) = url.find("://") else {
-        return "(not a URL)".to_owned();
+/// Where a connection goes, for messages and `util.inspect`: scheme, user,
+/// host, port and db, with `***` for a password.
+fn describe(info: &ConnectionInfo) -> String {
+    let (scheme, host, port) = match info.addr() {
+        ConnectionAddr::Tcp(host, port) => ("redis", host.as_str(), *port),
+        ConnectionAddr::TcpTls { host, port, .. } => ("rediss", host.as_str(), *port),
+        _ => ("redis", "?", 0),
     };
-    let rest = &url[scheme_end + 3..];
-    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    let authority = &rest[..authority_end];
-    let Some(at) = authority.rfind('@') else {
-        return url.to_owned();
+    let settings = info.redis_settings();
+    let auth = match (settings.username(), settings.password()) {
+        (Some(u), Some(_)) => format!("{u}:***@"),
+        (Some(u), None) => format!("{u}@"),
+        (None, Some(_)) => ":***@".to_owned(),
+        (None, None) => String::new(),
     };
-    let userinfo = &authority[..at];
-    let user = userinfo.split(':').next().unwrap_or("");
-    let masked = if userinfo.contains(':') {
-        format!("{user}:***")
+    let host = if host.contains(':') {
+        format!("[{host}]")
     } else {
-        "***".to_owned()
+        host.to_owned()
     };
-    format!("{}{}{}", &url[..scheme_end + 3], masked, &rest[at..])
+    let db = match settings.db() {
+        0 => String::new(),
+        db => format!("/{db}"),
+    };
+    format!("{scheme}://{auth}{host}:{port}{db}")
 }
 
 #[cfg(test)]
@@ -588,12 +621,64 @@ mod tests {
     }
 
     #[test]
-    fn redaction() {
-        assert_eq!(redact_url("redis://u:secret@h:1/0"), "redis://u:***@h:1/0");
-        assert_eq!(redact_url("redis://:secret@h"), "redis://:***@h");
-        assert_eq!(redact_url("redis://secret@h"), "redis://***@h");
-        assert_eq!(redact_url("redis://u:p@ss@h"), "redis://u:***@h");
-        assert_eq!(redact_url("redis://h:1/0"), "redis://h:1/0");
-        assert_eq!(redact_url("secret"), "(not a URL)");
+    fn no_message_or_description_shows_a_password_however_the_url_is_malformed() {
+        for url in [
+            "redis://:hunter2/x@127.0.0.1:6379",
+            "redis://:hunter2?x@127.0.0.1:6379",
+            "redis://:hunter2#x@127.0.0.1:6379",
+            "redis://u:hunt@er2@127.0.0.1:6379",
+            "redis://u:hunter2@127.0.0.1:6379/notadb",
+            "redis://u:hunter2@127.0.0.1:99999",
+            "rediss://u:hunter2@127.0.0.1:6379#insecure",
+            "redis://u:hunter2@127.0.0.1:6379/-1",
+            "redis://u:hunter2@127.0.0.1:6379/99999999999",
+            "hunter2://x",
+        ] {
+            let o = StoreOptions {
+                url: Some(url.into()),
+                ..Default::default()
+            };
+            match Config::from_options(&o) {
+                Err(e) => {
+                    assert!(e.message.starts_with("options.url"), "{}", e.message);
+                    assert!(
+                        !e.message.contains("hunter") && !e.message.contains("er2"),
+                        "{url}: {}",
+                        e.message
+                    );
+                }
+                Ok(c) => {
+                    assert!(
+                        !c.description.contains("hunter") && !c.description.contains("er2"),
+                        "{url}: {}",
+                        c.description
+                    );
+                    assert!(!format!("{c:?}").contains("hunter"));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_urls_database_is_range_checked_at_creation() {
+        for url in ["redis://h/-1", "redis://h/99999999999"] {
+            let o = StoreOptions {
+                url: Some(url.into()),
+                ..Default::default()
+            };
+            let e = Config::from_options(&o).unwrap_err();
+            assert!(e.message.contains("database number"), "{}", e.message);
+        }
+    }
+
+    #[test]
+    fn descriptions() {
+        let describe_url = |u: &str| describe(&u.into_connection_info().unwrap());
+        assert_eq!(
+            describe_url("redis://u:secret@h:1/3"),
+            "redis://u:***@h:1/3"
+        );
+        assert_eq!(describe_url("redis://:secret@h"), "redis://:***@h:6379");
+        assert_eq!(describe_url("rediss://[::1]:7000"), "rediss://[::1]:7000");
     }
 }

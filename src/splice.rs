@@ -13,16 +13,11 @@ pub enum SpliceError {
     Corrupt(String),
     /// A path asks for something refused (padding an array too far).
     BadArg(String),
-    /// Nesting deeper than this scanner follows: the server-side script decides.
-    TooDeep,
 }
 
 type Result<T> = std::result::Result<T, SpliceError>;
 
-/// Writing far past an array's end pads with nulls, as JavaScript would; beyond
-/// this many the path is refused (the same limit as the script's).
-pub const MAX_PADDING: u64 = 100_000;
-const MAX_DEPTH: usize = 1000;
+use crate::limits::MAX_PADDING;
 
 fn corrupt<T>(why: &str, at: usize) -> Result<T> {
     Err(SpliceError::Corrupt(format!(
@@ -106,56 +101,86 @@ fn number_end(s: &[u8], p: usize) -> Result<usize> {
     Ok(q)
 }
 
-/// Checks the value at p; returns the index after it.
-fn value_end(s: &[u8], p: usize, depth: usize) -> Result<usize> {
-    if depth > MAX_DEPTH {
-        return Err(SpliceError::TooDeep);
+/// p at a member's key: checks the key and the ':' after it; returns where
+/// the member's value starts.
+fn member_value(s: &[u8], q: usize) -> Result<usize> {
+    if s.get(q) != Some(&b'"') {
+        return corrupt("expected a key", q);
     }
-    match s.get(p) {
-        Some(b'"') => string_end(s, p),
-        Some(&open @ (b'{' | b'[')) => {
-            let close = if open == b'{' { b'}' } else { b']' };
-            let mut q = skip_ws(s, p + 1);
-            if s.get(q) == Some(&close) {
-                return Ok(q + 1);
+    let q = skip_ws(s, string_end(s, q)?);
+    if s.get(q) != Some(&b':') {
+        return corrupt("expected ':'", q);
+    }
+    Ok(skip_ws(s, q + 1))
+}
+
+/// Checks that s is UTF-8 text holding one JSON object (RFC 8259). Iterative:
+/// nesting of any depth costs heap, never stack.
+pub fn validate(s: &[u8]) -> Result<()> {
+    if let Err(e) = std::str::from_utf8(s) {
+        return Err(SpliceError::Corrupt(not_utf8_message(e.valid_up_to())));
+    }
+    let mut q = skip_ws(s, 0);
+    if s.get(q) != Some(&b'{') {
+        return corrupt("the root is not an object", q);
+    }
+    // The closing bracket of every container the scan is inside.
+    let mut open: Vec<u8> = Vec::new();
+    loop {
+        // A value starts at q.
+        match s.get(q) {
+            Some(&c @ (b'{' | b'[')) => {
+                let close = if c == b'{' { b'}' } else { b']' };
+                q = skip_ws(s, q + 1);
+                if s.get(q) == Some(&close) {
+                    q += 1;
+                } else {
+                    open.push(close);
+                    if close == b'}' {
+                        q = member_value(s, q)?;
+                    }
+                    continue;
+                }
             }
-            loop {
-                if open == b'{' {
-                    if s.get(q) != Some(&b'"') {
-                        return corrupt("expected a key", q);
-                    }
-                    q = skip_ws(s, string_end(s, q)?);
-                    if s.get(q) != Some(&b':') {
-                        return corrupt("expected ':'", q);
-                    }
+            Some(b'"') => q = string_end(s, q)?,
+            Some(b't') if s[q..].starts_with(b"true") => q += 4,
+            Some(b'f') if s[q..].starts_with(b"false") => q += 5,
+            Some(b'n') if s[q..].starts_with(b"null") => q += 4,
+            _ => q = number_end(s, q)?,
+        }
+        // After a value: a comma and the next one, or closing brackets.
+        loop {
+            q = skip_ws(s, q);
+            let Some(&close) = open.last() else {
+                if q < s.len() {
+                    return corrupt("text after the object", q);
+                }
+                return Ok(());
+            };
+            match s.get(q) {
+                Some(b',') => {
                     q = skip_ws(s, q + 1);
+                    if close == b'}' {
+                        q = member_value(s, q)?;
+                    }
+                    break;
                 }
-                q = skip_ws(s, value_end(s, q, depth + 1)?);
-                match s.get(q) {
-                    Some(b',') => q = skip_ws(s, q + 1),
-                    Some(&c) if c == close => return Ok(q + 1),
-                    _ => return corrupt("expected ',' or a closing bracket", q),
+                Some(&c) if c == close => {
+                    open.pop();
+                    q += 1;
                 }
+                _ => return corrupt("expected ',' or a closing bracket", q),
             }
         }
-        Some(b't') if s[p..].starts_with(b"true") => Ok(p + 4),
-        Some(b'f') if s[p..].starts_with(b"false") => Ok(p + 5),
-        Some(b'n') if s[p..].starts_with(b"null") => Ok(p + 4),
-        _ => number_end(s, p),
     }
 }
 
-/// Checks that s is one JSON object (RFC 8259).
-pub fn validate(s: &[u8]) -> Result<()> {
-    let p = skip_ws(s, 0);
-    if s.get(p) != Some(&b'{') {
-        return corrupt("the root is not an object", p);
-    }
-    let end = skip_ws(s, value_end(s, p, 0)?);
-    if end < s.len() {
-        return corrupt("text after the object", end);
-    }
-    Ok(())
+/// The message for a stored text that is not UTF-8, as `get` and `merge` give it.
+pub fn not_utf8_message(valid_up_to: usize) -> String {
+    format!(
+        "stored session is not UTF-8 text (byte {})",
+        valid_up_to + 1
+    )
 }
 
 // ---- navigation over validated text --------------------------------------
@@ -436,19 +461,21 @@ fn array_index(seg: &str) -> Option<u64> {
     seg.parse::<u64>().ok().filter(|&n| n < 4_294_967_295)
 }
 
-/// The text of a fresh object chain for segs, ending in val (None: removal).
+/// The text of a fresh object chain for segs, ending in val (None: removal,
+/// which leaves the last segment out). Iterative: a path of any length costs
+/// heap, never stack.
 fn build(segs: &[&str], val: Option<&[u8]>, out: &mut Vec<u8>) {
-    match (segs, val) {
-        ([], Some(v)) => out.extend_from_slice(v),
-        ([], None) | ([_], None) => out.extend_from_slice(b"{}"),
-        ([first, rest @ ..], _) => {
-            out.push(b'{');
-            encode_key(first, out);
-            out.push(b':');
-            build(rest, val, out);
-            out.push(b'}');
-        }
+    let keys = match val {
+        Some(_) => segs,
+        None => &segs[..segs.len().saturating_sub(1)],
+    };
+    for key in keys {
+        out.push(b'{');
+        encode_key(key, out);
+        out.push(b':');
     }
+    out.extend_from_slice(val.unwrap_or(b"{}"));
+    out.resize(out.len() + keys.len(), b'}');
 }
 
 fn built(segs: &[&str], val: Option<&[u8]>) -> Vec<u8> {
@@ -508,7 +535,7 @@ fn apply(s: &mut Vec<u8>, segs: &[&str], val: Option<&[u8]>) -> Result<()> {
                     if last && val.is_none() {
                         return Ok(());
                     }
-                    if idx - len > MAX_PADDING {
+                    if idx - len > u64::from(MAX_PADDING) {
                         return Err(SpliceError::BadArg(format!(
                             "array index {seg} is more than {MAX_PADDING} past the end of the array"
                         )));
@@ -663,13 +690,38 @@ mod tests {
     }
 
     #[test]
-    fn refuses_far_padding_and_hands_deep_nesting_to_the_server() {
+    fn refuses_far_padding() {
         let pairs = vec!["a.100001".to_string(), "1".to_string()];
         assert!(matches!(
             merge(br#"{"a":[]}"#, &pairs),
             Err(SpliceError::BadArg(_))
         ));
-        let deep = format!("{{\"a\":{}{}}}", "[".repeat(1100), "]".repeat(1100));
-        assert_eq!(merge(deep.as_bytes(), &[]), Err(SpliceError::TooDeep));
+    }
+
+    #[test]
+    fn deep_nesting_and_long_paths_cost_no_stack() {
+        // Far deeper than any thread's stack would allow a recursive walk.
+        let n = 1_000_000;
+        let deep = format!("{{\"a\":{}{}}}", "[".repeat(n), "]".repeat(n));
+        let pairs = vec!["b".to_string(), "1".to_string()];
+        let out = merge(deep.as_bytes(), &pairs).unwrap();
+        assert!(out.ends_with(b"],\"b\":1}"));
+        let unclosed = format!("{{\"a\":{}", "{\"a\":".repeat(n));
+        assert!(matches!(
+            merge(unclosed.as_bytes(), &[]),
+            Err(SpliceError::Corrupt(_))
+        ));
+        let long = vec!["x"; 200_000].join(".");
+        let out = merge(b"{}", &[long, "1".to_string()]).unwrap();
+        assert_eq!(out.len(), 2 + 4 + 199_999 * 6 + 1);
+        assert!(out.starts_with(b"{\"x\":{\"x\":"));
+    }
+
+    #[test]
+    fn refuses_text_that_is_not_utf8_as_get_does() {
+        assert_eq!(
+            merge(b"{\"a\":\"\xff\"}", &[]),
+            Err(SpliceError::Corrupt(not_utf8_message(6)))
+        );
     }
 }

@@ -4,6 +4,7 @@
 use redis::Script;
 
 use crate::connection::Connection;
+use crate::delivery::Deliveries;
 use crate::errors::Result;
 use crate::keys::Keys;
 use crate::lock::LockTokens;
@@ -27,6 +28,7 @@ pub struct Store {
     pub(crate) unlock_script: Script,
     pub(crate) tokens: LockTokens,
     pub(crate) texts: Texts,
+    pub(crate) deliveries: Deliveries,
 }
 
 impl Store {
@@ -39,7 +41,8 @@ impl Store {
             swap_script: Script::new(SWAP_LUA),
             unlock_script: Script::new(UNLOCK_LUA),
             tokens: LockTokens::default(),
-            texts: Texts::default(),
+            texts: Texts::new(config.remembered_text_bytes),
+            deliveries: Deliveries::default(),
         })
     }
 

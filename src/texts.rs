@@ -4,31 +4,53 @@
 //! it. A text that is out of date costs nothing but a failed compare: the merge
 //! then reads the stored text afresh.
 //!
-//! Bounded by bytes; the oldest entries go first.
+//! Bounded by the memory the entries really take (texts, ids, and the
+//! bookkeeping of each entry), the `rememberedTextBytes` option; the oldest
+//! entries go first.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-/// Texts kept at most, in bytes, per store.
-pub const MAX_BYTES: usize = 8 << 20;
-/// A text larger than this is not kept.
-const MAX_TEXT: usize = 1 << 20;
+/// The default of the `rememberedTextBytes` option.
+pub const DEFAULT_MAX_BYTES: usize = 8 << 20;
+/// Memory an entry takes beyond its text and id: the map's slot (id, text
+/// pointer, generation), the `Arc` and `Vec` headers, allocator rounding.
+const ENTRY_OVERHEAD: usize = 128;
+/// Memory a slot of the eviction order takes beyond its copy of the id.
+const ORDER_OVERHEAD: usize = 48;
 
 #[derive(Default)]
 struct Inner {
     texts: HashMap<String, (Arc<Vec<u8>>, u64)>,
     /// (id, generation) in insertion order; stale generations are skipped.
     order: VecDeque<(String, u64)>,
+    /// What `texts` and `order` take, counted as above.
     bytes: usize,
     generation: u64,
 }
 
-#[derive(Default)]
 pub struct Texts {
     inner: Mutex<Inner>,
+    max_bytes: usize,
+}
+
+fn entry_cost(id: &str, text: &[u8]) -> usize {
+    text.len() + id.len() + ENTRY_OVERHEAD
+}
+
+fn order_cost(id: &str) -> usize {
+    id.len() + ORDER_OVERHEAD
 }
 
 impl Texts {
+    /// Texts kept within `max_bytes`; 0 keeps none.
+    pub fn new(max_bytes: usize) -> Self {
+        Texts {
+            inner: Mutex::new(Inner::default()),
+            max_bytes,
+        }
+    }
+
     fn inner(&self) -> MutexGuard<'_, Inner> {
         self.inner
             .lock()
@@ -36,52 +58,77 @@ impl Texts {
     }
 
     pub fn get(&self, id: &str) -> Option<Arc<Vec<u8>>> {
+        if self.max_bytes == 0 {
+            return None;
+        }
         self.inner().texts.get(id).map(|(t, _)| t.clone())
     }
 
     pub fn put(&self, id: &str, text: Arc<Vec<u8>>) {
-        let mut inner = self.inner();
-        if let Some((old, _)) = inner.texts.remove(id) {
-            inner.bytes -= old.len();
+        if self.max_bytes == 0 {
+            return;
         }
-        if text.len() > MAX_TEXT {
+        let mut inner = self.inner();
+        inner.remove(id);
+        // One entry may take an eighth of the budget at most.
+        if entry_cost(id, &text) + order_cost(id) > self.max_bytes / 8 {
             return;
         }
         inner.generation += 1;
         let generation = inner.generation;
-        inner.bytes += text.len();
+        inner.bytes += entry_cost(id, &text) + order_cost(id);
         inner.texts.insert(id.to_owned(), (text, generation));
         inner.order.push_back((id.to_owned(), generation));
-        while inner.bytes > MAX_BYTES {
+        while inner.bytes > self.max_bytes {
             let Some((oldest, g)) = inner.order.pop_front() else {
                 break;
             };
+            inner.bytes -= order_cost(&oldest);
             if inner
                 .texts
                 .get(&oldest)
                 .is_some_and(|(_, current)| *current == g)
             {
-                if let Some((t, _)) = inner.texts.remove(&oldest) {
-                    inner.bytes -= t.len();
-                }
+                inner.remove(&oldest);
             }
         }
-        // Entries replaced or forgotten leave stale ids in `order`; keep it bounded.
+        // Entries replaced or forgotten leave stale slots in `order`; keep it bounded.
         if inner.order.len() > 2 * inner.texts.len() + 64 {
-            let Inner { texts, order, .. } = &mut *inner;
-            order.retain(|(id, g)| texts.get(id).is_some_and(|(_, current)| current == g));
+            let Inner {
+                texts,
+                order,
+                bytes,
+                ..
+            } = &mut *inner;
+            order.retain(|(id, g)| {
+                let live = texts.get(id).is_some_and(|(_, current)| current == g);
+                if !live {
+                    *bytes -= order_cost(id);
+                }
+                live
+            });
         }
     }
 
     pub fn forget(&self, id: &str) {
-        let mut inner = self.inner();
-        if let Some((old, _)) = inner.texts.remove(id) {
-            inner.bytes -= old.len();
+        if self.max_bytes == 0 {
+            return;
         }
+        self.inner().remove(id);
     }
 
+    /// The memory the entries take, as counted against the bound.
     pub fn bytes(&self) -> usize {
         self.inner().bytes
+    }
+}
+
+impl Inner {
+    /// Removes id's text (its slot in `order` stays until it is popped or pruned).
+    fn remove(&mut self, id: &str) {
+        if let Some((old, _)) = self.texts.remove(id) {
+            self.bytes -= entry_cost(id, &old);
+        }
     }
 }
 
@@ -95,43 +142,67 @@ mod tests {
 
     #[test]
     fn keeps_replaces_and_forgets() {
-        let t = Texts::default();
+        let t = Texts::new(DEFAULT_MAX_BYTES);
         t.put("a", text(10));
         t.put("a", text(20));
         assert_eq!(t.get("a").unwrap().len(), 20);
-        assert_eq!(t.bytes(), 20);
         t.forget("a");
         assert!(t.get("a").is_none());
-        assert_eq!(t.bytes(), 0);
     }
 
     #[test]
     fn the_oldest_go_first_when_over_budget() {
-        let t = Texts::default();
-        let each = MAX_TEXT / 2;
-        let fit = MAX_BYTES / each;
-        for i in 0..=fit {
+        let t = Texts::new(DEFAULT_MAX_BYTES);
+        let each = DEFAULT_MAX_BYTES / 16;
+        for i in 0..20 {
             t.put(&i.to_string(), text(each));
         }
         assert!(t.get("0").is_none());
-        assert!(t.get("1").is_some() && t.get(&fit.to_string()).is_some());
-        assert_eq!(t.bytes(), MAX_BYTES);
+        assert!(t.get("19").is_some());
+        assert!(t.bytes() <= DEFAULT_MAX_BYTES);
+    }
+
+    #[test]
+    fn ids_and_bookkeeping_count_against_the_bound() {
+        // Empty sessions under long ids: the ids are what takes the memory.
+        let t = Texts::new(1 << 20);
+        let long = "i".repeat(8192);
+        for i in 0..1000 {
+            t.put(&format!("{long}{i}"), text(2));
+        }
+        let inner = t.inner();
+        let real: usize = inner.texts.keys().map(|k| k.len() + 2).sum::<usize>()
+            + inner.order.iter().map(|(k, _)| k.len()).sum::<usize>();
+        assert!(real <= 1 << 20, "{real}");
+        assert!(inner.bytes <= 1 << 20);
+        assert!(
+            inner.texts.len() > 40 && inner.texts.len() < 70,
+            "{}",
+            inner.texts.len()
+        );
     }
 
     #[test]
     fn order_stays_bounded_when_one_id_is_written_often() {
-        let t = Texts::default();
+        let t = Texts::new(DEFAULT_MAX_BYTES);
         for _ in 0..10_000 {
             t.put("a", text(8));
         }
         assert!(t.inner().order.len() <= 2 + 64 + 1);
+        assert_eq!(
+            t.bytes(),
+            entry_cost("a", &[0; 8]) + t.inner().order.len() * order_cost("a")
+        );
     }
 
     #[test]
-    fn huge_texts_are_not_kept() {
-        let t = Texts::default();
-        t.put("a", text(MAX_TEXT + 1));
+    fn huge_texts_and_a_zero_bound_keep_nothing() {
+        let t = Texts::new(DEFAULT_MAX_BYTES);
+        t.put("a", text(DEFAULT_MAX_BYTES / 8));
         assert!(t.get("a").is_none());
         assert_eq!(t.bytes(), 0);
+        let off = Texts::new(0);
+        off.put("a", text(1));
+        assert!(off.get("a").is_none());
     }
 }

@@ -1,0 +1,39 @@
+//! What one call may ask of the store. Defined here once and exported to
+//! JavaScript by napi (`index.js`), where `store.js` refuses a call over a
+//! limit with `ERR_INVALID_ARG` before anything is sent. No relay-session app
+//! comes near them; they exist so that no input can make the store or Redis
+//! do unbounded work.
+
+use napi_derive::napi;
+
+/// Paths in one `merge` call.
+#[napi]
+pub const MAX_MERGE_PATHS: u32 = 10_000;
+
+/// Dot-separated segments in one merge path.
+#[napi]
+pub const MAX_PATH_SEGMENTS: u32 = 1_000;
+
+/// The largest `ttlMs`: `Number.MAX_SAFE_INTEGER`, the largest whole number a
+/// JavaScript number holds exactly (and far below what Redis's `PX` takes).
+#[napi]
+pub const MAX_TTL_MS: f64 = 9_007_199_254_740_991.0;
+
+/// Writing far past an array's end pads it with nulls, as JavaScript would;
+/// padding by more than this many elements is refused.
+#[napi]
+pub const MAX_PADDING: u32 = 100_000;
+
+/// The server-side merge script (`lua/merge.lua`) costs Redis about paths ×
+/// stored bytes (each path is a walk and a copy of the text). It runs only
+/// while that product stays within this budget: about 2 ms of Redis time on
+/// the machine this was measured on. Larger merges resolve conflicts on the
+/// client: read again, splice, compare-and-set.
+pub const SCRIPT_WORK: usize = 128 * 1024;
+
+/// The stored text the script may take on for `paths` paths: it declines
+/// (replies -1) when the text is longer, so its cost stays within
+/// [`SCRIPT_WORK`] whatever another writer stored in between.
+pub fn script_max_bytes(paths: usize) -> usize {
+    SCRIPT_WORK / paths.max(1)
+}
