@@ -96,16 +96,17 @@ fn backoff(conflicts: u32) -> Duration {
     Duration::from_micros(random % (cap * 1000 + 1))
 }
 
-/// The paths of `op` spliced into `old`; large splices step off the runtime's
-/// worker meanwhile.
-fn spliced(old: &[u8], op: &Op) -> std::result::Result<Vec<u8>, SpliceError> {
+/// The paths of `op` spliced into `old`, given up at `deadline`; large
+/// splices step off the runtime's worker meanwhile.
+fn spliced(old: &[u8], op: &Op, deadline: Instant) -> std::result::Result<Vec<u8>, SpliceError> {
     let work = old.len().saturating_mul((op.args.len() / 2).max(1));
     let multi_thread = tokio::runtime::Handle::try_current()
         .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+    let splice = || splice::merge_until(old, &op.args, Some(deadline));
     if work > BLOCKING_SPLICE && multi_thread {
-        tokio::task::block_in_place(|| splice::merge(old, &op.args))
+        tokio::task::block_in_place(splice)
     } else {
-        splice::merge(old, &op.args)
+        splice()
     }
 }
 
@@ -162,7 +163,7 @@ impl Store {
                 }
                 // A merge's first step is chosen now, after the ops before it.
                 let step = p.step.take().unwrap_or_else(|| match op.kind {
-                    Kind::Merge => self.first_merge_step(op),
+                    Kind::Merge => self.first_merge_step(op, deadline),
                     _ => Step::Send,
                 });
                 round.push((p, step));
@@ -207,7 +208,7 @@ impl Store {
                     continue;
                 }
                 let op = &ops[pending.op];
-                match self.advance(op, step, token, r) {
+                match self.advance(op, step, token, r, deadline) {
                     Next::Finished(outcome) => done.push((pending.op, outcome)),
                     Next::Then(step) => {
                         pending.step = Some(step);
@@ -299,9 +300,9 @@ impl Store {
 
     /// A merge starts with the compare-and-set when this store has the session's
     /// text, and with a read otherwise.
-    fn first_merge_step(&self, op: &Op) -> Step {
+    fn first_merge_step(&self, op: &Op, deadline: Instant) -> Step {
         match self.texts.get(&op.id) {
-            Some(old) => match spliced(&old, op) {
+            Some(old) => match spliced(&old, op, deadline) {
                 Ok(new) => Step::Swap {
                     old,
                     new,
@@ -314,7 +315,14 @@ impl Store {
     }
 
     /// What an op's replies to one step mean: its outcome, or its next step.
-    fn advance(&self, op: &Op, step: Step, token: Option<String>, replies: &mut [Value]) -> Next {
+    fn advance(
+        &self,
+        op: &Op,
+        step: Step,
+        token: Option<String>,
+        replies: &mut [Value],
+        deadline: Instant,
+    ) -> Next {
         match step {
             Step::Send if op.kind == Kind::Merge && replies.first() == Some(&Value::Int(-1)) => {
                 Next::Conflict(None) // the script declined: the text grew past its budget
@@ -331,7 +339,7 @@ impl Store {
                     self.texts.forget(&op.id);
                     Next::Finished(Outcome::Done) // no session: nothing to merge
                 }
-                Some(Value::BulkString(old)) => match spliced(&old, op) {
+                Some(Value::BulkString(old)) => match spliced(&old, op, deadline) {
                     Ok(new) => Next::Then(Step::Swap {
                         old: Arc::new(old),
                         new,
@@ -342,6 +350,9 @@ impl Store {
                     }
                     Err(SpliceError::BadArg(m)) => {
                         Next::Finished(Outcome::Failed(StoreError::invalid_arg(m)))
+                    }
+                    Err(SpliceError::OutOfTime) => {
+                        Next::Finished(Outcome::Failed(self.conn.timeout()))
                     }
                 },
                 other => Next::Finished(

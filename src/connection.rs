@@ -88,6 +88,9 @@ pub struct Connection {
     state: Mutex<State>,
     /// Held while a link is being opened, so that one call opens it.
     opening: tokio::sync::Mutex<()>,
+    /// When the last attempt to open a link failed, and why: calls that were
+    /// waiting for that attempt fail with it rather than try again in turn.
+    open_failed: Mutex<Option<(Instant, StoreError)>>,
     generation: AtomicU64,
     /// Set by `close()`: no new calls (and the background reconnect stops).
     closing: Arc<AtomicBool>,
@@ -188,6 +191,7 @@ impl Connection {
             call_timeout: config.connect_timeout + config.command_timeout,
             state: Mutex::new(State::Idle),
             opening: tokio::sync::Mutex::new(()),
+            open_failed: Mutex::new(None),
             generation: AtomicU64::new(0),
             closing: Arc::new(AtomicBool::new(false)),
             reviving: Arc::new(AtomicBool::new(false)),
@@ -211,7 +215,8 @@ impl Connection {
         StoreError::new(
             Code::Connection,
             format!(
-                "could not connect within connectTimeout ({} ms)",
+                "could not connect within connectTimeout ({} ms): no answer to the \
+                 connection, or to its TLS handshake (does the server speak TLS?)",
                 self.connect_timeout.as_millis()
             ),
         )
@@ -240,6 +245,7 @@ impl Connection {
 
     /// The current link, opened first if there is none.
     async fn link(&self) -> Result<(Link, u64)> {
+        let asked = Instant::now();
         loop {
             match &*self.state() {
                 State::Ready(link, generation) => return Ok((link.clone(), *generation)),
@@ -250,7 +256,18 @@ impl Connection {
             if !matches!(*self.state(), State::Idle) {
                 continue; // another call opened it meanwhile
             }
-            let link = self.open().await?;
+            if let Some((at, e)) = &*self.open_failed() {
+                if *at >= asked {
+                    return Err(e.clone()); // the attempt this call waited for failed
+                }
+            }
+            let link = match self.open().await {
+                Ok(link) => link,
+                Err(e) => {
+                    *self.open_failed() = Some((Instant::now(), e.clone()));
+                    return Err(e);
+                }
+            };
             let generation = self.generation.fetch_add(1, Ordering::AcqRel) + 1;
             let mut state = self.state();
             if matches!(*state, State::Closed) {
@@ -261,12 +278,32 @@ impl Connection {
         }
     }
 
+    fn open_failed(&self) -> MutexGuard<'_, Option<(Instant, StoreError)>> {
+        self.open_failed
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// A connection manager, connected within connectTimeout: a server that
+    /// never answers (or never completes a TLS handshake: a plain server
+    /// behind a rediss:// URL) fails the call with ERR_CONNECTION then.
+    async fn manager(
+        &self,
+        client: redis::Client,
+        config: &ConnectionManagerConfig,
+    ) -> Result<ConnectionManager> {
+        let connecting = ConnectionManager::new_with_config(client, config.clone());
+        match tokio::time::timeout(self.connect_timeout, connecting).await {
+            Ok(m) => Ok(m?),
+            Err(_) => Err(self.connect_timed_out()),
+        }
+    }
+
     async fn open(&self) -> Result<Link> {
         match &self.source {
-            // Lazy: the manager connects on its first command, within the call's bound.
-            Source::Single(client, config) => Ok(Link::Single(
-                ConnectionManager::new_lazy_with_config(client.clone(), config.clone())?,
-            )),
+            Source::Single(client, config) => {
+                Ok(Link::Single(self.manager(client.clone(), config).await?))
+            }
             Source::Cluster(client) => {
                 let connecting = client.get_async_connection();
                 match tokio::time::timeout(self.connect_timeout, connecting).await {
@@ -280,10 +317,7 @@ impl Connection {
                     Ok(c) => c?,
                     Err(_) => return Err(self.connect_timed_out()),
                 };
-                Ok(Link::Single(ConnectionManager::new_lazy_with_config(
-                    client,
-                    config.clone(),
-                )?))
+                Ok(Link::Single(self.manager(client, config).await?))
             }
         }
     }

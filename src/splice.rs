@@ -13,9 +13,13 @@ pub enum SpliceError {
     Corrupt(String),
     /// A path asks for something refused (padding an array too far).
     BadArg(String),
+    /// The deadline passed before every path was applied.
+    OutOfTime,
 }
 
 type Result<T> = std::result::Result<T, SpliceError>;
+
+use std::time::Instant;
 
 use crate::limits::MAX_PADDING;
 
@@ -574,9 +578,18 @@ fn apply(s: &mut Vec<u8>, segs: &[&str], val: Option<&[u8]>) -> Result<()> {
 /// "" removes the path. Fails without a result when the text is not a JSON
 /// object or a path is refused.
 pub fn merge(stored: &[u8], pairs: &[String]) -> Result<Vec<u8>> {
+    merge_until(stored, pairs, None)
+}
+
+/// [`merge`], giving up with [`SpliceError::OutOfTime`] once `deadline` has
+/// passed (checked between paths: each costs about one pass over the text).
+pub fn merge_until(stored: &[u8], pairs: &[String], deadline: Option<Instant>) -> Result<Vec<u8>> {
     validate(stored)?;
     let mut s = stored.to_vec();
     for pair in pairs.chunks_exact(2) {
+        if deadline.is_some_and(|d| Instant::now() >= d) {
+            return Err(SpliceError::OutOfTime);
+        }
         let segs: Vec<&str> = pair[0].split('.').collect();
         let val = (!pair[1].is_empty()).then(|| pair[1].as_bytes());
         apply(&mut s, &segs, val)?;
@@ -715,6 +728,17 @@ mod tests {
         let out = merge(b"{}", &[long, "1".to_string()]).unwrap();
         assert_eq!(out.len(), 2 + 4 + 199_999 * 6 + 1);
         assert!(out.starts_with(b"{\"x\":{\"x\":"));
+    }
+
+    #[test]
+    fn gives_up_at_the_deadline() {
+        let pairs = vec!["a".to_string(), "1".to_string()];
+        let past = Some(Instant::now());
+        assert_eq!(
+            merge_until(b"{}", &pairs, past),
+            Err(SpliceError::OutOfTime)
+        );
+        assert_eq!(merge_until(b"{}", &[], past), Ok(b"{}".to_vec()));
     }
 
     #[test]
