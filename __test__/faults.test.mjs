@@ -1,13 +1,12 @@
 // Faults, each with a bound on how long it may take: a server that is down,
 // stalled or killed, processes that never close their store, worker threads.
 import assert from 'node:assert/strict'
-import { spawn } from 'node:child_process'
 import { describe, it } from 'node:test'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { fileURLToPath } from 'node:url'
 import { Worker } from 'node:worker_threads'
 import { Redis } from 'ioredis'
-import { createRedisSessionStore, msUntilSuccess, newId, session } from './support/setup.mjs'
+import { createRedisSessionStore, msUntilSuccess, newId, runNode, session } from './support/setup.mjs'
 import { startRedis } from './support/redis-server.mjs'
 
 const STORE = fileURLToPath(new URL('../store.js', import.meta.url))
@@ -145,24 +144,6 @@ describe('killed server (kill -9) under load', () => {
     }
   })
 })
-
-/** Runs `code` in a fresh node process; resolves its exit code and output, or fails after `ms`. */
-function runNode(code, ms) {
-  return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, ['-e', code], { stdio: ['ignore', 'pipe', 'pipe'] })
-    let out = ''
-    child.stdout.on('data', (d) => (out += d))
-    child.stderr.on('data', (d) => (out += d))
-    const timer = setTimeout(() => {
-      child.kill('SIGKILL')
-      reject(new Error(`the process did not exit within ${ms} ms:\n${out}`))
-    }, ms)
-    child.on('exit', (code) => {
-      clearTimeout(timer)
-      resolve({ code, out })
-    })
-  })
-}
 
 describe('process lifecycle', () => {
   it('a script that never calls close() exits by itself once its calls are done', async () => {

@@ -117,7 +117,7 @@ impl From<RedisError> for StoreError {
             }
         };
         let message = match code {
-            Code::Timeout => "Redis did not answer in time".to_string(),
+            Code::Timeout => "Redis did not answer within commandTimeout".to_string(),
             Code::Connection => format!("cannot reach Redis: {}", redis_words(&e)),
             _ => format!("Redis replied: {}", redis_words(&e)),
         };

@@ -1,5 +1,6 @@
 // Shared fixtures: one throwaway server per test file, an admin client on it,
 // and stores that are closed when the file ends.
+import { spawn } from 'node:child_process'
 import { after, before } from 'node:test'
 import { Redis } from 'ioredis'
 import { createRequire } from 'node:module'
@@ -102,4 +103,25 @@ export async function rejectsWith(promise, code, messagePart) {
     throw new Error(`message "${err.message}" does not mention "${messagePart}"`)
   }
   return err
+}
+
+/**
+ * Runs `code` in a fresh node process (extra `args` before it); resolves its
+ * exit code, the signal that ended it, and its output, or fails after `ms`.
+ */
+export function runNode(code, ms, args = []) {
+  return new Promise((resolve, reject) => {
+    const child = spawn(process.execPath, [...args, '-e', code], { stdio: ['ignore', 'pipe', 'pipe'] })
+    let out = ''
+    child.stdout.on('data', (d) => (out += d))
+    child.stderr.on('data', (d) => (out += d))
+    const timer = setTimeout(() => {
+      child.kill('SIGKILL')
+      reject(new Error(`the process did not exit within ${ms} ms:\n${out}`))
+    }, ms)
+    child.on('exit', (code, signal) => {
+      clearTimeout(timer)
+      resolve({ code, signal, out })
+    })
+  })
 }

@@ -1,0 +1,427 @@
+// Hardening: no input crashes the process or makes Redis work long, every
+// limit is refused before anything is written, and every call settles within
+// its bound whatever its batch-mates do.
+import assert from 'node:assert/strict'
+import { createRequire } from 'node:module'
+import { after, before, describe, it } from 'node:test'
+import { setTimeout as sleep } from 'node:timers/promises'
+import { fileURLToPath } from 'node:url'
+import { Redis } from 'ioredis'
+import { createRedisSessionStore, msUntilSuccess, newId, rejectsWith, runNode, session, useRedis } from './support/setup.mjs'
+import { startRedis } from './support/redis-server.mjs'
+import { startProxy } from './support/proxy.mjs'
+import { MERGE_SOURCE, scriptArgs } from './support/scripts.mjs'
+
+const STORE = fileURLToPath(new URL('../store.js', import.meta.url))
+const { limits } = createRequire(import.meta.url)('../store.js')
+const redis = useRedis()
+
+/** Rejects with `code` naming `part`, and Redis holds what it held before. */
+async function refusedUnchanged(call, code, part) {
+  const before = await redis.snapshot()
+  const err = await rejectsWith(call(), code, part)
+  assert.deepEqual(await redis.snapshot(), before, 'something was written')
+  return err
+}
+
+describe('no input crashes the process', () => {
+  it('a 40,000-segment path, a 1,000-segment one and a session nested 200,000 deep: the process exits normally', async () => {
+    await redis.ready()
+    const deep = `{"data":{"n":${'['.repeat(200_000)}${']'.repeat(200_000)}},"meta":{}}`
+    await redis.admin.set('sess:deep', deep, 'PX', 60_000)
+    const { code, signal, out } = await runNode(
+      `const { createRedisSessionStore } = require(${JSON.stringify(STORE)})
+       const store = createRedisSessionStore({ url: '${redis.server.url}' })
+       const seg = (n) => Array.from({ length: n }, () => 'x').join('.')
+       ;(async () => {
+         await store.set('s', { data: {}, meta: {} }, 60000)
+         await store.get('s')
+         await store.merge('s', { ['data.' + seg(40000)]: 1 }, 60000).catch((e) => console.log(e.code))
+         await store.merge('s', { ['data.' + seg(999)]: 1 }, 60000)
+         console.log((await store.get('s')) !== null)
+         await store.merge('deep', { 'data.m': 1 }, 60000)
+         console.log(JSON.stringify((await store.get('deep')).data.m))
+         await store.close()
+       })()`,
+      30_000,
+    )
+    assert.equal(signal, null, out)
+    assert.equal(code, 0, out)
+    assert.deepEqual(out.trim().split('\n'), ['ERR_INVALID_ARG', 'true', '1'])
+    assert.equal(await redis.admin.get('sess:deep'), deep.replace('},"meta":{}}', ',"m":1},"meta":{}}'))
+  })
+})
+
+describe('limits, refused before anything is sent', () => {
+  let store
+  let id
+  before(async () => {
+    await redis.ready()
+    store = redis.store()
+    id = newId()
+    await store.set(id, session(id), 600_000)
+  })
+
+  it(`more than ${limits.MAX_MERGE_PATHS} paths in one merge`, async () => {
+    const paths = Object.fromEntries(Array.from({ length: limits.MAX_MERGE_PATHS + 1 }, (_, i) => [`data.p${i}`, i]))
+    await refusedUnchanged(() => store.merge(id, paths, 600_000), 'ERR_INVALID_ARG', 'MAX_MERGE_PATHS')
+    delete paths[`data.p${limits.MAX_MERGE_PATHS}`]
+    await store.merge(id, paths, 600_000)
+    assert.equal((await store.get(id)).data[`p${limits.MAX_MERGE_PATHS - 1}`], limits.MAX_MERGE_PATHS - 1)
+    await store.set(id, session(id), 600_000)
+  })
+
+  it(`more than ${limits.MAX_PATH_SEGMENTS} segments in one path`, async () => {
+    const path = ['data', ...Array.from({ length: limits.MAX_PATH_SEGMENTS }, () => 'a')].join('.')
+    await refusedUnchanged(() => store.merge(id, { [path]: 1 }, 600_000), 'ERR_INVALID_ARG', 'MAX_PATH_SEGMENTS')
+  })
+
+  it('a ttl above Number.MAX_SAFE_INTEGER is refused by the rule it breaks; the largest one is taken', async () => {
+    const err = await refusedUnchanged(() => store.set(id, session(id), 2 ** 53), 'ERR_INVALID_ARG', 'ttlMs')
+    assert.match(err.message, /greater than 0 and at most 9007199254740991, got 9007199254740992/)
+    await store.lock(newId(), Number.MAX_SAFE_INTEGER)
+  })
+
+  it('array padding past MAX_PADDING', async () => {
+    await store.get(id)
+    await refusedUnchanged(() => store.merge(id, { [`data.cart.${limits.MAX_PADDING + 1}`]: 1 }, 600_000), 'ERR_INVALID_ARG', 'past the end')
+  })
+})
+
+describe('well-formed input only', () => {
+  let store
+  before(async () => {
+    await redis.ready()
+    store = redis.store()
+  })
+
+  it('ids with a lone surrogate are refused by every method; distinct well-formed ids stay distinct', async () => {
+    for (const bad of ['\ud800', '\udfff', 'a\ud800b', '\udc00\ud800']) {
+      for (const call of [
+        () => store.get(bad),
+        () => store.set(bad, session('x'), 1000),
+        () => store.delete(bad),
+        () => store.merge(bad, { 'data.a': 1 }, 1000),
+        () => store.lock(bad, 1000),
+        () => store.unlock(bad),
+        () => store.isLocked(bad),
+      ]) {
+        await refusedUnchanged(call, 'ERR_INVALID_ARG', 'well-formed')
+      }
+    }
+    await store.set('\ud83d\ude00', session('a'), 60_000)
+    await store.set('\ud83d\ude01', session('b'), 60_000)
+    assert.equal((await store.get('\ud83d\ude00')).meta.id, 'a')
+    assert.equal((await store.get('\ud83d\ude01')).meta.id, 'b')
+  })
+
+  it('paths with a lone surrogate, a throwing getter or a throwing proxy are ERR_INVALID_ARG and write nothing', async () => {
+    const id = newId()
+    await store.set(id, session(id), 60_000)
+    await refusedUnchanged(() => store.merge(id, { 'data.\ud800': 1 }, 60_000), 'ERR_INVALID_ARG', 'lone surrogate')
+    const getter = {
+      'data.ok': 1,
+      get 'data.boom'() {
+        throw new Error('no')
+      },
+    }
+    await refusedUnchanged(() => store.merge(id, getter, 60_000), 'ERR_INVALID_ARG', "paths['data.boom'] could not be read: no")
+    const proxy = new Proxy(
+      {},
+      {
+        ownKeys() {
+          throw new Error('keys refused')
+        },
+      },
+    )
+    await refusedUnchanged(() => store.merge(id, proxy, 60_000), 'ERR_INVALID_ARG', 'keys refused')
+  })
+
+  it('options with a lone surrogate are refused', () => {
+    assert.throws(() => createRedisSessionStore({ prefix: 'sess\ud800:' }), { code: 'ERR_INVALID_ARG', message: /options\.prefix must be a well-formed string/ })
+  })
+})
+
+describe('merge refuses what get refuses', () => {
+  it('a session that is not UTF-8: get and merge (client-side and server-side) reject with ERR_CORRUPT_SESSION and change no byte', async () => {
+    await redis.ready()
+    const store = redis.store()
+    const stored = Buffer.concat([Buffer.from('{"data":{"a":"'), Buffer.from([0xc3, 0x28]), Buffer.from('"},"meta":{}}')])
+    await redis.admin.set('sess:latin', stored, 'PX', 60_000)
+    await rejectsWith(store.get('latin'), 'ERR_CORRUPT_SESSION', 'not UTF-8 text (byte 15)')
+    await rejectsWith(store.merge('latin', { 'data.b': 1 }, 60_000), 'ERR_CORRUPT_SESSION', 'not UTF-8 text (byte 15)')
+    const sha = await redis.admin.script('LOAD', MERGE_SOURCE)
+    await assert.rejects(redis.admin.evalsha(sha, 1, 'sess:latin', ...scriptArgs(60_000, { 'data.b': 1 })), /ERR_CORRUPT_SESSION stored session is not UTF-8 text \(byte 15\)/)
+    // Overlong forms and surrogates are not UTF-8 either (the script's own check).
+    for (const bad of [[0xc0, 0xaf], [0xed, 0xa0, 0x80], [0xf4, 0x90, 0x80, 0x80], [0x80]]) {
+      await redis.admin.set('sess:bad', Buffer.concat([Buffer.from('{"a":"'), Buffer.from(bad), Buffer.from('"}')]))
+      await assert.rejects(redis.admin.evalsha(sha, 1, 'sess:bad', ...scriptArgs(60_000, { b: 1 })), /not UTF-8 text/)
+    }
+    assert.deepEqual(await redis.admin.getBuffer('sess:latin'), stored)
+  })
+})
+
+describe('close', () => {
+  it('calls made after close() reject with ERR_CLOSED, while the calls before it finish', async () => {
+    await redis.ready()
+    const store = createRedisSessionStore({ url: redis.server.url })
+    const id = newId()
+    const before = [store.set(id, session(id), 60_000), store.merge(id, { 'data.x': 1 }, 60_000)]
+    const closing = store.close()
+    await rejectsWith(store.get(id), 'ERR_CLOSED')
+    await rejectsWith(store.set(newId(), session('x'), 60_000), 'ERR_CLOSED')
+    await Promise.all(before)
+    await closing
+    assert.equal(JSON.parse(await redis.admin.get(`sess:${id}`)).data.x, 1)
+  })
+})
+
+describe('messages never show secrets', () => {
+  it('a password is redacted however the URL is malformed', () => {
+    for (const url of ['redis://:hunter2/x@127.0.0.1:6379', 'redis://:hunter2?x@127.0.0.1:6379', 'redis://:hunter2#x@127.0.0.1:6379', 'redis://u:hunt@er2@h:99999', 'redis://u:hunter2@h/notadb']) {
+      let err
+      try {
+        createRedisSessionStore({ url })
+      } catch (e) {
+        err = e
+      }
+      if (err) {
+        assert.equal(err.code, 'ERR_INVALID_ARG')
+        assert.ok(!/hunt|er2/.test(err.message), err.message)
+      }
+    }
+  })
+
+  it('a database number out of range in the URL is refused at creation', () => {
+    for (const db of ['-1', '99999999999']) {
+      assert.throws(() => createRedisSessionStore({ url: `redis://127.0.0.1/${db}` }), { code: 'ERR_INVALID_ARG', message: /database number must be an integer from 0 to 2147483647/ })
+    }
+  })
+
+  it("ERR_REDIS quotes Redis's words, never the session id, its data or a lock token", async () => {
+    // Redis echoes the start of an unknown command's arguments in its reply.
+    const server = await startRedis({ args: ['--rename-command', 'SET', `SET${process.pid}`, '--rename-command', 'EVALSHA', `EVALSHA${process.pid}`] })
+    const store = createRedisSessionStore({ url: server.url })
+    try {
+      const id = 'secret-session-id-0123456789'
+      const err = await rejectsWith(store.set(id, session(id, { ssn: 'personal-data' }), 60_000), 'ERR_REDIS', "unknown command 'SET'")
+      const locked = await rejectsWith(store.lock(id, 60_000), 'ERR_REDIS', "unknown command 'SET'")
+      for (const e of [err, locked]) {
+        assert.ok(!e.message.includes(id) && !e.message.includes('personal') && !/[0-9a-f]{32}/.test(e.message), e.message)
+      }
+    } finally {
+      await store.close()
+      await server.stop()
+    }
+  })
+})
+
+describe('delete is all or nothing', () => {
+  it('under an ACL without the lock keys, delete rejects and the session stays', async () => {
+    await redis.ready()
+    const user = `nolocks${process.pid}`
+    await redis.admin.acl('SETUSER', user, 'on', '>pw', '~sess:[^l]*', '+@all')
+    const store = redis.store({ username: user, password: 'pw' })
+    const id = newId()
+    await store.set(id, session(id), 60_000)
+    await rejectsWith(store.delete(id), 'ERR_AUTH')
+    assert.ok(await redis.admin.exists(`sess:${id}`))
+    await redis.admin.acl('DELUSER', user)
+  })
+})
+
+describe('one bound per call, kept', () => {
+  let proxy
+  before(async () => {
+    await redis.ready()
+    proxy = await startProxy(redis.server.port)
+  })
+  after(() => proxy?.stop())
+
+  /** Runs `call` and resolves how long it took to settle, and how. */
+  const timed = async (call) => {
+    const t0 = Date.now()
+    try {
+      await call
+      return { ms: Date.now() - t0, code: 'ok' }
+    } catch (e) {
+      return { ms: Date.now() - t0, code: e.code }
+    }
+  }
+
+  it('with replies delayed 900 ms, a merge needing three round trips settles within its bound, and a get of the same tick is not held back', async () => {
+    proxy.delayMs = 0
+    const store = redis.store({ url: proxy.url, connectTimeout: 500, commandTimeout: 1000 })
+    const [a, b, c] = [newId(), newId(), newId()]
+    for (const id of [a, b, c]) await store.set(id, session(id), 60_000)
+    await store.get(a) // remembered, then made stale: the merge must compare, read, compare
+    await redis.admin.set(`sess:${a}`, JSON.stringify(session(a, { other: 1 })), 'PX', 60_000)
+    proxy.delayMs = 900
+    const calls = [
+      timed(store.merge(a, { 'data.x': 1 }, 60_000)),
+      timed(store.get(b)),
+      ...Array.from({ length: 8 }, (_, i) => timed(store.merge(c, { [`data.m${i}`]: i }, 60_000))),
+    ]
+    const [merge, get, ...merges] = await Promise.all(calls)
+    const bound = 1500
+    for (const r of [merge, get, ...merges]) assert.ok(r.ms <= bound + 300, `settled after ${r.ms} ms (${r.code})`)
+    assert.equal(get.code, 'ok')
+    assert.ok(get.ms < 1400, `get took ${get.ms} ms`)
+    assert.equal(merge.code, 'ERR_TIMEOUT')
+    assert.ok(merges.some((r) => r.code === 'ERR_TIMEOUT'), 'the eighth merge of one session cannot fit in 1.5 s')
+    proxy.delayMs = 0
+    await sleep(1000)
+  })
+
+  it('against a server that sleeps between commands, every call of 16 loops settles within its bound', async () => {
+    const store = redis.store({ connectTimeout: 500, commandTimeout: 500 })
+    const id = newId()
+    await store.set(id, session(id), 60_000)
+    // A script that spins for 0.4 s holds Redis as DEBUG SLEEP would (which
+    // Redis 7 turns off by default), again and again.
+    const sleeper = new Redis({ port: redis.server.port, host: '127.0.0.1' })
+    const spin = `local t = redis.call('TIME') local t0 = t[1] * 1e6 + t[2]
+      repeat t = redis.call('TIME') until t[1] * 1e6 + t[2] - t0 > 400000 return 1`
+    let stop = false
+    const sleeping = (async () => {
+      while (!stop) await sleeper.eval(spin, 0)
+    })()
+    const worst = { ms: 0, timeouts: 0, calls: 0 }
+    const loops = Array.from({ length: 16 }, async (_, j) => {
+      const t1 = Date.now()
+      while (Date.now() - t1 < 3000) {
+        const r = await timed(j % 2 ? store.get(id) : store.merge(id, { [`data.l${j}`]: Date.now() }, 60_000))
+        worst.ms = Math.max(worst.ms, r.ms)
+        worst.calls++
+        if (r.code === 'ERR_TIMEOUT') worst.timeouts++
+      }
+    })
+    await Promise.all(loops)
+    stop = true
+    await sleeping
+    sleeper.disconnect()
+    assert.ok(worst.ms <= 1000 + 300, `a call took ${worst.ms} ms`)
+    assert.ok(worst.calls > 16, `${worst.calls} calls`)
+  })
+
+  it('a lock() that timed out keeps its token: once its SET NX has landed, unlock() releases it', async () => {
+    proxy.delayMs = 0
+    const store = redis.store({ url: proxy.url, connectTimeout: 300, commandTimeout: 300 })
+    const id = newId()
+    assert.equal(await store.isLocked(id), false) // connected
+    proxy.delayMs = 1200
+    await rejectsWith(store.lock(id, 60_000), 'ERR_TIMEOUT')
+    assert.equal(await redis.admin.exists(`sess:lock:${id}`), 1, 'the timed-out lock was taken all the same')
+    proxy.delayMs = 0
+    await msUntilSuccess(() => store.isLocked(id), 3000) // the late replies have gone by
+    await store.unlock(id)
+    assert.equal(await redis.admin.exists(`sess:lock:${id}`), 0)
+    // A set that timed out lands all the same: its outcome is unknown.
+    proxy.delayMs = 1200
+    await rejectsWith(store.set(id, session(id), 60_000), 'ERR_TIMEOUT')
+    assert.equal(JSON.parse(await redis.admin.get(`sess:${id}`)).meta.id, id)
+    proxy.delayMs = 0
+    await msUntilSuccess(() => store.isLocked(id), 3000)
+  })
+
+  it('rediss:// against a plain server fails with ERR_CONNECTION within connectTimeout', async () => {
+    const store = redis.store({ url: `rediss://127.0.0.1:${redis.server.port}`, connectTimeout: 500, commandTimeout: 2000 })
+    const r = await timed(store.get('x'))
+    assert.equal(r.code, 'ERR_CONNECTION')
+    assert.ok(r.ms <= 500 + 300, `${r.ms} ms`)
+  })
+})
+
+describe('bounded work in Redis', () => {
+  /** Redis's longest single command since the last reset, in ms (SLOWLOG). */
+  const slowest = async (admin) => Math.max(0, ...(await admin.slowlog('GET', 128)).map((e) => e[2] / 1000))
+
+  /** About `kb` KB of session, one small object per ~100 bytes in data.items. */
+  const bigSession = (id, kb) => {
+    const n = Math.ceil((kb * 1024) / 100)
+    return { data: { items: Array.from({ length: n }, (_, i) => ({ sku: `SKU-${100000 + i}`, qty: 1, note: 'x'.repeat(40), n: 0 })) }, meta: { id } }
+  }
+
+  it(`a merge of ${limits.MAX_MERGE_PATHS} paths into a 1 MB session under contention: no Redis command takes long, no write is lost`, async () => {
+    await redis.ready()
+    await redis.admin.config('SET', 'slowlog-log-slower-than', '0')
+    await redis.admin.slowlog('RESET')
+    const hostile = redis.store({ commandTimeout: 4000 })
+    const others = [redis.store(), redis.store()]
+    const id = newId()
+    const s = bigSession(id, 1024)
+    await hostile.set(id, s, 60_000)
+    await hostile.get(id)
+    const paths = Object.fromEntries(Array.from({ length: limits.MAX_MERGE_PATHS }, (_, i) => [`data.items.${i % s.data.items.length}.h${Math.floor(i / s.data.items.length)}`, 1]))
+    let stop = false
+    const written = []
+    const loops = others.map(async (o, j) => {
+      for (let n = 0; !stop; n++) {
+        await o.merge(id, { [`data.o${j}x${n}`]: n }, 60_000)
+        written.push(`o${j}x${n}`)
+      }
+    })
+    const outcome = await hostile.merge(id, paths, 60_000).then(
+      () => 'applied',
+      (e) => e.code,
+    )
+    stop = true
+    await Promise.all(loops)
+    const worst = await slowest(redis.admin)
+    await redis.admin.config('SET', 'slowlog-log-slower-than', '10000')
+    assert.ok(['applied', 'ERR_TIMEOUT'].includes(outcome), outcome)
+    assert.ok(worst < 250, `Redis's longest command took ${worst} ms`)
+    const stored = (await hostile.get(id)).data
+    for (const key of written) assert.ok(key in stored, `${key} lost`)
+    if (outcome === 'applied') assert.equal(stored.items[0].h0, 1)
+    else assert.equal(stored.items[0].h0, undefined)
+  })
+
+  it('8 stores merging 1,000 paths each into one 22 KB session at once: all applied, no Redis command takes long', async () => {
+    await redis.admin.config('SET', 'slowlog-log-slower-than', '0')
+    await redis.admin.slowlog('RESET')
+    const stores = Array.from({ length: 8 }, () => redis.store())
+    const id = newId()
+    const s = bigSession(id, 22)
+    await stores[0].set(id, s, 60_000)
+    await Promise.all(stores.map((x) => x.get(id)))
+    await Promise.all(stores.map((x, j) => x.merge(id, Object.fromEntries(Array.from({ length: 1000 }, (_, i) => [`data.items.${i % s.data.items.length}.s${j}x${i}`, i])), 60_000)))
+    const worst = await slowest(redis.admin)
+    await redis.admin.config('SET', 'slowlog-log-slower-than', '10000')
+    const stored = (await stores[0].get(id)).data
+    for (let j = 0; j < 8; j++) assert.equal(stored.items[999 % s.data.items.length][`s${j}x999`], 999)
+    assert.ok(worst < 250, `Redis's longest command took ${worst} ms`)
+  })
+})
+
+describe('memory', () => {
+  it('the remembered texts stay within rememberedTextBytes, long ids counted', async () => {
+    await redis.ready()
+    // 20,000 sessions of "{}" under 8 KB ids, read through the store: with
+    // remembering on (8 MiB) and off, in processes of their own.
+    const run = (extra) =>
+      runNode(
+        `const { createRedisSessionStore } = require(${JSON.stringify(STORE)})
+         const store = createRedisSessionStore({ url: '${redis.server.url}', ${extra} })
+         const id = (i) => String(i).padStart(8192, 'k')
+         ;(async () => {
+           for (let i = 0; i < 20000; i += 100) {
+             await Promise.all(Array.from({ length: 100 }, (_, j) => store.set(id(i + j), { data: {}, meta: {} }, 60000)))
+           }
+           globalThis.gc(); const before = process.memoryUsage().rss
+           for (let i = 0; i < 20000; i += 100) await Promise.all(Array.from({ length: 100 }, (_, j) => store.get(id(i + j))))
+           globalThis.gc(); await new Promise((r) => setTimeout(r, 100)); globalThis.gc()
+           console.log(process.memoryUsage().rss - before)
+           await store.close()
+         })()`,
+        120_000,
+        ['--expose-gc'],
+      )
+    const on = await run('')
+    const off = await run('rememberedTextBytes: 0')
+    assert.equal(on.code, 0, on.out)
+    assert.equal(off.code, 0, off.out)
+    const extraMiB = (Number(on.out) - Number(off.out)) / 2 ** 20
+    assert.ok(extraMiB < 40, `remembering took ${extraMiB.toFixed(1)} MiB more`)
+  })
+})
