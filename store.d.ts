@@ -68,6 +68,21 @@ export interface IoredisLike {
   sendCommand(...args: any[]): unknown
 }
 
+/**
+ * What one call may ask (src/limits.rs); a call over a limit rejects with
+ * ERR_INVALID_ARG before anything is sent.
+ */
+export declare const limits: Readonly<{
+  /** Paths in one merge: 10,000. */
+  MAX_MERGE_PATHS: number
+  /** Dot-separated segments in one merge path: 1,000. */
+  MAX_PATH_SEGMENTS: number
+  /** The largest ttlMs: Number.MAX_SAFE_INTEGER. */
+  MAX_TTL_MS: number
+  /** The most nulls one merge path may pad an array with: 100,000. */
+  MAX_PADDING: number
+}>
+
 /** Creates a store with its own connection. */
 export declare function createRedisSessionStore(options?: StoreOptions): RedisSessionStore
 /**
