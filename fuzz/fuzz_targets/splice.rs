@@ -76,7 +76,11 @@ const KEYS: &[&str] = &[
 fn key(u: &mut Unstructured) -> Result<String> {
     if u.ratio(1, 8)? {
         let s: String = u.arbitrary()?;
-        return Ok(s.replace('.', ""));
+        // With arbitrary_precision, serde_json reads an object holding its
+        // private number token as a number: the oracle's quirk, not JSON's.
+        if !s.contains("$serde_json") {
+            return Ok(s.replace('.', ""));
+        }
     }
     Ok(u.choose(KEYS)?.to_string())
 }
