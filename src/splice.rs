@@ -118,16 +118,32 @@ fn member_value(s: &[u8], q: usize) -> Result<usize> {
     Ok(skip_ws(s, q + 1))
 }
 
-/// Checks that s is UTF-8 text holding one JSON object (RFC 8259). Iterative:
-/// nesting of any depth costs heap, never stack.
+/// Checks that s is UTF-8 text holding one JSON object (RFC 8259).
 pub fn validate(s: &[u8]) -> Result<()> {
     if let Err(e) = std::str::from_utf8(s) {
         return Err(SpliceError::Corrupt(not_utf8_message(e.valid_up_to())));
     }
-    let mut q = skip_ws(s, 0);
+    let q = skip_ws(s, 0);
     if s.get(q) != Some(&b'{') {
         return corrupt("the root is not an object", q);
     }
+    let end = skip_ws(s, value_end(s, q)?);
+    if end < s.len() {
+        return corrupt("text after the object", end);
+    }
+    Ok(())
+}
+
+/// Whether a value to write is one JSON text (of any type).
+fn is_json_text(v: &str) -> bool {
+    let s = v.as_bytes();
+    let start = skip_ws(s, 0);
+    value_end(s, start).is_ok_and(|end| skip_ws(s, end) == s.len())
+}
+
+/// Checks the JSON value that starts at q; returns the index after it.
+/// Iterative: nesting of any depth costs heap, never stack.
+fn value_end(s: &[u8], mut q: usize) -> Result<usize> {
     // The closing bracket of every container the scan is inside.
     let mut open: Vec<u8> = Vec::new();
     loop {
@@ -154,13 +170,10 @@ pub fn validate(s: &[u8]) -> Result<()> {
         }
         // After a value: a comma and the next one, or closing brackets.
         loop {
-            q = skip_ws(s, q);
             let Some(&close) = open.last() else {
-                if q < s.len() {
-                    return corrupt("text after the object", q);
-                }
-                return Ok(());
+                return Ok(q);
             };
+            q = skip_ws(s, q);
             match s.get(q) {
                 Some(b',') => {
                     q = skip_ws(s, q + 1);
@@ -585,6 +598,16 @@ pub fn merge(stored: &[u8], pairs: &[String]) -> Result<Vec<u8>> {
 /// passed (checked between paths: each costs about one pass over the text).
 pub fn merge_until(stored: &[u8], pairs: &[String], deadline: Option<Instant>) -> Result<Vec<u8>> {
     validate(stored)?;
+    // store.js writes values with JSON.stringify; whoever calls the native
+    // half directly gets the same guarantee: the text stays JSON.
+    for pair in pairs.chunks_exact(2) {
+        if !pair[1].is_empty() && !is_json_text(&pair[1]) {
+            let path: String = pair[0].chars().take(80).collect();
+            return Err(SpliceError::BadArg(format!(
+                "the value of path '{path}' is not JSON text"
+            )));
+        }
+    }
     let mut s = stored.to_vec();
     for pair in pairs.chunks_exact(2) {
         if deadline.is_some_and(|d| Instant::now() >= d) {
@@ -728,6 +751,28 @@ mod tests {
         let out = merge(b"{}", &[long, "1".to_string()]).unwrap();
         assert_eq!(out.len(), 2 + 4 + 199_999 * 6 + 1);
         assert!(out.starts_with(b"{\"x\":{\"x\":"));
+    }
+
+    #[test]
+    fn refuses_values_that_are_not_json_text() {
+        for bad in ["\"", "{", "[1,", "tru", "1 2", "{\"a\"}", "'x'"] {
+            let pairs = vec![
+                "a".to_string(),
+                bad.to_string(),
+                "b".to_string(),
+                "1".to_string(),
+            ];
+            assert!(
+                matches!(merge(b"{\"a\":[{}]}", &pairs), Err(SpliceError::BadArg(_))),
+                "{bad}"
+            );
+        }
+        for good in ["1", " [1, {\"b\": null}] ", "\"x\"", "-0.5e3", "{}"] {
+            assert!(
+                merge(b"{}", &["a".to_string(), good.to_string()]).is_ok(),
+                "{good}"
+            );
+        }
     }
 
     #[test]
