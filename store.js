@@ -294,22 +294,25 @@ function stringify(value, name) {
 }
 
 /**
+ * The session a stored text holds. Its messages quote neither the session id
+ * (the bearer token of a user's cookie) nor the text (V8's messages may quote
+ * a piece of it): only where the text stops being JSON.
  * @param {string} text
- * @param {string} sessionId
  * @returns {SessionStoreData}
  */
-function parseSession(text, sessionId) {
+function parseSession(text) {
   let value
   try {
     value = JSON.parse(text)
   } catch (e) {
+    const at = /position (\d+)/.exec(String(/** @type {Error} */ (e)?.message))
     throw new RedisSessionStoreError(
-      `stored session ${sessionId} is not valid JSON: ${/** @type {Error} */ (e).message}`,
+      `the stored session is not valid JSON${at ? ` (at character ${Number(at[1]) + 1})` : ''}`,
       'ERR_CORRUPT_SESSION',
     )
   }
   if (typeof value !== 'object' || value === null || Array.isArray(value)) {
-    throw new RedisSessionStoreError(`stored session ${sessionId} is not a JSON object`, 'ERR_CORRUPT_SESSION')
+    throw new RedisSessionStoreError('the stored session is not a JSON object', 'ERR_CORRUPT_SESSION')
   }
   return value
 }
@@ -436,7 +439,7 @@ class RedisSessionStore {
     const [b, p] = this.#enqueue(GET, sessionId, 0, 0)
     this.#sendIfFull(b)
     const text = await this.#outcome(p)
-    return text === null ? null : parseSession(text, sessionId)
+    return text === null ? null : parseSession(text)
   }
 
   /**
