@@ -1,0 +1,150 @@
+// The app of `npm run bench:app`, in a process of its own:
+//   node bench/app-server.mjs '{"store":"native","redisPort":6379,"size":1024}'
+// An Express 5 app behind the relay-session stand-in (session-middleware.mjs)
+// with one of three stores: this one ("native"), the 1.x adapter on ioredis
+// with auto-pipelining ("js-auto"), or JSON text in a Map ("map": what the
+// app costs with a store that does no I/O). Prints the port it listens on.
+//   GET  /me      reads the session (a new visitor's first save: set)
+//   POST /cart    takes the lock, replaces data.cart, saves, unlocks
+//   POST /field   sets data.prefs.theme, saves (polling isLocked first)
+//   POST /login   rotates the id, sets data.userId, saves
+//   POST /logout  removes data.userId (sent as undefined), saves
+import express from 'express'
+import { Redis } from 'ioredis'
+import { createRedisSessionStore } from 'relay-session-redis'
+import { createJsAdapter } from '../__test__/support/js-adapter.mjs'
+import { makeSession } from './sessions.mjs'
+import { sessionMiddleware } from './session-middleware.mjs'
+
+const { store: kind, redisPort, size } = JSON.parse(process.argv[2])
+const url = `redis://127.0.0.1:${redisPort}`
+
+/** A store that keeps JSON text in a Map: the same calls, no I/O. */
+function createMapStore() {
+  const texts = new Map()
+  const locks = new Map()
+  const live = (m, k) => {
+    const e = m.get(k)
+    if (e && e.expires > Date.now()) return e
+    m.delete(k)
+    return null
+  }
+  return {
+    async get(id) {
+      const e = live(texts, id)
+      return e ? JSON.parse(e.text) : null
+    },
+    async set(id, data, ttlMs) {
+      texts.set(id, { text: JSON.stringify(data), expires: Date.now() + ttlMs })
+    },
+    async delete(id) {
+      texts.delete(id)
+      locks.delete(id)
+    },
+    async merge(id, paths, ttlMs) {
+      const e = live(texts, id)
+      if (!e) return
+      const doc = JSON.parse(e.text)
+      for (const [path, value] of Object.entries(paths)) {
+        const segs = path.split('.')
+        let o = doc
+        for (const s of segs.slice(0, -1)) o = typeof o[s] === 'object' && o[s] !== null ? o[s] : (o[s] = {})
+        if (value === undefined) delete o[segs.at(-1)]
+        else o[segs.at(-1)] = JSON.parse(JSON.stringify(value))
+      }
+      texts.set(id, { text: JSON.stringify(doc), expires: Date.now() + ttlMs })
+    },
+    async lock(id, ttlMs) {
+      if (live(locks, id)) return false
+      locks.set(id, { expires: Date.now() + ttlMs })
+      return true
+    },
+    async unlock(id) {
+      locks.delete(id)
+    },
+    async isLocked(id) {
+      return live(locks, id) !== null
+    },
+  }
+}
+
+const store =
+  kind === 'native'
+    ? createRedisSessionStore({ url })
+    : kind === 'js-auto'
+      ? createJsAdapter(new Redis({ host: '127.0.0.1', port: redisPort, enableAutoPipelining: true, maxRetriesPerRequest: 1 }))
+      : createMapStore()
+
+/** A new visitor's data: about `size` bytes, most of it in data.history. */
+const initialData = (id) => {
+  const data = makeSession(id, size).data
+  data.history = data.cart
+  data.cart = []
+  return data
+}
+
+const app = express()
+app.disable('x-powered-by')
+app.disable('etag')
+app.use(sessionMiddleware(store, { initialData }))
+
+/** Saves a session that is new (its first save), then answers. */
+const done = async (req, res, body) => {
+  if (req.session.fresh) await req.session.save()
+  res.json(body)
+}
+
+app.get('/me', async (req, res) => {
+  await done(req, res, { name: req.session.data.user?.name ?? null, userId: req.session.data.userId ?? null })
+})
+
+let n = 0
+app.post('/cart', async (req, res) => {
+  const s = req.session
+  if (s.fresh) await s.save()
+  if (!(await s.lock())) return res.status(409).json({ error: 'busy' })
+  try {
+    const cart = s.data.cart.length >= 20 ? [] : [...s.data.cart]
+    cart.push({ sku: `SKU-${n++ % 1000}`, qty: 1 })
+    s.set('cart', cart)
+    await s.save()
+  } finally {
+    await s.unlock()
+  }
+  res.json({ items: s.data.cart.length })
+})
+
+app.post('/field', async (req, res) => {
+  const s = req.session
+  if (s.fresh) await s.save()
+  s.set('prefs.theme', n++ % 2 ? 'dark' : 'light')
+  await s.save()
+  res.json({ ok: true })
+})
+
+app.post('/login', async (req, res) => {
+  const s = req.session
+  if (s.fresh) await s.save()
+  await s.rotateId()
+  s.set('userId', 48213)
+  await s.save()
+  res.json({ ok: true })
+})
+
+app.post('/logout', async (req, res) => {
+  const s = req.session
+  if (s.fresh) await s.save()
+  s.remove('userId')
+  await s.save()
+  res.json({ ok: true })
+})
+
+app.use((err, req, res, _next) => {
+  res.status(500).json({ error: String(err?.code ?? err?.message ?? err) })
+})
+
+const server = app.listen(0, '127.0.0.1', () => {
+  process.stdout.write(`${server.address().port}\n`)
+})
+server.keepAliveTimeout = 60_000
+process.on('SIGTERM', () => process.exit(0))

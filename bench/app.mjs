@@ -1,0 +1,126 @@
+// `npm run bench:app`: the request path of a real app. An Express 5 app
+// (bench/app-server.mjs) behind the relay-session stand-in, loaded over HTTP
+// keep-alive from a process of its own (bench/app-load.mjs), with three
+// stores in alternating runs, each on a fresh redis-server: this store, the
+// 1.x adapter on ioredis with auto-pipelining, and JSON text in a Map (the
+// app with a store that does no I/O). Medians of the runs per cell, with the
+// spread between runs; writes bench/results/app-latest.{md,json}.
+//   APP_SIZES (1024,32768), APP_CLIENTS (1,8,32,128), APP_RUNS (3),
+//   APP_SECONDS (4, after 1 s of warm-up), APP_STORES (native,js-auto,map)
+import { spawn } from 'node:child_process'
+import { mkdirSync, writeFileSync } from 'node:fs'
+import os from 'node:os'
+import path from 'node:path'
+import { createInterface } from 'node:readline'
+import { fileURLToPath } from 'node:url'
+import { startRedis } from '../__test__/support/redis-server.mjs'
+
+const here = path.dirname(fileURLToPath(import.meta.url))
+const list = (name, fallback) => (process.env[name] ?? fallback).split(',')
+const SIZES = list('APP_SIZES', '1024,32768').map(Number)
+const CLIENTS = list('APP_CLIENTS', '1,8,32,128').map(Number)
+const STORES = list('APP_STORES', 'native,js-auto,map')
+const RUNS = Number(process.env.APP_RUNS ?? 3)
+const SECONDS = Number(process.env.APP_SECONDS ?? 4)
+const WARMUP = 1
+
+/** Starts the app with `store`; resolves its process and port. */
+function startApp(store, redisPort, size) {
+  const child = spawn(process.execPath, [path.join(here, 'app-server.mjs'), JSON.stringify({ store, redisPort, size })], {
+    stdio: ['ignore', 'pipe', 'inherit'],
+  })
+  return new Promise((resolve, reject) => {
+    child.once('exit', (code) => reject(new Error(`the app exited with ${code}`)))
+    createInterface({ input: child.stdout }).once('line', (line) => resolve({ child, port: Number(line) }))
+  })
+}
+
+function runLoad(cfg) {
+  return new Promise((resolve, reject) => {
+    const child = spawn(process.execPath, [path.join(here, 'app-load.mjs'), JSON.stringify(cfg)], { stdio: ['ignore', 'pipe', 'inherit'] })
+    let out = ''
+    child.stdout.on('data', (d) => (out += d))
+    child.on('exit', (code) => (code === 0 ? resolve(JSON.parse(out)) : reject(new Error(`the load exited with ${code}`))))
+  })
+}
+
+async function oneRun(store, size, clients) {
+  const redis = await startRedis()
+  const app = await startApp(store, redis.port, size)
+  try {
+    return await runLoad({ port: app.port, clients, warmup: WARMUP, seconds: SECONDS, serverPid: app.child.pid, redisPort: redis.port })
+  } finally {
+    app.child.removeAllListeners('exit')
+    app.child.kill('SIGTERM')
+    await new Promise((r) => (app.child.exitCode !== null ? r() : app.child.once('exit', r)))
+    await redis.stop()
+  }
+}
+
+const median = (xs) => {
+  const s = [...xs].sort((a, b) => a - b)
+  return s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2
+}
+const FIELDS = ['rps', 'p50', 'p99', 'cpu', 'main', 'addon', 'v8', 'other', 'redis']
+
+const runs = []
+const total = SIZES.length * CLIENTS.length * RUNS * STORES.length
+const t0 = Date.now()
+for (const size of SIZES) {
+  for (const clients of CLIENTS) {
+    for (let run = 0; run < RUNS; run++) {
+      // Alternate which store goes first, so that none always runs on a cooler machine.
+      const order = STORES.map((_, i) => STORES[(i + run) % STORES.length])
+      for (const store of order) {
+        const r = await oneRun(store, size, clients)
+        runs.push({ size, clients, run, store, ...r })
+        const secs = Math.round((Date.now() - t0) / 1000)
+        console.error(
+          `[${runs.length}/${total} ${secs}s] ${size / 1024} KB, ${clients} clients, run ${run + 1}, ${store}: ` +
+            `${Math.round(r.rps)} req/s, p50 ${r.p50.toFixed(2)} ms, ${Math.round(r.cpu)} µs CPU/req, ${r.errors} errors`,
+        )
+      }
+    }
+  }
+}
+
+const cells = []
+for (const size of SIZES) {
+  for (const clients of CLIENTS) {
+    const cell = { size, clients, stores: {} }
+    for (const store of STORES) {
+      const rs = runs.filter((r) => r.size === size && r.clients === clients && r.store === store)
+      const m = Object.fromEntries(FIELDS.map((f) => [f, median(rs.map((r) => r[f]))]))
+      m.spread = { rps: [Math.min(...rs.map((r) => r.rps)), Math.max(...rs.map((r) => r.rps))], cpu: [Math.min(...rs.map((r) => r.cpu)), Math.max(...rs.map((r) => r.cpu))] }
+      m.errors = rs.reduce((a, r) => a + r.errors, 0)
+      cell.stores[store] = m
+    }
+    cells.push(cell)
+  }
+}
+
+const f0 = (x) => Math.round(x).toLocaleString('en-US')
+const ratio = (a, b) => (a !== undefined && b ? `${(a / b).toFixed(2)}×` : '–')
+const lines = [
+  `Machine: ${os.cpus().length} × ${os.cpus()[0]?.model ?? 'CPU'}, Node ${process.version}; ${RUNS} runs per cell, ${SECONDS} s each after ${WARMUP} s of warm-up; medians, spread min–max.`,
+  '',
+  '| size | clients | store | req/s (spread) | vs js-auto | p50 / p99 ms | CPU µs/req (spread) | vs js-auto | main / addon / V8 / other µs | Redis µs/req | errors |',
+  '|---|---|---|---|---|---|---|---|---|---|---|',
+]
+for (const c of cells) {
+  const js = c.stores['js-auto']
+  for (const store of STORES) {
+    const m = c.stores[store]
+    lines.push(
+      `| ${c.size / 1024} KB | ${c.clients} | ${store} | ${f0(m.rps)} (${f0(m.spread.rps[0])}–${f0(m.spread.rps[1])}) | ${store === 'js-auto' ? '' : ratio(m.rps, js?.rps)} | ` +
+        `${m.p50.toFixed(2)} / ${m.p99.toFixed(2)} | ${f0(m.cpu)} (${f0(m.spread.cpu[0])}–${f0(m.spread.cpu[1])}) | ${store === 'js-auto' ? '' : ratio(m.cpu, js?.cpu)} | ` +
+        `${f0(m.main)} / ${f0(m.addon)} / ${f0(m.v8)} / ${f0(m.other)} | ${store === 'map' ? '–' : m.redis.toFixed(1)} | ${m.errors} |`,
+    )
+  }
+}
+const table = lines.join('\n')
+const dir = path.join(here, 'results')
+mkdirSync(dir, { recursive: true })
+writeFileSync(path.join(dir, 'app-latest.md'), `${table}\n`)
+writeFileSync(path.join(dir, 'app-latest.json'), `${JSON.stringify({ cells, runs }, null, 2)}\n`)
+console.log(table)
