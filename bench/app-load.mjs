@@ -27,9 +27,13 @@ const pick = () => {
 }
 
 const TICK = 100 // clock ticks per second (USER_HZ)
-/** CPU seconds of the app process, in all and by thread kind. */
+/**
+ * CPU seconds of the app process, in all and by thread: the main thread, the
+ * addon's workers (named relay-session-redis), and Node's other threads (V8's
+ * GC and compiler workers and libuv's pool, all named "node" in Node 20).
+ */
 function appCpu(pid) {
-  const byKind = { main: 0, addon: 0, v8: 0, other: 0 }
+  const byKind = { main: 0, addon: 0, other: 0 }
   for (const tid of readdirSync(`/proc/${pid}/task`)) {
     let stat
     try {
@@ -40,10 +44,10 @@ function appCpu(pid) {
     const name = stat.slice(stat.indexOf('(') + 1, stat.lastIndexOf(')'))
     const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ')
     const secs = (Number(fields[11]) + Number(fields[12])) / TICK
-    const kind = tid === String(pid) ? 'main' : name.startsWith('relay-session') ? 'addon' : name.startsWith('V8') ? 'v8' : 'other'
+    const kind = tid === String(pid) ? 'main' : name.startsWith('relay-session') ? 'addon' : 'other'
     byKind[kind] += secs
   }
-  return { total: byKind.main + byKind.addon + byKind.v8 + byKind.other, ...byKind }
+  return { total: byKind.main + byKind.addon + byKind.other, ...byKind }
 }
 
 const admin = new Redis({ host: '127.0.0.1', port: cfg.redisPort })
@@ -106,7 +110,6 @@ process.stdout.write(
     cpu: perRequest(cpu1.total - cpu0.total),
     main: perRequest(cpu1.main - cpu0.main),
     addon: perRequest(cpu1.addon - cpu0.addon),
-    v8: perRequest(cpu1.v8 - cpu0.v8),
     other: perRequest(cpu1.other - cpu0.other),
     redis: perRequest(redis1 - redis0),
   })}\n`,
