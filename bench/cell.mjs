@@ -38,6 +38,13 @@ await Promise.all(ids.map((id, i) => admin.set(`sess:${id}`, JSON.stringify(sess
 
 const ops = {
   get: (i) => store.get(ids[i % POOL]),
+  // As an app calls the store: each call from a macrotask of its own (a
+  // request's socket read), so no two calls share a tick, and each crosses
+  // into Rust alone.
+  lone: async (i) => {
+    await new Promise(setImmediate)
+    return store.get(ids[i % POOL])
+  },
   set: (i) => store.set(ids[i % POOL], sessions[i % POOL], TTL),
   merge: (i) => store.merge(ids[i % POOL], mergePaths(i), TTL),
   // lock+unlock on an id of the worker's own: no contention, two calls.

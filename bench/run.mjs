@@ -4,6 +4,7 @@
 // same commands. Writes bench/results/latest.{md,json} and prints the table.
 //   BENCH_SECONDS (default 3) measured seconds per cell, after 1 s of warm-up
 //   BENCH_OPS, BENCH_SIZES, BENCH_INFLIGHT: comma lists to run a subset
+//   BENCH_LONE: loops of the lone-call cell (gets one per macrotask), '' for none
 import { execFile, execFileSync, spawn } from 'node:child_process'
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs'
 import os from 'node:os'
@@ -25,7 +26,12 @@ const WARMUP = 1
 
 const server = await startRedis()
 const results = []
-const cells = OPS.flatMap((op) => SIZES.flatMap((size) => INFLIGHT.map((inflight) => ({ op, size, inflight }))))
+// The lone-call cell: gets issued one per macrotask, 1 KB, at BENCH_LONE loops.
+const LONE = (process.env.BENCH_LONE ?? '1,8,64').split(',').filter(Boolean).map(Number)
+const cells = [
+  ...OPS.flatMap((op) => SIZES.flatMap((size) => INFLIGHT.map((inflight) => ({ op, size, inflight })))),
+  ...LONE.map((inflight) => ({ op: 'lone', size: 1024, inflight })),
+]
 const total = cells.length * IMPLS.length
 let done = 0
 const t0 = Date.now()
@@ -91,6 +97,7 @@ async function ceiling(port, cells) {
     await admin.set('sess:ceiling', text)
     const commands = {
       get: [['GET', 'sess:ceiling']],
+      lone: [['GET', 'sess:ceiling']],
       set: [['SET', 'sess:ceiling', text, 'PX', '86400000']],
       merge: [['GET', 'sess:ceiling'], ['EVALSHA', swapSha, '1', 'sess:ceiling', text, text, '86400000']],
       lock: [['SET', 'sess:lock:ceiling', 'token', 'NX', 'PX', '5000'], ['EVALSHA', unlockSha, '1', 'sess:lock:ceiling', 'other']],
@@ -117,7 +124,7 @@ function makeReport(results, ceilings) {
   const f0 = (x) => (x >= 100 ? Math.round(x).toLocaleString('en') : x.toFixed(1))
   const ratio = (a, b) => (b > 0 ? `${(a / b).toFixed(2)}×` : '–')
   const ms = (x) => (x < 1 ? `${Math.round(x * 1000)} µs` : `${x.toFixed(1)} ms`)
-  const names = { get: 'get', set: 'set', merge: 'merge', lock: 'lock+unlock' }
+  const names = { get: 'get', set: 'set', merge: 'merge', lock: 'lock+unlock', lone: 'get, one per macrotask' }
   const lines = [
     '| call | size | in flight | ops/s store | ops/s ioredis auto | ratio | ops/s ioredis plain | ratio | p50 store / auto | p99 store / auto | main-thread CPU/call store / auto | process CPU/call store / auto | Redis CPU/call store / auto | redis-benchmark ceiling |',
     '|---|---|---|---|---|---|---|---|---|---|---|---|---|---|',
