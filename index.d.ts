@@ -18,33 +18,25 @@ export declare const __napiBindingTarget: 'native' | 'wasm32-wasi' | 'wasm32-was
  * are finalized at once, and the calls must not outlive what they use.
  */
 export declare class NativeStore {
-  constructor(options?: StoreOptions | undefined | null)
   /**
-   * Runs a batch of calls, one pipeline per round. Op i: `kinds[i]`
-   * (`OpKind`), `ids[i]`, `ttls[i]`; Set takes one string of `strings` (the
-   * JSON), Merge takes `counts[i]` (path, value JSON or "" to remove, …), in
-   * order. Resolves with the first outcomes; `next(more)` gives the rest.
-   * Every op settles within the call's bound from now.
+   * `on_outcomes(batches, slots, codes, values)` receives outcomes as they
+   * settle: per op, its batch number, its place in the batch, its
+   * `OutcomeCode`, and its text or error "<CODE>: <message>".
    */
-  batch(kinds: Array<number>, ids: Array<string>, ttls: Array<number>, counts: Array<number>, strings: Array<string>): Promise<BatchResult>
-  /** The next outcomes of a batch whose last delivery had `more`. */
-  next(ticket: number): Promise<BatchResult>
+  constructor(options: StoreOptions | undefined | null, onOutcomes: (batches: number[], slots: number[], codes: number[], values: (string | null)[]) => void)
+  /**
+   * Starts batch number `batch`, one pipeline per round; its outcomes come
+   * through `on_outcomes`, each within the call's bound from now. Op i:
+   * `kinds[i]` (`OpKind`), `ids[i]`, `ttls[i]`; Set takes one string of
+   * `strings` (the JSON), Merge takes `counts[i]` (path, value JSON or ""
+   * to remove, …), in order.
+   */
+  batch(batch: number, kinds: Array<number>, ids: Array<string>, ttls: Array<number>, counts: Array<number>, strings: Array<string>): void
   /** Where the store connects, credentials left out (for `util.inspect`). */
   get target(): string
   /** Loads the scripts now (`preloadScript`). */
   preload(): Promise<void>
   close(): Promise<void>
-}
-
-/**
- * One delivery of a batch's outcomes: an `OutcomeCode` per op (`Pending`
- * where this delivery has none), its text (`Text`) or error "<CODE>: <message>"
- * (`Failed`); `more` is the ticket for `next()` while some ops still run.
- */
-export interface BatchResult {
-  codes: Array<number>
-  values: Array<string | undefined | null>
-  more?: number
 }
 
 /** Redis Cluster. */
@@ -85,11 +77,7 @@ export declare const enum OpKind {
   IsLocked = 6,
 }
 
-/**
- * What an op's slot of a delivery to `store.js` holds; exported as `OutcomeCode`.
- * `Pending`: no outcome in this delivery (the op settles in a later one, or
- * settled in an earlier one).
- */
+/** How an op settled, as `store.js` reads it; exported as `OutcomeCode`. */
 export declare const enum OutcomeCode {
   Done = 0,
   True = 1,
@@ -97,7 +85,6 @@ export declare const enum OutcomeCode {
   Text = 3,
   Null = 4,
   Failed = 5,
-  Pending = 6,
 }
 
 /** Redis Sentinel. */

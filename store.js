@@ -319,7 +319,40 @@ function parseSession(text) {
 
 // Op and outcome codes, from src/ops.rs.
 const { Get: GET, Set: SET, Delete: DELETE, Merge: MERGE, Lock: LOCK, Unlock: UNLOCK, IsLocked: IS_LOCKED } = OpKind
-const { True: TRUE, False: FALSE, Text: TEXT, Null: NULL, Failed: FAILED, Pending: PENDING } = OutcomeCode
+const { True: TRUE, False: FALSE, Text: TEXT, Null: NULL, Failed: FAILED } = OutcomeCode
+
+// The batches in flight in this thread, by number: their resolvers, how many
+// of their ops have not settled, and what to tell their store when all have.
+// Outcomes come from Rust through one channel per store, all into
+// `onOutcomes`, which holds no store: a store nobody uses can be collected.
+/** @type {Map<number, {settle: Function[], left: number, done: () => void}>} */
+const inFlight = new Map()
+let lastBatch = 0
+// The channel from Rust does not keep the process alive; this timer does,
+// ref'd only while calls are in flight, so a process exits once they settle.
+const keepAlive = setInterval(() => {}, 2 ** 30)
+keepAlive.unref()
+
+/**
+ * Outcomes as they settle, per op: its batch, its place in the batch, its
+ * OutcomeCode, its text or error "<CODE>: <message>".
+ * @param {number[]} batches @param {number[]} slots @param {number[]} codes @param {(string | null)[]} values
+ */
+function onOutcomes(batches, slots, codes, values) {
+  for (let i = 0; i < batches.length; i++) {
+    const b = inFlight.get(batches[i])
+    if (b === undefined) continue
+    const slot = slots[i]
+    const code = codes[i]
+    if (code === FAILED) b.settle[2 * slot + 1](values[i])
+    else b.settle[2 * slot](code === TEXT ? values[i] : code === NULL ? null : code === TRUE ? true : code === FALSE ? false : undefined)
+    if (--b.left === 0) {
+      inFlight.delete(batches[i])
+      b.done()
+    }
+  }
+  if (inFlight.size === 0) keepAlive.unref()
+}
 
 // Calls made in one tick cross into Rust together, as one batch (one Redis
 // pipeline, one completion). A cap lets several batches overlap under load,
@@ -340,15 +373,20 @@ class RedisSessionStore {
   #native
   /** @type {Batch | null} */
   #batch = null
-  /** @type {Set<Promise<unknown>>} */
-  #inFlight = new Set()
+  /** Batches of this store in flight, and who waits for none (close()). */
+  #batches = 0
+  /** @type {(() => void)[]} */
+  #idle = []
   /** Set by close(): later calls reject with ERR_CLOSED. */
   #closed = false
+  #batchDone = () => {
+    if (--this.#batches === 0) for (const resolve of this.#idle.splice(0)) resolve()
+  }
 
   /** @param {StoreOptions} options */
   constructor(options) {
     try {
-      this.#native = new NativeStore(options)
+      this.#native = new NativeStore(options, onOutcomes)
     } catch (e) {
       throw fromNative(e)
     }
@@ -400,29 +438,19 @@ class RedisSessionStore {
   #send() {
     const b = /** @type {Batch} */ (this.#batch)
     this.#batch = null
-    const { settle } = b
-    const native = this.#native
-    // Outcomes come as they settle: the first delivery, then one per `next`
-    // while `more` says some ops are still running.
-    /** @param {import('./index').BatchResult} delivery @returns {Promise<void> | void} */
-    const onDelivery = ({ codes, values, more }) => {
-      for (let i = 0; i < codes.length; i++) {
-        const code = codes[i]
-        if (code === PENDING) continue
-        if (code === FAILED) settle[2 * i + 1](values[i])
-        else settle[2 * i](code === TEXT ? values[i] : code === NULL ? null : code === TRUE ? true : code === FALSE ? false : undefined)
-      }
-      if (more != null) return native.next(more).then(onDelivery)
+    const id = (lastBatch = (lastBatch + 1) >>> 0)
+    if (inFlight.size === 0) keepAlive.ref()
+    inFlight.set(id, { settle: b.settle, left: b.kinds.length, done: this.#batchDone })
+    this.#batches++
+    try {
+      this.#native.batch(id, b.kinds, b.ids, b.ttls, b.counts, b.strings)
+    } catch (e) {
+      // Refused before anything was sent: every op of the batch fails with it.
+      inFlight.delete(id)
+      if (inFlight.size === 0) keepAlive.unref()
+      for (let i = 1; i < b.settle.length; i += 2) b.settle[i](e)
+      this.#batchDone()
     }
-    // A failure of the crossing itself rejects every op not settled yet.
-    const done = native
-      .batch(b.kinds, b.ids, b.ttls, b.counts, b.strings)
-      .then(onDelivery)
-      .catch((e) => {
-        for (let i = 1; i < settle.length; i += 2) settle[i](e)
-      })
-    this.#inFlight.add(done)
-    done.then(() => this.#inFlight.delete(done))
   }
 
   #checkOpen() {
@@ -542,7 +570,7 @@ class RedisSessionStore {
   async close() {
     this.#closed = true
     if (this.#batch !== null) this.#send()
-    await Promise.allSettled([...this.#inFlight])
+    if (this.#batches > 0) await new Promise((resolve) => this.#idle.push(resolve))
     await this.#native.close()
   }
 }

@@ -1,161 +1,100 @@
-//! How a batch's outcomes reach JavaScript: as they settle. The batch
-//! (`batch.rs`) hands over each round's outcomes. The batch call's Promise
-//! resolves with the first of them; while some ops are still running, the
-//! batch goes on in a task of its own, the result carries a ticket, and
-//! `next(ticket)` resolves with the outcomes settled since. An op that takes
-//! several round trips (a merge after a conflict) so never holds back its
-//! batch-mates.
+//! How a batch's outcomes reach JavaScript: as they settle, through one
+//! long-lived channel per store. `store.js` hands each batch a number and
+//! keeps its resolvers; the batch runs in a task of its own (`batch.rs`) and
+//! queues each round's outcomes here. One call of a napi
+//! `ThreadsafeFunction`, created once with the store, carries everything
+//! queued to the main thread: outcomes that settle close together, of one
+//! batch or of many, cross back together. No Promise and no threadsafe
+//! function is created per call.
 
-use std::collections::HashMap;
-use std::future::Future;
-use std::pin::Pin;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
+use futures_util::FutureExt;
+use napi::bindgen_prelude::FnArgs;
+use napi::threadsafe_function::{ThreadsafeFunction, ThreadsafeFunctionCallMode};
+use napi::Status;
 
 use crate::errors::{Code, StoreError};
-use crate::ops::{encode_outcomes, Op, Outcome};
+use crate::ops::{encode_outcome, Op, Outcome};
 use crate::store::Store;
 
-/// One delivery: a code per op of the batch (`Pending` where it has no
-/// outcome), its text or error, and the ticket for the next delivery while
-/// some ops are still running.
-pub struct Delivered {
-    pub codes: Vec<u32>,
-    pub values: Vec<Option<String>>,
-    pub ticket: Option<u32>,
-}
+/// What one crossing carries to `store.js`: per settled op, its batch, its
+/// place in the batch, its `OutcomeCode` and its text or error.
+pub type Settled = (Vec<u32>, Vec<u32>, Vec<u32>, Vec<Option<String>>);
 
-/// The outcomes still to come of one batch.
-pub struct Running {
-    len: usize,
-    settled: Vec<bool>,
-    left: usize,
-    rx: UnboundedReceiver<Vec<(usize, Outcome)>>,
-    /// The batch itself, until its first outcomes are taken: it runs in the
-    /// future of the batch call's Promise, and moves to a task of its own
-    /// only if some ops are still running then (most batches finish in one
-    /// round, and so cost no task of their own).
-    batch: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
-}
+/// The channel to JavaScript: weak (it never keeps the process alive: store.js
+/// holds a timer ref'd while calls are in flight), called without arguments,
+/// its callback drains the queue on the main thread.
+pub type Channel = ThreadsafeFunction<(), (), FnArgs<Settled>, Status, false, true>;
 
-/// The running batches whose outcomes JavaScript has not taken yet.
+/// Outcomes waiting for the next crossing.
 #[derive(Default)]
-pub struct Deliveries {
-    next_ticket: AtomicU32,
-    running: Mutex<HashMap<u32, Running>>,
+pub struct Queue {
+    settled: Mutex<Settled>,
+    /// Whether a crossing is on its way (it will take whatever is queued).
+    scheduled: AtomicBool,
 }
 
-/// A batch, ready to run when its first outcomes are asked for.
-pub fn start(store: &Arc<Store>, ops: Vec<Op>, deadline: Instant) -> Running {
-    let (tx, rx) = unbounded_channel();
-    let len = ops.len();
-    let store = Arc::clone(store);
-    let batch = async move {
-        store
-            .run(&ops, deadline, &mut |outcomes| {
-                let _ = tx.send(outcomes); // JavaScript may have gone (a worker ended)
-            })
-            .await;
-    };
-    Running {
-        len,
-        settled: vec![false; len],
-        left: len,
-        rx,
-        batch: Some(Box::pin(batch)),
-    }
-}
-
-impl Running {
-    /// The outcomes settled since the last call: waits for some, then takes
-    /// whatever else is there already.
-    async fn take(&mut self) -> Vec<(usize, Outcome)> {
-        let mut out = Vec::new();
-        let mut wait = true;
-        while self.left > 0 {
-            let next = if wait {
-                self.next_outcomes().await
-            } else {
-                match self.rx.try_recv() {
-                    Ok(v) => Some(v),
-                    Err(_) => break,
-                }
-            };
-            let Some(outcomes) = next else {
-                // The batch ended without an outcome for some ops: it panicked.
-                let e = StoreError::new(Code::Redis, "internal error: the batch stopped");
-                for (i, settled) in self.settled.iter_mut().enumerate() {
-                    if !*settled {
-                        *settled = true;
-                        out.push((i, Outcome::Failed(e.clone())));
-                    }
-                }
-                self.left = 0;
-                break;
-            };
-            for (i, outcome) in outcomes {
-                if !std::mem::replace(&mut self.settled[i], true) {
-                    self.left -= 1;
-                    out.push((i, outcome));
-                }
-            }
-            wait = out.is_empty(); // an empty round: wait for the next
-        }
-        // Ops still running: the batch goes on in a task of its own.
-        if self.left > 0 {
-            if let Some(batch) = self.batch.take() {
-                napi::bindgen_prelude::spawn(batch);
-            }
-        }
-        out
-    }
-
-    /// The next outcomes, driving the batch here while it has not moved to a
-    /// task of its own.
-    async fn next_outcomes(&mut self) -> Option<Vec<(usize, Outcome)>> {
-        let Some(batch) = self.batch.as_mut() else {
-            return self.rx.recv().await;
-        };
-        tokio::select! {
-            biased;
-            v = self.rx.recv() => v,
-            () = batch => {
-                // Finished: everything it delivered is in the channel.
-                self.batch = None;
-                self.rx.recv().await
-            }
-        }
-    }
-}
-
-impl Deliveries {
-    /// The next delivery of a running batch.
-    pub async fn deliver(&self, mut running: Running) -> Delivered {
-        let outcomes = running.take().await;
-        let (codes, values) = encode_outcomes(running.len, outcomes);
-        let ticket = (running.left > 0).then(|| {
-            let ticket = self.next_ticket.fetch_add(1, Ordering::Relaxed);
-            self.running().insert(ticket, running);
-            ticket
-        });
-        Delivered {
-            codes,
-            values,
-            ticket,
-        }
-    }
-
-    /// The batch a ticket stands for, taken out until its next delivery.
-    pub fn take(&self, ticket: u32) -> Option<Running> {
-        self.running().remove(&ticket)
-    }
-
-    fn running(&self) -> std::sync::MutexGuard<'_, HashMap<u32, Running>> {
-        self.running
+impl Queue {
+    fn queued(&self) -> std::sync::MutexGuard<'_, Settled> {
+        self.settled
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
+
+    /// Queues outcomes of batch `batch`; asks for a crossing unless one is on
+    /// its way.
+    pub fn push(&self, channel: &Channel, batch: u32, outcomes: Vec<(usize, Outcome)>) {
+        {
+            let mut q = self.queued();
+            for (slot, outcome) in outcomes {
+                let (code, value) = encode_outcome(outcome);
+                q.0.push(batch);
+                q.1.push(slot as u32);
+                q.2.push(code as u32);
+                q.3.push(value);
+            }
+        }
+        if !self.scheduled.swap(true, Ordering::AcqRel) {
+            // Fails only when the environment is going away (a worker ends):
+            // then nobody waits for these outcomes.
+            let _ = channel.call((), ThreadsafeFunctionCallMode::NonBlocking);
+        }
+    }
+
+    /// Everything queued, for the crossing (on the main thread). Outcomes
+    /// queued from now on ask for a crossing of their own.
+    pub fn drain(&self) -> Settled {
+        self.scheduled.store(false, Ordering::Release);
+        std::mem::take(&mut *self.queued())
+    }
+}
+
+/// Runs batch `batch` in a task of its own; its outcomes go through `store`'s
+/// queue. A panic in the batch fails the ops it had not settled, so no
+/// Promise is ever left pending.
+pub fn start(store: &Arc<Store>, batch: u32, ops: Vec<Op>, deadline: Instant) {
+    let store = Arc::clone(store);
+    napi::bindgen_prelude::spawn(async move {
+        let mut settled = vec![false; ops.len()];
+        let ran = AssertUnwindSafe(store.run(&ops, deadline, &mut |outcomes| {
+            for (slot, _) in &outcomes {
+                settled[*slot] = true;
+            }
+            store.deliver(batch, outcomes);
+        }))
+        .catch_unwind()
+        .await;
+        if ran.is_err() {
+            let e = StoreError::new(Code::Redis, "internal error: the batch stopped");
+            let failed = (0..ops.len())
+                .filter(|i| !settled[*i])
+                .map(|i| (i, Outcome::Failed(e.clone())))
+                .collect();
+            store.deliver(batch, failed);
+        }
+    });
 }

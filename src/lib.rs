@@ -19,10 +19,11 @@ pub mod texts;
 use std::sync::Arc;
 use std::time::Instant;
 
-use napi::bindgen_prelude::{PromiseRaw, Result};
+use napi::bindgen_prelude::{FnArgs, Function, PromiseRaw, Result};
 use napi::Env;
 use napi_derive::napi;
 
+use crate::delivery::Settled;
 use crate::options::{Config, StoreOptions};
 
 /// Worker threads of the addon's runtime, shared by every store of the process.
@@ -57,26 +58,6 @@ fn init() {
     }
 }
 
-/// One delivery of a batch's outcomes: an `OutcomeCode` per op (`Pending`
-/// where this delivery has none), its text (`Text`) or error "<CODE>: <message>"
-/// (`Failed`); `more` is the ticket for `next()` while some ops still run.
-#[napi(object)]
-pub struct BatchResult {
-    pub codes: Vec<u32>,
-    pub values: Vec<Option<String>>,
-    pub more: Option<u32>,
-}
-
-impl From<delivery::Delivered> for BatchResult {
-    fn from(d: delivery::Delivered) -> Self {
-        BatchResult {
-            codes: d.codes,
-            values: d.values,
-            more: d.ticket,
-        }
-    }
-}
-
 /// The native half of a store. Use `createRedisSessionStore` from the package
 /// instead: it checks arguments and does the JSON work in V8.
 ///
@@ -90,44 +71,50 @@ pub struct NativeStore {
 
 #[napi]
 impl NativeStore {
-    #[napi(constructor, catch_unwind)]
-    pub fn new(options: Option<StoreOptions>) -> Result<Self> {
+    /// `on_outcomes(batches, slots, codes, values)` receives outcomes as they
+    /// settle: per op, its batch number, its place in the batch, its
+    /// `OutcomeCode`, and its text or error "<CODE>: <message>".
+    #[napi(
+        constructor,
+        catch_unwind,
+        ts_args_type = "options: StoreOptions | undefined | null, onOutcomes: (batches: number[], slots: number[], codes: number[], values: (string | null)[]) => void"
+    )]
+    pub fn new(
+        options: Option<StoreOptions>,
+        on_outcomes: Function<FnArgs<Settled>, ()>,
+    ) -> Result<Self> {
         let config = Config::from_options(&options.unwrap_or_default())?;
+        let queue = Arc::new(delivery::Queue::default());
+        let drain = Arc::clone(&queue);
+        let channel: delivery::Channel = on_outcomes
+            .build_threadsafe_function::<()>()
+            .callee_handled::<false>()
+            .weak::<true>()
+            .build_callback(move |_| Ok(FnArgs::from(drain.drain())))?;
         Ok(NativeStore {
-            inner: Arc::new(store::Store::new(&config)?),
+            inner: Arc::new(store::Store::new(&config, queue, channel)?),
         })
     }
 
-    /// Runs a batch of calls, one pipeline per round. Op i: `kinds[i]`
-    /// (`OpKind`), `ids[i]`, `ttls[i]`; Set takes one string of `strings` (the
-    /// JSON), Merge takes `counts[i]` (path, value JSON or "" to remove, …), in
-    /// order. Resolves with the first outcomes; `next(more)` gives the rest.
-    /// Every op settles within the call's bound from now.
-    #[napi(ts_return_type = "Promise<BatchResult>")]
-    pub fn batch<'env>(
+    /// Starts batch number `batch`, one pipeline per round; its outcomes come
+    /// through `on_outcomes`, each within the call's bound from now. Op i:
+    /// `kinds[i]` (`OpKind`), `ids[i]`, `ttls[i]`; Set takes one string of
+    /// `strings` (the JSON), Merge takes `counts[i]` (path, value JSON or ""
+    /// to remove, …), in order.
+    #[napi]
+    pub fn batch(
         &self,
-        env: &'env Env,
+        batch: u32,
         kinds: Vec<u32>,
         ids: Vec<String>,
         ttls: Vec<f64>,
         counts: Vec<u32>,
         strings: Vec<String>,
-    ) -> Result<PromiseRaw<'env, BatchResult>> {
+    ) -> Result<()> {
         let deadline = Instant::now() + self.inner.conn.call_bound();
         let ops = ops::decode_batch(kinds, ids, ttls, counts, strings)?;
-        let running = delivery::start(&self.inner, ops, deadline);
-        let store = Arc::clone(&self.inner);
-        env.spawn_future(async move { Ok(store.deliveries.deliver(running).await.into()) })
-    }
-
-    /// The next outcomes of a batch whose last delivery had `more`.
-    #[napi(ts_return_type = "Promise<BatchResult>")]
-    pub fn next<'env>(&self, env: &'env Env, ticket: u32) -> Result<PromiseRaw<'env, BatchResult>> {
-        let running = self.inner.deliveries.take(ticket).ok_or_else(|| {
-            errors::StoreError::invalid_arg(format!("no batch is waiting under ticket {ticket}"))
-        })?;
-        let store = Arc::clone(&self.inner);
-        env.spawn_future(async move { Ok(store.deliveries.deliver(running).await.into()) })
+        delivery::start(&self.inner, batch, ops, deadline);
+        Ok(())
     }
 
     /// Where the store connects, credentials left out (for `util.inspect`).

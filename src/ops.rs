@@ -65,9 +65,7 @@ pub enum Outcome {
     Failed(StoreError),
 }
 
-/// What an op's slot of a delivery to `store.js` holds; exported as `OutcomeCode`.
-/// `Pending`: no outcome in this delivery (the op settles in a later one, or
-/// settled in an earlier one).
+/// How an op settled, as `store.js` reads it; exported as `OutcomeCode`.
 #[napi]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OutcomeCode {
@@ -77,7 +75,6 @@ pub enum OutcomeCode {
     Text = 3,
     Null = 4,
     Failed = 5,
-    Pending = 6,
 }
 
 /// Decodes a batch: op i has kind `kinds[i]`, id `ids[i]`, ttl `ttls[i]`, and
@@ -122,28 +119,17 @@ pub fn decode_batch(
     Ok(ops)
 }
 
-/// Encodes the outcomes of one delivery for `store.js`: a code per op of the
-/// batch (`Pending` where this delivery has none), and the text (or the error
+/// Encodes one outcome for `store.js`: its code, and its text (or the error
 /// as "<CODE>: <message>") where there is one.
-pub fn encode_outcomes(
-    len: usize,
-    settled: Vec<(usize, Outcome)>,
-) -> (Vec<u32>, Vec<Option<String>>) {
-    let mut codes = vec![OutcomeCode::Pending as u32; len];
-    let mut values = vec![None; len];
-    for (i, o) in settled {
-        let (code, value) = match o {
-            Outcome::Done => (OutcomeCode::Done, None),
-            Outcome::Bool(true) => (OutcomeCode::True, None),
-            Outcome::Bool(false) => (OutcomeCode::False, None),
-            Outcome::Text(Some(t)) => (OutcomeCode::Text, Some(t)),
-            Outcome::Text(None) => (OutcomeCode::Null, None),
-            Outcome::Failed(e) => (OutcomeCode::Failed, Some(e.to_string())),
-        };
-        codes[i] = code as u32;
-        values[i] = value;
+pub fn encode_outcome(outcome: Outcome) -> (OutcomeCode, Option<String>) {
+    match outcome {
+        Outcome::Done => (OutcomeCode::Done, None),
+        Outcome::Bool(true) => (OutcomeCode::True, None),
+        Outcome::Bool(false) => (OutcomeCode::False, None),
+        Outcome::Text(Some(t)) => (OutcomeCode::Text, Some(t)),
+        Outcome::Text(None) => (OutcomeCode::Null, None),
+        Outcome::Failed(e) => (OutcomeCode::Failed, Some(e.to_string())),
     }
-    (codes, values)
 }
 
 /// A ttl in whole ms; the JS layer has checked it, this only refuses what Redis would.
@@ -356,27 +342,24 @@ mod tests {
 
     #[test]
     fn outcomes_encode_to_codes_and_texts() {
-        let (codes, values) = encode_outcomes(
-            7,
-            vec![
-                Outcome::Done,
-                Outcome::Bool(true),
-                Outcome::Bool(false),
-                Outcome::Text(Some(s("{}"))),
-                Outcome::Text(None),
-                Outcome::Failed(StoreError::closed()),
-            ]
-            .into_iter()
-            .enumerate()
-            .collect(),
-        );
-        assert_eq!(codes, vec![0, 1, 2, 3, 4, 5, OutcomeCode::Pending as u32]);
-        assert_eq!(values[3].as_deref(), Some("{}"));
+        let encoded: Vec<_> = vec![
+            Outcome::Done,
+            Outcome::Bool(true),
+            Outcome::Bool(false),
+            Outcome::Text(Some(s("{}"))),
+            Outcome::Text(None),
+            Outcome::Failed(StoreError::closed()),
+        ]
+        .into_iter()
+        .map(encode_outcome)
+        .collect();
+        let codes: Vec<u32> = encoded.iter().map(|(c, _)| *c as u32).collect();
+        assert_eq!(codes, vec![0, 1, 2, 3, 4, 5]);
+        assert_eq!(encoded[3].1.as_deref(), Some("{}"));
         assert_eq!(
-            values[5].as_deref(),
+            encoded[5].1.as_deref(),
             Some("ERR_CLOSED: the store is closed")
         );
-        assert_eq!(values[6], None);
     }
 
     #[test]

@@ -3,11 +3,14 @@
 
 use redis::Script;
 
+use std::sync::Arc;
+
 use crate::connection::Connection;
-use crate::delivery::Deliveries;
+use crate::delivery::{Channel, Queue};
 use crate::errors::Result;
 use crate::keys::Keys;
 use crate::lock::LockTokens;
+use crate::ops::Outcome;
 use crate::options::Config;
 use crate::texts::Texts;
 
@@ -28,11 +31,14 @@ pub struct Store {
     pub(crate) unlock_script: Script,
     pub(crate) tokens: LockTokens,
     pub(crate) texts: Texts,
-    pub(crate) deliveries: Deliveries,
+    /// Outcomes on their way to JavaScript, and the channel that takes them.
+    queue: Arc<Queue>,
+    channel: Channel,
 }
 
 impl Store {
-    pub fn new(config: &Config) -> Result<Store> {
+    /// A store whose outcomes go through `channel`, which drains `queue`.
+    pub fn new(config: &Config, queue: Arc<Queue>, channel: Channel) -> Result<Store> {
         Ok(Store {
             description: config.description.clone(),
             conn: Connection::new(config)?,
@@ -42,8 +48,14 @@ impl Store {
             unlock_script: Script::new(UNLOCK_LUA),
             tokens: LockTokens::default(),
             texts: Texts::new(config.remembered_text_bytes),
-            deliveries: Deliveries::default(),
+            queue,
+            channel,
         })
+    }
+
+    /// Hands outcomes of batch `batch` to JavaScript.
+    pub fn deliver(&self, batch: u32, outcomes: Vec<(usize, Outcome)>) {
+        self.queue.push(&self.channel, batch, outcomes);
     }
 
     pub async fn close(&self) {
