@@ -10,6 +10,7 @@ import { readFileSync, readdirSync } from 'node:fs'
 import { performance } from 'node:perf_hooks'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { Redis } from 'ioredis'
+import { redisCpuSeconds } from './redis-cpu.mjs'
 import { Client } from 'undici'
 
 const cfg = JSON.parse(process.argv[2])
@@ -51,11 +52,7 @@ function appCpu(pid) {
 }
 
 const admin = new Redis({ host: '127.0.0.1', port: cfg.redisPort })
-const redisCpu = async () => {
-  const info = await admin.info('cpu')
-  const get = (k) => Number(new RegExp(`${k}:([\\d.]+)`).exec(info)[1])
-  return get('used_cpu_user') + get('used_cpu_sys')
-}
+const redisCpu = () => redisCpuSeconds(admin)
 
 let measuring = false
 let stop = false

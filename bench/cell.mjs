@@ -6,6 +6,7 @@
 import { performance } from 'node:perf_hooks'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { Redis } from 'ioredis'
+import { redisCpuSeconds } from './redis-cpu.mjs'
 import { createRedisSessionStore } from 'relay-session-redis'
 import { createJsAdapter } from '../__test__/support/js-adapter.mjs'
 import { makeSession, mergePaths } from './sessions.mjs'
@@ -56,11 +57,7 @@ const ops = {
 }
 const run = ops[op]
 
-const redisCpu = async () => {
-  const info = await admin.info('cpu')
-  const get = (k) => Number(new RegExp(`${k}:([\\d.]+)`).exec(info)[1])
-  return get('used_cpu_user') + get('used_cpu_sys')
-}
+const redisCpu = () => redisCpuSeconds(admin)
 
 let stop = false
 let measuring = false
