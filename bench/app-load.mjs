@@ -58,6 +58,7 @@ let measuring = false
 let stop = false
 let count = 0
 let errors = 0
+let corruptCarts = 0
 const latencies = []
 
 async function user() {
@@ -70,6 +71,8 @@ async function user() {
     await res.body.dump()
     const setCookie = res.headers['set-cookie']
     if (setCookie) cookie = String(setCookie).split(';')[0]
+    // Counted from the start, warm-up included: a cart goes bad once.
+    if (res.headers['x-cart-corrupt']) corruptCarts++
     if (measuring) {
       latencies.push(performance.now() - t0)
       count++
@@ -101,6 +104,7 @@ process.stdout.write(
   `${JSON.stringify({
     requests: count,
     errors,
+    corruptCarts,
     rps: count / elapsed,
     p50: pct(50),
     p99: pct(99),

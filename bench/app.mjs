@@ -77,7 +77,7 @@ for (const size of SIZES) {
         const secs = Math.round((Date.now() - t0) / 1000)
         console.error(
           `[${runs.length}/${total} ${secs}s] ${size / 1024} KB, ${clients} clients, run ${run + 1}, ${store}: ` +
-            `${Math.round(r.rps)} req/s, p50 ${r.p50.toFixed(2)} ms, ${Math.round(r.cpu)} µs CPU/req, ${r.errors} errors`,
+            `${Math.round(r.rps)} req/s, p50 ${r.p50.toFixed(2)} ms, ${Math.round(r.cpu)} µs CPU/req, ${r.errors} errors, ${r.corruptCarts} corrupted carts`,
         )
       }
     }
@@ -93,6 +93,7 @@ for (const size of SIZES) {
       const m = Object.fromEntries(FIELDS.map((f) => [f, median(rs.map((r) => r[f]))]))
       m.spread = { rps: [Math.min(...rs.map((r) => r.rps)), Math.max(...rs.map((r) => r.rps))], cpu: [Math.min(...rs.map((r) => r.cpu)), Math.max(...rs.map((r) => r.cpu))] }
       m.errors = rs.reduce((a, r) => a + r.errors, 0)
+      m.corruptCarts = rs.reduce((a, r) => a + r.corruptCarts, 0)
       cell.stores[store] = m
     }
     cells.push(cell)
@@ -105,8 +106,8 @@ const lines = [
   `Machine: ${os.cpus().length} × ${os.cpus()[0]?.model ?? 'CPU'}, Node ${process.version}; ${RUNS} runs per cell, ${SECONDS} s each after ${WARMUP} s of warm-up; medians, spread min–max.`,
   'CPU of the app process per request, by thread: main, the addon\'s workers, and Node\'s other threads (V8\'s GC and compiler workers, libuv\'s pool).',
   '',
-  '| size | clients | store | req/s (spread) | vs js-auto | p50 / p99 ms | CPU µs/req (spread) | vs js-auto | main / addon / other threads µs | Redis µs/req | errors |',
-  '|---|---|---|---|---|---|---|---|---|---|---|',
+  '| size | clients | store | req/s (spread) | vs js-auto | p50 / p99 ms | CPU µs/req (spread) | vs js-auto | main / addon / other threads µs | Redis µs/req | errors | carts found corrupted |',
+  '|---|---|---|---|---|---|---|---|---|---|---|---|',
 ]
 for (const c of cells) {
   const js = c.stores['js-auto']
@@ -115,7 +116,7 @@ for (const c of cells) {
     lines.push(
       `| ${c.size / 1024} KB | ${c.clients} | ${store} | ${f0(m.rps)} (${f0(m.spread.rps[0])}–${f0(m.spread.rps[1])}) | ${store === 'js-auto' ? '' : ratio(m.rps, js?.rps)} | ` +
         `${m.p50.toFixed(2)} / ${m.p99.toFixed(2)} | ${f0(m.cpu)} (${f0(m.spread.cpu[0])}–${f0(m.spread.cpu[1])}) | ${store === 'js-auto' ? '' : ratio(m.cpu, js?.cpu)} | ` +
-        `${f0(m.main)} / ${f0(m.addon)} / ${f0(m.other)} | ${store === 'map' ? '–' : m.redis.toFixed(1)} | ${m.errors} |`,
+        `${f0(m.main)} / ${f0(m.addon)} / ${f0(m.other)} | ${store === 'map' ? '–' : m.redis.toFixed(1)} | ${m.errors} | ${m.corruptCarts} |`,
     )
   }
 }
