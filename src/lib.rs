@@ -67,6 +67,7 @@ fn init() {
 #[napi]
 pub struct NativeStore {
     inner: Arc<store::Store>,
+    runner: delivery::Runner,
 }
 
 #[napi]
@@ -91,9 +92,9 @@ impl NativeStore {
             .callee_handled::<false>()
             .weak::<true>()
             .build_callback(move |_| Ok(FnArgs::from(drain.drain())))?;
-        Ok(NativeStore {
-            inner: Arc::new(store::Store::new(&config, queue, channel)?),
-        })
+        let inner = Arc::new(store::Store::new(&config, queue, channel)?);
+        let runner = delivery::Runner::new(&inner);
+        Ok(NativeStore { inner, runner })
     }
 
     /// Starts batch number `batch`, one pipeline per round; its outcomes come
@@ -113,7 +114,7 @@ impl NativeStore {
     ) -> Result<()> {
         let deadline = Instant::now() + self.inner.conn.call_bound();
         let ops = ops::decode_batch(kinds, ids, ttls, counts, strings)?;
-        delivery::start(&self.inner, batch, ops, deadline);
+        self.runner.start(&self.inner, batch, ops, deadline);
         Ok(())
     }
 
