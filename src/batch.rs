@@ -36,6 +36,7 @@ use crate::ops::{
 };
 use crate::splice::{self, SpliceError};
 use crate::store::{Store, MERGE_LUA, SWAP_LUA, UNLOCK_LUA};
+use crate::texts::Remembered;
 
 /// Where an op stands.
 enum Step {
@@ -96,13 +97,25 @@ fn backoff(conflicts: u32) -> Duration {
     Duration::from_micros(random % (cap * 1000 + 1))
 }
 
-/// The paths of `op` spliced into `old`, given up at `deadline`; large
-/// splices step off the runtime's worker meanwhile.
-fn spliced(old: &[u8], op: &Op, deadline: Instant) -> std::result::Result<Vec<u8>, SpliceError> {
+/// The paths of `op` spliced into `old` (`checked`: known to be one JSON
+/// object), given up at `deadline`; large splices step off the runtime's
+/// worker meanwhile.
+fn spliced(
+    old: &[u8],
+    checked: bool,
+    op: &Op,
+    deadline: Instant,
+) -> std::result::Result<Vec<u8>, SpliceError> {
     let work = old.len().saturating_mul((op.args.len() / 2).max(1));
     let multi_thread = tokio::runtime::Handle::try_current()
         .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
-    let splice = || splice::merge_until(old, &op.args, Some(deadline));
+    let splice = || {
+        if checked {
+            splice::merge_checked(old, &op.args, Some(deadline))
+        } else {
+            splice::merge_until(old, &op.args, Some(deadline))
+        }
+    };
     if work > BLOCKING_SPLICE && multi_thread {
         tokio::task::block_in_place(splice)
     } else {
@@ -302,7 +315,7 @@ impl Store {
     /// text, and with a read otherwise.
     fn first_merge_step(&self, op: &Op, deadline: Instant) -> Step {
         match self.texts.get(&op.id) {
-            Some(old) => match spliced(&old, op, deadline) {
+            Some(Remembered { text: old, checked }) => match spliced(&old, checked, op, deadline) {
                 Ok(new) => Step::Swap {
                     old,
                     new,
@@ -339,7 +352,7 @@ impl Store {
                     self.texts.forget(&op.id);
                     Next::Finished(Outcome::Done) // no session: nothing to merge
                 }
-                Some(Value::BulkString(old)) => match spliced(&old, op, deadline) {
+                Some(Value::BulkString(old)) => match spliced(&old, false, op, deadline) {
                     Ok(new) => Next::Then(Step::Swap {
                         old: Arc::new(old),
                         new,
@@ -366,7 +379,7 @@ impl Store {
                 remembered,
             } => match replies.first() {
                 Some(Value::Int(1)) => {
-                    self.texts.put(&op.id, Arc::new(new));
+                    self.texts.put(&op.id, Arc::new(new), true);
                     Next::Finished(Outcome::Done)
                 }
                 Some(Value::Int(0)) => {
@@ -397,7 +410,8 @@ impl Store {
     fn settle(&self, op: &Op, token: Option<String>, outcome: Outcome) -> Outcome {
         match (op.kind, &outcome) {
             (Kind::Get, Outcome::Text(Some(text))) => {
-                self.texts.put(&op.id, Arc::new(text.as_bytes().to_vec()))
+                self.texts
+                    .put(&op.id, Arc::new(text.as_bytes().to_vec()), false)
             }
             // Unknown now: a get that failed or found nothing, a set, a delete,
             // a merge the server-side script did.

@@ -19,9 +19,19 @@ const ENTRY_OVERHEAD: usize = 128;
 /// Memory a slot of the eviction order takes beyond its copy of the id.
 const ORDER_OVERHEAD: usize = 48;
 
+/// A remembered text, and whether it is known to hold one JSON object: a text
+/// this store spliced is (the splice checked what it started from and every
+/// value it wrote), a text `get` read has not been checked yet. A merge skips
+/// the check of a checked text.
+#[derive(Clone)]
+pub struct Remembered {
+    pub text: Arc<Vec<u8>>,
+    pub checked: bool,
+}
+
 #[derive(Default)]
 struct Inner {
-    texts: HashMap<String, (Arc<Vec<u8>>, u64)>,
+    texts: HashMap<String, (Remembered, u64)>,
     /// (id, generation) in insertion order; stale generations are skipped.
     order: VecDeque<(String, u64)>,
     /// What `texts` and `order` take, counted as above.
@@ -57,14 +67,14 @@ impl Texts {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    pub fn get(&self, id: &str) -> Option<Arc<Vec<u8>>> {
+    pub fn get(&self, id: &str) -> Option<Remembered> {
         if self.max_bytes == 0 {
             return None;
         }
         self.inner().texts.get(id).map(|(t, _)| t.clone())
     }
 
-    pub fn put(&self, id: &str, text: Arc<Vec<u8>>) {
+    pub fn put(&self, id: &str, text: Arc<Vec<u8>>, checked: bool) {
         if self.max_bytes == 0 {
             return;
         }
@@ -77,7 +87,9 @@ impl Texts {
         inner.generation += 1;
         let generation = inner.generation;
         inner.bytes += entry_cost(id, &text) + order_cost(id);
-        inner.texts.insert(id.to_owned(), (text, generation));
+        inner
+            .texts
+            .insert(id.to_owned(), (Remembered { text, checked }, generation));
         inner.order.push_back((id.to_owned(), generation));
         while inner.bytes > self.max_bytes {
             let Some((oldest, g)) = inner.order.pop_front() else {
@@ -127,7 +139,7 @@ impl Inner {
     /// Removes id's text (its slot in `order` stays until it is popped or pruned).
     fn remove(&mut self, id: &str) {
         if let Some((old, _)) = self.texts.remove(id) {
-            self.bytes -= entry_cost(id, &old);
+            self.bytes -= entry_cost(id, &old.text);
         }
     }
 }
@@ -143,9 +155,9 @@ mod tests {
     #[test]
     fn keeps_replaces_and_forgets() {
         let t = Texts::new(DEFAULT_MAX_BYTES);
-        t.put("a", text(10));
-        t.put("a", text(20));
-        assert_eq!(t.get("a").unwrap().len(), 20);
+        t.put("a", text(10), false);
+        t.put("a", text(20), false);
+        assert_eq!(t.get("a").unwrap().text.len(), 20);
         t.forget("a");
         assert!(t.get("a").is_none());
     }
@@ -155,7 +167,7 @@ mod tests {
         let t = Texts::new(DEFAULT_MAX_BYTES);
         let each = DEFAULT_MAX_BYTES / 16;
         for i in 0..20 {
-            t.put(&i.to_string(), text(each));
+            t.put(&i.to_string(), text(each), false);
         }
         assert!(t.get("0").is_none());
         assert!(t.get("19").is_some());
@@ -168,7 +180,7 @@ mod tests {
         let t = Texts::new(1 << 20);
         let long = "i".repeat(8192);
         for i in 0..1000 {
-            t.put(&format!("{long}{i}"), text(2));
+            t.put(&format!("{long}{i}"), text(2), false);
         }
         let inner = t.inner();
         let real: usize = inner.texts.keys().map(|k| k.len() + 2).sum::<usize>()
@@ -186,7 +198,7 @@ mod tests {
     fn order_stays_bounded_when_one_id_is_written_often() {
         let t = Texts::new(DEFAULT_MAX_BYTES);
         for _ in 0..10_000 {
-            t.put("a", text(8));
+            t.put("a", text(8), false);
         }
         assert!(t.inner().order.len() <= 2 + 64 + 1);
         assert_eq!(
@@ -198,11 +210,11 @@ mod tests {
     #[test]
     fn huge_texts_and_a_zero_bound_keep_nothing() {
         let t = Texts::new(DEFAULT_MAX_BYTES);
-        t.put("a", text(DEFAULT_MAX_BYTES / 8));
+        t.put("a", text(DEFAULT_MAX_BYTES / 8), false);
         assert!(t.get("a").is_none());
         assert_eq!(t.bytes(), 0);
         let off = Texts::new(0);
-        off.put("a", text(1));
+        off.put("a", text(1), false);
         assert!(off.get("a").is_none());
     }
 }

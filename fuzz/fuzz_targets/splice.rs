@@ -141,6 +141,13 @@ fn structured(u: &mut Unstructured) -> Result<()> {
                 panic!("the merge wrote text that is not JSON ({e}): {}", String::from_utf8_lossy(&out))
             });
             assert_eq!(got, want, "stored {text}\npaths {pairs:?}");
+            // The store skips the check of a text it spliced: the output
+            // must pass it, and a checked splice must match the full one.
+            assert_eq!(splice::validate(&out), Ok(()), "stored {text}\npaths {pairs:?}");
+            assert_eq!(
+                splice::merge_checked(text.as_bytes(), &pairs, None).as_deref(),
+                Ok(&out[..])
+            );
         }
         (Err(SpliceError::BadArg(_)), Err(())) => {}
         (got, want) => panic!("merge gave {got:?}, the semantics {want:?}; stored {text}, paths {pairs:?}"),
