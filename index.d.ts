@@ -26,12 +26,13 @@ export declare class NativeStore {
   constructor(options: StoreOptions | undefined | null, onOutcomes: (batches: number[], slots: number[], codes: number[], values: (string | null)[]) => void)
   /**
    * Starts batch number `batch`, one pipeline per round; its outcomes come
-   * through `on_outcomes`, each within the call's bound from now. Op i:
+   * through `on_outcomes`, each within the call's bound of its first call,
+   * made `waited_ms` ago. Op i:
    * `kinds[i]` (`OpKind`), `ids[i]`, `ttls[i]`; Set takes one string of
    * `strings` (the JSON), Merge takes `counts[i]` (path, value JSON or ""
    * to remove, …), in order.
    */
-  batch(batch: number, kinds: Array<number>, ids: Array<string>, ttls: Array<number>, counts: Array<number>, strings: Array<string>): void
+  batch(batch: number, kinds: Array<number>, ids: Array<string>, ttls: Array<number>, counts: Array<number>, strings: Array<string>, waitedMs: number): void
   /** Where the store connects, credentials left out (for `util.inspect`). */
   get target(): string
   /** Loads the scripts now (`preloadScript`). */

@@ -366,6 +366,8 @@ class Batch {
   /** @type {number[]} */ counts = []
   /** @type {string[]} */ strings = []
   /** resolve, reject, resolve, reject, … one pair per op @type {Function[]} */ settle = []
+  /** When its first call was made: a call's bound counts from the call, not from the crossing. */
+  since = performance.now()
 }
 
 class RedisSessionStore {
@@ -449,7 +451,7 @@ class RedisSessionStore {
     inFlight.set(id, { settle: b.settle, left: b.kinds.length, done: this.#batchDone })
     this.#batches++
     try {
-      this.#native.batch(id, b.kinds, b.ids, b.ttls, b.counts, b.strings)
+      this.#native.batch(id, b.kinds, b.ids, b.ttls, b.counts, b.strings, performance.now() - b.since)
     } catch (e) {
       // Refused before anything was sent: every op of the batch fails with it.
       inFlight.delete(id)

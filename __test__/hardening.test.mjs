@@ -273,6 +273,24 @@ describe('one bound per call, kept', () => {
     await sleep(1000)
   })
 
+  it('the bound counts from the call: time the event loop is busy before the call crosses into Rust is part of it', async () => {
+    proxy.delayMs = 0
+    const store = redis.store({ url: proxy.url, connectTimeout: 500, commandTimeout: 1000 })
+    const id = newId()
+    await store.set(id, session(id), 60_000)
+    proxy.delayMs = 900
+    const call = timed(store.get(id))
+    // The rest of this turn keeps the main thread for 1 s: the call crosses
+    // into Rust after that, and its reply would come 1.9 s after the call.
+    const t0 = Date.now()
+    while (Date.now() - t0 < 1000);
+    const r = await call
+    assert.equal(r.code, 'ERR_TIMEOUT')
+    assert.ok(r.ms <= 1500 + 300, `settled after ${r.ms} ms`)
+    proxy.delayMs = 0
+    await sleep(1000)
+  })
+
   it('against a server that sleeps between commands, every call of 16 loops settles within its bound', async () => {
     const store = redis.store({ connectTimeout: 500, commandTimeout: 500 })
     const id = newId()

@@ -17,7 +17,7 @@ pub mod store;
 pub mod texts;
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use napi::bindgen_prelude::{FnArgs, Function, PromiseRaw, Result};
 use napi::Env;
@@ -98,7 +98,8 @@ impl NativeStore {
     }
 
     /// Starts batch number `batch`, one pipeline per round; its outcomes come
-    /// through `on_outcomes`, each within the call's bound from now. Op i:
+    /// through `on_outcomes`, each within the call's bound of its first call,
+    /// made `waited_ms` ago. Op i:
     /// `kinds[i]` (`OpKind`), `ids[i]`, `ttls[i]`; Set takes one string of
     /// `strings` (the JSON), Merge takes `counts[i]` (path, value JSON or ""
     /// to remove, …), in order.
@@ -111,8 +112,15 @@ impl NativeStore {
         ttls: Vec<f64>,
         counts: Vec<u32>,
         strings: Vec<String>,
+        waited_ms: f64,
     ) -> Result<()> {
-        let deadline = Instant::now() + self.inner.conn.call_bound();
+        let bound = self.inner.conn.call_bound();
+        let waited = if waited_ms.is_finite() && waited_ms > 0.0 {
+            Duration::from_secs_f64(waited_ms / 1000.0).min(bound)
+        } else {
+            Duration::ZERO
+        };
+        let deadline = Instant::now() + (bound - waited);
         let ops = ops::decode_batch(kinds, ids, ttls, counts, strings)?;
         self.runner.start(&self.inner, batch, ops, deadline);
         Ok(())
