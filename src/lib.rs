@@ -103,6 +103,8 @@ impl NativeStore {
     /// `kinds[i]` (`OpKind`), `ids[i]`, `ttls[i]`; Set takes one string of
     /// `strings` (the JSON), Merge takes `counts[i]` (path, value JSON or ""
     /// to remove, …), in order.
+    // Flat arrays and scalars are what a crossing converts cheapest.
+    #[allow(clippy::too_many_arguments)]
     #[napi]
     pub fn batch(
         &self,
