@@ -114,10 +114,7 @@ impl Runner {
         }) {
             // The runtime is shutting down: nothing will run the batch.
             let e = StoreError::new(Code::Closed, "the store is shutting down");
-            let failed = (0..job.ops.len())
-                .map(|i| (i, Outcome::Failed(e.clone())))
-                .collect();
-            store.deliver(job.batch, failed);
+            fail(store, job.batch, 0..job.ops.len(), e);
         }
     }
 }
@@ -141,10 +138,14 @@ async fn run(store: Arc<Store>, job: Job) {
     .await;
     if ran.is_err() {
         let e = StoreError::new(Code::Redis, "internal error: the batch stopped");
-        let failed = (0..ops.len())
-            .filter(|i| !settled[*i])
-            .map(|i| (i, Outcome::Failed(e.clone())))
-            .collect();
-        store.deliver(batch, failed);
+        fail(&store, batch, (0..ops.len()).filter(|i| !settled[*i]), e);
     }
+}
+
+/// Fails the ops at `slots` of batch `batch` with `e`.
+fn fail(store: &Store, batch: u32, slots: impl Iterator<Item = usize>, e: StoreError) {
+    store.deliver(
+        batch,
+        slots.map(|i| (i, Outcome::Failed(e.clone()))).collect(),
+    );
 }

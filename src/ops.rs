@@ -24,17 +24,19 @@ pub enum Kind {
 }
 
 impl Kind {
+    const ALL: [Kind; 7] = [
+        Kind::Get,
+        Kind::Set,
+        Kind::Delete,
+        Kind::Merge,
+        Kind::Lock,
+        Kind::Unlock,
+        Kind::IsLocked,
+    ];
+
+    /// The kind whose code (its value in the enum above) is `code`.
     pub fn from_code(code: u32) -> Option<Kind> {
-        Some(match code {
-            0 => Kind::Get,
-            1 => Kind::Set,
-            2 => Kind::Delete,
-            3 => Kind::Merge,
-            4 => Kind::Lock,
-            5 => Kind::Unlock,
-            6 => Kind::IsLocked,
-            _ => return None,
-        })
+        Kind::ALL.into_iter().find(|k| *k as u32 == code)
     }
 
     /// How many strings of the batch's `strings` array the op takes.
@@ -324,6 +326,14 @@ mod tests {
         assert_eq!(ops[1].args, vec![s("{}")]);
         assert_eq!(ops[2].args, vec![s("data.x"), s("1"), s("data.y"), s("")]);
         assert_eq!(ops[3].kind, Kind::Lock);
+    }
+
+    #[test]
+    fn every_kind_decodes_from_its_code() {
+        for k in Kind::ALL {
+            assert_eq!(Kind::from_code(k as u32), Some(k));
+        }
+        assert_eq!(Kind::from_code(Kind::ALL.len() as u32), None);
     }
 
     #[test]
