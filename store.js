@@ -333,12 +333,43 @@ let lastBatch = 0
 const keepAlive = setInterval(() => {}, 2 ** 30)
 keepAlive.unref()
 
+// Node delivers crossings that arrive while the main thread is still busy
+// with earlier ones in the same event-loop turn, up to 1000 in a row. When
+// callers answer each outcome with another call (a script, a queue worker),
+// outcomes keep arriving and timers and I/O wait: 256 sets of 32 KB kept in
+// flight held the loop for 25 s. So a turn settles outcomes for at most
+// TURN_BUDGET_MS; later ones are settled in the turn's check phase.
+const TURN_BUDGET_MS = 5
+/** When this turn's first crossing arrived; -1 between turns. */
+let turnStart = -1
+/** @type {Parameters<typeof settleOutcomes>[]} */
+let deferred = []
+
+function endTurn() {
+  turnStart = -1
+  const later = deferred
+  deferred = []
+  for (const outcomes of later) settleOutcomes(...outcomes)
+}
+
 /**
  * Outcomes as they settle, per op: its batch, its place in the batch, its
  * OutcomeCode, its text or error "<CODE>: <message>".
  * @param {number[]} batches @param {number[]} slots @param {number[]} codes @param {(string | null)[]} values
  */
 function onOutcomes(batches, slots, codes, values) {
+  if (turnStart < 0) {
+    turnStart = performance.now()
+    setImmediate(endTurn)
+  } else if (deferred.length > 0 || performance.now() - turnStart > TURN_BUDGET_MS) {
+    deferred.push([batches, slots, codes, values])
+    return
+  }
+  settleOutcomes(batches, slots, codes, values)
+}
+
+/** @param {number[]} batches @param {number[]} slots @param {number[]} codes @param {(string | null)[]} values */
+function settleOutcomes(batches, slots, codes, values) {
   for (let i = 0; i < batches.length; i++) {
     const b = inFlight.get(batches[i])
     if (b === undefined) continue
@@ -375,6 +406,8 @@ class RedisSessionStore {
   #native
   /** @type {Batch | null} */
   #batch = null
+  /** How many batches this store has opened; the last one's number. */
+  #opened = 0
   /** Batches of this store in flight, and who waits for none (close()). */
   #batches = 0
   /** @type {(() => void)[]} */
@@ -406,9 +439,13 @@ class RedisSessionStore {
   #enqueue(/** @type {number} */ kind, /** @type {string} */ id, /** @type {number} */ ttl, /** @type {number} */ count) {
     let b = this.#batch
     if (b === null) {
-      const batch = (b = this.#batch = new Batch())
+      b = this.#batch = new Batch()
+      // The flush knows its batch by number, not by reference: a batch sent
+      // full before its flush runs must not be kept alive (its strings are
+      // the sessions' JSON) by a flush still waiting in the queue.
+      const number = ++this.#opened
       const flush = () => {
-        if (this.#batch === batch) this.#send()
+        if (this.#batch !== null && this.#opened === number) this.#send()
       }
       // Idle, a call goes at the end of its tick: nothing waits. With a batch
       // of this store out, calls of the rest of this event-loop turn (other

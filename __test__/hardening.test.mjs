@@ -446,3 +446,28 @@ describe('memory', () => {
     assert.ok(extraMiB < 40, `remembering took ${extraMiB.toFixed(1)} MiB more`)
   })
 })
+
+describe('the event loop keeps turning', () => {
+  it('256 loops each answering a 32 KB set with another: a timer still fires, and every call settles', async () => {
+    await redis.ready()
+    const store = createRedisSessionStore({ url: redis.server.url, commandTimeout: 10_000 })
+    const data = { data: { blob: 'x'.repeat(32_000) }, meta: {} }
+    // Before the turn budget, Node delivered each round's outcomes in the
+    // same turn as the last, up to 1,000 crossings, and a timer waited for
+    // about 190,000 sets; the cap stops such a run.
+    const CAP = 20_000
+    let fired = false
+    let calls = 0
+    const timer = setTimeout(() => (fired = true), 100)
+    const loop = async (w) => {
+      while (!fired && calls < CAP) {
+        calls++
+        await store.set(`turn-${w}`, data, 60_000)
+      }
+    }
+    await Promise.all(Array.from({ length: 256 }, (_, w) => loop(w)))
+    clearTimeout(timer)
+    assert.ok(fired && calls < CAP, `the timer had not fired after ${calls} sets`)
+    await store.close()
+  })
+})
