@@ -14,6 +14,7 @@ import path from 'node:path'
 import { createInterface } from 'node:readline'
 import { fileURLToPath } from 'node:url'
 import { startRedis } from '../__test__/support/redis-server.mjs'
+import { median, spread } from './stats.mjs'
 
 const here = path.dirname(fileURLToPath(import.meta.url))
 const list = (name, fallback) => (process.env[name] ?? fallback).split(',')
@@ -57,10 +58,6 @@ async function oneRun(store, size, clients) {
   }
 }
 
-const median = (xs) => {
-  const s = [...xs].sort((a, b) => a - b)
-  return s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2
-}
 const FIELDS = ['rps', 'p50', 'p99', 'cpu', 'main', 'addon', 'other', 'redis']
 
 const runs = []
@@ -91,7 +88,7 @@ for (const size of SIZES) {
     for (const store of STORES) {
       const rs = runs.filter((r) => r.size === size && r.clients === clients && r.store === store)
       const m = Object.fromEntries(FIELDS.map((f) => [f, median(rs.map((r) => r[f]))]))
-      m.spread = { rps: [Math.min(...rs.map((r) => r.rps)), Math.max(...rs.map((r) => r.rps))], cpu: [Math.min(...rs.map((r) => r.cpu)), Math.max(...rs.map((r) => r.cpu))] }
+      m.spread = { rps: spread(rs.map((r) => r.rps)), cpu: spread(rs.map((r) => r.cpu)) }
       m.errors = rs.reduce((a, r) => a + r.errors, 0)
       m.corruptCarts = rs.reduce((a, r) => a + r.corruptCarts, 0)
       cell.stores[store] = m

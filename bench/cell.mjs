@@ -1,12 +1,16 @@
 // One benchmark cell in a process of its own:
 //   node bench/cell.mjs '{"impl":"native","op":"get","size":1024,"inflight":64,"seconds":3,"warmup":1,"port":6379}'
-// Keeps `inflight` calls going for `warmup` then `seconds` seconds and prints one
+// impl: native (this checkout), baseline (the built checkout at cfg.baseline),
+// js-auto or js-plain (the 1.x adapter on ioredis, with or without
+// auto-pipelining). Keeps `inflight` calls going for `warmup` then `seconds` seconds and prints one
 // JSON line: ops/s, p50/p99 latency, Node main-thread CPU per call (event-loop
 // utilisation), process CPU per call (every thread), Redis CPU per call (INFO cpu).
 import { performance } from 'node:perf_hooks'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { Redis } from 'ioredis'
 import { redisCpuSeconds } from './redis-cpu.mjs'
+import { createRequire } from 'node:module'
+import path from 'node:path'
 import { createRedisSessionStore } from 'relay-session-redis'
 import { createJsAdapter } from '../__test__/support/js-adapter.mjs'
 import { makeSession, mergePaths } from './sessions.mjs'
@@ -24,6 +28,10 @@ let store
 let client
 if (impl === 'native') {
   store = createRedisSessionStore({ url, commandTimeout: 10_000 })
+} else if (impl === 'baseline') {
+  // Another built checkout of this package (BENCH_BASELINE), for before/after.
+  const other = createRequire(import.meta.url)(path.join(cfg.baseline, 'store.js'))
+  store = other.createRedisSessionStore({ url, commandTimeout: 10_000 })
 } else {
   client = new Redis({ host: '127.0.0.1', port, enableAutoPipelining: impl === 'js-auto', maxRetriesPerRequest: 1 })
   store = createJsAdapter(client)
@@ -106,6 +114,6 @@ const result = {
 }
 await admin.del(...ids.map((id) => `sess:${id}`))
 admin.disconnect()
-if (impl === 'native') await store.close()
+if (impl === 'native' || impl === 'baseline') await store.close()
 else client.disconnect()
 process.stdout.write(JSON.stringify(result) + '\n')

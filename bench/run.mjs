@@ -1,10 +1,15 @@
 // npm run bench: this store against the 1.x JavaScript adapter (ioredis 5 with
 // and without auto-pipelining) on one fresh redis-server, one Node process per
-// cell, implementations alternating; then redis-benchmark's ceiling for the
-// same commands. Writes bench/results/latest.{md,json} and prints the table.
-//   BENCH_SECONDS (default 3) measured seconds per cell, after 1 s of warm-up
+// cell, implementations alternating, every cell run BENCH_RUNS times (rounds
+// over all cells, so drift of the machine spreads over every cell); medians
+// with the spread between runs; then redis-benchmark's ceiling for the same
+// commands. Writes bench/results/latest.{md,json} and prints the table.
+//   BENCH_RUNS (default 3) runs per cell
+//   BENCH_SECONDS (default 2) measured seconds per cell, after 1 s of warm-up
 //   BENCH_OPS, BENCH_SIZES, BENCH_INFLIGHT: comma lists to run a subset
 //   BENCH_LONE: loops of the lone-call cell (gets one per macrotask), '' for none
+//   BENCH_BASELINE: another built checkout of this package, run as a fourth
+//     implementation in the same rounds (before/after a change)
 import { execFile, execFileSync, spawn } from 'node:child_process'
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs'
 import os from 'node:os'
@@ -14,14 +19,17 @@ import { promisify } from 'node:util'
 import { Redis } from 'ioredis'
 import { findRedisServer, startRedis } from '../__test__/support/redis-server.mjs'
 import { makeSession } from './sessions.mjs'
+import { median, spread } from './stats.mjs'
 
 const here = path.dirname(fileURLToPath(import.meta.url))
 const list = (name, fallback) => (process.env[name] ? process.env[name].split(',') : fallback)
 const OPS = list('BENCH_OPS', ['get', 'set', 'merge', 'lock'])
 const SIZES = list('BENCH_SIZES', ['1024', '32768']).map(Number)
 const INFLIGHT = list('BENCH_INFLIGHT', ['1', '64', '512']).map(Number)
-const IMPLS = ['native', 'js-auto', 'js-plain']
-const SECONDS = Number(process.env.BENCH_SECONDS ?? 3)
+const BASELINE = process.env.BENCH_BASELINE ? path.resolve(process.env.BENCH_BASELINE) : null
+const IMPLS = ['native', 'js-auto', 'js-plain', ...(BASELINE ? ['baseline'] : [])]
+const RUNS = Number(process.env.BENCH_RUNS ?? 3)
+const SECONDS = Number(process.env.BENCH_SECONDS ?? 2)
 const WARMUP = 1
 
 const server = await startRedis()
@@ -32,7 +40,7 @@ const cells = [
   ...OPS.flatMap((op) => SIZES.flatMap((size) => INFLIGHT.map((inflight) => ({ op, size, inflight })))),
   ...LONE.map((inflight) => ({ op: 'lone', size: 1024, inflight })),
 ]
-const total = cells.length * IMPLS.length
+const total = RUNS * cells.length * IMPLS.length
 let done = 0
 const t0 = Date.now()
 
@@ -46,21 +54,24 @@ function runCell(cfg) {
 }
 
 try {
-  for (const [k, cell] of cells.entries()) {
-    // Rotate the order so no implementation always runs first.
-    const order = IMPLS.map((_, i) => IMPLS[(i + k) % IMPLS.length])
-    for (const impl of order) {
-      const elapsed = ((Date.now() - t0) / 1000).toFixed(0)
-      process.stderr.write(`\r[${++done}/${total}] ${cell.op} ${cell.size / 1024} KB, ${cell.inflight} in flight: ${impl}      (${elapsed} s)   `)
-      results.push(await runCell({ impl, ...cell, seconds: SECONDS, warmup: WARMUP, port: server.port }))
+  for (let run = 0; run < RUNS; run++) {
+    for (const [k, cell] of cells.entries()) {
+      // Rotate the order so no implementation always runs first.
+      const order = IMPLS.map((_, i) => IMPLS[(i + k + run) % IMPLS.length])
+      for (const impl of order) {
+        const elapsed = ((Date.now() - t0) / 1000).toFixed(0)
+        process.stderr.write(`\r[${++done}/${total}] run ${run + 1}: ${cell.op} ${cell.size / 1024} KB, ${cell.inflight} in flight: ${impl}      (${elapsed} s)   `)
+        const cfg = { impl, ...cell, seconds: SECONDS, warmup: WARMUP, port: server.port, ...(impl === 'baseline' ? { baseline: BASELINE } : {}) }
+        results.push({ run, ...(await runCell(cfg)) })
+      }
     }
   }
   process.stderr.write('\rredis-benchmark ceiling…' + ' '.repeat(60))
   const ceilings = await ceiling(server.port, cells)
   process.stderr.write('\r' + ' '.repeat(80) + '\r')
-  const report = makeReport(results, ceilings)
+  const { markdown: report, summaries } = makeReport(results, ceilings)
   mkdirSync(path.join(here, 'results'), { recursive: true })
-  writeFileSync(path.join(here, 'results', 'latest.json'), JSON.stringify({ machine: machine(), seconds: SECONDS, results, ceilings }, null, 2))
+  writeFileSync(path.join(here, 'results', 'latest.json'), JSON.stringify({ machine: machine(), runs: RUNS, seconds: SECONDS, baseline: BASELINE, summaries, results, ceilings }, null, 2))
   writeFileSync(path.join(here, 'results', 'latest.md'), report)
   console.log(report)
   console.log(`(${((Date.now() - t0) / 1000).toFixed(0)} s; bench/results/latest.md and latest.json)`)
@@ -119,30 +130,44 @@ async function ceiling(port, cells) {
   return out
 }
 
+/** Medians over the runs of a cell, with the spread of ops/s and of the ratios. */
 function makeReport(results, ceilings) {
-  const get = (impl, c) => results.find((r) => r.impl === impl && r.op === c.op && r.size === c.size && r.inflight === c.inflight)
+  const runsOf = (impl, c) => results.filter((r) => r.impl === impl && r.op === c.op && r.size === c.size && r.inflight === c.inflight)
+  const FIELDS = ['opsPerSec', 'p50Ms', 'p99Ms', 'mainUsPerCall', 'procUsPerCall', 'redisUsPerCall']
+  const summary = (rs) => ({ ...Object.fromEntries(FIELDS.map((f) => [f, median(rs.map((r) => r[f]))])), ops: spread(rs.map((r) => r.opsPerSec)) })
+  // A ratio's spread is over the runs' own ratios (run r of each implementation ran in the same round).
+  const ratios = (as, bs) => as.map((a, i) => a.opsPerSec / bs[i]?.opsPerSec).filter(Number.isFinite)
   const f0 = (x) => (x >= 100 ? Math.round(x).toLocaleString('en') : x.toFixed(1))
-  const ratio = (a, b) => (b > 0 ? `${(a / b).toFixed(2)}×` : '–')
+  const x2 = (x) => `${x.toFixed(2)}×`
+  const ratioCell = (rs) => (rs.length ? `**${x2(median(rs))}**${rs.length > 1 ? ` (${spread(rs).map(x2).join('–')})` : ''}` : '–')
+  const opsCell = (m) => `${f0(m.opsPerSec)}${RUNS > 1 ? ` (${m.ops.map(f0).join('–')})` : ''}`
+  const ratio = (a, b) => (b > 0 ? x2(a / b) : '–')
   const ms = (x) => (x < 1 ? `${Math.round(x * 1000)} µs` : `${x.toFixed(1)} ms`)
   const names = { get: 'get', set: 'set', merge: 'merge', lock: 'lock+unlock', lone: 'get, one per macrotask' }
+  const base = BASELINE ? ' | ops/s baseline | store / baseline' : ''
   const lines = [
-    '| call | size | in flight | ops/s store | ops/s ioredis auto | ratio | ops/s ioredis plain | ratio | p50 store / auto | p99 store / auto | main-thread CPU/call store / auto | process CPU/call store / auto | Redis CPU/call store / auto | redis-benchmark ceiling |',
-    '|---|---|---|---|---|---|---|---|---|---|---|---|---|---|',
+    `| call | size | in flight | ops/s store | ops/s ioredis auto | ratio | ops/s ioredis plain | ratio${base} | p50 store / auto | p99 store / auto | main-thread CPU/call store / auto | process CPU/call store / auto | Redis CPU/call store / auto | redis-benchmark ceiling |`,
+    `|---|---|---|---|---|---|---|---|${BASELINE ? '---|---|' : ''}---|---|---|---|---|---|`,
   ]
+  const summaries = []
   for (const c of cells) {
-    const n = get('native', c)
-    const a = get('js-auto', c)
-    const p = get('js-plain', c)
+    const [nr, ar, pr, br] = ['native', 'js-auto', 'js-plain', 'baseline'].map((impl) => runsOf(impl, c))
+    const [n, a, p] = [nr, ar, pr].map(summary)
+    const b = br.length ? summary(br) : null
+    const row = { ...c, store: n, auto: a, plain: p, baseline: b, vsAuto: ratios(nr, ar), vsPlain: ratios(nr, pr), vsBaseline: ratios(nr, br) }
+    summaries.push(row)
     const ceil = ceilings[`${c.op}/${c.size}/${c.inflight}`]
+    const baseCells = BASELINE ? ` | ${b ? opsCell(b) : '–'} | ${ratioCell(row.vsBaseline)}` : ''
     lines.push(
-      `| ${names[c.op]} | ${c.size / 1024} KB | ${c.inflight} | ${f0(n.opsPerSec)} | ${f0(a.opsPerSec)} | **${ratio(n.opsPerSec, a.opsPerSec)}** | ${f0(p.opsPerSec)} | ${ratio(n.opsPerSec, p.opsPerSec)} | ${ms(n.p50Ms)} / ${ms(a.p50Ms)} | ${ms(n.p99Ms)} / ${ms(a.p99Ms)} | ${n.mainUsPerCall.toFixed(1)} / ${a.mainUsPerCall.toFixed(1)} µs (${ratio(n.mainUsPerCall, a.mainUsPerCall)}) | ${n.procUsPerCall.toFixed(1)} / ${a.procUsPerCall.toFixed(1)} µs | ${n.redisUsPerCall.toFixed(1)} / ${a.redisUsPerCall.toFixed(1)} µs | ${ceil ? f0(ceil) : '–'} |`,
+      `| ${names[c.op]} | ${c.size / 1024} KB | ${c.inflight} | ${opsCell(n)} | ${opsCell(a)} | ${ratioCell(row.vsAuto)} | ${f0(p.opsPerSec)} | ${x2(median(row.vsPlain))}${baseCells} | ${ms(n.p50Ms)} / ${ms(a.p50Ms)} | ${ms(n.p99Ms)} / ${ms(a.p99Ms)} | ${n.mainUsPerCall.toFixed(1)} / ${a.mainUsPerCall.toFixed(1)} µs (${ratio(n.mainUsPerCall, a.mainUsPerCall)}) | ${n.procUsPerCall.toFixed(1)} / ${a.procUsPerCall.toFixed(1)} µs (${ratio(n.procUsPerCall, a.procUsPerCall)}) | ${n.redisUsPerCall.toFixed(1)} / ${a.redisUsPerCall.toFixed(1)} µs | ${ceil ? f0(ceil) : '–'} |`,
     )
   }
   const m = machine()
-  return [
-    `Machine: ${m.cpus}, ${m.memory}, Node ${m.node}; one redis-server ${m.redis} on loopback, persistence off; ${SECONDS} s per cell after 1 s of warm-up.`,
+  const markdown = [
+    `Machine: ${m.cpus}, ${m.memory}, Node ${m.node}; one redis-server ${m.redis} on loopback, persistence off; ${RUNS} run${RUNS > 1 ? 's' : ''} per cell of ${SECONDS} s after 1 s of warm-up; medians${RUNS > 1 ? ', spread between runs in brackets' : ''}.`,
     '',
     ...lines,
     '',
   ].join('\n')
+  return { markdown, summaries }
 }
