@@ -389,6 +389,8 @@ function settleOutcomes(batches, slots, codes, values) {
 // pipeline, one completion). A cap lets several batches overlap under load,
 // so the event loop keeps working while a batch is out.
 const MAX_BATCH = 16
+/** The cap of a batch gathering calls made alone until the check phase. */
+const MAX_GATHERED = 64
 /** Calls made in one tick that cross at once even while a batch is out. */
 const BURST = 4
 
@@ -399,6 +401,8 @@ class Batch {
   /** @type {number[]} */ counts = []
   /** @type {string[]} */ strings = []
   /** resolve, reject, resolve, reject, … one pair per op @type {Function[]} */ settle = []
+  /** Whether it gathers calls made alone until the turn's check phase. */
+  gathering = false
   /** When its first call was made: a call's bound counts from the call, not from the crossing. */
   since = performance.now()
 }
@@ -484,11 +488,14 @@ class RedisSessionStore {
     const b = this.#batch
     if (b === null || this.#opened !== number) return
     if (atCheckPhase || this.#batches === 0 || b.kinds.length >= BURST) this.#send()
-    else setImmediate(() => this.#flush(number, true))
+    else {
+      b.gathering = true
+      setImmediate(() => this.#flush(number, true))
+    }
   }
 
   #sendIfFull(/** @type {Batch} */ b) {
-    if (b.kinds.length >= MAX_BATCH) this.#send()
+    if (b.kinds.length >= (b.gathering ? MAX_GATHERED : MAX_BATCH)) this.#send()
   }
 
   #send() {
