@@ -386,8 +386,9 @@ function settleOutcomes(batches, slots, codes, values) {
 }
 
 // Calls made in one tick cross into Rust together, as one batch (one Redis
-// pipeline, one completion). A cap lets several batches overlap under load,
-// so the event loop keeps working while a batch is out.
+// pipeline, one completion); see #flush for when a batch leaves. A cap lets
+// several batches overlap under load, so the event loop keeps working while
+// a batch is out.
 const MAX_BATCH = 16
 /** The cap of a batch gathering calls made alone until the check phase. */
 const MAX_GATHERED = 64
@@ -479,7 +480,7 @@ class RedisSessionStore {
    * the end of its tick: nothing waits. So does a burst (BURST calls or more
    * in one tick: a loop, a Promise.all, the callers of a batch that just
    * settled), which keeps batches overlapping. But with a batch of this store
-   * out, a call or two made alone (a request's read of its session) waits for
+   * out, fewer calls made alone (a request's read of its session) wait for
    * the event-loop turn's check phase, and the calls of the rest of the turn
    * (other sockets' reads, other completions) join it: concurrent requests
    * share one crossing and one pipeline.
