@@ -6,15 +6,18 @@
 // app with a store that does no I/O). Medians of the runs per cell, with the
 // spread between runs; writes bench/results/app-latest.{md,json}.
 //   APP_SIZES (1024,32768), APP_CLIENTS (1,8,32,128), APP_RUNS (3),
-//   APP_SECONDS (4, after 1 s of warm-up), APP_STORES (native,js-auto,map)
+//   APP_SECONDS (4, after 1 s of warm-up), APP_STORES (native,js-auto,map),
+//   APP_SERVER (a key of scripts/servers.mjs: redis-8.6, valkey-9.1, …;
+//   default the redis-server on PATH or REDIS_SERVER_BIN)
 import { spawn } from 'node:child_process'
 import { mkdirSync, writeFileSync } from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
 import { createInterface } from 'node:readline'
 import { fileURLToPath } from 'node:url'
-import { startRedis } from '../__test__/support/redis-server.mjs'
+import { findRedisServer, startRedis } from '../__test__/support/redis-server.mjs'
 import { median, spread } from './stats.mjs'
+import { describeServer, useServer } from '../scripts/servers.mjs'
 
 const here = path.dirname(fileURLToPath(import.meta.url))
 const list = (name, fallback) => (process.env[name] ?? fallback).split(',')
@@ -24,6 +27,7 @@ const STORES = list('APP_STORES', 'native,js-auto,map')
 const RUNS = Number(process.env.APP_RUNS ?? 3)
 const SECONDS = Number(process.env.APP_SECONDS ?? 4)
 const WARMUP = 1
+useServer(process.env.APP_SERVER)
 
 /** Starts the app with `store`; resolves its process and port. */
 function startApp(store, redisPort, size) {
@@ -100,7 +104,7 @@ for (const size of SIZES) {
 const f0 = (x) => Math.round(x).toLocaleString('en-US')
 const ratio = (a, b) => (a !== undefined && b ? `${(a / b).toFixed(2)}×` : '–')
 const lines = [
-  `Machine: ${os.cpus().length} × ${os.cpus()[0]?.model ?? 'CPU'}, Node ${process.version}; ${RUNS} runs per cell, ${SECONDS} s each after ${WARMUP} s of warm-up; medians, spread min–max.`,
+  `Machine: ${os.cpus().length} × ${os.cpus()[0]?.model ?? 'CPU'}, Node ${process.version}; ${describeServer(findRedisServer())} on loopback; ${RUNS} runs per cell, ${SECONDS} s each after ${WARMUP} s of warm-up; medians, spread min–max.`,
   'CPU of the app process per request, by thread: main, the addon\'s workers, and Node\'s other threads (V8\'s GC and compiler workers, libuv\'s pool).',
   '',
   '| size | clients | store | req/s (spread) | vs js-auto | p50 / p99 ms | CPU µs/req (spread) | vs js-auto | main / addon / other threads µs | Redis µs/req | errors | carts found corrupted |',

@@ -10,7 +10,10 @@
 //   BENCH_LONE: loops of the lone-call cell (gets one per macrotask), '' for none
 //   BENCH_BASELINE: another built checkout of this package, run as a fourth
 //     implementation in the same rounds (before/after a change)
-import { execFile, execFileSync, spawn } from 'node:child_process'
+//   BENCH_SERVER: the server to run on, a key of scripts/servers.mjs
+//     (redis-8.6, valkey-9.1, …; built first if need be); default the
+//     redis-server on PATH (or REDIS_SERVER_BIN)
+import { execFile, spawn } from 'node:child_process'
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
@@ -20,6 +23,7 @@ import { Redis } from 'ioredis'
 import { findRedisServer, startRedis } from '../__test__/support/redis-server.mjs'
 import { makeSession } from './sessions.mjs'
 import { median, spread } from './stats.mjs'
+import { describeServer, useServer } from '../scripts/servers.mjs'
 
 const here = path.dirname(fileURLToPath(import.meta.url))
 const list = (name, fallback) => (process.env[name] ? process.env[name].split(',') : fallback)
@@ -32,6 +36,7 @@ const RUNS = Number(process.env.BENCH_RUNS ?? 3)
 const SECONDS = Number(process.env.BENCH_SECONDS ?? 2)
 const WARMUP = 1
 
+useServer(process.env.BENCH_SERVER)
 const server = await startRedis()
 const results = []
 // The lone-call cell: gets issued one per macrotask, 1 KB, at BENCH_LONE loops.
@@ -80,12 +85,11 @@ try {
 }
 
 function machine() {
-  const version = execFileSync(findRedisServer(), ['--version'], { encoding: 'utf8' })
   return {
     cpus: `${os.cpus().length} × ${os.cpus()[0]?.model.trim()}`,
     memory: `${Math.round(os.totalmem() / 2 ** 30)} GiB`,
     node: process.version,
-    redis: /v=([\d.]+)/.exec(version)?.[1] ?? 'unknown',
+    redis: describeServer(findRedisServer()),
   }
 }
 
@@ -164,7 +168,7 @@ function makeReport(results, ceilings) {
   }
   const m = machine()
   const markdown = [
-    `Machine: ${m.cpus}, ${m.memory}, Node ${m.node}; one redis-server ${m.redis} on loopback, persistence off; ${RUNS} run${RUNS > 1 ? 's' : ''} per cell of ${SECONDS} s after 1 s of warm-up; medians${RUNS > 1 ? ', spread between runs in brackets' : ''}.`,
+    `Machine: ${m.cpus}, ${m.memory}, Node ${m.node}; one ${m.redis} server on loopback, persistence off; ${RUNS} run${RUNS > 1 ? 's' : ''} per cell of ${SECONDS} s after 1 s of warm-up; medians${RUNS > 1 ? ', spread between runs in brackets' : ''}.`,
     '',
     ...lines,
     '',

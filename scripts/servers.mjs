@@ -45,6 +45,23 @@ export function serverBinary(key) {
   return bin
 }
 
+/**
+ * Points the test support's server lookup (REDIS_SERVER_BIN) at server `key`,
+ * got first if need be; nothing when `key` is empty.
+ */
+export function useServer(key) {
+  if (!key) return
+  const bin = serverBinary(key)
+  process.env.REDIS_SERVER_BIN = bin
+  process.env.REDIS_CLI_BIN = cliNextTo(bin)
+}
+
+/** A server binary's name and version as its `--version` prints them: "Valkey 9.1.2". */
+export function describeServer(bin) {
+  const v = execFileSync(bin, ['--version'], { encoding: 'utf8' })
+  return `${/^(\w+)/.exec(v)?.[1] ?? 'Redis'} ${/v=([\d.]+)/.exec(v)?.[1] ?? ''}`.trim()
+}
+
 /** The CLI next to a server binary (redis-cli or valkey-cli). */
 export function cliNextTo(bin) {
   return bin.replace(/(redis|valkey)-server$/, '$1-cli')
