@@ -204,9 +204,11 @@ describe('messages never show secrets', () => {
     const store = createRedisSessionStore({ url: server.url })
     try {
       const id = 'secret-session-id-0123456789'
-      const err = await rejectsWith(store.set(id, session(id, { ssn: 'personal-data' }), 60_000), 'ERR_REDIS', "unknown command 'SET'")
-      const locked = await rejectsWith(store.lock(id, 60_000), 'ERR_REDIS', "unknown command 'SET'")
+      const err = await rejectsWith(store.set(id, session(id, { ssn: 'personal-data' }), 60_000), 'ERR_REDIS', 'unknown command')
+      const locked = await rejectsWith(store.lock(id, 60_000), 'ERR_REDIS', 'unknown command')
       for (const e of [err, locked]) {
+        // Redis 6.0 quotes the command with backticks, later servers with quotes.
+        assert.match(e.message, /unknown command [`']SET[`']/)
         assert.ok(!e.message.includes(id) && !e.message.includes('personal') && !/[0-9a-f]{32}/.test(e.message), e.message)
       }
     } finally {
