@@ -27,12 +27,13 @@ use std::time::{Duration, Instant};
 
 use redis::{Pipeline, RedisError, Value};
 
+use crate::capabilities::{is_refusal, swapped, Capabilities, Native};
 use crate::errors::{Code, Result, StoreError};
 use crate::limits::SCRIPT_WORK;
 use crate::lock::new_token;
 use crate::ops::{
-    decode_replies, is_noscript, push_commands, push_delete_session, push_read, push_swap, ttl_ms,
-    Kind, Op, Outcome, Shas,
+    decode_replies, is_noscript, push_commands, push_delete_session, push_merge_script, push_read,
+    push_swap, ttl_ms, Kind, Op, Outcome, Shas,
 };
 use crate::splice::{self, SpliceError};
 use crate::store::{Store, MERGE_LUA, SWAP_LUA, UNLOCK_LUA};
@@ -40,8 +41,10 @@ use crate::texts::Remembered;
 
 /// Where an op stands.
 enum Step {
-    /// Send the op's commands (every op but Merge; Merge's server-side script).
-    Send,
+    /// Send the op's commands (every op but Merge).
+    Commands,
+    /// Merge: the server applies the paths (`lua/merge.lua`).
+    Script,
     /// Delete: remove the session, once its lock key is gone.
     DeleteSession,
     /// Merge: read the stored text.
@@ -69,6 +72,8 @@ struct Pending {
 enum Next {
     Finished(Outcome),
     Then(Step),
+    /// The server refused a native command: the step runs again by script.
+    Refused(Native, Step),
     /// Another writer changed the text. `Some(len)`: the text the splice
     /// started from was `len` bytes; None: the script declined a longer text.
     Conflict(Option<usize>),
@@ -177,7 +182,7 @@ impl Store {
                 // A merge's first step is chosen now, after the ops before it.
                 let step = p.step.take().unwrap_or_else(|| match op.kind {
                     Kind::Merge => self.first_merge_step(op, deadline),
-                    _ => Step::Send,
+                    _ => Step::Commands,
                 });
                 round.push((p, step));
             }
@@ -186,12 +191,27 @@ impl Store {
                 tokio::time::sleep_until(wake.into()).await;
                 continue;
             }
-            let (pipe, planned) = self.plan(ops, round, &mut done);
+            let ready = match self.conn.ready(deadline).await {
+                Ok(ready) => ready,
+                Err(e) => {
+                    // Nothing was sent.
+                    done.extend(
+                        round
+                            .into_iter()
+                            .map(|(p, _)| (p.op, Outcome::Failed(e.clone()))),
+                    );
+                    done.extend(todo.drain(..).map(|p| (p.op, Outcome::Failed(e.clone()))));
+                    deliver(done);
+                    return;
+                }
+            };
+            let capabilities = ready.capabilities;
+            let (pipe, planned) = self.plan(ops, round, &capabilities, &mut done);
             if planned.is_empty() {
                 deliver(done);
                 continue;
             }
-            let mut replies = match self.conn.exec(&pipe, deadline).await {
+            let mut replies = match ready.exec(&pipe).await {
                 Ok(r) => r,
                 Err(e) => {
                     for p in planned {
@@ -221,9 +241,14 @@ impl Store {
                     continue;
                 }
                 let op = &ops[pending.op];
-                match self.advance(op, step, token, r, deadline) {
+                match self.advance(op, step, token, r, &capabilities, deadline) {
                     Next::Finished(outcome) => done.push((pending.op, outcome)),
                     Next::Then(step) => {
+                        pending.step = Some(step);
+                        todo.push(pending);
+                    }
+                    Next::Refused(native, step) => {
+                        ready.refused(native);
                         pending.step = Some(step);
                         todo.push(pending);
                     }
@@ -233,7 +258,7 @@ impl Store {
                         let script_fits =
                             text_len.is_some_and(|len| len.saturating_mul(paths) <= SCRIPT_WORK);
                         if script_fits {
-                            pending.step = Some(Step::Send);
+                            pending.step = Some(Step::Script);
                         } else {
                             pending.step = Some(Step::Read);
                             pending.not_before = Some(now + backoff(pending.conflicts));
@@ -242,6 +267,7 @@ impl Store {
                     }
                 }
             }
+            drop(ready);
             todo.sort_unstable_by_key(|p| p.op);
             if !done.is_empty() {
                 deliver(done);
@@ -261,6 +287,7 @@ impl Store {
         &self,
         ops: &[Op],
         round: Vec<(Pending, Step)>,
+        capabilities: &Capabilities,
         done: &mut Vec<(usize, Outcome)>,
     ) -> (Pipeline, Vec<Planned>) {
         let mut pipe = redis::pipe();
@@ -279,8 +306,10 @@ impl Store {
                 Kind::Unlock => self.tokens.token(&op.id),
                 _ => None,
             };
+            let how = (capabilities, &shas);
             let pushed = match &step {
-                Step::Send => push_commands(&mut pipe, op, &self.keys, &shas, token.as_deref()),
+                Step::Commands => push_commands(&mut pipe, op, &self.keys, how, token.as_deref()),
+                Step::Script => push_merge_script(&mut pipe, op, &self.keys, &shas).map(|_| 1),
                 Step::DeleteSession => {
                     push_delete_session(&mut pipe, op, &self.keys);
                     Ok(1)
@@ -290,7 +319,7 @@ impl Store {
                     Ok(1)
                 }
                 Step::Swap { old, new, .. } => {
-                    push_swap(&mut pipe, op, &self.keys, &shas, old, new).map(|_| 1)
+                    push_swap(&mut pipe, op, &self.keys, how, old, new).map(|_| 1)
                 }
             };
             match pushed {
@@ -334,17 +363,25 @@ impl Store {
         step: Step,
         token: Option<String>,
         replies: &mut [Value],
+        capabilities: &Capabilities,
         deadline: Instant,
     ) -> Next {
+        let refused = |native: Native| {
+            capabilities.is_native(native)
+                && matches!(replies.first(), Some(Value::ServerError(e)) if is_refusal(e))
+        };
         match step {
-            Step::Send if op.kind == Kind::Merge && replies.first() == Some(&Value::Int(-1)) => {
+            Step::Script if replies.first() == Some(&Value::Int(-1)) => {
                 Next::Conflict(None) // the script declined: the text grew past its budget
             }
-            Step::Send if op.kind == Kind::Delete => match decode_replies(op.kind, replies) {
+            Step::Commands if op.kind == Kind::Delete => match decode_replies(op.kind, replies) {
                 Outcome::Done => Next::Then(Step::DeleteSession),
                 failed => Next::Finished(failed),
             },
-            Step::Send | Step::DeleteSession => {
+            Step::Commands if op.kind == Kind::Unlock && refused(Native::Release) => {
+                Next::Refused(Native::Release, Step::Commands)
+            }
+            Step::Commands | Step::Script | Step::DeleteSession => {
                 Next::Finished(self.settle(op, token, decode_replies(op.kind, replies)))
             }
             Step::Read => match replies.first_mut().map(std::mem::take) {
@@ -377,12 +414,12 @@ impl Store {
                 old,
                 new,
                 remembered,
-            } => match replies.first() {
-                Some(Value::Int(1)) => {
+            } => match swapped(replies.first()) {
+                Some(true) => {
                     self.texts.put(&op.id, Arc::new(new), true);
                     Next::Finished(Outcome::Done)
                 }
-                Some(Value::Int(0)) => {
+                Some(false) => {
                     self.texts.forget(&op.id);
                     if remembered {
                         Next::Then(Step::Read) // the remembered text was out of date
@@ -390,7 +427,15 @@ impl Store {
                         Next::Conflict(Some(old.len()))
                     }
                 }
-                _ => Next::Finished(decode_replies(Kind::Merge, replies)),
+                None if refused(Native::Swap) => Next::Refused(
+                    Native::Swap,
+                    Step::Swap {
+                        old,
+                        new,
+                        remembered,
+                    },
+                ),
+                None => Next::Finished(decode_replies(Kind::Merge, replies)),
             },
         }
     }

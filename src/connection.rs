@@ -13,10 +13,12 @@ use std::time::{Duration, Instant};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
+use redis::cluster_routing::{MultipleNodeRoutingInfo, RoutingInfo};
 use redis::sentinel::{SentinelClient, SentinelClientBuilder, SentinelServerType};
 use redis::{Pipeline, RedisError, RedisResult, ServerError, TlsMode, Value};
 use tokio::sync::Notify;
 
+use crate::capabilities::{Capabilities, Native};
 use crate::errors::{Code, Result, StoreError};
 use crate::options::{Config, SentinelTarget, Target};
 
@@ -63,14 +65,61 @@ impl Link {
             }
         }
     }
+
+    /// What the server (on a cluster: every master) can do, asked with
+    /// `HELLO`. A server that refuses HELLO gets the scripts; a link that
+    /// fails is an error.
+    async fn capabilities(&self) -> Result<Capabilities> {
+        let hello = redis::cmd("HELLO");
+        match self {
+            Link::Single(m) => match hello.query_async::<Value>(&mut m.clone()).await {
+                Ok(reply) => Ok(Capabilities::from_hello(&reply)),
+                Err(e) if is_lost(&e) => Err(StoreError::from(e)),
+                Err(_) => Ok(Capabilities::SCRIPTS),
+            },
+            Link::Cluster(c) => {
+                let masters = RoutingInfo::MultiNode((MultipleNodeRoutingInfo::AllMasters, None));
+                match c.clone().route_command(hello, masters).await {
+                    // One reply per master, by address.
+                    Ok(Value::Map(replies)) if !replies.is_empty() => Ok(replies
+                        .iter()
+                        .map(|(_, reply)| Capabilities::from_hello(reply))
+                        .reduce(Capabilities::lowest)
+                        .unwrap_or(Capabilities::SCRIPTS)),
+                    Ok(_) => Ok(Capabilities::SCRIPTS),
+                    Err(e) if is_lost(&e) => Err(StoreError::from(e)),
+                    Err(_) => Ok(Capabilities::SCRIPTS),
+                }
+            }
+        }
+    }
+}
+
+/// The link calls use now.
+struct Open {
+    link: Link,
+    /// Counts the links opened: a link's failures only act on that link.
+    generation: u64,
+    /// None until learned, and again after the connection was lost.
+    capabilities: Option<Capabilities>,
 }
 
 enum State {
     /// No link yet, or the last one was given up (Sentinel after a failover).
     Idle,
-    /// The link and its generation.
-    Ready(Link, u64),
+    Ready(Open),
     Closed,
+}
+
+/// A call's hold on the link: what its server can do, and a pipeline's way
+/// there, answered by the call's deadline.
+pub struct Ready<'a> {
+    conn: &'a Connection,
+    _guard: CallGuard<'a>,
+    link: Link,
+    generation: u64,
+    pub capabilities: Capabilities,
+    deadline: Instant,
 }
 
 /// Where links come from.
@@ -243,26 +292,60 @@ impl Connection {
         Ok(CallGuard(self))
     }
 
-    /// The current link, opened first if there is none.
-    async fn link(&self) -> Result<(Link, u64)> {
+    /// The current link and what its server can do, opened (or asked) first
+    /// if need be.
+    async fn link(&self) -> Result<(Link, u64, Capabilities)> {
         let asked = Instant::now();
         loop {
-            match &*self.state() {
-                State::Ready(link, generation) => return Ok((link.clone(), *generation)),
+            let unknown = match &*self.state() {
+                State::Ready(Open {
+                    link,
+                    generation,
+                    capabilities,
+                }) => match capabilities {
+                    Some(c) => return Ok((link.clone(), *generation, *c)),
+                    None => Some((link.clone(), *generation)),
+                },
                 State::Closed => return Err(StoreError::closed()),
-                State::Idle => {}
-            }
+                State::Idle => None,
+            };
             let _opening = self.opening.lock().await;
-            if !matches!(*self.state(), State::Idle) {
-                continue; // another call opened it meanwhile
+            let current = match unknown {
+                // Reconnected since it was learned: perhaps to another server.
+                Some((_, generation)) => self.is_unknown(generation),
+                None => matches!(*self.state(), State::Idle),
+            };
+            if !current {
+                continue; // another call opened the link or learned it meanwhile
             }
             if let Some((at, e)) = &*self.open_failed() {
                 if *at >= asked {
                     return Err(e.clone()); // the attempt this call waited for failed
                 }
             }
-            let link = match self.open().await {
-                Ok(link) => link,
+            if let Some((link, generation)) = unknown {
+                match link.capabilities().await {
+                    Ok(capabilities) => {
+                        if let State::Ready(open) = &mut *self.state() {
+                            if open.generation == generation {
+                                open.capabilities = Some(capabilities);
+                            }
+                        }
+                        continue;
+                    }
+                    Err(e) => {
+                        *self.open_failed() = Some((Instant::now(), e.clone()));
+                        return Err(e);
+                    }
+                }
+            }
+            let opened = async {
+                let link = self.open().await?;
+                let capabilities = link.capabilities().await?;
+                Ok::<_, StoreError>((link, capabilities))
+            };
+            let (link, capabilities) = match opened.await {
+                Ok(opened) => opened,
                 Err(e) => {
                     *self.open_failed() = Some((Instant::now(), e.clone()));
                     return Err(e);
@@ -273,8 +356,37 @@ impl Connection {
             if matches!(*state, State::Closed) {
                 return Err(StoreError::closed());
             }
-            *state = State::Ready(link.clone(), generation);
-            return Ok((link, generation));
+            *state = State::Ready(Open {
+                link: link.clone(),
+                generation,
+                capabilities: Some(capabilities),
+            });
+            return Ok((link, generation, capabilities));
+        }
+    }
+
+    /// Whether link `generation` is current and its capabilities unknown.
+    fn is_unknown(&self, generation: u64) -> bool {
+        matches!(&*self.state(), State::Ready(o) if o.generation == generation && o.capabilities.is_none())
+    }
+
+    /// Link `generation` lost its connection: what its server can do is asked
+    /// again before the next call (it may have reconnected to another one).
+    fn unlearn(&self, generation: u64) {
+        if let State::Ready(open) = &mut *self.state() {
+            if open.generation == generation {
+                open.capabilities = None;
+            }
+        }
+    }
+
+    /// The server of link `generation` refused a native command: the scripts
+    /// do that step on this link from now on.
+    fn refuse(&self, generation: u64, native: Native) {
+        if let State::Ready(open) = &mut *self.state() {
+            if open.generation == generation {
+                open.capabilities = open.capabilities.map(|c| c.without(native));
+            }
         }
     }
 
@@ -328,7 +440,7 @@ impl Connection {
             return;
         }
         let mut state = self.state();
-        if matches!(*state, State::Ready(_, g) if g == generation) {
+        if matches!(&*state, State::Ready(o) if o.generation == generation) {
             *state = State::Idle;
         }
     }
@@ -359,39 +471,28 @@ impl Connection {
         });
     }
 
+    /// The link for a call that must be answered by `deadline`, opened first
+    /// if need be (or `ERR_TIMEOUT`).
+    pub async fn ready(&self, deadline: Instant) -> Result<Ready<'_>> {
+        let guard = self.enter()?;
+        match tokio::time::timeout_at(deadline.into(), self.link()).await {
+            Ok(Ok((link, generation, capabilities))) => Ok(Ready {
+                conn: self,
+                _guard: guard,
+                link,
+                generation,
+                capabilities,
+                deadline,
+            }),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(self.timeout()),
+        }
+    }
+
     /// Runs a pipeline, answered by `deadline` or failed with `ERR_TIMEOUT`;
     /// error replies stay in place.
     pub async fn exec(&self, pipe: &Pipeline, deadline: Instant) -> Result<Vec<Value>> {
-        let _guard = self.enter()?;
-        let used = AtomicU64::new(0);
-        let call = async {
-            let (link, generation) = self.link().await?;
-            used.store(generation, Ordering::Relaxed);
-            match link.exec(pipe).await {
-                Ok(values) => {
-                    // Only Sentinel acts on it: no scan of the replies otherwise.
-                    if matches!(self.source, Source::Sentinel(..)) && values.iter().any(is_readonly)
-                    {
-                        self.forget(generation); // a replica now: failover
-                    }
-                    Ok(values)
-                }
-                Err(e) => {
-                    if is_lost(&e) {
-                        self.forget(generation);
-                        self.revive(&link);
-                    }
-                    Err(StoreError::from(e))
-                }
-            }
-        };
-        match tokio::time::timeout_at(deadline.into(), call).await {
-            Ok(result) => result,
-            Err(_) => {
-                self.forget(used.load(Ordering::Relaxed));
-                Err(self.timeout())
-            }
-        }
+        self.ready(deadline).await?.exec(pipe).await
     }
 
     /// Refuses new calls, waits for the calls in flight, then drops the link.
@@ -411,5 +512,46 @@ impl Connection {
         }
         let link = std::mem::replace(&mut *self.state(), State::Closed);
         drop(link);
+    }
+}
+
+impl Ready<'_> {
+    /// Runs a pipeline, answered by the call's deadline or failed with
+    /// `ERR_TIMEOUT`; error replies stay in place.
+    pub async fn exec(&self, pipe: &Pipeline) -> Result<Vec<Value>> {
+        let conn = self.conn;
+        let call = async {
+            match self.link.exec(pipe).await {
+                Ok(values) => {
+                    // Only Sentinel acts on it: no scan of the replies otherwise.
+                    if matches!(conn.source, Source::Sentinel(..)) && values.iter().any(is_readonly)
+                    {
+                        conn.forget(self.generation); // a replica now: failover
+                    }
+                    Ok(values)
+                }
+                Err(e) => {
+                    if is_lost(&e) {
+                        conn.unlearn(self.generation);
+                        conn.forget(self.generation);
+                        conn.revive(&self.link);
+                    }
+                    Err(StoreError::from(e))
+                }
+            }
+        };
+        match tokio::time::timeout_at(self.deadline.into(), call).await {
+            Ok(result) => result,
+            Err(_) => {
+                conn.forget(self.generation);
+                Err(conn.timeout())
+            }
+        }
+    }
+
+    /// The server refused `native` (an older server, a fork, or an ACL
+    /// without it): the scripts do that step on this link from now on.
+    pub fn refused(&self, native: Native) {
+        self.conn.refuse(self.generation, native);
     }
 }

@@ -4,6 +4,7 @@
 //! the addon's own tokio runtime.
 
 pub mod batch;
+pub mod capabilities;
 pub mod connection;
 pub mod delivery;
 pub mod errors;

@@ -5,6 +5,7 @@
 use napi_derive::napi;
 use redis::{Pipeline, RedisError, Value};
 
+use crate::capabilities::Capabilities;
 use crate::errors::{Code, Result, StoreError};
 use crate::keys::Keys;
 use crate::limits::{script_max_bytes, MAX_PADDING, MAX_TTL_MS};
@@ -162,31 +163,40 @@ pub fn push_read(pipe: &mut Pipeline, op: &Op, keys: &Keys) {
     pipe.cmd("GET").arg(keys.session(&op.id));
 }
 
-/// A merge's second step: write the spliced text if the stored one is unchanged.
+/// A merge's second step: write the spliced text if the stored one is
+/// unchanged, the way `capabilities` says.
 pub fn push_swap(
     pipe: &mut Pipeline,
     op: &Op,
     keys: &Keys,
-    shas: &Shas,
+    (capabilities, shas): (&Capabilities, &Shas),
     old: &[u8],
     new: &[u8],
 ) -> Result<()> {
     let ttl = ttl_ms(op.ttl)?;
-    evalsha(pipe, shas.swap, keys.session(&op.id))
-        .arg(old)
-        .arg(new)
-        .arg(ttl);
+    capabilities.push_swap(pipe, keys.session(&op.id), old, new, ttl, shas.swap);
     Ok(())
 }
 
-/// Appends op's commands to `pipe` (for Merge: the server-side script, used
-/// when the client-side splice cannot be); returns how many it appended. `token` is the
-/// lock token for Lock (the new one) and Unlock (the remembered one).
+/// A merge the server does (`lua/merge.lua`), when the splice here cannot.
+pub fn push_merge_script(pipe: &mut Pipeline, op: &Op, keys: &Keys, shas: &Shas) -> Result<()> {
+    let ttl = ttl_ms(op.ttl)?;
+    evalsha(pipe, shas.merge, keys.session(&op.id))
+        .arg(ttl)
+        .arg(script_max_bytes(op.args.len() / 2))
+        .arg(MAX_PADDING)
+        .arg(&op.args);
+    Ok(())
+}
+
+/// Appends op's commands to `pipe` (for Merge: the server-side script);
+/// returns how many it appended. `token` is the lock token for Lock (the new
+/// one) and Unlock (the remembered one).
 pub fn push_commands(
     pipe: &mut Pipeline,
     op: &Op,
     keys: &Keys,
-    shas: &Shas,
+    (capabilities, shas): (&Capabilities, &Shas),
     token: Option<&str>,
 ) -> Result<usize> {
     Ok(match op.kind {
@@ -212,12 +222,7 @@ pub fn push_commands(
             1
         }
         Kind::Merge => {
-            let ttl = ttl_ms(op.ttl)?;
-            evalsha(pipe, shas.merge, keys.session(&op.id))
-                .arg(ttl)
-                .arg(script_max_bytes(op.args.len() / 2))
-                .arg(MAX_PADDING)
-                .arg(&op.args);
+            push_merge_script(pipe, op, keys, shas)?;
             1
         }
         Kind::Lock => {
@@ -232,7 +237,7 @@ pub fn push_commands(
         }
         Kind::Unlock => match token {
             Some(token) => {
-                evalsha(pipe, shas.unlock, keys.lock(&op.id)).arg(token);
+                capabilities.push_release(pipe, keys.lock(&op.id), token, shas.unlock);
                 1
             }
             None => 0,

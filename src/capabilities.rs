@@ -1,0 +1,363 @@
+//! What the server behind a link can do, and so which commands the store sends
+//! for its two compare-and-write steps: a merge's compare-and-set and
+//! `unlock`'s compare-and-delete. Learned with `HELLO` when a link opens (and
+//! again after the connection was lost: it may be another server now); on a
+//! cluster, the lowest of the masters'. A server that refuses a native
+//! command (an ACL without it, a fork that claims a version it does not
+//! implement) leaves the store on the Lua scripts for that link.
+//!
+//! | server       | compare-and-set            | compare-and-delete      |
+//! |--------------|----------------------------|-------------------------|
+//! | Redis ≥ 8.4  | `SET k new IFDEQ <digest>` | `DELEX k IFEQ token`    |
+//! | Valkey ≥ 9.0 | `SET k new IFEQ old`       | `DELIFEQ k token`       |
+//! | Valkey 8.1   | `SET k new IFEQ old`       | `lua/unlock.lua`        |
+//! | otherwise    | `lua/swap.lua`             | `lua/unlock.lua`        |
+//!
+//! None of these creates a key that is missing: a merge of a session that
+//! expired or was deleted stays a no-op.
+
+use redis::{Pipeline, ServerError, Value};
+use xxhash_rust::xxh3::xxh3_64;
+
+/// How a merge writes its spliced text only if the stored one is unchanged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum SwapBy {
+    /// `lua/swap.lua` by EVALSHA: every server.
+    Script,
+    /// `SET key new IFEQ old PX ttl` (Valkey ≥ 8.1): sends the old text.
+    Equal,
+    /// `SET key new IFDEQ <XXH3-64 of old> PX ttl` (Redis ≥ 8.4): sends 16
+    /// hex digits in place of the old text.
+    Digest,
+}
+
+/// How `unlock` deletes the lock key only while it holds this store's token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum ReleaseBy {
+    /// `lua/unlock.lua` by EVALSHA: every server.
+    Script,
+    /// `DELIFEQ key token` (Valkey ≥ 9.0).
+    DelIfEq,
+    /// `DELEX key IFEQ token` (Redis ≥ 8.4).
+    DelEx,
+}
+
+/// The store's choice of commands for one link.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Capabilities {
+    pub swap: SwapBy,
+    pub release: ReleaseBy,
+}
+
+/// Which native command a server refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Native {
+    Swap,
+    Release,
+}
+
+impl Capabilities {
+    /// What every server runs: the Lua scripts.
+    pub const SCRIPTS: Capabilities = Capabilities {
+        swap: SwapBy::Script,
+        release: ReleaseBy::Script,
+    };
+
+    /// The commands of server `name` ("redis", "valkey") at `version` ("8.6.3").
+    pub fn of(name: &str, version: &str) -> Capabilities {
+        let mut parts = version.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
+        let v = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+        match name {
+            "redis" if v >= (8, 4) => Capabilities {
+                swap: SwapBy::Digest,
+                release: ReleaseBy::DelEx,
+            },
+            "valkey" if v >= (9, 0) => Capabilities {
+                swap: SwapBy::Equal,
+                release: ReleaseBy::DelIfEq,
+            },
+            "valkey" if v >= (8, 1) => Capabilities {
+                swap: SwapBy::Equal,
+                release: ReleaseBy::Script,
+            },
+            _ => Capabilities::SCRIPTS,
+        }
+    }
+
+    /// The commands of the server that sent this reply to `HELLO` (a map in
+    /// RESP3, a flat array of pairs in RESP2); the scripts for an error reply
+    /// (Redis 6.0 wants an argument; an ACL may refuse it) or anything else.
+    pub fn from_hello(reply: &Value) -> Capabilities {
+        let field = |name: &str| -> Option<String> {
+            let pairs: Vec<(&Value, &Value)> = match reply {
+                Value::Map(m) => m.iter().map(|(k, v)| (k, v)).collect(),
+                Value::Array(a) => a.chunks_exact(2).map(|p| (&p[0], &p[1])).collect(),
+                _ => return None,
+            };
+            pairs.into_iter().find_map(|(k, v)| {
+                (text(k)? == name).then_some(())?;
+                text(v)
+            })
+        };
+        match (field("server"), field("version")) {
+            (Some(server), Some(version)) => Capabilities::of(&server, &version),
+            _ => Capabilities::SCRIPTS,
+        }
+    }
+
+    /// What all of several servers run (the masters of a cluster).
+    pub fn lowest(self, other: Capabilities) -> Capabilities {
+        // A release by DELEX on one master and DELIFEQ on another has no
+        // common native form: the scripts then.
+        let release = if self.release == other.release {
+            self.release
+        } else {
+            ReleaseBy::Script
+        };
+        let swap = match (self.swap, other.swap) {
+            (a, b) if a == b => a,
+            // IFEQ runs wherever IFDEQ does (Redis ≥ 8.4 has both).
+            (SwapBy::Equal | SwapBy::Digest, SwapBy::Equal | SwapBy::Digest) => SwapBy::Equal,
+            _ => SwapBy::Script,
+        };
+        Capabilities { swap, release }
+    }
+
+    /// These capabilities without the native command a server refused.
+    pub fn without(self, refused: Native) -> Capabilities {
+        match refused {
+            Native::Swap => Capabilities {
+                swap: SwapBy::Script,
+                ..self
+            },
+            Native::Release => Capabilities {
+                release: ReleaseBy::Script,
+                ..self
+            },
+        }
+    }
+
+    /// Appends the compare-and-set of `key` from `old` to `new` with `ttl` ms;
+    /// `script` is swap.lua's SHA. Its reply goes to [`swapped`].
+    pub fn push_swap(
+        &self,
+        pipe: &mut Pipeline,
+        key: String,
+        old: &[u8],
+        new: &[u8],
+        ttl: u64,
+        script: &str,
+    ) {
+        match self.swap {
+            SwapBy::Script => {
+                let cmd = pipe.cmd("EVALSHA").arg(script).arg(1).arg(key);
+                cmd.arg(old).arg(new).arg(ttl);
+            }
+            SwapBy::Equal => {
+                let cmd = pipe.cmd("SET").arg(key).arg(new);
+                cmd.arg("IFEQ").arg(old).arg("PX").arg(ttl);
+            }
+            SwapBy::Digest => {
+                let cmd = pipe.cmd("SET").arg(key).arg(new);
+                cmd.arg("IFDEQ").arg(digest(old)).arg("PX").arg(ttl);
+            }
+        }
+    }
+
+    /// Appends the compare-and-delete of lock `key` holding `token`; `script`
+    /// is unlock.lua's SHA. Any reply but an error means done.
+    pub fn push_release(&self, pipe: &mut Pipeline, key: String, token: &str, script: &str) {
+        match self.release {
+            ReleaseBy::Script => {
+                pipe.cmd("EVALSHA").arg(script).arg(1).arg(key).arg(token);
+            }
+            ReleaseBy::DelIfEq => {
+                pipe.cmd("DELIFEQ").arg(key).arg(token);
+            }
+            ReleaseBy::DelEx => {
+                pipe.cmd("DELEX").arg(key).arg("IFEQ").arg(token);
+            }
+        }
+    }
+
+    /// Whether `native` was sent here as a native command.
+    pub fn is_native(&self, native: Native) -> bool {
+        match native {
+            Native::Swap => self.swap != SwapBy::Script,
+            Native::Release => self.release != ReleaseBy::Script,
+        }
+    }
+}
+
+/// What a compare-and-set's reply says: `Some(true)` written, `Some(false)`
+/// not written (the text changed, or the key is gone), None anything else.
+pub fn swapped(reply: Option<&Value>) -> Option<bool> {
+    match reply {
+        Some(Value::Int(1) | Value::Okay) => Some(true),
+        Some(Value::Int(0) | Value::Nil) => Some(false),
+        _ => None,
+    }
+}
+
+/// Whether an error reply means the server does not run a native command
+/// (an older server or a fork: unknown command, or a syntax error for SET's
+/// new arguments) or this user may not (NOPERM): the scripts do it then.
+pub fn is_refusal(e: &ServerError) -> bool {
+    let detail = e.details().unwrap_or("");
+    match e.code() {
+        "NOPERM" => true,
+        "ERR" => detail.starts_with("unknown command") || detail.starts_with("syntax error"),
+        _ => false,
+    }
+}
+
+/// The digest Redis's `DIGEST` and `IFDEQ` use: XXH3-64, seed 0, over the
+/// stored bytes, as 16 lowercase hex digits.
+pub fn digest(text: &[u8]) -> String {
+    format!("{:016x}", xxh3_64(text))
+}
+
+fn text(v: &Value) -> Option<String> {
+    match v {
+        Value::BulkString(b) => String::from_utf8(b.clone()).ok(),
+        Value::SimpleString(s) => Some(s.clone()),
+        Value::VerbatimString { text, .. } => Some(text.clone()),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hello(server: &str, version: &str) -> Value {
+        let b = |s: &str| Value::BulkString(s.as_bytes().to_vec());
+        Value::Array(vec![
+            b("server"),
+            b(server),
+            b("version"),
+            b(version),
+            b("proto"),
+            Value::Int(2),
+        ])
+    }
+
+    #[test]
+    fn each_server_gets_its_native_commands() {
+        let cases = [
+            ("redis", "6.0.16", SwapBy::Script, ReleaseBy::Script),
+            ("redis", "7.0.15", SwapBy::Script, ReleaseBy::Script),
+            ("redis", "8.2.1", SwapBy::Script, ReleaseBy::Script),
+            ("redis", "8.4.0", SwapBy::Digest, ReleaseBy::DelEx),
+            ("redis", "8.6.3", SwapBy::Digest, ReleaseBy::DelEx),
+            ("redis", "10.0.0", SwapBy::Digest, ReleaseBy::DelEx),
+            ("valkey", "8.0.1", SwapBy::Script, ReleaseBy::Script),
+            ("valkey", "8.1.1", SwapBy::Equal, ReleaseBy::Script),
+            ("valkey", "9.1.2", SwapBy::Equal, ReleaseBy::DelIfEq),
+            ("dragonfly", "9.9.9", SwapBy::Script, ReleaseBy::Script),
+            ("redis", "garbage", SwapBy::Script, ReleaseBy::Script),
+        ];
+        for (server, version, swap, release) in cases {
+            let c = Capabilities::from_hello(&hello(server, version));
+            assert_eq!((c.swap, c.release), (swap, release), "{server} {version}");
+        }
+        let map = Value::Map(vec![
+            (
+                Value::SimpleString("server".into()),
+                Value::SimpleString("redis".into()),
+            ),
+            (
+                Value::SimpleString("version".into()),
+                Value::SimpleString("8.6.3".into()),
+            ),
+        ]);
+        assert_eq!(Capabilities::from_hello(&map).swap, SwapBy::Digest);
+        let refused = reply(b"-ERR wrong number of arguments for 'hello' command\r\n");
+        assert_eq!(Capabilities::from_hello(&refused), Capabilities::SCRIPTS);
+    }
+
+    #[test]
+    fn a_cluster_runs_what_every_master_runs() {
+        let r86 = Capabilities::of("redis", "8.6.3");
+        let v91 = Capabilities::of("valkey", "9.1.2");
+        let v81 = Capabilities::of("valkey", "8.1.1");
+        let r70 = Capabilities::of("redis", "7.0.15");
+        assert_eq!(r86.lowest(r86), r86);
+        assert_eq!(
+            r86.lowest(v91),
+            Capabilities {
+                swap: SwapBy::Equal,
+                release: ReleaseBy::Script
+            }
+        );
+        assert_eq!(v91.lowest(v81), v81);
+        assert_eq!(r86.lowest(r70), Capabilities::SCRIPTS);
+        assert_eq!(r70.lowest(r86), Capabilities::SCRIPTS);
+        assert_eq!(r86.without(Native::Release).release, ReleaseBy::Script);
+        assert_eq!(r86.without(Native::Release).swap, SwapBy::Digest);
+    }
+
+    #[test]
+    fn the_digest_is_what_redis_digest_prints() {
+        // Redis 8.6.3's DIGEST of "v2", and of n letters ('a' + 7i mod 26) at
+        // the lengths where XXH3 changes its code path.
+        assert_eq!(digest(b"v2"), "2225df3932692638");
+        let cases = [
+            (0, "2d06800538d394c2"),
+            (1, "e6c632b61e964e1f"),
+            (3, "7ea47a004f34273c"),
+            (4, "a02b1fe01d5e8c68"),
+            (8, "ae512ee33cb829a3"),
+            (9, "8a413b4d39e87b1d"),
+            (16, "dfd4b837b7921abf"),
+            (17, "93e37276a1b3d25e"),
+            (128, "b2750a05a86bd144"),
+            (129, "7944327491a28ad0"),
+            (240, "42b550f096408b23"),
+            (241, "58129d823c648ff5"),
+            (1024, "62efeb73eb589676"),
+            (32768, "09d06a8f45ffc0a5"),
+        ];
+        for (n, expected) in cases {
+            let text: Vec<u8> = (0..n).map(|i| b'a' + (i * 7 % 26) as u8).collect();
+            assert_eq!(digest(&text), expected, "{n} bytes");
+        }
+    }
+
+    #[test]
+    fn refusals_are_told_from_other_errors() {
+        let refusal = |resp: &[u8]| match reply(resp) {
+            Value::ServerError(e) => is_refusal(&e),
+            other => panic!("{other:?}"),
+        };
+        // What Redis 7.0, Valkey 8.0 and an ACL answer to the native commands.
+        assert!(refusal(b"-ERR syntax error\r\n"));
+        assert!(refusal(
+            b"-ERR unknown command 'DELEX', with args beginning with: 'k'\r\n"
+        ));
+        assert!(refusal(
+            b"-NOPERM User u has no permissions to run the 'delex' command\r\n"
+        ));
+        assert!(!refusal(
+            b"-WRONGTYPE Operation against a key holding the wrong kind of value\r\n"
+        ));
+        assert!(!refusal(b"-OOM command not allowed\r\n"));
+        assert!(!refusal(
+            b"-ERR value is not an integer or out of range\r\n"
+        ));
+    }
+
+    #[test]
+    fn replies_to_a_swap_say_whether_it_wrote() {
+        assert_eq!(swapped(Some(&Value::Okay)), Some(true));
+        assert_eq!(swapped(Some(&Value::Int(1))), Some(true));
+        assert_eq!(swapped(Some(&Value::Nil)), Some(false));
+        assert_eq!(swapped(Some(&Value::Int(0))), Some(false));
+        assert_eq!(swapped(Some(&Value::Int(-1))), None);
+        assert_eq!(swapped(None), None);
+    }
+
+    fn reply(resp: &[u8]) -> Value {
+        redis::parse_redis_value(resp).unwrap()
+    }
+}
