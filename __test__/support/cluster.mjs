@@ -37,7 +37,8 @@ async function waitFor(what, check, timeoutMs = 20_000) {
 
 /**
  * A cluster of `masters` masters, all slots assigned, state ok everywhere.
- * @param {{masters?: number, args?: string[]}} [opts]
+ * `bins` gives node i's server binary (a cluster in the middle of an upgrade).
+ * @param {{masters?: number, args?: string[], bins?: string[]}} [opts]
  */
 export async function startCluster(opts = {}) {
   const dir = mkdtempSync(path.join(tmpdir(), 'rsr-cluster-'))
@@ -52,7 +53,7 @@ export async function startCluster(opts = {}) {
   try {
     for (let i = 0; i < (opts.masters ?? 3); i++) {
       const port = await freePort()
-      nodes.push(await startRedis({ port, args: nodeArgs(port) }))
+      nodes.push(await startRedis({ port, args: nodeArgs(port), bin: opts.bins?.[i] }))
     }
     await cli(['--cluster', 'create', ...nodes.map((n) => `127.0.0.1:${n.port}`), '--cluster-replicas', '0', '--cluster-yes'])
     for (const n of nodes) {

@@ -1,6 +1,8 @@
 // A TCP proxy on a free loopback port in front of a server, for the timing
 // tests: what the client sends goes through at once; what the server answers
-// is held for `delayMs` (changeable at any time), in order.
+// is held for `delayMs` (changeable at any time), in order. `sent` collects
+// what clients sent (as latin1 text) when it is an array; `rewrite` changes
+// what the server answers.
 import net from 'node:net'
 
 /** @param {number} upstreamPort */
@@ -10,6 +12,10 @@ export function startProxy(upstreamPort) {
     port: 0,
     url: '',
     delayMs: 0,
+    /** @type {string[] | null} */
+    sent: null,
+    /** @type {(data: Buffer) => Buffer} */
+    rewrite: (data) => data,
     async stop() {
       for (const s of sockets) s.destroy()
       await new Promise((resolve) => server.close(resolve))
@@ -31,10 +37,13 @@ export function startProxy(upstreamPort) {
       }
       if (queue.length > 0) timer = setTimeout(pump, queue[0].due - Date.now())
     }
-    client.on('data', (d) => upstream.write(d))
+    client.on('data', (d) => {
+      proxy.sent?.push(d.toString('latin1'))
+      upstream.write(d)
+    })
     upstream.on('data', (data) => {
       const due = Math.max(Date.now() + proxy.delayMs, queue.at(-1)?.due ?? 0)
-      queue.push({ due, data })
+      queue.push({ due, data: proxy.rewrite(data) })
       if (timer === null) pump()
     })
     const end = () => {

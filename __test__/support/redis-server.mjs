@@ -72,10 +72,10 @@ export function rawCommand(port, command, timeoutMs = 500) {
 /**
  * Starts a redis-server on a free loopback port, persistence off.
  * `config` names a config file to start from (a sentinel's).
- * @param {{args?: string[], port?: number, config?: string}} [opts]
+ * @param {{args?: string[], port?: number, config?: string, bin?: string}} [opts]
  */
 export async function startRedis(opts = {}) {
-  const bin = findRedisServer()
+  const bin = opts.bin ?? findRedisServer()
   const port = opts.port ?? (await freePort())
   // A directory of its own: no dump file of another server (or version) is
   // ever read from, or left in, the current directory.
