@@ -142,13 +142,13 @@ describe('native compare-and-set and compare-and-delete', () => {
     await store.merge(id, { 'data.user.name': 'Grace' }, TTL)
     assert.equal(await redis.admin.exists(`sess:${id}`), 0)
     assert.equal(await store.lock(id, 5000), true)
-    await redis.admin.del(`lock:${id}`)
+    await redis.admin.del(`sess:lock:${id}`)
     await store.unlock(id)
-    assert.equal(await redis.admin.exists(`lock:${id}`), 0)
+    assert.equal(await redis.admin.exists(`sess:lock:${id}`), 0)
     assert.equal(await store.lock(id, 5000), true)
-    await redis.admin.set(`lock:${id}`, 'another-holder', 'PX', 5000) // expired and taken by another
+    await redis.admin.set(`sess:lock:${id}`, 'another-holder', 'PX', 5000) // expired and taken by another
     await store.unlock(id)
-    assert.equal(await redis.admin.get(`lock:${id}`), 'another-holder')
+    assert.equal(await redis.admin.get(`sess:lock:${id}`), 'another-holder')
   })
 })
 
@@ -184,7 +184,7 @@ describe('falling back to the scripts', { skip: onCluster && 'standalone: a prox
       assert.equal(sent.match(/DELEX/g)?.length, 1, 'DELEX sent once')
       for (const id of ids) {
         assert.equal((await stored(id)).data.user.name, 'Grace')
-        assert.equal(await redis.admin.exists(`lock:${id}`), 0)
+        assert.equal(await redis.admin.exists(`sess:lock:${id}`), 0)
       }
     } finally {
       await proxy.stop()
@@ -202,7 +202,7 @@ describe('falling back to the scripts', { skip: onCluster && 'standalone: a prox
     for (const id of ids) {
       assert.equal(await store.lock(id, 5000), true)
       await store.unlock(id)
-      assert.equal(await redis.admin.exists(`lock:${id}`), 0)
+      assert.equal(await redis.admin.exists(`sess:lock:${id}`), 0)
     }
     const calls = await commandCalls()
     assert.equal(calls.evalsha, ids.length, JSON.stringify(calls))
@@ -250,7 +250,7 @@ describe('servers of different versions', { skip: onCluster && 'standalone: star
       assert.match(stats, /^cmdstat_evalsha:calls=[1-9]/m, 'the refusing master ran the unlock script')
       for (const id of ids) {
         assert.equal(JSON.parse(await admin.get(`sess:${id}`)).data.user.name, 'Grace')
-        assert.equal(await admin.exists(`lock:${id}`), 0)
+        assert.equal(await admin.exists(`sess:lock:${id}`), 0)
       }
     } finally {
       admin.disconnect()
