@@ -3,7 +3,9 @@
 // each server version scripts/servers.mjs can get (built once, kept in
 // .servers/). A version that cannot be got is reported as such, not as a
 // failure. `npm run test:matrix -- 8.6 valkey-9` runs the versions whose key
-// or name contains a word given.
+// or name contains a word given. `--suites=standalone,cluster` runs only
+// those suites; `--require` makes a version that cannot be got a failure
+// (npm test runs the standalone suite on the newest Redis and Valkey so).
 import { execFileSync, spawnSync } from 'node:child_process'
 import path from 'node:path'
 import { fileURLToPath } from 'node:url'
@@ -11,14 +13,17 @@ import { cliNextTo, SERVERS, serverBinary } from './servers.mjs'
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..')
 const versions = Object.entries(SERVERS).map(([key, s]) => ({ key, name: s.name }))
-const only = process.argv.slice(2)
+const args = process.argv.slice(2)
+const only = args.filter((a) => !a.startsWith('--'))
+const required = args.includes('--require')
+const suiteNames = args.find((a) => a.startsWith('--suites='))?.slice('--suites='.length).split(',')
 
 // The package's own test scripts, so that the matrix runs what npm test runs.
 const suites = [
   { name: 'standalone', script: 'test:js' },
   { name: 'cluster', script: 'test:cluster' },
   { name: 'ha', script: 'test:failover' },
-]
+].filter((s) => !suiteNames || suiteNames.includes(s.name))
 
 const rows = []
 for (const v of versions) {
@@ -27,7 +32,8 @@ for (const v of versions) {
   try {
     bin = serverBinary(v.key)
   } catch (e) {
-    rows.push({ version: v.name, server: '-', result: `not available: ${e.message.split('\n')[0]}` })
+    const why = e.message.split('\n')[0]
+    rows.push({ version: v.name, server: '-', result: `${required ? 'FAIL: ' : ''}not available: ${why}` })
     continue
   }
   const server = execFileSync(bin, ['--version'], { encoding: 'utf8' }).trim().split(' ').find((w) => w.startsWith('v='))

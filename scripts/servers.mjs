@@ -128,6 +128,13 @@ function gotOnce(key, bin, get) {
  */
 function buildFromSource(key, pkg, suite) {
   return gotOnce(key, `${pkg}-server`, (dest, work) => {
+    const lacking = ['apt-get', 'make', 'cc', 'pkg-config'].filter((cmd) => !which(cmd))
+    if (lacking.length || spawnSync('pkg-config', ['--exists', 'openssl']).status !== 0) {
+      throw new Error(
+        `building ${SERVERS[key].name} needs apt-get, make, a C compiler, pkg-config and libssl-dev ` +
+          `(Debian: apt-get install build-essential pkg-config libssl-dev)${lacking.length ? `; missing: ${lacking.join(', ')}` : ''}`,
+      )
+    }
     withPrivateApt(work, [`deb-src ${KEYRING} ${debianMirror()} ${suite} main`], (apt) => {
       // Only the upstream tarball is used: a missing Debian diff is not an error.
       spawnSync('apt-get', [...apt, 'source', '--download-only', '-qq', `${pkg}/${suite}`], { cwd: work, stdio: 'inherit' })
