@@ -5,8 +5,10 @@
 //! op that needs more rounds never holds back the others (`delivery.rs`).
 //!
 //! A merge takes steps: read the stored text; splice the paths in here
-//! (`splice.rs`, at memory speed); write it back with a compare-and-set script.
-//! A merge of a session whose text this store read or wrote lately starts with
+//! (`splice.rs`, at memory speed); write it back with a compare-and-set (a
+//! native `SET … IFDEQ`/`IFEQ` or `lua/swap.lua`: `capabilities.rs`, consulted
+//! when a round is planned). A native command the server refuses runs again
+//! by script. A merge of a session whose text this store read or wrote lately starts with
 //! the compare-and-set (`texts.rs`); if that text is out of date, it reads.
 //! When another writer changed the text in between (a conflict), the
 //! server-side script (`lua/merge.lua`) applies the paths atomically if its
@@ -25,18 +27,18 @@ use std::hash::BuildHasher;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use redis::{Pipeline, RedisError, Value};
+use redis::{Pipeline, Value};
 
 use crate::capabilities::{is_refusal, swapped, Capabilities, Native};
-use crate::errors::{Code, Result, StoreError};
+use crate::errors::{Code, StoreError};
 use crate::limits::SCRIPT_WORK;
 use crate::lock::new_token;
 use crate::ops::{
     decode_replies, is_noscript, push_commands, push_delete_session, push_merge_script, push_read,
-    push_swap, ttl_ms, Kind, Op, Outcome, Shas,
+    push_swap, Kind, Op, Outcome,
 };
 use crate::splice::{self, SpliceError};
-use crate::store::{Store, MERGE_LUA, SWAP_LUA, UNLOCK_LUA};
+use crate::store::Store;
 use crate::texts::Remembered;
 
 /// Where an op stands.
@@ -128,17 +130,29 @@ fn spliced(
     }
 }
 
-impl Store {
-    /// Runs ops until each has an outcome or `deadline` passes, handing each
-    /// round's outcomes to `deliver` as they come. Ops on one session take
-    /// effect in the order given: an op waits while an earlier op of the batch
-    /// on the same session may still need another round.
-    pub async fn run(
-        &self,
-        ops: &[Op],
-        deadline: Instant,
-        deliver: &mut (dyn FnMut(Vec<(usize, Outcome)>) + Send),
-    ) {
+/// One batch of ops of a store, run until each has an outcome or its
+/// deadline passes.
+pub struct Batch<'a> {
+    store: &'a Store,
+    ops: &'a [Op],
+    deadline: Instant,
+}
+
+impl<'a> Batch<'a> {
+    pub fn new(store: &'a Store, ops: &'a [Op], deadline: Instant) -> Self {
+        Batch {
+            store,
+            ops,
+            deadline,
+        }
+    }
+
+    /// Runs the ops, handing each round's outcomes to `deliver` as they come.
+    /// Ops on one session take effect in the order given: an op waits while
+    /// an earlier op of the batch on the same session may still need another
+    /// round.
+    pub async fn run(&self, deliver: &mut (dyn FnMut(Vec<(usize, Outcome)>) + Send)) {
+        let (ops, deadline) = (self.ops, self.deadline);
         let mut todo: Vec<Pending> = (0..ops.len())
             .map(|op| Pending {
                 op,
@@ -148,12 +162,12 @@ impl Store {
             })
             .collect();
         let mut scripts_loaded = false;
-        let ordered = self.conn.is_cluster();
+        let ordered = self.store.conn.is_cluster();
         while !todo.is_empty() {
             let now = Instant::now();
             let mut done = Vec::new();
             if now >= deadline {
-                let e = self.conn.timeout();
+                let e = self.store.conn.timeout();
                 done.extend(todo.drain(..).map(|p| (p.op, Outcome::Failed(e.clone()))));
                 deliver(done);
                 return;
@@ -181,7 +195,7 @@ impl Store {
                 }
                 // A merge's first step is chosen now, after the ops before it.
                 let step = p.step.take().unwrap_or_else(|| match op.kind {
-                    Kind::Merge => self.first_merge_step(op, deadline),
+                    Kind::Merge => self.first_merge_step(op),
                     _ => Step::Commands,
                 });
                 round.push((p, step));
@@ -191,7 +205,7 @@ impl Store {
                 tokio::time::sleep_until(wake.into()).await;
                 continue;
             }
-            let ready = match self.conn.ready(deadline).await {
+            let ready = match self.store.conn.ready(deadline).await {
                 Ok(ready) => ready,
                 Err(e) => {
                     // Nothing was sent.
@@ -206,7 +220,7 @@ impl Store {
                 }
             };
             let capabilities = ready.capabilities;
-            let (pipe, planned) = self.plan(ops, round, &capabilities, &mut done);
+            let (pipe, planned) = self.plan(round, &capabilities, &mut done);
             if planned.is_empty() {
                 deliver(done);
                 continue;
@@ -215,7 +229,7 @@ impl Store {
                 Ok(r) => r,
                 Err(e) => {
                     for p in planned {
-                        self.after_failed_send(&ops[p.pending.op], p.token);
+                        self.store.after_failed_send(&ops[p.pending.op], p.token);
                         done.push((p.pending.op, Outcome::Failed(e.clone())));
                     }
                     done.extend(todo.drain(..).map(|p| (p.op, Outcome::Failed(e.clone()))));
@@ -241,7 +255,7 @@ impl Store {
                     continue;
                 }
                 let op = &ops[pending.op];
-                match self.advance(op, step, token, r, &capabilities, deadline) {
+                match self.advance(op, step, token, r, &capabilities) {
                     Next::Finished(outcome) => done.push((pending.op, outcome)),
                     Next::Then(step) => {
                         pending.step = Some(step);
@@ -274,7 +288,7 @@ impl Store {
             }
             if missing_script {
                 scripts_loaded = true;
-                if let Err(e) = self.load_scripts(deadline).await {
+                if let Err(e) = self.store.load_scripts(deadline).await {
                     let failed = todo.drain(..).map(|p| (p.op, Outcome::Failed(e.clone())));
                     deliver(failed.collect());
                     return;
@@ -285,41 +299,40 @@ impl Store {
 
     fn plan(
         &self,
-        ops: &[Op],
         round: Vec<(Pending, Step)>,
         capabilities: &Capabilities,
         done: &mut Vec<(usize, Outcome)>,
     ) -> (Pipeline, Vec<Planned>) {
         let mut pipe = redis::pipe();
         pipe.ignore_errors();
-        let shas = Shas {
-            merge: self.merge_script.get_hash(),
-            swap: self.swap_script.get_hash(),
-            unlock: self.unlock_script.get_hash(),
-        };
+        let shas = self.store.shas();
         let mut planned = Vec::with_capacity(round.len());
         let mut first = 0;
         for (pending, step) in round {
-            let op = &ops[pending.op];
+            let op = &self.ops[pending.op];
             let token = match op.kind {
                 Kind::Lock => Some(new_token()),
-                Kind::Unlock => self.tokens.token(&op.id),
+                Kind::Unlock => self.store.tokens.token(&op.id),
                 _ => None,
             };
             let how = (capabilities, &shas);
             let pushed = match &step {
-                Step::Commands => push_commands(&mut pipe, op, &self.keys, how, token.as_deref()),
-                Step::Script => push_merge_script(&mut pipe, op, &self.keys, &shas).map(|_| 1),
+                Step::Commands => {
+                    push_commands(&mut pipe, op, &self.store.keys, how, token.as_deref())
+                }
+                Step::Script => {
+                    push_merge_script(&mut pipe, op, &self.store.keys, &shas).map(|_| 1)
+                }
                 Step::DeleteSession => {
-                    push_delete_session(&mut pipe, op, &self.keys);
+                    push_delete_session(&mut pipe, op, &self.store.keys);
                     Ok(1)
                 }
                 Step::Read => {
-                    push_read(&mut pipe, op, &self.keys);
+                    push_read(&mut pipe, op, &self.store.keys);
                     Ok(1)
                 }
                 Step::Swap { old, new, .. } => {
-                    push_swap(&mut pipe, op, &self.keys, how, old, new).map(|_| 1)
+                    push_swap(&mut pipe, op, &self.store.keys, how, old, new).map(|_| 1)
                 }
             };
             match pushed {
@@ -342,16 +355,18 @@ impl Store {
 
     /// A merge starts with the compare-and-set when this store has the session's
     /// text, and with a read otherwise.
-    fn first_merge_step(&self, op: &Op, deadline: Instant) -> Step {
-        match self.texts.get(&op.id) {
-            Some(Remembered { text: old, checked }) => match spliced(&old, checked, op, deadline) {
-                Ok(new) => Step::Swap {
-                    old,
-                    new,
-                    remembered: true,
-                },
-                Err(_) => Step::Read, // let the stored text decide
-            },
+    fn first_merge_step(&self, op: &Op) -> Step {
+        match self.store.texts.get(&op.id) {
+            Some(Remembered { text: old, checked }) => {
+                match spliced(&old, checked, op, self.deadline) {
+                    Ok(new) => Step::Swap {
+                        old,
+                        new,
+                        remembered: true,
+                    },
+                    Err(_) => Step::Read, // let the stored text decide
+                }
+            }
             None => Step::Read,
         }
     }
@@ -364,7 +379,6 @@ impl Store {
         token: Option<String>,
         replies: &mut [Value],
         capabilities: &Capabilities,
-        deadline: Instant,
     ) -> Next {
         let refused = |native: Native| {
             capabilities.is_native(native)
@@ -381,15 +395,16 @@ impl Store {
             Step::Commands if op.kind == Kind::Unlock && refused(Native::Release) => {
                 Next::Refused(Native::Release, Step::Commands)
             }
-            Step::Commands | Step::Script | Step::DeleteSession => {
-                Next::Finished(self.settle(op, token, decode_replies(op.kind, replies)))
-            }
+            Step::Commands | Step::Script | Step::DeleteSession => Next::Finished(
+                self.store
+                    .settle(op, token, decode_replies(op.kind, replies)),
+            ),
             Step::Read => match replies.first_mut().map(std::mem::take) {
                 Some(Value::Nil) => {
-                    self.texts.forget(&op.id);
+                    self.store.texts.forget(&op.id);
                     Next::Finished(Outcome::Done) // no session: nothing to merge
                 }
-                Some(Value::BulkString(old)) => match spliced(&old, false, op, deadline) {
+                Some(Value::BulkString(old)) => match spliced(&old, false, op, self.deadline) {
                     Ok(new) => Next::Then(Step::Swap {
                         old: Arc::new(old),
                         new,
@@ -402,7 +417,7 @@ impl Store {
                         Next::Finished(Outcome::Failed(StoreError::invalid_arg(m)))
                     }
                     Err(SpliceError::OutOfTime) => {
-                        Next::Finished(Outcome::Failed(self.conn.timeout()))
+                        Next::Finished(Outcome::Failed(self.store.conn.timeout()))
                     }
                 },
                 other => Next::Finished(
@@ -416,11 +431,11 @@ impl Store {
                 remembered,
             } => match swapped(replies.first()) {
                 Some(true) => {
-                    self.texts.put(&op.id, Arc::new(new), true);
+                    self.store.texts.put(&op.id, Arc::new(new), true);
                     Next::Finished(Outcome::Done)
                 }
                 Some(false) => {
-                    self.texts.forget(&op.id);
+                    self.store.texts.forget(&op.id);
                     if remembered {
                         Next::Then(Step::Read) // the remembered text was out of date
                     } else {
@@ -438,56 +453,6 @@ impl Store {
                 None => Next::Finished(decode_replies(Kind::Merge, replies)),
             },
         }
-    }
-
-    /// After a round could not be sent or answered: a lock's `SET NX` may
-    /// still have been applied, so its token is kept for a later `unlock()`.
-    fn after_failed_send(&self, op: &Op, token: Option<String>) {
-        if let (Kind::Lock, Some(token)) = (op.kind, token) {
-            let ttl = ttl_ms(op.ttl).unwrap_or_default();
-            self.tokens
-                .remember_unconfirmed(&op.id, token, Duration::from_millis(ttl));
-        }
-    }
-
-    /// Keeps the lock tokens and the remembered texts in step with what Redis
-    /// answered.
-    fn settle(&self, op: &Op, token: Option<String>, outcome: Outcome) -> Outcome {
-        match (op.kind, &outcome) {
-            (Kind::Get, Outcome::Text(Some(text))) => {
-                self.texts
-                    .put(&op.id, Arc::new(text.as_bytes().to_vec()), false)
-            }
-            // Unknown now: a get that failed or found nothing, a set, a delete,
-            // a merge the server-side script did.
-            (Kind::Get | Kind::Set | Kind::Delete | Kind::Merge, _) => self.texts.forget(&op.id),
-            _ => {}
-        }
-        match (op.kind, &outcome, token) {
-            (Kind::Lock, Outcome::Bool(true), Some(token)) => {
-                let ttl = ttl_ms(op.ttl).unwrap_or_default();
-                self.tokens
-                    .remember(&op.id, token, Duration::from_millis(ttl));
-            }
-            (Kind::Unlock, Outcome::Done, Some(token)) => self.tokens.forget_if(&op.id, &token),
-            (Kind::Delete, Outcome::Done, _) => self.tokens.forget(&op.id),
-            _ => {}
-        }
-        outcome
-    }
-
-    /// `SCRIPT LOAD` of the scripts; used by `preloadScript` and after NOSCRIPT.
-    pub async fn load_scripts(&self, deadline: Instant) -> Result<()> {
-        let mut pipe = redis::pipe();
-        for lua in [MERGE_LUA, SWAP_LUA, UNLOCK_LUA] {
-            pipe.cmd("SCRIPT").arg("LOAD").arg(lua);
-        }
-        for reply in self.conn.exec(&pipe, deadline).await? {
-            if let Value::ServerError(e) = reply {
-                return Err(StoreError::from(RedisError::from(e)));
-            }
-        }
-        Ok(())
     }
 }
 

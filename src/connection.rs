@@ -1,99 +1,19 @@
-//! The store's link to Redis, opened on the first call and bounded by the
-//! store's timeouts: one multiplexed connection to a server (reconnected on
-//! demand after a failure), a Redis Cluster connection (routing each command
-//! to the master of its key, following MOVED/ASK), or, with Sentinel, a
-//! connection to the master the sentinels name, looked up again after the
-//! connection breaks or the server answers READONLY. `close()` lets calls in
-//! flight finish first.
+//! The store's link to Redis (`topology.rs` says where and how it retries),
+//! opened on the first call and bounded by the store's timeouts: one link at a
+//! time, opened again after a failover (Sentinel), and what its server can do
+//! (`capabilities.rs`), learned when it opens and again after the connection
+//! was lost. `close()` lets calls in flight finish first.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Once};
 use std::time::{Duration, Instant};
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::cluster::ClusterClient;
-use redis::cluster_async::ClusterConnection;
-use redis::cluster_routing::{MultipleNodeRoutingInfo, RoutingInfo};
-use redis::sentinel::{SentinelClient, SentinelClientBuilder, SentinelServerType};
-use redis::{Pipeline, RedisError, RedisResult, ServerError, TlsMode, Value};
+use redis::{Pipeline, Value};
 use tokio::sync::Notify;
 
 use crate::capabilities::{Capabilities, Native};
-use crate::errors::{Code, Result, StoreError};
-use crate::options::{Config, SentinelTarget, Target};
-
-/// Reconnection after a failure: a few quick attempts, so that calls fail fast
-/// with `ERR_CONNECTION` while the server is down instead of queueing.
-const RECONNECT_RETRIES: usize = 2;
-const RECONNECT_MIN_DELAY: Duration = Duration::from_millis(50);
-const RECONNECT_MAX_DELAY: Duration = Duration::from_millis(500);
-/// After a connection is lost, a background task pings with this backoff
-/// (doubling, capped) until the server answers, so that the connection is up
-/// again soon after the server is, without waiting for a call.
-const REVIVE_MIN_DELAY: Duration = Duration::from_millis(100);
-const REVIVE_MAX_DELAY: Duration = Duration::from_millis(1000);
-
-/// An open link to Redis.
-#[derive(Clone)]
-enum Link {
-    Single(ConnectionManager),
-    Cluster(ClusterConnection),
-}
-
-impl Link {
-    /// Runs a pipeline; error replies stay in place as `Value::ServerError`.
-    async fn exec(&self, pipe: &Pipeline) -> RedisResult<Vec<Value>> {
-        match self {
-            Link::Single(m) => pipe.query_async::<Vec<Value>>(&mut m.clone()).await,
-            // Keys of one pipeline live on different masters: each command
-            // goes on its own, all at once. A batch never holds two commands
-            // on one key in a round (batch.rs), so their order does not matter.
-            Link::Cluster(c) => {
-                let calls = pipe.cmd_iter().map(|cmd| {
-                    let mut c = c.clone();
-                    async move {
-                        match cmd.query_async::<Value>(&mut c).await {
-                            Ok(v) => Ok(v),
-                            Err(e) => ServerError::try_from(e).map(Value::ServerError),
-                        }
-                    }
-                });
-                futures_util::future::join_all(calls)
-                    .await
-                    .into_iter()
-                    .collect()
-            }
-        }
-    }
-
-    /// What the server (on a cluster: every master) can do, asked with
-    /// `HELLO`. A server that refuses HELLO gets the scripts; a link that
-    /// fails is an error.
-    async fn capabilities(&self) -> Result<Capabilities> {
-        let hello = redis::cmd("HELLO");
-        match self {
-            Link::Single(m) => match hello.query_async::<Value>(&mut m.clone()).await {
-                Ok(reply) => Ok(Capabilities::from_hello(&reply)),
-                Err(e) if is_lost(&e) => Err(StoreError::from(e)),
-                Err(_) => Ok(Capabilities::SCRIPTS),
-            },
-            Link::Cluster(c) => {
-                let masters = RoutingInfo::MultiNode((MultipleNodeRoutingInfo::AllMasters, None));
-                match c.clone().route_command(hello, masters).await {
-                    // One reply per master, by address.
-                    Ok(Value::Map(replies)) if !replies.is_empty() => Ok(replies
-                        .iter()
-                        .map(|(_, reply)| Capabilities::from_hello(reply))
-                        .reduce(Capabilities::lowest)
-                        .unwrap_or(Capabilities::SCRIPTS)),
-                    Ok(_) => Ok(Capabilities::SCRIPTS),
-                    Err(e) if is_lost(&e) => Err(StoreError::from(e)),
-                    Err(_) => Ok(Capabilities::SCRIPTS),
-                }
-            }
-        }
-    }
-}
+use crate::errors::{Result, StoreError};
+use crate::topology::{is_lost, retry, Link, Topology};
 
 /// The link calls use now.
 struct Open {
@@ -122,15 +42,8 @@ pub struct Ready<'a> {
     deadline: Instant,
 }
 
-/// Where links come from.
-enum Source {
-    Single(redis::Client, ConnectionManagerConfig),
-    Cluster(ClusterClient),
-    Sentinel(tokio::sync::Mutex<SentinelClient>, ConnectionManagerConfig),
-}
-
 pub struct Connection {
-    source: Source,
+    topology: Topology,
     connect_timeout: Duration,
     /// Bound on a whole call: establishing the link, then the answer.
     call_timeout: Duration,
@@ -169,75 +82,19 @@ pub fn install_crypto_provider() {
     });
 }
 
-fn sentinel_client(t: &SentinelTarget) -> Result<SentinelClient> {
-    let mut b =
-        SentinelClientBuilder::new(t.nodes.clone(), &t.master_name, SentinelServerType::Master)
-            .map_err(StoreError::from)?
-            .set_client_to_redis_db(t.db);
-    if let Some(u) = &t.username {
-        b = b.set_client_to_redis_username(u);
-    }
-    if let Some(p) = &t.password {
-        b = b.set_client_to_redis_password(p);
-    }
-    if let Some(u) = &t.sentinel_username {
-        b = b.set_client_to_sentinel_username(u);
-    }
-    if let Some(p) = &t.sentinel_password {
-        b = b.set_client_to_sentinel_password(p);
-    }
-    if let Some(certs) = &t.tls {
-        b = b
-            .set_client_to_redis_tls_mode(TlsMode::Secure)
-            .set_client_to_redis_certificates(certs.clone());
-    }
-    if t.sentinel_tls {
-        b = b.set_client_to_sentinel_tls_mode(TlsMode::Secure);
-        if let Some(certs) = &t.tls {
-            b = b.set_client_to_sentinel_certificates(certs.clone());
-        }
-    }
-    b.build().map_err(|e| {
-        StoreError::invalid_arg(format!(
-            "options.sentinel is not usable: {}",
-            e.detail().unwrap_or(e.category())
-        ))
-    })
-}
-
-/// Whether an error means the link should be looked up again (Sentinel).
-fn is_lost(e: &RedisError) -> bool {
-    e.is_io_error()
-        || e.is_connection_dropped()
-        || e.is_connection_refusal()
-        || e.is_timeout()
-        || e.code() == Some("READONLY")
-}
-
 fn is_readonly(v: &Value) -> bool {
     matches!(v, Value::ServerError(e) if e.code() == "READONLY")
 }
 
 impl Connection {
-    pub fn new(config: &Config) -> Result<Self> {
+    /// A connection to `topology`: connecting bounded by `connect_timeout`,
+    /// a whole call by that plus `command_timeout`.
+    pub fn new(topology: Topology, connect_timeout: Duration, command_timeout: Duration) -> Self {
         install_crypto_provider();
-        let manager_config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(config.connect_timeout))
-            .set_response_timeout(Some(config.command_timeout))
-            .set_number_of_retries(RECONNECT_RETRIES)
-            .set_min_delay(RECONNECT_MIN_DELAY)
-            .set_max_delay(RECONNECT_MAX_DELAY);
-        let source = match &config.target {
-            Target::Single(client) => Source::Single(client.clone(), manager_config),
-            Target::Cluster(client) => Source::Cluster((**client).clone()),
-            Target::Sentinel(t) => {
-                Source::Sentinel(tokio::sync::Mutex::new(sentinel_client(t)?), manager_config)
-            }
-        };
-        Ok(Connection {
-            source,
-            connect_timeout: config.connect_timeout,
-            call_timeout: config.connect_timeout + config.command_timeout,
+        Connection {
+            topology,
+            connect_timeout,
+            call_timeout: connect_timeout + command_timeout,
             state: Mutex::new(State::Idle),
             opening: tokio::sync::Mutex::new(()),
             open_failed: Mutex::new(None),
@@ -246,7 +103,7 @@ impl Connection {
             reviving: Arc::new(AtomicBool::new(false)),
             in_flight: AtomicUsize::new(0),
             idle: Notify::new(),
-        })
+        }
     }
 
     /// How long a call may take: establishing the link, then the answers.
@@ -259,21 +116,9 @@ impl Connection {
         StoreError::timeout(self.call_timeout.as_millis() as u64)
     }
 
-    /// Connecting took longer than connectTimeout: nothing was sent.
-    fn connect_timed_out(&self) -> StoreError {
-        StoreError::new(
-            Code::Connection,
-            format!(
-                "could not connect within connectTimeout ({} ms): no answer to the \
-                 connection, or to its TLS handshake (does the server speak TLS?)",
-                self.connect_timeout.as_millis()
-            ),
-        )
-    }
-
     /// Whether commands of one pipeline may run out of order (Redis Cluster).
     pub fn is_cluster(&self) -> bool {
-        matches!(self.source, Source::Cluster(_))
+        self.topology.is_cluster()
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
@@ -340,7 +185,7 @@ impl Connection {
                 }
             }
             let opened = async {
-                let link = self.open().await?;
+                let link = self.topology.open(self.connect_timeout).await?;
                 let capabilities = link.capabilities().await?;
                 Ok::<_, StoreError>((link, capabilities))
             };
@@ -372,7 +217,17 @@ impl Connection {
 
     /// Link `generation` lost its connection: what its server can do is asked
     /// again before the next call (it may have reconnected to another one).
+    ///
+    /// Not on a cluster: there a lost connection is one master's, and asking
+    /// every master again would fail the calls of the others while that one
+    /// is down. A cluster's capabilities are learned when the link opens; a
+    /// master that comes back older (a failover to a replica not yet
+    /// upgraded) refuses the native command, which moves that step to the
+    /// script.
     fn unlearn(&self, generation: u64) {
+        if self.topology.is_cluster() {
+            return;
+        }
         if let State::Ready(open) = &mut *self.state() {
             if open.generation == generation {
                 open.capabilities = None;
@@ -396,47 +251,9 @@ impl Connection {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// A connection manager, connected within connectTimeout: a server that
-    /// never answers (or never completes a TLS handshake: a plain server
-    /// behind a rediss:// URL) fails the call with ERR_CONNECTION then.
-    async fn manager(
-        &self,
-        client: redis::Client,
-        config: &ConnectionManagerConfig,
-    ) -> Result<ConnectionManager> {
-        let connecting = ConnectionManager::new_with_config(client, config.clone());
-        match tokio::time::timeout(self.connect_timeout, connecting).await {
-            Ok(m) => Ok(m?),
-            Err(_) => Err(self.connect_timed_out()),
-        }
-    }
-
-    async fn open(&self) -> Result<Link> {
-        match &self.source {
-            Source::Single(client, config) => {
-                Ok(Link::Single(self.manager(client.clone(), config).await?))
-            }
-            Source::Cluster(client) => {
-                let connecting = client.get_async_connection();
-                match tokio::time::timeout(self.connect_timeout, connecting).await {
-                    Ok(c) => Ok(Link::Cluster(c?)),
-                    Err(_) => Err(self.connect_timed_out()),
-                }
-            }
-            Source::Sentinel(sentinel, config) => {
-                let lookup = async { sentinel.lock().await.async_get_client().await };
-                let client = match tokio::time::timeout(self.connect_timeout, lookup).await {
-                    Ok(c) => c?,
-                    Err(_) => return Err(self.connect_timed_out()),
-                };
-                Ok(Link::Single(self.manager(client, config).await?))
-            }
-        }
-    }
-
     /// Gives up link `generation` (Sentinel: the next call asks the sentinels).
     fn forget(&self, generation: u64) {
-        if !matches!(self.source, Source::Sentinel(..)) {
+        if !self.topology.follows_failover() {
             return;
         }
         let mut state = self.state();
@@ -445,25 +262,21 @@ impl Connection {
         }
     }
 
-    /// Reconnects a lost standalone connection in the background: pings with a
-    /// capped backoff until the server answers (any answer, even an ACL
-    /// refusal of PING) or the store closes. Cluster connections reconnect by
-    /// themselves; with Sentinel the next call asks the sentinels.
+    /// Reconnects a lost connection in the background where the topology
+    /// says so: pings with a capped backoff until the server answers or the
+    /// store closes.
     fn revive(&self, link: &Link) {
-        let (Link::Single(manager), Source::Single(..)) = (link, &self.source) else {
-            return;
-        };
-        if self.reviving.swap(true, Ordering::AcqRel) {
+        if !self.topology.revives() || self.reviving.swap(true, Ordering::AcqRel) {
             return;
         }
-        let mut manager = manager.clone();
+        let link = link.clone();
         let (reviving, closing) = (Arc::clone(&self.reviving), Arc::clone(&self.closing));
         tokio::spawn(async move {
-            let mut delay = REVIVE_MIN_DELAY;
+            let mut delay = retry::REVIVE_MIN_DELAY;
             while !closing.load(Ordering::Acquire) {
                 tokio::time::sleep(delay).await;
-                match redis::cmd("PING").query_async::<()>(&mut manager).await {
-                    Err(e) if is_lost(&e) => delay = (delay * 2).min(REVIVE_MAX_DELAY),
+                match link.ping().await {
+                    Err(e) if is_lost(&e) => delay = (delay * 2).min(retry::REVIVE_MAX_DELAY),
                     _ => break,
                 }
             }
@@ -524,8 +337,7 @@ impl Ready<'_> {
             match self.link.exec(pipe).await {
                 Ok(values) => {
                     // Only Sentinel acts on it: no scan of the replies otherwise.
-                    if matches!(conn.source, Source::Sentinel(..)) && values.iter().any(is_readonly)
-                    {
+                    if conn.topology.follows_failover() && values.iter().any(is_readonly) {
                         conn.forget(self.generation); // a replica now: failover
                     }
                     Ok(values)

@@ -16,6 +16,7 @@ pub mod options;
 pub mod splice;
 pub mod store;
 pub mod texts;
+pub mod topology;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -93,7 +94,7 @@ impl NativeStore {
             .callee_handled::<false>()
             .weak::<true>()
             .build_callback(move |_| Ok(FnArgs::from(drain.drain())))?;
-        let inner = Arc::new(store::Store::new(&config, queue, channel)?);
+        let inner = Arc::new(store::Store::new(config, queue, channel));
         let runner = delivery::Runner::new(&inner);
         Ok(NativeStore { inner, runner })
     }

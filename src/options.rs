@@ -5,21 +5,19 @@ use std::fmt;
 use std::time::Duration;
 
 use napi_derive::napi;
-use redis::cluster::{ClusterClient, ClusterClientBuilder};
 use redis::{ConnectionAddr, ConnectionInfo, IntoConnectionInfo, TlsCertificates};
 
 use crate::errors::{Result, StoreError};
 use crate::keys::Keys;
 use crate::limits::MAX_TTL_MS;
 use crate::texts;
+use crate::topology::{SentinelTarget, Topology};
 
 pub const DEFAULT_URL: &str = "redis://127.0.0.1:6379";
 pub const DEFAULT_PREFIX: &str = "sess:";
 pub const DEFAULT_LOCK_PREFIX: &str = "lock:";
 pub const DEFAULT_CONNECT_TIMEOUT_MS: u64 = 1000;
 pub const DEFAULT_COMMAND_TIMEOUT_MS: u64 = 1000;
-/// Retries of a cluster command on a failing node.
-const CLUSTER_RETRIES: u32 = 3;
 /// Upper bound for both timeouts: one hour.
 pub const MAX_TIMEOUT_MS: u64 = 3_600_000;
 
@@ -99,36 +97,11 @@ pub struct TlsOptions {
     pub key: Option<String>,
 }
 
-/// Where the store connects.
-#[derive(Clone)]
-pub enum Target {
-    Single(redis::Client),
-    Cluster(Box<ClusterClient>),
-    Sentinel(SentinelTarget),
-}
-
-/// What a Sentinel client is built from (it is not `Clone` itself).
-#[derive(Clone)]
-pub struct SentinelTarget {
-    pub nodes: Vec<ConnectionAddr>,
-    pub master_name: String,
-    pub username: Option<String>,
-    pub password: Option<String>,
-    pub db: i64,
-    pub sentinel_username: Option<String>,
-    pub sentinel_password: Option<String>,
-    /// TLS to the data nodes (options.tls given), with these certificates.
-    pub tls: Option<TlsCertificates>,
-    /// TLS to the sentinels (rediss:// sentinel URLs).
-    pub sentinel_tls: bool,
-}
-
 /// Checked options.
-#[derive(Clone)]
 pub struct Config {
     /// Where the store connects, without credentials: for messages and `util.inspect`.
     pub description: String,
-    pub target: Target,
+    pub topology: Topology,
     pub keys: Keys,
     pub connect_timeout: Duration,
     pub command_timeout: Duration,
@@ -177,11 +150,11 @@ impl Config {
                 )))
             }
         };
-        let (target, description) = if let Some(c) = &o.cluster {
-            let timeouts = (connect_timeout, command_timeout);
-            cluster_target(c, o, db, certs, timeouts)?
+        let timeouts = (connect_timeout, command_timeout);
+        let (topology, description) = if let Some(c) = &o.cluster {
+            cluster_topology(c, o, db, certs, timeouts)?
         } else if let Some(s) = &o.sentinel {
-            sentinel_target(s, o, db, certs)?
+            sentinel_topology(s, o, db, certs, timeouts)?
         } else {
             let url = o.url.as_deref().unwrap_or(DEFAULT_URL);
             let info = data_node("options.url", url, o, db)?;
@@ -198,7 +171,7 @@ impl Config {
                     redis::Client::open(info.clone()).map_err(|e| bad_url("options.url", &e))?
                 }
             };
-            (Target::Single(client), describe(&info))
+            (Topology::single(client, timeouts), describe(&info))
         };
         let prefix = o.prefix.as_deref().unwrap_or(DEFAULT_PREFIX);
         let lock_prefix = o.lock_prefix.as_deref().unwrap_or(DEFAULT_LOCK_PREFIX);
@@ -209,7 +182,7 @@ impl Config {
         }
         Ok(Config {
             description,
-            target,
+            topology,
             keys: Keys::new(prefix, lock_prefix),
             connect_timeout,
             command_timeout,
@@ -218,13 +191,13 @@ impl Config {
     }
 }
 
-fn cluster_target(
+fn cluster_topology(
     c: &ClusterOptions,
     o: &StoreOptions,
     db: Option<i64>,
     certs: Option<TlsCertificates>,
-    (connect_timeout, command_timeout): (Duration, Duration),
-) -> Result<(Target, String)> {
+    timeouts: (Duration, Duration),
+) -> Result<(Topology, String)> {
     if db.is_some_and(|db| db != 0) {
         return Err(StoreError::invalid_arg(
             "options.db cannot be used with options.cluster: Redis Cluster has only database 0",
@@ -254,42 +227,26 @@ fn cluster_target(
             "options.cluster.nodes must all use redis:// or all use rediss://",
         ));
     }
-    // The crate's defaults retry a failing node 16 times from 1.28 s apart; a
-    // few quick retries let a call fail with ERR_CONNECTION within its bound.
-    // Redirections (MOVED, ASK) are followed whatever this says.
-    let mut builder = ClusterClientBuilder::new(builder_nodes)
-        .connection_timeout(connect_timeout)
-        .response_timeout(command_timeout)
-        .retries(CLUSTER_RETRIES)
-        .min_retry_wait(50)
-        .max_retry_wait(500);
-    if let Some(certs) = certs {
-        if !tls[0] {
-            return Err(StoreError::invalid_arg(
-                "options.tls needs rediss:// node URLs in options.cluster.nodes",
-            ));
-        }
-        builder = builder.certs(certs);
+    if certs.is_some() && !tls[0] {
+        return Err(StoreError::invalid_arg(
+            "options.tls needs rediss:// node URLs in options.cluster.nodes",
+        ));
     }
-    let client = builder.build().map_err(|e| {
-        StoreError::invalid_arg(format!(
-            "options.cluster is not usable: {}",
-            e.detail().unwrap_or(e.category())
-        ))
-    })?;
+    let topology = Topology::cluster(builder_nodes, certs, timeouts)?;
     let description = format!(
         "cluster {}",
         nodes.iter().map(describe).collect::<Vec<_>>().join(",")
     );
-    Ok((Target::Cluster(Box::new(client)), description))
+    Ok((topology, description))
 }
 
-fn sentinel_target(
+fn sentinel_topology(
     s: &SentinelOptions,
     o: &StoreOptions,
     db: Option<i64>,
     certs: Option<TlsCertificates>,
-) -> Result<(Target, String)> {
+    timeouts: (Duration, Duration),
+) -> Result<(Topology, String)> {
     if s.master_name.is_empty() {
         return Err(StoreError::invalid_arg(
             "options.sentinel.masterName must be a non-empty string",
@@ -335,7 +292,7 @@ fn sentinel_target(
         sentinel_tls,
     };
     let description = format!("sentinel {} of {}", s.master_name, described.join(","));
-    Ok((Target::Sentinel(target), description))
+    Ok((Topology::sentinel(target, timeouts)?, description))
 }
 
 /// A data node's connection info: the URL, then `username`, `password` and `db`
@@ -562,7 +519,7 @@ mod tests {
             ..Default::default()
         };
         let c = Config::from_options(&o).unwrap();
-        assert!(matches!(c.target, Target::Cluster(_)));
+        assert!(matches!(c.topology, Topology::Cluster(_)));
         assert_eq!(c.description, "cluster redis://u:***@127.0.0.1:7000");
         assert!(!format!("{c:?}").contains("hunter2"));
         let o = StoreOptions {
@@ -576,10 +533,11 @@ mod tests {
             ..Default::default()
         };
         let c = Config::from_options(&o).unwrap();
-        match &c.target {
-            Target::Sentinel(t) => assert_eq!((t.db, t.master_name.as_str()), (3, "mymaster")),
-            _ => panic!("not sentinel"),
-        }
+        assert!(matches!(c.topology, Topology::Sentinel(..)));
+        assert_eq!(
+            c.description,
+            "sentinel mymaster of redis://127.0.0.1:26379"
+        );
         assert!(!format!("{c:?}").contains("hunter2"));
     }
 

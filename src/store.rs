@@ -1,16 +1,19 @@
-//! The store: its connection, key layout, scripts and lock tokens. Operations
-//! run in batches (`batch.rs`); what each op sends and reads is in `ops.rs`.
-
-use redis::Script;
+//! The store: its connection, key layout, scripts, lock tokens and remembered
+//! texts, and what it does with each op's outcome. Ops run in batches
+//! (`batch.rs`); what each op sends and reads is in `ops.rs`.
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
+use redis::{RedisError, Script, Value};
+
+use crate::batch::Batch;
 use crate::connection::Connection;
 use crate::delivery::{Channel, Queue};
-use crate::errors::Result;
+use crate::errors::{Result, StoreError};
 use crate::keys::Keys;
 use crate::lock::LockTokens;
-use crate::ops::Outcome;
+use crate::ops::{ttl_ms, Kind, Op, Outcome, Shas};
 use crate::options::Config;
 use crate::texts::Texts;
 
@@ -38,11 +41,16 @@ pub struct Store {
 
 impl Store {
     /// A store whose outcomes go through `channel`, which drains `queue`.
-    pub fn new(config: &Config, queue: Arc<Queue>, channel: Channel) -> Result<Store> {
-        Ok(Store {
-            description: config.description.clone(),
-            conn: Connection::new(config)?,
-            keys: config.keys.clone(),
+    pub fn new(config: Config, queue: Arc<Queue>, channel: Channel) -> Store {
+        let conn = Connection::new(
+            config.topology,
+            config.connect_timeout,
+            config.command_timeout,
+        );
+        Store {
+            description: config.description,
+            conn,
+            keys: config.keys,
             merge_script: Script::new(MERGE_LUA),
             swap_script: Script::new(SWAP_LUA),
             unlock_script: Script::new(UNLOCK_LUA),
@@ -50,7 +58,27 @@ impl Store {
             texts: Texts::new(config.remembered_text_bytes),
             queue,
             channel,
-        })
+        }
+    }
+
+    /// Runs ops until each has an outcome or `deadline` passes, handing each
+    /// round's outcomes to `deliver` as they come (`batch.rs`).
+    pub async fn run(
+        &self,
+        ops: &[Op],
+        deadline: Instant,
+        deliver: &mut (dyn FnMut(Vec<(usize, Outcome)>) + Send),
+    ) {
+        Batch::new(self, ops, deadline).run(deliver).await
+    }
+
+    /// The scripts' hashes, for EVALSHA.
+    pub(crate) fn shas(&self) -> Shas<'_> {
+        Shas {
+            merge: self.merge_script.get_hash(),
+            swap: self.swap_script.get_hash(),
+            unlock: self.unlock_script.get_hash(),
+        }
     }
 
     /// Hands outcomes of batch `batch` to JavaScript.
@@ -60,6 +88,56 @@ impl Store {
 
     pub async fn close(&self) {
         self.conn.close().await;
+    }
+
+    /// After a round could not be sent or answered: a lock's `SET NX` may
+    /// still have been applied, so its token is kept for a later `unlock()`.
+    pub(crate) fn after_failed_send(&self, op: &Op, token: Option<String>) {
+        if let (Kind::Lock, Some(token)) = (op.kind, token) {
+            let ttl = ttl_ms(op.ttl).unwrap_or_default();
+            self.tokens
+                .remember_unconfirmed(&op.id, token, Duration::from_millis(ttl));
+        }
+    }
+
+    /// Keeps the lock tokens and the remembered texts in step with what Redis
+    /// answered.
+    pub(crate) fn settle(&self, op: &Op, token: Option<String>, outcome: Outcome) -> Outcome {
+        match (op.kind, &outcome) {
+            (Kind::Get, Outcome::Text(Some(text))) => {
+                self.texts
+                    .put(&op.id, Arc::new(text.as_bytes().to_vec()), false)
+            }
+            // Unknown now: a get that failed or found nothing, a set, a delete,
+            // a merge the server-side script did.
+            (Kind::Get | Kind::Set | Kind::Delete | Kind::Merge, _) => self.texts.forget(&op.id),
+            _ => {}
+        }
+        match (op.kind, &outcome, token) {
+            (Kind::Lock, Outcome::Bool(true), Some(token)) => {
+                let ttl = ttl_ms(op.ttl).unwrap_or_default();
+                self.tokens
+                    .remember(&op.id, token, Duration::from_millis(ttl));
+            }
+            (Kind::Unlock, Outcome::Done, Some(token)) => self.tokens.forget_if(&op.id, &token),
+            (Kind::Delete, Outcome::Done, _) => self.tokens.forget(&op.id),
+            _ => {}
+        }
+        outcome
+    }
+
+    /// `SCRIPT LOAD` of the scripts; used by `preloadScript` and after NOSCRIPT.
+    pub async fn load_scripts(&self, deadline: Instant) -> Result<()> {
+        let mut pipe = redis::pipe();
+        for lua in [MERGE_LUA, SWAP_LUA, UNLOCK_LUA] {
+            pipe.cmd("SCRIPT").arg("LOAD").arg(lua);
+        }
+        for reply in self.conn.exec(&pipe, deadline).await? {
+            if let Value::ServerError(e) = reply {
+                return Err(StoreError::from(RedisError::from(e)));
+            }
+        }
+        Ok(())
     }
 }
 

@@ -1,0 +1,296 @@
+//! Where the store connects and how it retries: the topology the options name
+//! (one server, a Redis Cluster, or the master a set of sentinels names), the
+//! retry policy of each, and a link opened to it. `options.rs` checks the
+//! options and builds a [`Topology`]; `connection.rs` keeps one [`Link`] open
+//! and decides when to open another.
+
+use std::time::Duration;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::cluster::{ClusterClient, ClusterClientBuilder};
+use redis::cluster_async::ClusterConnection;
+use redis::cluster_routing::{MultipleNodeRoutingInfo, RoutingInfo};
+use redis::sentinel::{SentinelClient, SentinelClientBuilder, SentinelServerType};
+use redis::{
+    ConnectionAddr, ConnectionInfo, Pipeline, RedisError, RedisResult, ServerError,
+    TlsCertificates, TlsMode, Value,
+};
+
+use crate::capabilities::Capabilities;
+use crate::errors::{Code, Result, StoreError};
+
+/// How the store retries. A lost connection should fail calls fast with
+/// `ERR_CONNECTION` while the server is down, instead of queueing them, and
+/// come back soon after the server does.
+pub mod retry {
+    use std::time::Duration;
+
+    /// A single server or a Sentinel master: reconnection attempts within a
+    /// call, and their delays.
+    pub const RECONNECT_RETRIES: usize = 2;
+    pub const RECONNECT_MIN_DELAY: Duration = Duration::from_millis(50);
+    pub const RECONNECT_MAX_DELAY: Duration = Duration::from_millis(500);
+    /// A single server, after its connection was lost: a background ping
+    /// with this backoff (doubling, capped) until the server answers, so the
+    /// connection is up again without waiting for a call.
+    pub const REVIVE_MIN_DELAY: Duration = Duration::from_millis(100);
+    pub const REVIVE_MAX_DELAY: Duration = Duration::from_millis(1000);
+    /// A cluster: retries of a command on a failing node (the crate's
+    /// defaults retry 16 times from 1.28 s apart). Redirections (MOVED, ASK)
+    /// are followed whatever this says.
+    pub const CLUSTER_RETRIES: u32 = 3;
+    pub const CLUSTER_MIN_WAIT_MS: u64 = 50;
+    pub const CLUSTER_MAX_WAIT_MS: u64 = 500;
+}
+
+/// Where the store connects, with the clients that open links there.
+// One per store, built once and never moved on a call's path: the size of
+// its variants does not matter.
+#[allow(clippy::large_enum_variant)]
+pub enum Topology {
+    Single(redis::Client, ConnectionManagerConfig),
+    Cluster(ClusterClient),
+    /// The sentinels are asked for the master each time a link opens.
+    Sentinel(tokio::sync::Mutex<SentinelClient>, ConnectionManagerConfig),
+}
+
+/// The sentinels and what the store needs of the master they name.
+pub struct SentinelTarget {
+    pub nodes: Vec<ConnectionAddr>,
+    pub master_name: String,
+    pub username: Option<String>,
+    pub password: Option<String>,
+    pub db: i64,
+    pub sentinel_username: Option<String>,
+    pub sentinel_password: Option<String>,
+    /// TLS to the data nodes (options.tls given), with these certificates.
+    pub tls: Option<TlsCertificates>,
+    /// TLS to the sentinels (rediss:// sentinel URLs).
+    pub sentinel_tls: bool,
+}
+
+/// A single server's (or a Sentinel master's) connection manager settings.
+fn manager_config(connect_timeout: Duration, command_timeout: Duration) -> ConnectionManagerConfig {
+    ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(connect_timeout))
+        .set_response_timeout(Some(command_timeout))
+        .set_number_of_retries(retry::RECONNECT_RETRIES)
+        .set_min_delay(retry::RECONNECT_MIN_DELAY)
+        .set_max_delay(retry::RECONNECT_MAX_DELAY)
+}
+
+impl Topology {
+    /// One server.
+    pub fn single(client: redis::Client, timeouts: (Duration, Duration)) -> Topology {
+        Topology::Single(client, manager_config(timeouts.0, timeouts.1))
+    }
+
+    /// A Redis Cluster reached through seed `nodes`.
+    pub fn cluster(
+        nodes: Vec<ConnectionInfo>,
+        certs: Option<TlsCertificates>,
+        (connect_timeout, command_timeout): (Duration, Duration),
+    ) -> Result<Topology> {
+        let mut builder = ClusterClientBuilder::new(nodes)
+            .connection_timeout(connect_timeout)
+            .response_timeout(command_timeout)
+            .retries(retry::CLUSTER_RETRIES)
+            .min_retry_wait(retry::CLUSTER_MIN_WAIT_MS)
+            .max_retry_wait(retry::CLUSTER_MAX_WAIT_MS);
+        if let Some(certs) = certs {
+            builder = builder.certs(certs);
+        }
+        let client = builder.build().map_err(|e| {
+            StoreError::invalid_arg(format!(
+                "options.cluster is not usable: {}",
+                e.detail().unwrap_or(e.category())
+            ))
+        })?;
+        Ok(Topology::Cluster(client))
+    }
+
+    /// The master the sentinels of `t` name.
+    pub fn sentinel(t: SentinelTarget, timeouts: (Duration, Duration)) -> Result<Topology> {
+        let mut b = SentinelClientBuilder::new(t.nodes, &t.master_name, SentinelServerType::Master)
+            .map_err(StoreError::from)?
+            .set_client_to_redis_db(t.db);
+        if let Some(u) = &t.username {
+            b = b.set_client_to_redis_username(u);
+        }
+        if let Some(p) = &t.password {
+            b = b.set_client_to_redis_password(p);
+        }
+        if let Some(u) = &t.sentinel_username {
+            b = b.set_client_to_sentinel_username(u);
+        }
+        if let Some(p) = &t.sentinel_password {
+            b = b.set_client_to_sentinel_password(p);
+        }
+        if let Some(certs) = &t.tls {
+            b = b
+                .set_client_to_redis_tls_mode(TlsMode::Secure)
+                .set_client_to_redis_certificates(certs.clone());
+        }
+        if t.sentinel_tls {
+            b = b.set_client_to_sentinel_tls_mode(TlsMode::Secure);
+            if let Some(certs) = &t.tls {
+                b = b.set_client_to_sentinel_certificates(certs.clone());
+            }
+        }
+        let client = b.build().map_err(|e| {
+            StoreError::invalid_arg(format!(
+                "options.sentinel is not usable: {}",
+                e.detail().unwrap_or(e.category())
+            ))
+        })?;
+        Ok(Topology::Sentinel(
+            tokio::sync::Mutex::new(client),
+            manager_config(timeouts.0, timeouts.1),
+        ))
+    }
+
+    /// Whether commands of one pipeline may run out of order (Redis Cluster).
+    pub fn is_cluster(&self) -> bool {
+        matches!(self, Topology::Cluster(_))
+    }
+
+    /// Whether the master may change under the store (Sentinel): a link is
+    /// given up when it breaks or its server answers READONLY.
+    pub fn follows_failover(&self) -> bool {
+        matches!(self, Topology::Sentinel(..))
+    }
+
+    /// Whether a lost link is revived in the background (a single server;
+    /// cluster connections reconnect by themselves, and with Sentinel the
+    /// next call asks the sentinels).
+    pub fn revives(&self) -> bool {
+        matches!(self, Topology::Single(..))
+    }
+
+    /// A new link, connected within `connect_timeout`: a server that never
+    /// answers (or never completes a TLS handshake: a plain server behind a
+    /// rediss:// URL) fails with ERR_CONNECTION then.
+    pub async fn open(&self, connect_timeout: Duration) -> Result<Link> {
+        let t = connect_timeout;
+        match self {
+            Topology::Single(client, config) => {
+                let m = ConnectionManager::new_with_config(client.clone(), config.clone());
+                Ok(Link::Single(within(t, m).await?))
+            }
+            Topology::Cluster(client) => Ok(Link::Cluster(
+                within(t, client.get_async_connection()).await?,
+            )),
+            Topology::Sentinel(sentinel, config) => {
+                let lookup = async { sentinel.lock().await.async_get_client().await };
+                let client = within(t, lookup).await?;
+                let m = ConnectionManager::new_with_config(client, config.clone());
+                Ok(Link::Single(within(t, m).await?))
+            }
+        }
+    }
+}
+
+/// `connecting`, given up after `connect_timeout`.
+async fn within<T>(
+    connect_timeout: Duration,
+    connecting: impl std::future::Future<Output = RedisResult<T>>,
+) -> Result<T> {
+    match tokio::time::timeout(connect_timeout, connecting).await {
+        Ok(connected) => Ok(connected?),
+        Err(_) => Err(connect_timed_out(connect_timeout)),
+    }
+}
+
+/// Connecting took longer than connectTimeout: nothing was sent.
+fn connect_timed_out(connect_timeout: Duration) -> StoreError {
+    StoreError::new(
+        Code::Connection,
+        format!(
+            "could not connect within connectTimeout ({} ms): no answer to the \
+             connection, or to its TLS handshake (does the server speak TLS?)",
+            connect_timeout.as_millis()
+        ),
+    )
+}
+
+/// Whether an error means the connection is gone (or the server stopped
+/// being the master): the link's server may be another one next time.
+pub fn is_lost(e: &RedisError) -> bool {
+    e.is_io_error()
+        || e.is_connection_dropped()
+        || e.is_connection_refusal()
+        || e.is_timeout()
+        || e.code() == Some("READONLY")
+}
+
+/// An open link to Redis: one multiplexed connection (reconnected on demand
+/// by its manager), or a cluster connection routing each command to the
+/// master of its key.
+#[derive(Clone)]
+pub enum Link {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl Link {
+    /// Runs a pipeline; error replies stay in place as `Value::ServerError`.
+    pub async fn exec(&self, pipe: &Pipeline) -> RedisResult<Vec<Value>> {
+        match self {
+            Link::Single(m) => pipe.query_async::<Vec<Value>>(&mut m.clone()).await,
+            // Keys of one pipeline live on different masters: each command
+            // goes on its own, all at once. A batch never holds two commands
+            // on one key in a round (batch.rs), so their order does not matter.
+            Link::Cluster(c) => {
+                let calls = pipe.cmd_iter().map(|cmd| {
+                    let mut c = c.clone();
+                    async move {
+                        match cmd.query_async::<Value>(&mut c).await {
+                            Ok(v) => Ok(v),
+                            Err(e) => ServerError::try_from(e).map(Value::ServerError),
+                        }
+                    }
+                });
+                futures_util::future::join_all(calls)
+                    .await
+                    .into_iter()
+                    .collect()
+            }
+        }
+    }
+
+    /// Pings until the server answers: any answer, even an ACL refusal of
+    /// PING, ends it. Errors are what a ping that found no server says.
+    pub async fn ping(&self) -> RedisResult<()> {
+        let ping = redis::cmd("PING");
+        match self {
+            Link::Single(m) => ping.query_async::<()>(&mut m.clone()).await,
+            Link::Cluster(c) => ping.query_async::<()>(&mut c.clone()).await,
+        }
+    }
+
+    /// What the server (on a cluster: every master) can do, asked with
+    /// `HELLO`. A server that refuses HELLO gets the scripts; a link that
+    /// fails is an error.
+    pub async fn capabilities(&self) -> Result<Capabilities> {
+        let hello = redis::cmd("HELLO");
+        let reply = match self {
+            Link::Single(m) => hello.query_async::<Value>(&mut m.clone()).await,
+            Link::Cluster(c) => {
+                let masters = RoutingInfo::MultiNode((MultipleNodeRoutingInfo::AllMasters, None));
+                c.clone().route_command(hello, masters).await
+            }
+        };
+        match (self, reply) {
+            // One reply per master, by address.
+            (Link::Cluster(_), Ok(Value::Map(replies))) => Ok(replies
+                .iter()
+                .map(|(_, reply)| Capabilities::from_hello(reply))
+                .reduce(Capabilities::lowest)
+                .unwrap_or(Capabilities::SCRIPTS)),
+            (Link::Single(_), Ok(reply)) => Ok(Capabilities::from_hello(&reply)),
+            (_, Ok(_)) => Ok(Capabilities::SCRIPTS),
+            (_, Err(e)) if is_lost(&e) => Err(StoreError::from(e)),
+            (_, Err(_)) => Ok(Capabilities::SCRIPTS),
+        }
+    }
+}
