@@ -388,8 +388,11 @@ function settleOutcomes(batches, slots, codes, values) {
 // Calls made in one tick cross into Rust together, as one batch (one Redis
 // pipeline, one completion); see #flush for when a batch leaves. A cap lets
 // several batches overlap under load, so the event loop keeps working while
-// a batch is out.
-const MAX_BATCH = 16
+// a batch is out. Each batch is one read and one write for Redis: at 64
+// calls in flight, 16 per batch cost Redis 1.2-1.45x the CPU per lock+unlock
+// of ioredis's one pipeline per tick, 32 per batch 1.1-1.25x (and gets of
+// 32 KB ran 15-25 % faster).
+const MAX_BATCH = 32
 /** The cap of a batch gathering calls made alone until the check phase. */
 const MAX_GATHERED = 64
 /** Calls made in one tick that cross at once even while a batch is out. */
