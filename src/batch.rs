@@ -8,8 +8,9 @@
 //! (`splice.rs`, at memory speed); write it back with a compare-and-set (a
 //! native `SET … IFDEQ`/`IFEQ` or `lua/swap.lua`: `capabilities.rs`, consulted
 //! when a round is planned). A native command the server refuses runs again
-//! by script. A merge of a session whose text this store read or wrote lately starts with
-//! the compare-and-set (`texts.rs`); if that text is out of date, it reads.
+//! by script. A merge of a session whose text this store read or wrote lately
+//! starts with the compare-and-set (`texts.rs`); if that text is out of date,
+//! it reads.
 //! When another writer changed the text in between (a conflict), the
 //! server-side script (`lua/merge.lua`) applies the paths atomically if its
 //! work stays within `limits::SCRIPT_WORK`; otherwise the merge reads, splices
@@ -208,13 +209,14 @@ impl<'a> Batch<'a> {
             let ready = match self.store.conn.ready(deadline).await {
                 Ok(ready) => ready,
                 Err(e) => {
-                    // Nothing was sent.
-                    done.extend(
-                        round
-                            .into_iter()
-                            .map(|(p, _)| (p.op, Outcome::Failed(e.clone()))),
-                    );
-                    done.extend(todo.drain(..).map(|p| (p.op, Outcome::Failed(e.clone()))));
+                    // Nothing was sent. Ops that need no server (an unlock
+                    // without a token) are done all the same.
+                    let (_, planned) = self.plan(round, &Capabilities::SCRIPTS, &mut done);
+                    let failed = planned
+                        .into_iter()
+                        .map(|p| p.pending.op)
+                        .chain(todo.drain(..).map(|p| p.op));
+                    done.extend(failed.map(|op| (op, Outcome::Failed(e.clone()))));
                     deliver(done);
                     return;
                 }
