@@ -19,6 +19,8 @@
 use redis::{Pipeline, ServerError, Value};
 use xxhash_rust::xxh3::xxh3_64;
 
+use crate::ops::evalsha;
+
 /// How a merge writes its spliced text only if the stored one is unchanged.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum SwapBy {
@@ -150,8 +152,7 @@ impl Capabilities {
     ) {
         match self.swap {
             SwapBy::Script => {
-                let cmd = pipe.cmd("EVALSHA").arg(script).arg(1).arg(key);
-                cmd.arg(old).arg(new).arg(ttl);
+                evalsha(pipe, script, key).arg(old).arg(new).arg(ttl);
             }
             SwapBy::Equal => {
                 let cmd = pipe.cmd("SET").arg(key).arg(new);
@@ -169,7 +170,7 @@ impl Capabilities {
     pub fn push_release(&self, pipe: &mut Pipeline, key: String, token: &str, script: &str) {
         match self.release {
             ReleaseBy::Script => {
-                pipe.cmd("EVALSHA").arg(script).arg(1).arg(key).arg(token);
+                evalsha(pipe, script, key).arg(token);
             }
             ReleaseBy::DelIfEq => {
                 pipe.cmd("DELIFEQ").arg(key).arg(token);

@@ -154,7 +154,7 @@ pub struct Shas<'a> {
 }
 
 /// Starts `EVALSHA <sha> 1 <key>`; the script's arguments follow.
-fn evalsha<'a>(pipe: &'a mut Pipeline, sha: &str, key: String) -> &'a mut Pipeline {
+pub(crate) fn evalsha<'a>(pipe: &'a mut Pipeline, sha: &str, key: String) -> &'a mut Pipeline {
     pipe.cmd("EVALSHA").arg(sha).arg(1).arg(key)
 }
 
