@@ -60,6 +60,15 @@ async function commandCalls() {
 }
 const resetStats = () => Promise.all(masters().map((n) => n.config('RESETSTAT')))
 
+/** A request's calls on a session: save, read, merge (with the text just read), lock, unlock. */
+async function requestCalls(store, id) {
+  await store.set(id, session(id), TTL)
+  await store.get(id)
+  await store.merge(id, { 'data.user.name': 'Grace' }, TTL)
+  assert.equal(await store.lock(id, 5000), true)
+  await store.unlock(id)
+}
+
 /** One merge and one lock/unlock, so that the scripts are loaded before counting (a NOSCRIPT reply counts as a call). */
 async function warmUp(store) {
   const id = newId()
@@ -152,7 +161,7 @@ describe('native compare-and-set and compare-and-delete', () => {
   })
 })
 
-describe('falling back to the scripts', { skip: onCluster && 'standalone: a proxy and an ACL user' }, () => {
+describe('ACL users, and falling back to the scripts', { skip: onCluster && 'standalone: a proxy and ACL users' }, () => {
   it('a server that claims commands it lacks: each native command is refused once, then the scripts run', async (t) => {
     if (expected.swap === 'digest') return t.skip('the server has the commands it would claim')
     try {
@@ -173,11 +182,7 @@ describe('falling back to the scripts', { skip: onCluster && 'standalone: a prox
       const store = redis.store({ url: proxy.url })
       const ids = Array.from({ length: 10 }, newId)
       for (const id of ids) {
-        await store.set(id, session(id), TTL)
-        await store.get(id)
-        await store.merge(id, { 'data.user.name': 'Grace' }, TTL)
-        assert.equal(await store.lock(id, 5000), true)
-        await store.unlock(id)
+        await requestCalls(store, id)
       }
       const sent = proxy.sent.join('')
       assert.equal(sent.match(/IFDEQ/g)?.length, 1, 'IFDEQ sent once')
@@ -189,6 +194,24 @@ describe('falling back to the scripts', { skip: onCluster && 'standalone: a prox
     } finally {
       await proxy.stop()
     }
+  })
+
+  it("the README's ACL user (session keys, the commands listed, +hello and the native unlock) runs no script where the server has the commands", async () => {
+    const native = { delex: ['+delex'], delifeq: ['+delifeq'], script: [] }[expected.release]
+    await redis.admin.call('ACL', 'SETUSER', 'readme-app', 'on', '>pw', '~sess:*',
+      '+get', '+set', '+del', '+exists', '+evalsha', '+script|load', '+select', '+hello', ...native)
+    const store = redis.store({ username: 'readme-app', password: 'pw' })
+    await warmUp(store)
+    await resetStats()
+    const ids = Array.from({ length: 5 }, newId)
+    for (const id of ids) {
+      await requestCalls(store, id)
+      assert.equal((await stored(id)).data.user.name, 'Grace')
+      assert.equal(await redis.admin.exists(`sess:lock:${id}`), 0)
+    }
+    const calls = await commandCalls()
+    const scripts = (expected.swap === 'script' ? ids.length : 0) + (expected.release === 'script' ? ids.length : 0)
+    assert.equal(calls.evalsha ?? 0, scripts, JSON.stringify(calls))
   })
 
   it('a user whose ACL lacks the native unlock command unlocks through the script', async (t) => {
@@ -240,11 +263,7 @@ describe('servers of different versions', { skip: onCluster && 'standalone: star
       redis.stores.push(store)
       const ids = Array.from({ length: 30 }, newId) // on every master
       for (const id of ids) {
-        await store.set(id, session(id), TTL)
-        await store.get(id)
-        await store.merge(id, { 'data.user.name': 'Grace' }, TTL)
-        assert.equal(await store.lock(id, 5000), true)
-        await store.unlock(id)
+        await requestCalls(store, id)
       }
       const stats = await refusing.info('commandstats')
       assert.match(stats, /^cmdstat_evalsha:calls=[1-9]/m, 'the refusing master ran the unlock script')
@@ -268,11 +287,7 @@ describe('servers of different versions', { skip: onCluster && 'standalone: star
     const admin = () => new Redis({ port: a.port, host: '127.0.0.1', lazyConnect: true })
     const round = async () => {
       const id = newId()
-      await store.set(id, session(id), TTL)
-      await store.get(id)
-      await store.merge(id, { 'data.user.name': 'Grace' }, TTL)
-      assert.equal(await store.lock(id, 5000), true)
-      await store.unlock(id)
+      await requestCalls(store, id)
       const check = admin()
       assert.equal(JSON.parse(await check.get(`sess:${id}`)).data.user.name, 'Grace')
       check.disconnect()
