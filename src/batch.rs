@@ -35,8 +35,8 @@ use crate::errors::{Code, StoreError};
 use crate::limits::SCRIPT_WORK;
 use crate::lock::new_token;
 use crate::ops::{
-    decode_replies, is_noscript, push_commands, push_delete_session, push_merge_script, push_read,
-    push_swap, Kind, Op, Outcome,
+    decode_replies, is_noscript, push_commands, push_delete_session, push_read, push_swap, Kind,
+    Op, Outcome,
 };
 use crate::splice::{self, SpliceError};
 use crate::store::Store;
@@ -319,11 +319,9 @@ impl<'a> Batch<'a> {
             };
             let how = (capabilities, &shas);
             let pushed = match &step {
-                Step::Commands => {
+                // A merge's commands are its script.
+                Step::Commands | Step::Script => {
                     push_commands(&mut pipe, op, &self.store.keys, how, token.as_deref())
-                }
-                Step::Script => {
-                    push_merge_script(&mut pipe, op, &self.store.keys, &shas).map(|_| 1)
                 }
                 Step::DeleteSession => {
                     push_delete_session(&mut pipe, op, &self.store.keys);

@@ -90,13 +90,13 @@ impl Capabilities {
     /// RESP3, a flat array of pairs in RESP2); the scripts for an error reply
     /// (Redis 6.0 wants an argument; an ACL may refuse it) or anything else.
     pub fn from_hello(reply: &Value) -> Capabilities {
-        let field = |name: &str| -> Option<String> {
-            let pairs: Vec<(&Value, &Value)> = match reply {
-                Value::Map(m) => m.iter().map(|(k, v)| (k, v)).collect(),
-                Value::Array(a) => a.chunks_exact(2).map(|p| (&p[0], &p[1])).collect(),
-                _ => return None,
-            };
-            pairs.into_iter().find_map(|(k, v)| {
+        let pairs: Vec<(&Value, &Value)> = match reply {
+            Value::Map(m) => m.iter().map(|(k, v)| (k, v)).collect(),
+            Value::Array(a) => a.chunks_exact(2).map(|p| (&p[0], &p[1])).collect(),
+            _ => Vec::new(),
+        };
+        let field = |name: &str| {
+            pairs.iter().find_map(|(k, v)| {
                 (text(k)? == name).then_some(())?;
                 text(v)
             })

@@ -178,17 +178,6 @@ pub fn push_swap(
     Ok(())
 }
 
-/// A merge the server does (`lua/merge.lua`), when the splice here cannot.
-pub fn push_merge_script(pipe: &mut Pipeline, op: &Op, keys: &Keys, shas: &Shas) -> Result<()> {
-    let ttl = ttl_ms(op.ttl)?;
-    evalsha(pipe, shas.merge, keys.session(&op.id))
-        .arg(ttl)
-        .arg(script_max_bytes(op.args.len() / 2))
-        .arg(MAX_PADDING)
-        .arg(&op.args);
-    Ok(())
-}
-
 /// Appends op's commands to `pipe` (for Merge: the server-side script);
 /// returns how many it appended. `token` is the lock token for Lock (the new
 /// one) and Unlock (the remembered one).
@@ -221,8 +210,15 @@ pub fn push_commands(
             pipe.cmd("DEL").arg(keys.lock(&op.id));
             1
         }
+        // The merge the server does (`lua/merge.lua`), when the splice here
+        // cannot (batch.rs: Step::Script).
         Kind::Merge => {
-            push_merge_script(pipe, op, keys, shas)?;
+            let ttl = ttl_ms(op.ttl)?;
+            evalsha(pipe, shas.merge, keys.session(&op.id))
+                .arg(ttl)
+                .arg(script_max_bytes(op.args.len() / 2))
+                .arg(MAX_PADDING)
+                .arg(&op.args);
             1
         }
         Kind::Lock => {
