@@ -35,6 +35,34 @@ export declare class NativeStore {
   batch(batch: number, kinds: Array<number>, ids: Array<string>, ttls: Array<number>, counts: Array<number>, strings: Array<string>, waitedMs: number): void
   /** Where the store connects, credentials left out (for `util.inspect`). */
   get target(): string
+  /**
+   * `host:port` of the server the connection went to (on a cluster, the
+   * first seed node's); "" with Sentinel before the first connection.
+   */
+  get address(): string
+  /** The key prefix (for tracing). */
+  get prefix(): string
+  /** `'connecting' | 'ready' | 'reconnecting' | 'closed'`. */
+  get status(): 'connecting' | 'ready' | 'reconnecting' | 'closed'
+  /** Counts since the store was created. */
+  stats(): StoreStats
+  /** One PING (every master of a cluster); resolves with the round trip in ms. */
+  ping(): Promise<number>
+  /** The masters to walk: `host:port` each on a cluster, `[""]` otherwise. */
+  masters(): Promise<string[]>
+  /** One page of session ids under the prefix on `node` from `cursor`. */
+  scan(node: string, cursor: string, count: number, wantIds: boolean): Promise<ScanPage>
+  /** Removes one page of keys under the prefix on `node` from `cursor`. */
+  clearPage(node: string, cursor: string, count: number): Promise<ScanPage>
+  /** The commands the store sends for its compare-and-writes here. */
+  fastPaths(): Promise<FastPaths>
+  /**
+   * For the doctor: one command's reply as JSON text; `to` is "", "*"
+   * (every master) or a master's `host:port`.
+   */
+  query(to: string, args: Array<string>): Promise<string>
+  /** For the doctor: whether this user may run each command the store sends. */
+  commandAccess(): Promise<CommandAccess[]>
   /** Loads the scripts now (`preloadScript`). */
   preload(): Promise<void>
   close(): Promise<void>
@@ -47,6 +75,73 @@ export interface ClusterOptions {
    * and password may be given here or as the store's `username`/`password`.
    */
   nodes: Array<string>
+}
+
+/** Failed calls per error code. */
+export interface CodeCounts {
+  ERR_INVALID_ARG: number
+  ERR_CONNECTION: number
+  ERR_TIMEOUT: number
+  ERR_CORRUPT_SESSION: number
+  ERR_CLOSED: number
+  ERR_AUTH: number
+  ERR_REDIS: number
+}
+
+/** Whether the store's user may run one command the store sends. */
+export interface CommandAccess {
+  /** The command, as ACL rules name it (`script|load`). */
+  command: string
+  /**
+   * Whether the store needs it, or only uses it where allowed (the native
+   * commands, `HELLO`, the admin calls).
+   */
+  required: boolean
+  allowed: boolean
+  /** What the server said when it refused. */
+  reason?: string
+}
+
+/** What the store sends for its compare-and-writes on this link. */
+export interface FastPaths {
+  /** How a merge writes: `'SET IFDEQ'`, `'SET IFEQ'` or `'swap.lua'`. */
+  swap: string
+  /** How an unlock deletes: `'DELEX'`, `'DELIFEQ'` or `'unlock.lua'`. */
+  release: string
+}
+
+/** `get` calls that found a session, and that found none. */
+export interface GetCounts {
+  hits: number
+  misses: number
+}
+
+/**
+ * Latencies of one op: from the call to its settling, in a fixed-bucket
+ * histogram (`buckets[i]` counts calls faster than `latencyBoundsMs[i]`
+ * and not faster than the bound before it).
+ */
+export interface Latency {
+  count: number
+  /** The bound of the bucket holding the median call. */
+  p50Ms: number
+  /** The bound of the bucket holding the 99th percentile. */
+  p99Ms: number
+  buckets: Array<number>
+}
+
+/** Locks taken and released. */
+export interface LockCounts {
+  /** `lock()` calls that took the lock. */
+  taken: number
+  /** `lock()` calls that found it held. */
+  refused: number
+  /** `unlock()` calls that deleted this store's lock. */
+  released: number
+  /** `unlock()` calls that found the lock held by another holder, or expired. */
+  otherHolder: number
+  /** `unlock()` calls for a lock this store did not take: nothing sent. */
+  notHeld: number
 }
 
 /** Paths in one `merge` call. */
@@ -62,10 +157,56 @@ export declare const MAX_PADDING: number
 export declare const MAX_PATH_SEGMENTS: number
 
 /**
+ * Keys one page of `ids()`, `length()` or `clear()` asks `SCAN` for: each
+ * page is one `SCAN` (and for `clear()` one `UNLINK` of what it found), so
+ * this bounds the work one admin command makes Redis do.
+ */
+export declare const MAX_SCAN_COUNT: number
+
+/**
  * The largest `ttlMs`: `Number.MAX_SAFE_INTEGER`, the largest whole number a
  * JavaScript number holds exactly (and far below what Redis's `PX` takes).
  */
 export declare const MAX_TTL_MS: number
+
+/** Merges by the way they went. */
+export interface MergeCounts {
+  /**
+   * Written by one compare-and-set from the text this store last read or
+   * wrote, without reading it.
+   */
+  remembered: number
+  /** Read, spliced here, then written by compare-and-set. */
+  readThenSwap: number
+  /**
+   * Of those two, written by the server's own command (`SET … IFDEQ` on
+   * Redis 8.4+, `SET … IFEQ` on Valkey 8.1+) rather than `lua/swap.lua`.
+   */
+  native: number
+  /** The remembered text was out of date, so the merge read. */
+  stale: number
+  /**
+   * Compare-and-sets that found the text changed by another writer; each
+   * is retried.
+   */
+  conflicts: number
+  /** Applied by the server-side script (`lua/merge.lua`), after a conflict. */
+  script: number
+  /** Found no session: nothing to merge into. */
+  missing: number
+}
+
+/** A count per op. */
+export interface OpCounts {
+  get: number
+  set: number
+  delete: number
+  merge: number
+  lock: number
+  unlock: number
+  isLocked: number
+  touch: number
+}
 
 /** Operation codes; exported to `store.js` as `OpKind`. */
 export declare const enum OpKind {
@@ -76,6 +217,18 @@ export declare const enum OpKind {
   Lock = 4,
   Unlock = 5,
   IsLocked = 6,
+  Touch = 7,
+}
+
+export interface OpLatencies {
+  get: Latency
+  set: Latency
+  delete: Latency
+  merge: Latency
+  lock: Latency
+  unlock: Latency
+  isLocked: Latency
+  touch: Latency
 }
 
 /** How an op settled, as `store.js` reads it; exported as `OutcomeCode`. */
@@ -86,6 +239,19 @@ export declare const enum OutcomeCode {
   Text = 3,
   Null = 4,
   Failed = 5,
+}
+
+/** One page of a walk over the keys under the prefix. */
+export interface ScanPage {
+  /** Where the next page starts on this node; "0" when the node is done. */
+  cursor: string
+  /** The session ids of this page (when asked for), lock keys left out. */
+  ids: Array<string>
+  /**
+   * How many session ids the page held (`length()`), or how many keys it
+   * removed (`clear()`).
+   */
+  count: number
 }
 
 /** Redis Sentinel. */
@@ -149,6 +315,32 @@ export interface StoreOptions {
    * 8388608 (8 MiB); 0 remembers nothing.
    */
   rememberedTextBytes?: number
+}
+
+/** What `store.stats()` returns: counts since the store was created. */
+export interface StoreStats {
+  /**
+   * Calls settled, per op (calls refused by the argument checks before
+   * anything was sent are not counted).
+   */
+  calls: OpCounts
+  /** Of those, the ones that failed. */
+  errors: OpCounts
+  /** Failed calls per error code. */
+  errorCodes: CodeCounts
+  gets: GetCounts
+  merges: MergeCounts
+  locks: LockCounts
+  /**
+   * Times the store was connected again after losing its connection (a
+   * restart, a failover).
+   */
+  reconnects: number
+  /** Calls made and not yet settled. */
+  inFlight: number
+  latency: OpLatencies
+  /** The upper bounds, in ms, of the latency buckets. */
+  latencyBoundsMs: Array<number>
 }
 
 /** TLS. PEM text (store.js also takes Buffers). */

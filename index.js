@@ -839,6 +839,7 @@ module.exports.NativeStore = nativeBinding.NativeStore
 module.exports.MAX_MERGE_PATHS = nativeBinding.MAX_MERGE_PATHS
 module.exports.MAX_PADDING = nativeBinding.MAX_PADDING
 module.exports.MAX_PATH_SEGMENTS = nativeBinding.MAX_PATH_SEGMENTS
+module.exports.MAX_SCAN_COUNT = nativeBinding.MAX_SCAN_COUNT
 module.exports.MAX_TTL_MS = nativeBinding.MAX_TTL_MS
 module.exports.OpKind = nativeBinding.OpKind
 module.exports.Kind = nativeBinding.Kind

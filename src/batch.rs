@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 
 use redis::{Pipeline, Value};
 
-use crate::capabilities::{is_refusal, swapped, Capabilities, Native};
+use crate::capabilities::{is_refusal, swapped, Capabilities, Native, SwapBy};
 use crate::errors::{Code, StoreError};
 use crate::limits::SCRIPT_WORK;
 use crate::lock::new_token;
@@ -39,6 +39,7 @@ use crate::ops::{
     Op, Outcome,
 };
 use crate::splice::{self, SpliceError};
+use crate::stats::{MergeStep, Release};
 use crate::store::Store;
 use crate::texts::Remembered;
 
@@ -336,7 +337,11 @@ impl<'a> Batch<'a> {
                 }
             };
             match pushed {
-                Ok(0) => done.push((pending.op, Outcome::Done)),
+                Ok(0) => {
+                    // An unlock of a lock this store did not take.
+                    self.store.stats.not_held();
+                    done.push((pending.op, Outcome::Done))
+                }
                 Ok(len) => {
                     planned.push(Planned {
                         pending,
@@ -380,6 +385,7 @@ impl<'a> Batch<'a> {
         replies: &mut [Value],
         capabilities: &Capabilities,
     ) -> Next {
+        let stats = &self.store.stats;
         let refused = |native: Native| {
             capabilities.is_native(native)
                 && matches!(replies.first(), Some(Value::ServerError(e)) if is_refusal(e))
@@ -395,12 +401,21 @@ impl<'a> Batch<'a> {
             Step::Commands if op.kind == Kind::Unlock && refused(Native::Release) => {
                 Next::Refused(Native::Release, Step::Commands)
             }
-            Step::Commands | Step::Script | Step::DeleteSession => Next::Finished(
-                self.store
-                    .settle(op, token, decode_replies(op.kind, replies)),
-            ),
+            Step::Commands | Step::Script | Step::DeleteSession => {
+                match (op.kind, replies.first()) {
+                    (Kind::Unlock, Some(Value::Int(1))) => stats.released(Release::Released),
+                    (Kind::Unlock, Some(Value::Int(_))) => stats.released(Release::OtherHolder),
+                    (Kind::Merge, Some(Value::Int(_))) => stats.merge_step(MergeStep::Script),
+                    _ => {}
+                }
+                Next::Finished(
+                    self.store
+                        .settle(op, token, decode_replies(op.kind, replies)),
+                )
+            }
             Step::Read => match replies.first_mut().map(std::mem::take) {
                 Some(Value::Nil) => {
+                    stats.merge_step(MergeStep::Missing);
                     self.store.texts.forget(&op.id);
                     Next::Finished(Outcome::Done) // no session: nothing to merge
                 }
@@ -431,14 +446,18 @@ impl<'a> Batch<'a> {
                 remembered,
             } => match swapped(replies.first()) {
                 Some(true) => {
+                    let native = capabilities.swap != SwapBy::Script;
+                    stats.merge_step(MergeStep::Swapped { remembered, native });
                     self.store.texts.put(&op.id, Arc::new(new), true);
                     Next::Finished(Outcome::Done)
                 }
                 Some(false) => {
                     self.store.texts.forget(&op.id);
                     if remembered {
+                        stats.merge_step(MergeStep::Stale);
                         Next::Then(Step::Read) // the remembered text was out of date
                     } else {
+                        stats.merge_step(MergeStep::Conflict);
                         Next::Conflict(Some(old.len()))
                     }
                 }

@@ -13,7 +13,8 @@ use tokio::sync::Notify;
 
 use crate::capabilities::{Capabilities, Native};
 use crate::errors::{Result, StoreError};
-use crate::topology::{is_lost, retry, Link, Topology};
+use crate::stats::Stats;
+use crate::topology::{is_lost, retry, Link, Route, Topology};
 
 /// The link calls use now.
 struct Open {
@@ -60,6 +61,34 @@ pub struct Connection {
     reviving: Arc<AtomicBool>,
     in_flight: AtomicUsize,
     idle: Notify,
+    /// Set when a call found the connection lost; cleared when one gets an
+    /// answer again (for `status`).
+    lost: Arc<AtomicBool>,
+    stats: Arc<Stats>,
+    /// `host:port` of the server the link went to (for tracing).
+    address: Mutex<String>,
+}
+
+/// Where a store stands, for readiness probes (`store.status`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    /// No connection opened yet (the first call or `ping()` opens it).
+    Connecting,
+    Ready,
+    /// The connection was lost and is being opened again.
+    Reconnecting,
+    Closed,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Connecting => "connecting",
+            Status::Ready => "ready",
+            Status::Reconnecting => "reconnecting",
+            Status::Closed => "closed",
+        }
+    }
 }
 
 /// Counts a call in flight for as long as it lives.
@@ -82,17 +111,28 @@ pub fn install_crypto_provider() {
     });
 }
 
+/// The connection that was lost answers again: counted once per loss.
+fn found(lost: &AtomicBool, stats: &Stats) {
+    if lost.swap(false, Ordering::AcqRel) {
+        stats.reconnected();
+    }
+}
+
 fn is_readonly(v: &Value) -> bool {
     matches!(v, Value::ServerError(e) if e.code() == "READONLY")
 }
 
 impl Connection {
     /// A connection to `topology`: connecting bounded by `connect_timeout`,
-    /// a whole call by that plus `command_timeout`.
-    pub fn new(topology: Topology, connect_timeout: Duration, command_timeout: Duration) -> Self {
+    /// a whole call by that plus `command_timeout`; reconnects are counted in
+    /// `stats`.
+    pub fn new(
+        topology: Topology,
+        (connect_timeout, command_timeout): (Duration, Duration),
+        stats: Arc<Stats>,
+    ) -> Self {
         install_crypto_provider();
         Connection {
-            topology,
             connect_timeout,
             call_timeout: connect_timeout + command_timeout,
             state: Mutex::new(State::Idle),
@@ -103,6 +143,32 @@ impl Connection {
             reviving: Arc::new(AtomicBool::new(false)),
             in_flight: AtomicUsize::new(0),
             idle: Notify::new(),
+            lost: Arc::new(AtomicBool::new(false)),
+            stats,
+            address: Mutex::new(topology.address()),
+            topology,
+        }
+    }
+
+    pub fn status(&self) -> Status {
+        if self.closing.load(Ordering::Acquire) {
+            return Status::Closed;
+        }
+        if self.generation.load(Ordering::Acquire) == 0 {
+            return Status::Connecting;
+        }
+        let idle = matches!(*self.state(), State::Idle);
+        if idle || self.lost.load(Ordering::Acquire) {
+            Status::Reconnecting
+        } else {
+            Status::Ready
+        }
+    }
+
+    /// A call got an answer: if the connection had been lost, it is back.
+    fn answered(&self) {
+        if self.lost.load(Ordering::Relaxed) {
+            found(&self.lost, &self.stats);
         }
     }
 
@@ -185,11 +251,11 @@ impl Connection {
                 }
             }
             let opened = async {
-                let link = self.topology.open(self.connect_timeout).await?;
+                let (link, address) = self.topology.open(self.connect_timeout).await?;
                 let capabilities = link.capabilities().await?;
-                Ok::<_, StoreError>((link, capabilities))
+                Ok::<_, StoreError>((link, address, capabilities))
             };
-            let (link, capabilities) = match opened.await {
+            let (link, address, capabilities) = match opened.await {
                 Ok(opened) => opened,
                 Err(e) => {
                     *self.open_failed() = Some((Instant::now(), e.clone()));
@@ -197,10 +263,16 @@ impl Connection {
                 }
             };
             let generation = self.generation.fetch_add(1, Ordering::AcqRel) + 1;
+            if generation > 1 {
+                // A link given up (a failover, a timeout) is open again.
+                self.lost.store(false, Ordering::Release);
+                self.stats.reconnected();
+            }
             let mut state = self.state();
             if matches!(*state, State::Closed) {
                 return Err(StoreError::closed());
             }
+            *self.address() = address;
             *state = State::Ready(Open {
                 link: link.clone(),
                 generation,
@@ -245,6 +317,14 @@ impl Connection {
         }
     }
 
+    /// `host:port` of the server the store's link went to (on a cluster, the
+    /// first seed node's; with Sentinel, empty until a link opened).
+    pub fn address(&self) -> MutexGuard<'_, String> {
+        self.address
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
     fn open_failed(&self) -> MutexGuard<'_, Option<(Instant, StoreError)>> {
         self.open_failed
             .lock()
@@ -271,13 +351,17 @@ impl Connection {
         }
         let link = link.clone();
         let (reviving, closing) = (Arc::clone(&self.reviving), Arc::clone(&self.closing));
+        let (lost, stats) = (Arc::clone(&self.lost), Arc::clone(&self.stats));
         tokio::spawn(async move {
             let mut delay = retry::REVIVE_MIN_DELAY;
             while !closing.load(Ordering::Acquire) {
                 tokio::time::sleep(delay).await;
                 match link.ping().await {
                     Err(e) if is_lost(&e) => delay = (delay * 2).min(retry::REVIVE_MAX_DELAY),
-                    _ => break,
+                    _ => {
+                        found(&lost, &stats);
+                        break;
+                    }
                 }
             }
             reviving.store(false, Ordering::Release);
@@ -336,6 +420,7 @@ impl Ready<'_> {
         let call = async {
             match self.link.exec(pipe).await {
                 Ok(values) => {
+                    conn.answered();
                     // Only Sentinel acts on it: no scan of the replies otherwise.
                     if conn.topology.follows_failover() && values.iter().any(is_readonly) {
                         conn.forget(self.generation); // a replica now: failover
@@ -344,6 +429,7 @@ impl Ready<'_> {
                 }
                 Err(e) => {
                     if is_lost(&e) {
+                        conn.lost.store(true, Ordering::Release);
                         conn.unlearn(self.generation);
                         conn.forget(self.generation);
                         conn.revive(&self.link);
@@ -358,6 +444,25 @@ impl Ready<'_> {
                 conn.forget(self.generation);
                 Err(conn.timeout())
             }
+        }
+    }
+
+    /// One command, sent where `to` says (`Link::query`), answered by the
+    /// call's deadline.
+    pub async fn query(&self, cmd: &redis::Cmd, to: Route<'_>) -> Result<Value> {
+        let conn = self.conn;
+        match tokio::time::timeout_at(self.deadline.into(), self.link.query(cmd, to)).await {
+            Ok(Ok(v)) => {
+                conn.answered();
+                Ok(v)
+            }
+            Ok(Err(e)) => {
+                if is_lost(&e) {
+                    conn.lost.store(true, Ordering::Release);
+                }
+                Err(StoreError::from(e))
+            }
+            Err(_) => Err(conn.timeout()),
         }
     }
 

@@ -79,6 +79,8 @@ struct Job {
     batch: u32,
     ops: Vec<Op>,
     deadline: Instant,
+    /// When its first call was made, for the latency counts.
+    since: Instant,
 }
 
 /// Where the main thread hands batches over. A batch needs a task of its own
@@ -105,16 +107,26 @@ impl Runner {
         Runner { jobs }
     }
 
-    /// Starts batch `batch`; its outcomes go through the store's queue.
-    pub fn start(&self, store: &Store, batch: u32, ops: Vec<Op>, deadline: Instant) {
+    /// Starts batch `batch`, whose first call was made at `since`; its
+    /// outcomes go through the store's queue.
+    pub fn start(
+        &self,
+        store: &Store,
+        batch: u32,
+        ops: Vec<Op>,
+        deadline: Instant,
+        since: Instant,
+    ) {
+        store.stats.started(ops.len());
         if let Err(mpsc::error::SendError(job)) = self.jobs.send(Job {
             batch,
             ops,
             deadline,
+            since,
         }) {
             // The runtime is shutting down: nothing will run the batch.
             let e = StoreError::new(Code::Closed, "the store is shutting down");
-            fail(store, job.batch, 0..job.ops.len(), e);
+            fail(store, &job, 0..job.ops.len(), e);
         }
     }
 }
@@ -122,30 +134,33 @@ impl Runner {
 /// Runs one batch; its outcomes go through `store`'s queue. A panic in the
 /// batch fails the ops it had not settled, so no Promise is ever left pending.
 async fn run(store: Arc<Store>, job: Job) {
-    let Job {
-        batch,
-        ops,
-        deadline,
-    } = job;
-    let mut settled = vec![false; ops.len()];
-    let ran = AssertUnwindSafe(store.run(&ops, deadline, &mut |outcomes| {
+    let mut settled = vec![false; job.ops.len()];
+    let ran = AssertUnwindSafe(store.run(&job.ops, job.deadline, &mut |outcomes| {
         for (slot, _) in &outcomes {
             settled[*slot] = true;
         }
-        store.deliver(batch, outcomes);
+        deliver(&store, &job, outcomes);
     }))
     .catch_unwind()
     .await;
     if ran.is_err() {
         let e = StoreError::new(Code::Redis, "internal error: the batch stopped");
-        fail(&store, batch, (0..ops.len()).filter(|i| !settled[*i]), e);
+        let unsettled = (0..job.ops.len()).filter(|i| !settled[*i]);
+        fail(&store, &job, unsettled, e);
     }
 }
 
-/// Fails the ops at `slots` of batch `batch` with `e`.
-fn fail(store: &Store, batch: u32, slots: impl Iterator<Item = usize>, e: StoreError) {
-    store.deliver(
-        batch,
-        slots.map(|i| (i, Outcome::Failed(e.clone()))).collect(),
-    );
+/// Counts outcomes of `job` and hands them to JavaScript.
+fn deliver(store: &Store, job: &Job, outcomes: Vec<(usize, Outcome)>) {
+    let latency = job.since.elapsed();
+    for (slot, outcome) in &outcomes {
+        store.stats.settled(job.ops[*slot].kind, outcome, latency);
+    }
+    store.deliver(job.batch, outcomes);
+}
+
+/// Fails the ops at `slots` of `job` with `e`.
+fn fail(store: &Store, job: &Job, slots: impl Iterator<Item = usize>, e: StoreError) {
+    let failed = slots.map(|i| (i, Outcome::Failed(e.clone()))).collect();
+    deliver(store, job, failed);
 }

@@ -25,6 +25,16 @@ pub enum Code {
 }
 
 impl Code {
+    pub const ALL: [Code; 7] = [
+        Code::InvalidArg,
+        Code::Connection,
+        Code::Timeout,
+        Code::CorruptSession,
+        Code::Closed,
+        Code::Auth,
+        Code::Redis,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Code::InvalidArg => "ERR_INVALID_ARG",
@@ -158,6 +168,13 @@ impl From<StoreError> for napi::Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn all_lists_each_code_at_its_index() {
+        for (i, c) in Code::ALL.iter().enumerate() {
+            assert_eq!(*c as usize, i);
+        }
+    }
 
     #[test]
     fn display_carries_the_code_first() {

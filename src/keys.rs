@@ -15,11 +15,39 @@ impl Keys {
         }
     }
 
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
     pub fn session(&self, id: &str) -> String {
         let mut k = String::with_capacity(self.prefix.len() + id.len());
         k.push_str(&self.prefix);
         k.push_str(id);
         k
+    }
+
+    /// The `SCAN MATCH` pattern of every key under the prefix (sessions and
+    /// locks), the prefix's glob characters escaped so they match themselves.
+    pub fn pattern(&self) -> String {
+        let mut p = String::with_capacity(self.prefix.len() * 2 + 1);
+        for c in self.prefix.chars() {
+            if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+                p.push('\\');
+            }
+            p.push(c);
+        }
+        p.push('*');
+        p
+    }
+
+    /// The session id a key holds; None for a lock key, or a key outside
+    /// the prefix.
+    pub fn id_of<'k>(&self, key: &'k [u8]) -> Option<&'k str> {
+        let rest = key.strip_prefix(self.prefix.as_bytes())?;
+        if rest.starts_with(self.lock_prefix.as_bytes()) {
+            return None;
+        }
+        std::str::from_utf8(rest).ok().filter(|id| !id.is_empty())
     }
 
     pub fn lock(&self, id: &str) -> String {
@@ -40,6 +68,26 @@ mod tests {
         let k = Keys::new("sess:", "lock:");
         assert_eq!(k.session("abc"), "sess:abc");
         assert_eq!(k.lock("abc"), "sess:lock:abc");
+    }
+
+    #[test]
+    fn glob_characters_of_the_prefix_are_escaped() {
+        assert_eq!(Keys::new("sess:", "lock:").pattern(), "sess:*");
+        assert_eq!(
+            Keys::new("a*b?[c]\\:", "l:").pattern(),
+            "a\\*b\\?\\[c\\]\\\\:*"
+        );
+        assert_eq!(Keys::new("", "l:").pattern(), "*");
+    }
+
+    #[test]
+    fn ids_leave_out_locks_and_other_keys() {
+        let k = Keys::new("sess:", "lock:");
+        assert_eq!(k.id_of(b"sess:abc"), Some("abc"));
+        assert_eq!(k.id_of(b"sess:lock:abc"), None);
+        assert_eq!(k.id_of(b"other:abc"), None);
+        assert_eq!(k.id_of(b"sess:"), None);
+        assert_eq!(k.id_of(&[b's', b'e', b's', b's', b':', 0xff]), None);
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! JS layer; session JSON crosses as strings. Each method is one async call on
 //! the addon's own tokio runtime.
 
+pub mod admin;
 pub mod batch;
 pub mod capabilities;
 pub mod connection;
@@ -14,6 +15,7 @@ pub mod lock;
 pub mod ops;
 pub mod options;
 pub mod splice;
+pub mod stats;
 pub mod store;
 pub mod texts;
 pub mod topology;
@@ -124,9 +126,11 @@ impl NativeStore {
         } else {
             Duration::ZERO
         };
-        let deadline = Instant::now() + (bound - waited);
+        let now = Instant::now();
         let ops = ops::decode_batch(kinds, ids, ttls, counts, strings)?;
-        self.runner.start(&self.inner, batch, ops, deadline);
+        let since = now.checked_sub(waited).unwrap_or(now);
+        self.runner
+            .start(&self.inner, batch, ops, now + (bound - waited), since);
         Ok(())
     }
 
@@ -136,12 +140,135 @@ impl NativeStore {
         self.inner.description.clone()
     }
 
+    /// `host:port` of the server the connection went to (on a cluster, the
+    /// first seed node's); "" with Sentinel before the first connection.
+    #[napi(getter)]
+    pub fn address(&self) -> String {
+        self.inner.conn.address().clone()
+    }
+
+    /// The key prefix (for tracing).
+    #[napi(getter)]
+    pub fn prefix(&self) -> String {
+        self.inner.keys.prefix().to_owned()
+    }
+
+    /// `'connecting' | 'ready' | 'reconnecting' | 'closed'`.
+    #[napi(
+        getter,
+        ts_return_type = "'connecting' | 'ready' | 'reconnecting' | 'closed'"
+    )]
+    pub fn status(&self) -> &'static str {
+        self.inner.conn.status().as_str()
+    }
+
+    /// Counts since the store was created.
+    #[napi]
+    pub fn stats(&self) -> stats::StoreStats {
+        self.inner.stats.snapshot()
+    }
+
+    /// One PING (every master of a cluster); resolves with the round trip in ms.
+    #[napi(ts_return_type = "Promise<number>")]
+    pub fn ping<'env>(&self, env: &'env Env) -> Result<PromiseRaw<'env, f64>> {
+        self.admin(
+            env,
+            |store, deadline| async move { store.ping(deadline).await },
+        )
+    }
+
+    /// The masters to walk: `host:port` each on a cluster, `[""]` otherwise.
+    #[napi(ts_return_type = "Promise<string[]>")]
+    pub fn masters<'env>(&self, env: &'env Env) -> Result<PromiseRaw<'env, Vec<String>>> {
+        self.admin(env, |store, deadline| async move {
+            store.masters(deadline).await
+        })
+    }
+
+    /// One page of session ids under the prefix on `node` from `cursor`.
+    #[napi(ts_return_type = "Promise<ScanPage>")]
+    pub fn scan<'env>(
+        &self,
+        env: &'env Env,
+        node: String,
+        cursor: String,
+        count: u32,
+        want_ids: bool,
+    ) -> Result<PromiseRaw<'env, admin::ScanPage>> {
+        self.admin(env, move |store, deadline| async move {
+            store.scan(&node, &cursor, count, want_ids, deadline).await
+        })
+    }
+
+    /// Removes one page of keys under the prefix on `node` from `cursor`.
+    #[napi(ts_return_type = "Promise<ScanPage>")]
+    pub fn clear_page<'env>(
+        &self,
+        env: &'env Env,
+        node: String,
+        cursor: String,
+        count: u32,
+    ) -> Result<PromiseRaw<'env, admin::ScanPage>> {
+        self.admin(env, move |store, deadline| async move {
+            store.clear_page(&node, &cursor, count, deadline).await
+        })
+    }
+
+    /// The commands the store sends for its compare-and-writes here.
+    #[napi(ts_return_type = "Promise<FastPaths>")]
+    pub fn fast_paths<'env>(&self, env: &'env Env) -> Result<PromiseRaw<'env, admin::FastPaths>> {
+        self.admin(env, |store, deadline| async move {
+            store.fast_paths(deadline).await
+        })
+    }
+
+    /// For the doctor: one command's reply as JSON text; `to` is "", "*"
+    /// (every master) or a master's `host:port`.
+    #[napi(ts_return_type = "Promise<string>")]
+    pub fn query<'env>(
+        &self,
+        env: &'env Env,
+        to: String,
+        args: Vec<String>,
+    ) -> Result<PromiseRaw<'env, String>> {
+        self.admin(env, move |store, deadline| async move {
+            store.query(&to, &args, deadline).await
+        })
+    }
+
+    /// For the doctor: whether this user may run each command the store sends.
+    #[napi(ts_return_type = "Promise<CommandAccess[]>")]
+    pub fn command_access<'env>(
+        &self,
+        env: &'env Env,
+    ) -> Result<PromiseRaw<'env, Vec<admin::CommandAccess>>> {
+        self.admin(env, |store, deadline| async move {
+            store.command_access(deadline).await
+        })
+    }
+
     /// Loads the scripts now (`preloadScript`).
     #[napi(ts_return_type = "Promise<void>")]
     pub fn preload<'env>(&self, env: &'env Env) -> Result<PromiseRaw<'env, ()>> {
         let store = Arc::clone(&self.inner);
         let deadline = Instant::now() + store.conn.call_bound();
         env.spawn_future(async move { Ok(store.load_scripts(deadline).await?) })
+    }
+
+    /// Runs an admin call on the runtime, bounded like a session op.
+    fn admin<'env, T, F>(
+        &self,
+        env: &'env Env,
+        call: impl FnOnce(Arc<store::Store>, Instant) -> F,
+    ) -> Result<PromiseRaw<'env, T>>
+    where
+        T: napi::bindgen_prelude::ToNapiValue + Send + 'static,
+        F: std::future::Future<Output = errors::Result<T>> + Send + 'static,
+    {
+        let store = Arc::clone(&self.inner);
+        let deadline = Instant::now() + store.conn.call_bound();
+        let call = call(store, deadline);
+        env.spawn_future(async move { Ok(call.await?) })
     }
 
     #[napi(ts_return_type = "Promise<void>")]

@@ -37,3 +37,9 @@ pub const SCRIPT_WORK: usize = 128 * 1024;
 pub fn script_max_bytes(paths: usize) -> usize {
     SCRIPT_WORK / paths.max(1)
 }
+
+/// Keys one page of `ids()`, `length()` or `clear()` asks `SCAN` for: each
+/// page is one `SCAN` (and for `clear()` one `UNLINK` of what it found), so
+/// this bounds the work one admin command makes Redis do.
+#[napi]
+pub const MAX_SCAN_COUNT: u32 = 10_000;

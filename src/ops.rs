@@ -22,10 +22,11 @@ pub enum Kind {
     Lock = 4,
     Unlock = 5,
     IsLocked = 6,
+    Touch = 7,
 }
 
 impl Kind {
-    const ALL: [Kind; 7] = [
+    pub const ALL: [Kind; 8] = [
         Kind::Get,
         Kind::Set,
         Kind::Delete,
@@ -33,6 +34,7 @@ impl Kind {
         Kind::Lock,
         Kind::Unlock,
         Kind::IsLocked,
+        Kind::Touch,
     ];
 
     /// The kind whose code (its value in the enum above) is `code`.
@@ -242,6 +244,12 @@ pub fn push_commands(
             pipe.cmd("EXISTS").arg(keys.lock(&op.id));
             1
         }
+        // Only an existing session's expiry moves: PEXPIRE creates nothing.
+        Kind::Touch => {
+            let ttl = ttl_ms(op.ttl)?;
+            pipe.cmd("PEXPIRE").arg(keys.session(&op.id)).arg(ttl);
+            1
+        }
     })
 }
 
@@ -289,7 +297,7 @@ pub fn decode_replies(kind: Kind, replies: &[Value]) -> Outcome {
         (Kind::Delete, _) | (Kind::Merge, Some(Value::Int(_))) | (Kind::Unlock, _) => Outcome::Done,
         (Kind::Lock, Some(Value::Okay)) => Outcome::Bool(true),
         (Kind::Lock, Some(Value::Nil)) => Outcome::Bool(false),
-        (Kind::IsLocked, Some(Value::Int(n))) => Outcome::Bool(*n > 0),
+        (Kind::IsLocked | Kind::Touch, Some(Value::Int(n))) => Outcome::Bool(*n > 0),
         (kind, reply) => Outcome::Failed(StoreError::new(
             Code::Redis,
             format!("unexpected reply to {kind:?}: {}", describe_reply(reply)),

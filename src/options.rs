@@ -519,7 +519,7 @@ mod tests {
             ..Default::default()
         };
         let c = Config::from_options(&o).unwrap();
-        assert!(matches!(c.topology, Topology::Cluster(_)));
+        assert!(matches!(c.topology, Topology::Cluster(..)));
         assert_eq!(c.description, "cluster redis://u:***@127.0.0.1:7000");
         assert!(!format!("{c:?}").contains("hunter2"));
         let o = StoreOptions {

@@ -15,6 +15,7 @@ use crate::keys::Keys;
 use crate::lock::LockTokens;
 use crate::ops::{ttl_ms, Kind, Op, Outcome, Shas};
 use crate::options::Config;
+use crate::stats::Stats;
 use crate::texts::Texts;
 
 /// The merge script, compiled in. Run by EVALSHA; loaded again after NOSCRIPT.
@@ -34,6 +35,7 @@ pub struct Store {
     pub(crate) unlock_script: Script,
     pub(crate) tokens: LockTokens,
     pub(crate) texts: Texts,
+    pub(crate) stats: Arc<Stats>,
     /// Outcomes on their way to JavaScript, and the channel that takes them.
     queue: Arc<Queue>,
     channel: Channel,
@@ -42,10 +44,11 @@ pub struct Store {
 impl Store {
     /// A store whose outcomes go through `channel`, which drains `queue`.
     pub fn new(config: Config, queue: Arc<Queue>, channel: Channel) -> Store {
+        let stats = Arc::new(Stats::default());
         let conn = Connection::new(
             config.topology,
-            config.connect_timeout,
-            config.command_timeout,
+            (config.connect_timeout, config.command_timeout),
+            Arc::clone(&stats),
         );
         Store {
             description: config.description,
@@ -56,6 +59,7 @@ impl Store {
             unlock_script: Script::new(UNLOCK_LUA),
             tokens: LockTokens::default(),
             texts: Texts::new(config.remembered_text_bytes),
+            stats,
             queue,
             channel,
         }

@@ -9,7 +9,7 @@ use std::time::Duration;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::{ClusterClient, ClusterClientBuilder};
 use redis::cluster_async::ClusterConnection;
-use redis::cluster_routing::{MultipleNodeRoutingInfo, RoutingInfo};
+use redis::cluster_routing::{MultipleNodeRoutingInfo, RoutingInfo, SingleNodeRoutingInfo};
 use redis::sentinel::{SentinelClient, SentinelClientBuilder, SentinelServerType};
 use redis::{
     ConnectionAddr, ConnectionInfo, Pipeline, RedisError, RedisResult, ServerError,
@@ -49,7 +49,8 @@ pub mod retry {
 #[allow(clippy::large_enum_variant)]
 pub enum Topology {
     Single(redis::Client, ConnectionManagerConfig),
-    Cluster(ClusterClient),
+    /// The client, and the first seed node's address.
+    Cluster(ClusterClient, String),
     /// The sentinels are asked for the master each time a link opens.
     Sentinel(tokio::sync::Mutex<SentinelClient>, ConnectionManagerConfig),
 }
@@ -91,6 +92,10 @@ impl Topology {
         certs: Option<TlsCertificates>,
         (connect_timeout, command_timeout): (Duration, Duration),
     ) -> Result<Topology> {
+        let seed = nodes
+            .first()
+            .map(|n| n.addr().to_string())
+            .unwrap_or_default();
         let mut builder = ClusterClientBuilder::new(nodes)
             .connection_timeout(connect_timeout)
             .response_timeout(command_timeout)
@@ -106,7 +111,7 @@ impl Topology {
                 e.detail().unwrap_or(e.category())
             ))
         })?;
-        Ok(Topology::Cluster(client))
+        Ok(Topology::Cluster(client, seed))
     }
 
     /// The master the sentinels of `t` name.
@@ -151,7 +156,7 @@ impl Topology {
 
     /// Whether commands of one pipeline may run out of order (Redis Cluster).
     pub fn is_cluster(&self) -> bool {
-        matches!(self, Topology::Cluster(_))
+        matches!(self, Topology::Cluster(..))
     }
 
     /// Whether the master may change under the store (Sentinel): a link is
@@ -167,25 +172,39 @@ impl Topology {
         matches!(self, Topology::Single(..))
     }
 
-    /// A new link, connected within `connect_timeout`: a server that never
+    /// A new link and the `host:port` it went to (on a cluster: the first
+    /// seed node), connected within `connect_timeout`: a server that never
     /// answers (or never completes a TLS handshake: a plain server behind a
     /// rediss:// URL) fails with ERR_CONNECTION then.
-    pub async fn open(&self, connect_timeout: Duration) -> Result<Link> {
+    pub async fn open(&self, connect_timeout: Duration) -> Result<(Link, String)> {
         let t = connect_timeout;
         match self {
             Topology::Single(client, config) => {
                 let m = ConnectionManager::new_with_config(client.clone(), config.clone());
-                Ok(Link::Single(within(t, m).await?))
+                let address = client.get_connection_info().addr().to_string();
+                Ok((Link::Single(within(t, m).await?), address))
             }
-            Topology::Cluster(client) => Ok(Link::Cluster(
-                within(t, client.get_async_connection()).await?,
+            Topology::Cluster(client, seed) => Ok((
+                Link::Cluster(within(t, client.get_async_connection()).await?),
+                seed.clone(),
             )),
             Topology::Sentinel(sentinel, config) => {
                 let lookup = async { sentinel.lock().await.async_get_client().await };
                 let client = within(t, lookup).await?;
+                let address = client.get_connection_info().addr().to_string();
                 let m = ConnectionManager::new_with_config(client, config.clone());
-                Ok(Link::Single(within(t, m).await?))
+                Ok((Link::Single(within(t, m).await?), address))
             }
+        }
+    }
+
+    /// Where the store connects before a link is open: the server's
+    /// `host:port` (on a cluster, the first seed's; with Sentinel, none yet).
+    pub fn address(&self) -> String {
+        match self {
+            Topology::Single(client, _) => client.get_connection_info().addr().to_string(),
+            Topology::Cluster(_, seed) => seed.clone(),
+            Topology::Sentinel(..) => String::new(),
         }
     }
 }
@@ -223,6 +242,14 @@ pub fn is_lost(e: &RedisError) -> bool {
         || e.code() == Some("READONLY")
 }
 
+/// Where `Link::query` sends a command.
+#[derive(Debug, Clone, Copy)]
+pub enum Route<'a> {
+    ByKey,
+    ToNode(&'a str),
+    AllMasters,
+}
+
 /// An open link to Redis: one multiplexed connection (reconnected on demand
 /// by its manager), or a cluster connection routing each command to the
 /// master of its key.
@@ -255,6 +282,42 @@ impl Link {
                     .into_iter()
                     .collect()
             }
+        }
+    }
+
+    /// One command, sent where `to` says: `None`, where its key routes it
+    /// (a single server: there); on a cluster, `ToNode` a master by its
+    /// `host:port`, and `AllMasters` every master, whose replies come back as
+    /// a map by address. Error replies come back as `Value::ServerError`.
+    pub async fn query(&self, cmd: &redis::Cmd, to: Route<'_>) -> RedisResult<Value> {
+        let reply = match (self, to) {
+            (Link::Single(m), Route::AllMasters) => {
+                let reply = cmd.query_async::<Value>(&mut m.clone()).await;
+                reply.map(|v| Value::Map(vec![(Value::SimpleString(String::new()), v)]))
+            }
+            (Link::Single(m), _) => cmd.query_async::<Value>(&mut m.clone()).await,
+            (Link::Cluster(c), Route::ByKey) => cmd.query_async::<Value>(&mut c.clone()).await,
+            (Link::Cluster(c), Route::AllMasters) => {
+                let masters = RoutingInfo::MultiNode((MultipleNodeRoutingInfo::AllMasters, None));
+                c.clone().route_command(cmd.clone(), masters).await
+            }
+            (Link::Cluster(c), Route::ToNode(address)) => {
+                let (host, port) = address.rsplit_once(':').unwrap_or((address, ""));
+                let node = SingleNodeRoutingInfo::ByAddress {
+                    host: host
+                        .trim_start_matches('[')
+                        .trim_end_matches(']')
+                        .to_owned(),
+                    port: port.parse().unwrap_or(0),
+                };
+                c.clone()
+                    .route_command(cmd.clone(), RoutingInfo::SingleNode(node))
+                    .await
+            }
+        };
+        match reply {
+            Ok(v) => Ok(v),
+            Err(e) => ServerError::try_from(e).map(Value::ServerError),
         }
     }
 

@@ -1,0 +1,470 @@
+//! Calls for operators rather than requests: a health ping, walking the
+//! session keys (`SCAN MATCH <prefix>*` on every master, a page per call),
+//! removing them a page at a time, and the raw questions `doctor.js` asks the
+//! server. Each call is bounded like a session op (`connectTimeout +
+//! commandTimeout`) and does a bounded amount of work on the server: one
+//! `SCAN` page, one `UNLINK` of that page's keys.
+
+use std::time::Instant;
+
+use napi_derive::napi;
+use redis::{Cmd, Value};
+
+use crate::capabilities::{Capabilities, ReleaseBy, SwapBy};
+use crate::errors::{Code, Result, StoreError};
+use crate::limits::MAX_SCAN_COUNT;
+use crate::lock::new_token;
+use crate::ops::describe_reply;
+use crate::store::Store;
+use crate::topology::Route;
+
+/// One page of a walk over the keys under the prefix.
+#[napi(object)]
+pub struct ScanPage {
+    /// Where the next page starts on this node; "0" when the node is done.
+    pub cursor: String,
+    /// The session ids of this page (when asked for), lock keys left out.
+    pub ids: Vec<String>,
+    /// How many session ids the page held (`length()`), or how many keys it
+    /// removed (`clear()`).
+    pub count: u32,
+}
+
+/// Whether the store's user may run one command the store sends.
+#[napi(object)]
+pub struct CommandAccess {
+    /// The command, as ACL rules name it (`script|load`).
+    pub command: String,
+    /// Whether the store needs it, or only uses it where allowed (the native
+    /// commands, `HELLO`, the admin calls).
+    pub required: bool,
+    pub allowed: bool,
+    /// What the server said when it refused.
+    pub reason: Option<String>,
+}
+
+/// What the store sends for its compare-and-writes on this link.
+#[napi(object)]
+pub struct FastPaths {
+    /// How a merge writes: `'SET IFDEQ'`, `'SET IFEQ'` or `'swap.lua'`.
+    pub swap: String,
+    /// How an unlock deletes: `'DELEX'`, `'DELIFEQ'` or `'unlock.lua'`.
+    pub release: String,
+}
+
+impl From<Capabilities> for FastPaths {
+    fn from(c: Capabilities) -> Self {
+        let swap = match c.swap {
+            SwapBy::Digest => "SET IFDEQ",
+            SwapBy::Equal => "SET IFEQ",
+            SwapBy::Script => "swap.lua",
+        };
+        let release = match c.release {
+            ReleaseBy::DelEx => "DELEX",
+            ReleaseBy::DelIfEq => "DELIFEQ",
+            ReleaseBy::Script => "unlock.lua",
+        };
+        FastPaths {
+            swap: swap.to_owned(),
+            release: release.to_owned(),
+        }
+    }
+}
+
+/// The cursor a caller passed back, or ERR_INVALID_ARG.
+fn cursor(text: &str) -> Result<u64> {
+    text.parse::<u64>()
+        .map_err(|_| StoreError::invalid_arg("cursor must be a cursor a previous page returned"))
+}
+
+/// `SCAN`'s reply: the next cursor and the keys.
+fn scan_reply(v: Value) -> Result<(String, Vec<Vec<u8>>)> {
+    let unexpected = |v: &Value| {
+        StoreError::new(
+            Code::Redis,
+            format!("unexpected reply to SCAN: {}", describe_reply(Some(v))),
+        )
+    };
+    let Value::Array(mut parts) = v else {
+        return Err(match v {
+            Value::ServerError(e) => StoreError::from(redis::RedisError::from(e)),
+            other => unexpected(&other),
+        });
+    };
+    if parts.len() != 2 {
+        return Err(unexpected(&Value::Array(parts)));
+    }
+    let keys = parts.pop();
+    let next = parts.pop();
+    match (next, keys) {
+        (Some(Value::BulkString(c)), Some(Value::Array(keys))) => {
+            let keys = keys
+                .into_iter()
+                .filter_map(|k| match k {
+                    Value::BulkString(k) => Some(k),
+                    _ => None,
+                })
+                .collect();
+            Ok((String::from_utf8_lossy(&c).into_owned(), keys))
+        }
+        _ => Err(StoreError::new(Code::Redis, "unexpected reply to SCAN")),
+    }
+}
+
+/// A reply as JSON, for `doctor.js`: error replies as `{"error": code,
+/// "message": …}`, with what Redis echoed of the arguments cut off.
+fn to_json(v: Value) -> serde_json::Value {
+    use serde_json::Value as J;
+    match v {
+        Value::Nil => J::Null,
+        Value::Int(n) => J::from(n),
+        Value::Double(d) => J::from(d),
+        Value::Boolean(b) => J::Bool(b),
+        Value::Okay => J::from("OK"),
+        Value::SimpleString(s) => J::from(s),
+        Value::BulkString(b) => J::from(String::from_utf8_lossy(&b).into_owned()),
+        Value::VerbatimString { text, .. } => J::from(text),
+        Value::BigNumber(n) => J::from(String::from_utf8_lossy(&n).into_owned()),
+        Value::Array(a) | Value::Set(a) => J::Array(a.into_iter().map(to_json).collect()),
+        Value::Map(m) => J::Object(
+            m.into_iter()
+                .map(|(k, v)| {
+                    let key = match to_json(k) {
+                        J::String(s) => s,
+                        other => other.to_string(),
+                    };
+                    (key, to_json(v))
+                })
+                .collect(),
+        ),
+        Value::Attribute { data, .. } => to_json(*data),
+        Value::ServerError(e) => {
+            let code = e.code().to_owned();
+            let message = StoreError::from(redis::RedisError::from(e)).message;
+            serde_json::json!({ "error": code, "message": message })
+        }
+        _ => J::Null,
+    }
+}
+
+impl Store {
+    /// One `PING` (on a cluster, to every master at once); the round trip
+    /// in ms.
+    pub async fn ping(&self, deadline: Instant) -> Result<f64> {
+        let ready = self.conn.ready(deadline).await?;
+        let sent = Instant::now();
+        let reply = ready.query(&redis::cmd("PING"), Route::AllMasters).await?;
+        let took = sent.elapsed().as_secs_f64() * 1000.0;
+        let Value::Map(replies) = reply else {
+            return Ok(took);
+        };
+        for (_, r) in replies {
+            if let Value::ServerError(e) = r {
+                return Err(StoreError::from(redis::RedisError::from(e)));
+            }
+        }
+        Ok(took)
+    }
+
+    /// The masters to walk: their `host:port` on a cluster, `[""]` otherwise.
+    pub async fn masters(&self, deadline: Instant) -> Result<Vec<String>> {
+        if !self.conn.is_cluster() {
+            return Ok(vec![String::new()]);
+        }
+        let ready = self.conn.ready(deadline).await?;
+        match ready.query(&redis::cmd("PING"), Route::AllMasters).await? {
+            Value::Map(replies) => {
+                let mut masters: Vec<String> = replies
+                    .into_iter()
+                    .filter_map(|(address, _)| match address {
+                        Value::SimpleString(s) => Some(s),
+                        Value::BulkString(b) => String::from_utf8(b).ok(),
+                        _ => None,
+                    })
+                    .collect();
+                masters.sort();
+                Ok(masters)
+            }
+            other => Err(StoreError::new(
+                Code::Redis,
+                format!(
+                    "unexpected reply listing the masters: {}",
+                    describe_reply(Some(&other))
+                ),
+            )),
+        }
+    }
+
+    /// One `SCAN` page of the keys under the prefix on `node` (a master's
+    /// `host:port`; "" on a single server).
+    async fn scan_keys(
+        &self,
+        node: &str,
+        from: &str,
+        count: u32,
+        deadline: Instant,
+    ) -> Result<(String, Vec<Vec<u8>>)> {
+        let from = cursor(from)?;
+        if !(1..=MAX_SCAN_COUNT).contains(&count) {
+            return Err(StoreError::invalid_arg(format!(
+                "count must be a whole number from 1 to {MAX_SCAN_COUNT}, got {count}"
+            )));
+        }
+        let mut scan = redis::cmd("SCAN");
+        scan.arg(from)
+            .arg("MATCH")
+            .arg(self.keys.pattern())
+            .arg("COUNT")
+            .arg(count);
+        let ready = self.conn.ready(deadline).await?;
+        scan_reply(ready.query(&scan, route(node)).await?)
+    }
+
+    /// One page of session ids on `node`: the ids themselves when `want_ids`,
+    /// their number always.
+    pub async fn scan(
+        &self,
+        node: &str,
+        from: &str,
+        count: u32,
+        want_ids: bool,
+        deadline: Instant,
+    ) -> Result<ScanPage> {
+        let (cursor, keys) = self.scan_keys(node, from, count, deadline).await?;
+        let mut page = ScanPage {
+            cursor,
+            ids: Vec::new(),
+            count: 0,
+        };
+        for id in keys.iter().filter_map(|k| self.keys.id_of(k)) {
+            page.count += 1;
+            if want_ids {
+                page.ids.push(id.to_owned());
+            }
+        }
+        Ok(page)
+    }
+
+    /// Removes one page of keys under the prefix on `node`, sessions and
+    /// locks, with `UNLINK` (or `DEL` where the server refuses `UNLINK`).
+    pub async fn clear_page(
+        &self,
+        node: &str,
+        from: &str,
+        count: u32,
+        deadline: Instant,
+    ) -> Result<ScanPage> {
+        let (cursor, keys) = self.scan_keys(node, from, count, deadline).await?;
+        let mut page = ScanPage {
+            cursor,
+            ids: Vec::new(),
+            count: 0,
+        };
+        if keys.is_empty() {
+            return Ok(page);
+        }
+        let ready = self.conn.ready(deadline).await?;
+        for command in ["UNLINK", "DEL"] {
+            let mut pipe = redis::pipe();
+            if self.conn.is_cluster() {
+                // Keys of one page may sit in different slots of the node.
+                for k in &keys {
+                    pipe.cmd(command).arg(k);
+                }
+            } else {
+                pipe.cmd(command).arg(&keys);
+            }
+            let replies = ready.exec(&pipe).await?;
+            let refused = replies.iter().find_map(|r| match r {
+                Value::ServerError(e) => Some(e.clone()),
+                _ => None,
+            });
+            match refused {
+                Some(e) if command == "UNLINK" && crate::capabilities::is_refusal(&e) => continue,
+                Some(e) => return Err(StoreError::from(redis::RedisError::from(e))),
+                None => {}
+            }
+            let removed: i64 = replies
+                .iter()
+                .map(|r| if let Value::Int(n) = r { *n } else { 0 })
+                .sum();
+            page.count = removed.max(0) as u32;
+            break;
+        }
+        Ok(page)
+    }
+
+    /// What this link's server lets the store use for its compare-and-writes.
+    pub async fn fast_paths(&self, deadline: Instant) -> Result<FastPaths> {
+        Ok(self.conn.ready(deadline).await?.capabilities.into())
+    }
+
+    /// One command for the doctor, its reply as JSON text: `to` is "" (where
+    /// its key routes it), "*" (every master, a map by address) or a
+    /// master's `host:port`.
+    pub async fn query(&self, to: &str, args: &[String], deadline: Instant) -> Result<String> {
+        let Some((name, rest)) = args.split_first() else {
+            return Err(StoreError::invalid_arg("a command needs a name"));
+        };
+        let mut cmd = redis::cmd(name);
+        for a in rest {
+            cmd.arg(a);
+        }
+        let route = match to {
+            "*" => Route::AllMasters,
+            node => route(node),
+        };
+        let ready = self.conn.ready(deadline).await?;
+        Ok(to_json(ready.query(&cmd, route).await?).to_string())
+    }
+
+    /// Whether this store's user may run each command the store sends:
+    /// asked with `ACL DRYRUN` (Redis 7.0+, Valkey) where the user may run
+    /// it, else by sending each command in a form that changes nothing (on a
+    /// key under the prefix that does not exist).
+    pub async fn command_access(&self, deadline: Instant) -> Result<Vec<CommandAccess>> {
+        let ready = self.conn.ready(deadline).await?;
+        let probe = format!("doctor-probe-{}", new_token());
+        let (key, lock) = (self.keys.session(&probe), self.keys.lock(&probe));
+        let shas = self.shas();
+        let cmd = |parts: &[&str]| {
+            let mut c = redis::cmd(parts[0]);
+            for p in &parts[1..] {
+                c.arg(*p);
+            }
+            c
+        };
+        // (ACL name, required, the command in a form that changes nothing)
+        let probes: Vec<(&str, bool, Cmd)> = vec![
+            ("get", true, cmd(&["GET", &key])),
+            ("set", true, cmd(&["SET", &key, "{}", "XX", "PX", "1000"])),
+            ("del", true, cmd(&["DEL", &key])),
+            ("exists", true, cmd(&["EXISTS", &lock])),
+            (
+                "evalsha",
+                true,
+                cmd(&["EVALSHA", shas.unlock, "1", &lock, "x"]),
+            ),
+            (
+                "script|load",
+                true,
+                cmd(&["SCRIPT", "LOAD", crate::store::UNLOCK_LUA]),
+            ),
+            ("pexpire", false, cmd(&["PEXPIRE", &key, "1000"])),
+            ("hello", false, cmd(&["HELLO"])),
+            ("delex", false, cmd(&["DELEX", &lock, "IFEQ", "x"])),
+            ("delifeq", false, cmd(&["DELIFEQ", &lock, "x"])),
+            (
+                "scan",
+                false,
+                cmd(&["SCAN", "0", "MATCH", &self.keys.pattern(), "COUNT", "1"]),
+            ),
+            ("unlink", false, cmd(&["UNLINK", &key])),
+        ];
+        // The native commands only where this server has them.
+        let release = ready.capabilities.release;
+        let probes = probes.into_iter().filter(|(name, ..)| match *name {
+            "delex" => release == ReleaseBy::DelEx,
+            "delifeq" => release == ReleaseBy::DelIfEq,
+            _ => true,
+        });
+        let whoami = ready
+            .query(&redis::cmd("ACL").arg("WHOAMI").clone(), Route::ByKey)
+            .await?;
+        let user = match &whoami {
+            Value::BulkString(u) => Some(String::from_utf8_lossy(u).into_owned()),
+            Value::SimpleString(u) => Some(u.clone()),
+            _ => None,
+        };
+        let mut out = Vec::new();
+        for (name, required, probe) in probes {
+            let dry = match &user {
+                Some(user) => {
+                    let mut dry = redis::cmd("ACL");
+                    dry.arg("DRYRUN").arg(user);
+                    for a in probe.args_iter() {
+                        if let redis::Arg::Simple(a) = a {
+                            dry.arg(a);
+                        }
+                    }
+                    Some(ready.query(&dry, Route::ByKey).await?)
+                }
+                None => None,
+            };
+            // DRYRUN answers OK or the reason; an error reply means DRYRUN
+            // itself is refused or unknown: then the probe itself is sent.
+            let verdict = match dry {
+                Some(Value::Okay) => Ok(()),
+                Some(Value::BulkString(reason)) => {
+                    Err(String::from_utf8_lossy(&reason).into_owned())
+                }
+                Some(Value::SimpleString(reason)) if reason != "OK" => Err(reason),
+                Some(Value::SimpleString(_)) => Ok(()),
+                _ => match ready.query(&probe, Route::ByKey).await? {
+                    Value::ServerError(e) if is_denied(&e) => {
+                        Err(StoreError::from(redis::RedisError::from(e)).message)
+                    }
+                    _ => Ok(()),
+                },
+            };
+            out.push(CommandAccess {
+                command: name.to_owned(),
+                required,
+                allowed: verdict.is_ok(),
+                reason: verdict.err(),
+            });
+        }
+        Ok(out)
+    }
+}
+
+/// Whether an error reply means the user may not run the command (or the
+/// server does not have it), rather than the probe's own failure (NOSCRIPT).
+fn is_denied(e: &redis::ServerError) -> bool {
+    e.code() == "NOPERM"
+        || e.details()
+            .is_some_and(|d| d.starts_with("unknown command") || d.contains("no permissions"))
+}
+
+/// A node's `host:port`, or "" for where the key routes.
+fn route(node: &str) -> Route<'_> {
+    if node.is_empty() {
+        Route::ByKey
+    } else {
+        Route::ToNode(node)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scan_replies_decode() {
+        let v = Value::Array(vec![
+            Value::BulkString(b"17".to_vec()),
+            Value::Array(vec![Value::BulkString(b"sess:a".to_vec())]),
+        ]);
+        let (c, keys) = scan_reply(v).unwrap();
+        assert_eq!(c, "17");
+        assert_eq!(keys, vec![b"sess:a".to_vec()]);
+        assert!(scan_reply(Value::Nil).is_err());
+        assert_eq!(cursor("x").unwrap_err().code, Code::InvalidArg);
+    }
+
+    #[test]
+    fn replies_become_json_without_echoed_arguments() {
+        let e = redis::make_extension_error(
+            "ERR".into(),
+            Some("unknown command 'X', with args beginning with: 'sess:SECRET'".into()),
+        );
+        let v = Value::ServerError(redis::ServerError::try_from(e).unwrap());
+        let j = to_json(v).to_string();
+        assert!(
+            j.contains("\"error\":\"ERR\"") && !j.contains("SECRET"),
+            "{j}"
+        );
+        let m = Value::Map(vec![(Value::SimpleString("a".into()), Value::Int(1))]);
+        assert_eq!(to_json(m).to_string(), "{\"a\":1}");
+    }
+}
