@@ -40,6 +40,12 @@ export declare class NativeStore {
    * first seed node's); "" with Sentinel before the first connection.
    */
   get address(): string
+  /** How long a call may take, in ms: `connectTimeout + commandTimeout`. */
+  get callBoundMs(): number
+  /** The SHA1 of the merge, swap and unlock scripts, in that order. */
+  get scriptShas(): Array<string>
+  /** The lock key prefix (after the key prefix). */
+  get lockPrefix(): string
   /** The key prefix (for tracing). */
   get prefix(): string
   /** `'connecting' | 'ready' | 'reconnecting' | 'closed'`. */
@@ -100,6 +106,11 @@ export interface CommandAccess {
   allowed: boolean
   /** What the server said when it refused. */
   reason?: string
+  /**
+   * `'ACL DRYRUN'`, or `'probe'`: the command was sent in a form that
+   * changes nothing (where this user may not run `ACL DRYRUN`).
+   */
+  checkedBy: string
 }
 
 /** What the store sends for its compare-and-writes on this link. */

@@ -1,8 +1,76 @@
 // Types of the public API (store.js). The native half's types are generated
 // into index.d.ts from the Rust sources, StoreOptions among them.
-import type { StoreOptions as NativeOptions, TlsOptions as NativeTlsOptions, ClusterOptions, SentinelOptions } from './index'
+import type {
+  StoreOptions as NativeOptions,
+  TlsOptions as NativeTlsOptions,
+  ClusterOptions,
+  SentinelOptions,
+  StoreStats,
+  OpCounts,
+  CodeCounts,
+  GetCounts,
+  MergeCounts,
+  LockCounts,
+  Latency,
+  OpLatencies,
+} from './index'
 
-export type { ClusterOptions, SentinelOptions }
+export type { ClusterOptions, SentinelOptions, StoreStats, OpCounts, CodeCounts, GetCounts, MergeCounts, LockCounts, Latency, OpLatencies }
+
+/** Where a store stands (`store.status`). */
+export type StoreStatus = 'connecting' | 'ready' | 'reconnecting' | 'closed'
+
+/** The ops the tracing channel and the stats name. */
+export type CallOp =
+  | 'get'
+  | 'set'
+  | 'delete'
+  | 'merge'
+  | 'lock'
+  | 'unlock'
+  | 'isLocked'
+  | 'touch'
+  | 'ping'
+  | 'length'
+  | 'clear'
+
+/**
+ * The context of an event of the `relay-session-redis:call` TracingChannel
+ * (start, end, asyncStart, asyncEnd, error). Never the session id, session
+ * data or credentials.
+ */
+export interface CallContext {
+  op: CallOp
+  /** The store's key prefix. */
+  prefix: string
+  /** The server's host (on a cluster, the first seed node's); '' with Sentinel before the first connection. */
+  serverAddress: string
+  serverPort: number | undefined
+  /** How many calls crossed into Rust with this one (0 for admin calls). */
+  batchSize: number
+  /** On failure: the error's code. */
+  errorCode?: ErrorCode
+  /** On failure: the error (set by node:diagnostics_channel). */
+  error?: unknown
+  /** On success: the call's value (set by node:diagnostics_channel). */
+  result?: unknown
+}
+
+/** One check of the doctor. */
+export interface DoctorCheck {
+  /** 'server', 'memory', 'persistence', 'replication', 'acl', 'latency', 'cluster', 'scripts', 'sessions'. */
+  name: string
+  /** ok (✓), warn (⚠) or fail (✗). */
+  level: 'ok' | 'warn' | 'fail'
+  /** Why, and what to change. */
+  message: string
+}
+
+export interface DoctorReport {
+  /** No check failed. */
+  ok: boolean
+  checks: DoctorCheck[]
+}
 
 /** PEM text, as a string or a Buffer. */
 export type TlsOptions = { [K in keyof NativeTlsOptions]?: string | Buffer }
@@ -50,6 +118,22 @@ export interface RedisSessionStore {
   /** Releases the lock if this store still holds it. */
   unlock(sessionId: string): Promise<void>
   isLocked(sessionId: string): Promise<boolean>
+  /** Sets an existing session's time to live (`PEXPIRE`); creates nothing. `true` when it existed. */
+  touch(sessionId: string, ttlMs: number): Promise<boolean>
+  /** Counts since the store was created. */
+  stats(): StoreStats
+  /** 'connecting' until the first call or ping() opens the connection. */
+  readonly status: StoreStatus
+  /** One PING (on a cluster, every master), bounded like every call; the round trip in ms. */
+  ping(): Promise<number>
+  /** The session ids under the prefix, a SCAN page of `count` keys (default 1000) at a time, on every master. */
+  ids(options?: { count?: number }): AsyncGenerator<string, void, undefined>
+  /** How many sessions are under the prefix (SCAN on every master). */
+  length(): Promise<number>
+  /** Removes every session and lock under the prefix, a page at a time; how many keys it removed. */
+  clear(): Promise<number>
+  /** Checks the server's settings for sessions. */
+  doctor(): Promise<DoctorReport>
   /** Waits for calls in flight, then closes the connection; later calls reject with ERR_CLOSED. */
   close(): Promise<void>
 }
@@ -81,6 +165,8 @@ export declare const limits: Readonly<{
   MAX_TTL_MS: number
   /** The most nulls one merge path may pad an array with: 100,000. */
   MAX_PADDING: number
+  /** The largest `count` of one `ids()` page: 10,000. */
+  MAX_SCAN_COUNT: number
 }>
 
 /** Creates a store with its own connection. */

@@ -5,11 +5,13 @@
 // V8 (JSON.stringify / JSON.parse) and gives errors a stable `code`. Everything
 // that talks to Redis runs in the native addon (`index.js`, generated).
 
-const { NativeStore, OpKind, OutcomeCode, MAX_MERGE_PATHS, MAX_PATH_SEGMENTS, MAX_TTL_MS, MAX_PADDING } = require('./index.js')
+const diagnosticsChannel = require('node:diagnostics_channel')
+const { NativeStore, OpKind, OutcomeCode, MAX_MERGE_PATHS, MAX_PATH_SEGMENTS, MAX_TTL_MS, MAX_PADDING, MAX_SCAN_COUNT } = require('./index.js')
 
 /** @typedef {import('./store').StoreOptions} StoreOptions */
 /** @typedef {import('./store').SessionStoreData} SessionStoreData */
 /** @typedef {import('./store').ErrorCode} ErrorCode */
+/** @typedef {import('./store').CallContext} CallContext */
 
 class RedisSessionStoreError extends Error {
   /**
@@ -318,7 +320,36 @@ function parseSession(text) {
 }
 
 // Op and outcome codes, from src/ops.rs.
-const { Get: GET, Set: SET, Delete: DELETE, Merge: MERGE, Lock: LOCK, Unlock: UNLOCK, IsLocked: IS_LOCKED } = OpKind
+const { Get: GET, Set: SET, Delete: DELETE, Merge: MERGE, Lock: LOCK, Unlock: UNLOCK, IsLocked: IS_LOCKED, Touch: TOUCH } = OpKind
+
+// Every call, as a TracingChannel (start, end, asyncStart, asyncEnd, error)
+// whose context carries the op, the key prefix, the server and the batch
+// size, never the session id (the bearer token of a user's cookie), data or
+// credentials. Node 18.19+ and 19.9+ have TracingChannel; with nobody
+// subscribed a call pays one `hasSubscribers` check.
+/** @type {import('node:diagnostics_channel').TracingChannel<any, CallContext> | null} */
+const calls = typeof diagnosticsChannel.tracingChannel === 'function' ? diagnosticsChannel.tracingChannel('relay-session-redis:call') : null
+/** Whether anyone subscribed to `calls` (`hasSubscribers` is Node 20.13+ / 22+). */
+const traced =
+  calls === null
+    ? () => false
+    : typeof calls.hasSubscribers === 'boolean'
+      ? () => /** @type {any} */ (calls).hasSubscribers
+      : () =>
+          // @ts-ignore: the channels' own flags, before Node had the aggregate
+          calls.start.hasSubscribers || calls.end.hasSubscribers || calls.asyncStart.hasSubscribers || calls.asyncEnd.hasSubscribers || calls.error.hasSubscribers
+
+/** What ops without a ttl pass for it. */
+const NO_TTL = Symbol('no ttl')
+
+/**
+ * `host:port` split for tracing (an IPv6 host has colons of its own).
+ * @param {string} address
+ */
+function splitAddress(address) {
+  const at = address.lastIndexOf(':')
+  return at < 0 ? { serverAddress: address, serverPort: undefined } : { serverAddress: address.slice(0, at), serverPort: Number(address.slice(at + 1)) }
+}
 const { True: TRUE, False: FALSE, Text: TEXT, Null: NULL, Failed: FAILED } = OutcomeCode
 
 // The batches in flight in this thread, by number: their resolvers, how many
@@ -409,6 +440,8 @@ class Batch {
   gathering = false
   /** When its first call was made: a call's bound counts from the call, not from the crossing. */
   since = performance.now()
+  /** The tracing contexts of its calls, when someone subscribed. @type {CallContext[] | null} */
+  traces = null
 }
 
 class RedisSessionStore {
@@ -424,6 +457,10 @@ class RedisSessionStore {
   #idle = []
   /** Set by close(): later calls reject with ERR_CLOSED. */
   #closed = false
+  /** The tracing context of the call being made, until it is queued. @type {CallContext | null} */
+  #tracing = null
+  /** The key prefix, for tracing. */
+  #prefix = ''
   #batchDone = () => {
     if (--this.#batches === 0) for (const resolve of this.#idle.splice(0)) resolve()
   }
@@ -435,6 +472,7 @@ class RedisSessionStore {
     } catch (e) {
       throw fromNative(e)
     }
+    this.#prefix = this.#native.prefix
     if (options.preloadScript) {
       // A failed preload is retried by the first merge (NOSCRIPT loads the
       // scripts), so its failure is not reported here.
@@ -455,6 +493,10 @@ class RedisSessionStore {
       // the sessions' JSON) by a flush still waiting in the queue.
       const number = ++this.#opened
       queueMicrotask(() => this.#flush(number, false))
+    }
+    if (this.#tracing !== null) {
+      ;(b.traces ??= []).push(this.#tracing)
+      this.#tracing = null
     }
     b.kinds.push(kind)
     b.ids.push(id)
@@ -505,6 +547,7 @@ class RedisSessionStore {
   #send() {
     const b = /** @type {Batch} */ (this.#batch)
     this.#batch = null
+    if (b.traces !== null) for (const t of b.traces) t.batchSize = b.kinds.length
     const id = (lastBatch = (lastBatch + 1) >>> 0)
     if (inFlight.size === 0) keepAlive.ref()
     inFlight.set(id, { settle: b.settle, left: b.kinds.length, done: this.#batchDone })
@@ -525,10 +568,44 @@ class RedisSessionStore {
   }
 
   /**
+   * Runs `call` as op `op` of the tracing channel: the call's queued op takes
+   * the context (for its batch size), and a failure's code joins it.
+   * @template T
+   * @param {string} op
+   * @param {() => Promise<T>} call
+   * @returns {Promise<T>}
+   */
+  #traced(op, call) {
+    const ch = /** @type {NonNullable<typeof calls>} */ (calls)
+    /** @type {CallContext} */
+    const context = { op, prefix: this.#prefix, ...splitAddress(this.#native.address), batchSize: 0 }
+    // A getter of a merge's paths may call the store: keep the outer context.
+    const outer = this.#tracing
+    this.#tracing = context
+    try {
+      return ch.tracePromise(async () => {
+        try {
+          return await call()
+        } catch (e) {
+          context.errorCode = /** @type {any} */ (e)?.code
+          throw e
+        }
+      }, context)
+    } finally {
+      this.#tracing = outer
+    }
+  }
+
+  /**
    * @param {string} sessionId
    * @returns {Promise<SessionStoreData | null>}
    */
-  async get(sessionId) {
+  get(sessionId) {
+    return traced() ? this.#traced('get', () => this.#get(sessionId)) : this.#get(sessionId)
+  }
+
+  /** @param {string} sessionId */
+  async #get(sessionId) {
     this.#checkOpen()
     checkId(sessionId)
     const [b, p] = this.#enqueue(GET, sessionId, 0, 0)
@@ -543,7 +620,12 @@ class RedisSessionStore {
    * @param {number} ttlMs
    * @returns {Promise<void>}
    */
-  async set(sessionId, data, ttlMs) {
+  set(sessionId, data, ttlMs) {
+    return traced() ? this.#traced('set', () => this.#set(sessionId, data, ttlMs)) : this.#set(sessionId, data, ttlMs)
+  }
+
+  /** @param {string} sessionId @param {SessionStoreData} data @param {number} ttlMs */
+  async #set(sessionId, data, ttlMs) {
     this.#checkOpen()
     checkId(sessionId)
     if (typeof data !== 'object' || data === null || Array.isArray(data)) {
@@ -563,8 +645,8 @@ class RedisSessionStore {
    * @param {string} sessionId
    * @returns {Promise<void>}
    */
-  async delete(sessionId) {
-    await this.#simple(DELETE, sessionId, 0)
+  delete(sessionId) {
+    return this.#simple('delete', DELETE, sessionId, NO_TTL)
   }
 
   /**
@@ -575,7 +657,12 @@ class RedisSessionStore {
    * @param {number} ttlMs
    * @returns {Promise<void>}
    */
-  async merge(sessionId, paths, ttlMs) {
+  merge(sessionId, paths, ttlMs) {
+    return traced() ? this.#traced('merge', () => this.#merge(sessionId, paths, ttlMs)) : this.#merge(sessionId, paths, ttlMs)
+  }
+
+  /** @param {string} sessionId @param {Record<string, unknown>} paths @param {number} ttlMs */
+  async #merge(sessionId, paths, ttlMs) {
     this.#checkOpen()
     checkId(sessionId)
     const pairs = mergePairs(paths)
@@ -592,10 +679,8 @@ class RedisSessionStore {
    * @param {number} ttlMs
    * @returns {Promise<boolean>}
    */
-  async lock(sessionId, ttlMs) {
-    this.#checkOpen()
-    checkId(sessionId)
-    return this.#simple(LOCK, sessionId, checkTtl(ttlMs))
+  lock(sessionId, ttlMs) {
+    return this.#simple('lock', LOCK, sessionId, ttlMs)
   }
 
   /**
@@ -603,25 +688,149 @@ class RedisSessionStore {
    * @param {string} sessionId
    * @returns {Promise<void>}
    */
-  async unlock(sessionId) {
-    await this.#simple(UNLOCK, sessionId, 0)
+  unlock(sessionId) {
+    return this.#simple('unlock', UNLOCK, sessionId, NO_TTL)
   }
 
   /**
    * @param {string} sessionId
    * @returns {Promise<boolean>}
    */
-  async isLocked(sessionId) {
-    return this.#simple(IS_LOCKED, sessionId, 0)
+  isLocked(sessionId) {
+    return this.#simple('isLocked', IS_LOCKED, sessionId, NO_TTL)
   }
 
-  /** An op that takes only the id (and a checked ttl). */
-  async #simple(/** @type {number} */ kind, /** @type {unknown} */ sessionId, /** @type {number} */ ttl) {
+  /**
+   * Sets an existing session's time to live (`PEXPIRE`); creates nothing.
+   * `true` when the session existed.
+   * @param {string} sessionId
+   * @param {number} ttlMs
+   * @returns {Promise<boolean>}
+   */
+  touch(sessionId, ttlMs) {
+    return this.#simple('touch', TOUCH, sessionId, ttlMs)
+  }
+
+  /**
+   * An op that takes only the id, and a ttl unless `ttlMs` is NO_TTL.
+   * @param {string} op @param {number} kind @param {unknown} sessionId @param {unknown} ttlMs
+   */
+  #simple(op, kind, sessionId, ttlMs) {
+    return traced() ? this.#traced(op, () => this.#queueSimple(kind, sessionId, ttlMs)) : this.#queueSimple(kind, sessionId, ttlMs)
+  }
+
+  /** @param {number} kind @param {unknown} sessionId @param {unknown} ttlMs */
+  async #queueSimple(kind, sessionId, ttlMs) {
     this.#checkOpen()
     checkId(sessionId)
+    const ttl = ttlMs === NO_TTL ? 0 : checkTtl(ttlMs)
     const [b, p] = this.#enqueue(kind, /** @type {string} */ (sessionId), ttl, 0)
     this.#sendIfFull(b)
     return await this.#outcome(p)
+  }
+
+  /**
+   * Counts since the store was created (see the README's "Stats").
+   * @returns {import('./store').StoreStats}
+   */
+  stats() {
+    return this.#native.stats()
+  }
+
+  /**
+   * 'connecting' until the first call or ping() opens the connection, then
+   * 'ready', 'reconnecting' while it is lost, 'closed' after close().
+   * @returns {import('./store').StoreStatus}
+   */
+  get status() {
+    return this.#native.status
+  }
+
+  /**
+   * One PING (on a cluster, to every master), bounded like every call;
+   * resolves with the round trip in ms.
+   * @returns {Promise<number>}
+   */
+  ping() {
+    return traced() ? this.#traced('ping', () => this.#admin(() => this.#native.ping())) : this.#admin(() => this.#native.ping())
+  }
+
+  /**
+   * A native admin call, with the store's checks and error codes.
+   * @template T
+   * @param {() => Promise<T>} call
+   * @returns {Promise<T>}
+   */
+  async #admin(call) {
+    this.#checkOpen()
+    try {
+      return await call()
+    } catch (e) {
+      throw fromNative(e)
+    }
+  }
+
+  /**
+   * The session ids under the prefix, a SCAN page at a time on every master
+   * (lock keys left out). An id may come twice while keys are being written
+   * (SCAN's own guarantee): one that exists throughout comes at least once.
+   * @param {{count?: number}} [options] keys per SCAN page (default 1000)
+   * @returns {AsyncGenerator<string, void, undefined>}
+   */
+  async *ids(options) {
+    const count = scanCount(options, 'ids')
+    for (const node of await this.#admin(() => this.#native.masters())) {
+      let cursor = '0'
+      do {
+        const page = await this.#admin(() => this.#native.scan(node, cursor, count, true))
+        yield* page.ids
+        cursor = page.cursor
+      } while (cursor !== '0')
+    }
+  }
+
+  /**
+   * How many sessions are under the prefix, counted with SCAN on every
+   * master (lock keys left out): exact while no sessions come or go.
+   * @returns {Promise<number>}
+   */
+  length() {
+    return traced() ? this.#traced('length', () => this.#walk(false)) : this.#walk(false)
+  }
+
+  /**
+   * Removes every session and lock under the prefix, a SCAN page and one
+   * UNLINK at a time on every master; resolves with how many keys it removed.
+   * Nothing outside the prefix is touched.
+   * @returns {Promise<number>}
+   */
+  clear() {
+    return traced() ? this.#traced('clear', () => this.#walk(true)) : this.#walk(true)
+  }
+
+  /** Walks every master's keys under the prefix: counts sessions, or removes keys. */
+  async #walk(/** @type {boolean} */ remove) {
+    let total = 0
+    for (const node of await this.#admin(() => this.#native.masters())) {
+      let cursor = '0'
+      do {
+        const page = await this.#admin(() =>
+          remove ? this.#native.clearPage(node, cursor, WALK_COUNT) : this.#native.scan(node, cursor, WALK_COUNT, false),
+        )
+        total += page.count
+        cursor = page.cursor
+      } while (cursor !== '0')
+    }
+    return total
+  }
+
+  /**
+   * Checks the server's settings for sessions (the README's "Doctor").
+   * @returns {Promise<import('./store').DoctorReport>}
+   */
+  doctor() {
+    const native = this.#native
+    return this.#admin(() => require('./doctor.js').examine(native))
   }
 
   /** What `util.inspect` and `console.log` show: where, never credentials. */
@@ -642,6 +851,24 @@ class RedisSessionStore {
   }
 }
 
+/** Keys per SCAN page of length() and clear(). */
+const WALK_COUNT = 1000
+
+/**
+ * The `count` option of an admin walk.
+ * @param {unknown} options
+ * @param {string} method
+ */
+function scanCount(options, method) {
+  if (options === undefined) return WALK_COUNT
+  const o = checkObject(options, `${method}() options`, { count: 'number' })
+  const count = o.count ?? WALK_COUNT
+  if (!Number.isInteger(count) || count < 1 || count > MAX_SCAN_COUNT) {
+    throw invalid(`${method}() options.count must be a whole number from 1 to ${MAX_SCAN_COUNT} (MAX_SCAN_COUNT), got ${count}`)
+  }
+  return count
+}
+
 /**
  * @param {unknown} [redisOrOptions] options, or an ioredis client (migration form)
  * @param {unknown} [options] options, in the migration form
@@ -659,4 +886,4 @@ function createRedisSessionStore(redisOrOptions, options) {
 
 module.exports.createRedisSessionStore = createRedisSessionStore
 module.exports.RedisSessionStoreError = RedisSessionStoreError
-module.exports.limits = Object.freeze({ MAX_MERGE_PATHS, MAX_PATH_SEGMENTS, MAX_TTL_MS, MAX_PADDING })
+module.exports.limits = Object.freeze({ MAX_MERGE_PATHS, MAX_PATH_SEGMENTS, MAX_TTL_MS, MAX_PADDING, MAX_SCAN_COUNT })

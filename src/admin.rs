@@ -41,6 +41,9 @@ pub struct CommandAccess {
     pub allowed: bool,
     /// What the server said when it refused.
     pub reason: Option<String>,
+    /// `'ACL DRYRUN'`, or `'probe'`: the command was sent in a form that
+    /// changes nothing (where this user may not run `ACL DRYRUN`).
+    pub checked_by: String,
 }
 
 /// What the store sends for its compare-and-writes on this link.
@@ -393,6 +396,10 @@ impl Store {
             };
             // DRYRUN answers OK or the reason; an error reply means DRYRUN
             // itself is refused or unknown: then the probe itself is sent.
+            let by_dryrun = matches!(
+                dry,
+                Some(Value::Okay | Value::BulkString(_) | Value::SimpleString(_))
+            );
             let verdict = match dry {
                 Some(Value::Okay) => Ok(()),
                 Some(Value::BulkString(reason)) => {
@@ -412,6 +419,7 @@ impl Store {
                 required,
                 allowed: verdict.is_ok(),
                 reason: verdict.err(),
+                checked_by: if by_dryrun { "ACL DRYRUN" } else { "probe" }.to_owned(),
             });
         }
         Ok(out)

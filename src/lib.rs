@@ -147,6 +147,25 @@ impl NativeStore {
         self.inner.conn.address().clone()
     }
 
+    /// How long a call may take, in ms: `connectTimeout + commandTimeout`.
+    #[napi(getter)]
+    pub fn call_bound_ms(&self) -> f64 {
+        self.inner.conn.call_bound().as_secs_f64() * 1000.0
+    }
+
+    /// The SHA1 of the merge, swap and unlock scripts, in that order.
+    #[napi(getter)]
+    pub fn script_shas(&self) -> Vec<String> {
+        let s = self.inner.shas();
+        [s.merge, s.swap, s.unlock].map(str::to_owned).to_vec()
+    }
+
+    /// The lock key prefix (after the key prefix).
+    #[napi(getter)]
+    pub fn lock_prefix(&self) -> String {
+        self.inner.keys.lock("")[self.inner.keys.prefix().len()..].to_owned()
+    }
+
     /// The key prefix (for tracing).
     #[napi(getter)]
     pub fn prefix(&self) -> String {

@@ -1,0 +1,324 @@
+// @ts-check
+'use strict'
+
+// The doctor: checks a server's settings for sessions, connected as the store
+// is (its own connection, user and prefix). Each check gives a level and one
+// sentence of why and what to change. Used by `store.doctor()` and by the
+// `relay-session-redis doctor` command (cli.js).
+
+/** @typedef {import('./store').DoctorCheck} DoctorCheck */
+/** @typedef {import('./store').DoctorReport} DoctorReport */
+/** @typedef {import('./index').NativeStore} NativeStore */
+
+/** PINGs the latency check sends. */
+const PINGS = 100
+/** How long the session count may walk the keys, in ms. */
+const COUNT_BUDGET_MS = 5000
+/** Sessions whose memory is sampled. */
+const SAMPLES = 5
+/** Used memory, as a share of maxmemory, from which noeviction is a problem. */
+const FULL = 0.9
+
+/** @param {number} bytes */
+function size(bytes) {
+  if (bytes >= 1 << 30) return `${(bytes / (1 << 30)).toFixed(1)} GiB`
+  if (bytes >= 1 << 20) return `${(bytes / (1 << 20)).toFixed(1)} MiB`
+  if (bytes >= 1 << 10) return `${(bytes / (1 << 10)).toFixed(1)} KiB`
+  return `${bytes} B`
+}
+
+/** `INFO`'s text as fields. @param {string} text */
+function parseInfo(text) {
+  /** @type {Record<string, string>} */
+  const fields = {}
+  for (const line of text.split(/\r?\n/)) {
+    const at = line.indexOf(':')
+    if (at > 0 && !line.startsWith('#')) fields[line.slice(0, at)] = line.slice(at + 1)
+  }
+  return fields
+}
+
+/** @param {unknown} reply */
+const isError = (reply) => typeof reply === 'object' && reply !== null && 'error' in reply
+
+/** @param {unknown} reply */
+const errorText = (reply) => (isError(reply) ? String(/** @type {any} */ (reply).message) : '')
+
+/** @param {'ok' | 'warn' | 'fail'} level @param {string} name @param {string} message @returns {DoctorCheck} */
+const check = (level, name, message) => ({ name, level, message })
+
+/**
+ * Runs every check against the server `native` connects to.
+ * @param {NativeStore} native
+ * @returns {Promise<DoctorReport>}
+ */
+async function examine(native) {
+  /** @param {string} to @param {string[]} args */
+  const query = async (to, ...args) => JSON.parse(await native.query(to, args))
+  const masters = await native.masters()
+  const cluster = masters[0] !== ''
+  /** @param {string} node */
+  const where = (node) => (cluster ? `${node}: ` : '')
+  // Every master's INFO, by address ('' on a single server).
+  /** @type {Record<string, unknown>} */
+  const infoReplies = await query('*', 'INFO')
+  /** @type {[string, Record<string, string>][]} */
+  const infos = []
+  let infoRefused = ''
+  for (const [node, reply] of Object.entries(infoReplies)) {
+    if (isError(reply)) infoRefused = errorText(reply)
+    else infos.push([node, parseInfo(String(reply))])
+  }
+  /** @type {DoctorCheck[]} */
+  const checks = []
+  /** The checks that need INFO, when this user may not run it. */
+  const noInfo = (/** @type {string} */ name) =>
+    check('warn', name, `cannot tell: this user may not run INFO (${infoRefused}); run the doctor as a user with +info, or grant it +info.`)
+
+  // --- server -------------------------------------------------------------
+  const fast = await native.fastPaths()
+  const native8 = fast.swap !== 'swap.lua'
+  const paths = native8
+    ? `merges write with ${fast.swap}${fast.release === 'unlock.lua' ? ' and unlocks run unlock.lua' : ` and unlocks with ${fast.release}`}, without Lua`
+    : 'merges and unlocks run Lua scripts (EVALSHA); Redis 8.4+ and Valkey 9.0+ do both with native commands, for less work on the server'
+  if (infos.length === 0) {
+    checks.push(check('ok', 'server', `version unknown (INFO refused); ${paths}.`))
+  } else {
+    const [, info] = infos[0]
+    const name = info.server_name === 'valkey' ? 'Valkey' : 'Redis'
+    const version = info.valkey_version ?? info.redis_version ?? '?'
+    const major = Number(version.split('.')[0])
+    const mode = cluster ? `cluster of ${masters.length} masters` : info.redis_mode === 'sentinel' ? 'sentinel' : 'standalone'
+    if (major < 6) {
+      checks.push(check('fail', 'server', `${name} ${version} (${mode}) is older than the store supports (Redis 6.0+, Valkey 7.2+): upgrade it.`))
+    } else {
+      checks.push(check('ok', 'server', `${name} ${version} (${mode}): ${paths}.`))
+    }
+  }
+
+  // --- memory -------------------------------------------------------------
+  if (infos.length === 0) checks.push(noInfo('memory'))
+  else {
+    /** @type {DoctorCheck[]} */
+    const found = infos.map(([node, info]) => memoryCheck(where(node), info))
+    checks.push(worst(found))
+  }
+
+  // --- persistence --------------------------------------------------------
+  if (infos.length === 0) checks.push(noInfo('persistence'))
+  else {
+    const found = []
+    for (const [node, info] of infos) {
+      const save = await query(node || '', 'CONFIG', 'GET', 'save')
+      found.push(persistenceCheck(where(node), info, save))
+    }
+    checks.push(worst(found))
+  }
+
+  // --- replication --------------------------------------------------------
+  if (infos.length === 0) checks.push(noInfo('replication'))
+  else {
+    const found = []
+    for (const [node, info] of infos) {
+      const min = await query(node || '', 'CONFIG', 'GET', 'min-replicas-to-write')
+      found.push(replicationCheck(where(node), info, min))
+    }
+    checks.push(worst(found))
+  }
+
+  // --- acl ----------------------------------------------------------------
+  const access = await native.commandAccess()
+  const denied = access.filter((a) => !a.allowed)
+  const how = access.some((a) => a.checkedBy === 'probe') ? 'harmless probes on a missing key' : 'ACL DRYRUN'
+  const grant = (/** @type {typeof access} */ list) => list.map((a) => `+${a.command}`).join(' ')
+  const requiredDenied = denied.filter((a) => a.required)
+  if (requiredDenied.length > 0) {
+    const reason = requiredDenied[0].reason ? ` (${requiredDenied[0].reason})` : ''
+    checks.push(check('fail', 'acl', `this user may not run ${requiredDenied.map((a) => a.command.toUpperCase()).join(', ')}${reason}, which the store needs: calls fail with ERR_AUTH. Grant ${grant(requiredDenied)} (checked with ${how}).`))
+  } else if (denied.length > 0) {
+    checks.push(check('warn', 'acl', `this user may not run ${denied.map((a) => a.command.toUpperCase()).join(', ')}: the store does without (scripts instead of native commands; ids(), length(), clear() or touch() fail). Grant ${grant(denied)} for them (checked with ${how}).`))
+  } else {
+    checks.push(check('ok', 'acl', `this user may run all ${access.length} commands the store sends (checked with ${how}).`))
+  }
+
+  // --- latency ------------------------------------------------------------
+  const times = []
+  for (let i = 0; i < PINGS; i++) times.push(await native.ping())
+  times.sort((a, b) => a - b)
+  const p50 = times[Math.floor(PINGS * 0.5)]
+  const p99 = times[Math.ceil(PINGS * 0.99) - 1]
+  const bound = native.callBoundMs
+  const ms = (/** @type {number} */ t) => `${t < 10 ? t.toFixed(2) : t.toFixed(0)} ms`
+  const rtt = `round trip p50 ${ms(p50)}, p99 ${ms(p99)} over ${PINGS} PINGs`
+  if (p99 >= bound / 2) {
+    checks.push(check('fail', 'latency', `${rtt}: a request's calls come near the call bound of ${bound} ms (connectTimeout + commandTimeout) and will time out; move the app near Redis or raise commandTimeout.`))
+  } else if (p50 >= 2) {
+    checks.push(check('warn', 'latency', `${rtt}: every request waits at least this per call; Redis in the app's zone or network is usually under 1 ms.`))
+  } else {
+    checks.push(check('ok', 'latency', `${rtt}.`))
+  }
+
+  // --- cluster ------------------------------------------------------------
+  if (cluster) {
+    /** @type {Record<string, unknown>} */
+    const replies = await query('*', 'CLUSTER', 'INFO')
+    const bad = []
+    for (const [node, reply] of Object.entries(replies)) {
+      const info = parseInfo(String(reply))
+      if (isError(reply)) bad.push(`${node} (${errorText(reply)})`)
+      else if (info.cluster_state !== 'ok' || info.cluster_slots_ok !== '16384') {
+        bad.push(`${node} (state ${info.cluster_state}, ${info.cluster_slots_ok ?? '?'} of 16384 slots served)`)
+      }
+    }
+    if (bad.length > 0) {
+      checks.push(check('fail', 'cluster', `not every slot is served: ${bad.join('; ')}: calls on keys in the missing slots fail with ERR_CONNECTION (CLUSTERDOWN). Assign or recover the slots.`))
+    } else {
+      checks.push(check('ok', 'cluster', `${masters.length} masters serve all 16384 slots.`))
+    }
+  }
+
+  // --- scripts ------------------------------------------------------------
+  const shas = native.scriptShas
+  /** @type {Record<string, unknown>} */
+  const loaded = await query('*', 'SCRIPT', 'EXISTS', ...shas)
+  const missing = Object.entries(loaded).filter(([, r]) => !Array.isArray(r) || r.some((x) => x !== 1))
+  if (missing.length > 0) {
+    const nodes = cluster ? ` on ${missing.map(([n]) => n).join(', ')}` : ''
+    const refused = missing.find(([, r]) => isError(r))
+    if (refused) {
+      checks.push(check('warn', 'scripts', `cannot tell whether the scripts are loaded${nodes}: ${errorText(refused[1])}.`))
+    } else {
+      checks.push(check('warn', 'scripts', `the store's scripts are not loaded${nodes}: the first ${native8 ? 'merge conflict' : 'merge or unlock'} there loads them (NOSCRIPT, then SCRIPT LOAD: one more round trip). preloadScript: true loads them when the store is created.`))
+    }
+  } else {
+    checks.push(check('ok', 'scripts', `the store's 3 scripts are loaded${cluster ? ' on every master' : ''}.`))
+  }
+
+  // --- sessions -----------------------------------------------------------
+  checks.push(await sessionsCheck(native, query, infos))
+
+  return { ok: checks.every((c) => c.level !== 'fail'), checks }
+}
+
+/** The worst of several nodes' checks. @param {DoctorCheck[]} found */
+function worst(found) {
+  const rank = { ok: 0, warn: 1, fail: 2 }
+  return found.reduce((a, b) => (rank[b.level] > rank[a.level] ? b : a))
+}
+
+/** @param {string} at @param {Record<string, string>} info */
+function memoryCheck(at, info) {
+  const max = Number(info.maxmemory ?? 0)
+  const used = Number(info.used_memory ?? 0)
+  const policy = info.maxmemory_policy ?? '?'
+  if (max === 0) {
+    return check('ok', 'memory', `${at}no maxmemory: Redis never evicts sessions (used ${size(used)}); it grows with them, so watch the machine's memory.`)
+  }
+  const share = `${size(used)} of maxmemory ${size(max)} used`
+  if (policy.startsWith('allkeys-')) {
+    return check('fail', 'memory', `${at}maxmemory-policy ${policy}: at maxmemory (${share}) Redis evicts any key, sessions and held locks included, and users are logged out without an error. Set maxmemory-policy noeviction, and give Redis room.`)
+  }
+  if (policy.startsWith('volatile-')) {
+    return check('warn', 'memory', `${at}maxmemory-policy ${policy}: sessions and locks carry a TTL, so at maxmemory (${share}) Redis evicts them and users are logged out. noeviction keeps them (saves then fail with OOM).`)
+  }
+  if (used >= max * FULL) {
+    return check('fail', 'memory', `${at}${share} with noeviction: saves fail with OOM (ERR_REDIS) once it is full. Raise maxmemory or remove sessions (store.clear()).`)
+  }
+  return check('ok', 'memory', `${at}noeviction, ${share}: sessions are never evicted; at maxmemory saves fail with OOM, so keep headroom.`)
+}
+
+/** @param {string} at @param {Record<string, string>} info @param {unknown} save CONFIG GET save's reply */
+function persistenceCheck(at, info, save) {
+  if (info.rdb_last_bgsave_status === 'err' || info.aof_last_write_status === 'err') {
+    return check('fail', 'persistence', `${at}the last ${info.rdb_last_bgsave_status === 'err' ? 'RDB snapshot' : 'AOF write'} failed: with stop-writes-on-bgsave-error, Redis refuses every save (MISCONF). Fix the disk or its permissions.`)
+  }
+  const aof = info.aof_enabled === '1'
+  const snapshots = Array.isArray(save) ? String(save[1] ?? save.save ?? '') : save && typeof save === 'object' && 'save' in save ? String(/** @type {any} */ (save).save) : null
+  if (aof) {
+    return check('ok', 'persistence', `${at}AOF on${snapshots ? `, RDB snapshots (save ${snapshots})` : ''}: a restart keeps sessions, up to the last second's writes (appendfsync everysec).`)
+  }
+  if (snapshots === null) {
+    return check('warn', 'persistence', `${at}AOF off, and whether RDB snapshots are on is unknown (CONFIG GET refused: ${errorText(save)}); without either, a restart logs every user out.`)
+  }
+  if (snapshots.trim() === '') {
+    return check('warn', 'persistence', `${at}persistence off (no AOF, no RDB snapshots): every restart of Redis logs every user out. Set appendonly yes (or save 3600 1 300 100 60 10000) unless that is intended.`)
+  }
+  return check('ok', 'persistence', `${at}RDB snapshots (save ${snapshots}), AOF off: a crash loses the sessions written since the last snapshot; appendonly yes narrows that to a second.`)
+}
+
+/** @param {string} at @param {Record<string, string>} info @param {unknown} min CONFIG GET min-replicas-to-write's reply */
+function replicationCheck(at, info, min) {
+  const role = info.role ?? '?'
+  if (role !== 'master') {
+    return check('fail', 'replication', `${at}this node is a ${role}: every save fails with READONLY. Point the store at the master (or at its sentinels).`)
+  }
+  const replicas = Number(info.connected_slaves ?? 0)
+  const wanted = Array.isArray(min) ? Number(min[1] ?? 0) : min && typeof min === 'object' && 'min-replicas-to-write' in min ? Number(/** @type {any} */ (min)['min-replicas-to-write']) : 0
+  if (wanted > replicas) {
+    return check('fail', 'replication', `${at}min-replicas-to-write ${wanted} with ${replicas} replica(s) connected: every save fails with NOREPLICAS. Bring the replicas back or lower the setting.`)
+  }
+  if (replicas === 0) {
+    return check('warn', 'replication', `${at}master with no replica: if this server is lost, its sessions go with it and nothing takes over. Add a replica (with Sentinel) for failover.`)
+  }
+  return check('ok', 'replication', `${at}master with ${replicas} replica(s), min-replicas-to-write ${wanted}${wanted === 0 ? ': a failover may lose the last writes; min-replicas-to-write 1 refuses writes no replica is taking' : ''}.`)
+}
+
+/**
+ * How many sessions there are (counted for at most COUNT_BUDGET_MS) and the
+ * memory of a few.
+ * @param {NativeStore} native
+ * @param {(to: string, ...args: string[]) => Promise<any>} query
+ * @param {[string, Record<string, string>][]} infos
+ */
+async function sessionsCheck(native, query, infos) {
+  const started = Date.now()
+  let count = 0
+  let complete = true
+  /** @type {[string, string][]} node and id */
+  const sampled = []
+  walk: for (const node of await native.masters()) {
+    let cursor = '0'
+    do {
+      const page = await native.scan(node, cursor, 1000, sampled.length < SAMPLES)
+      count += page.count
+      for (const id of page.ids) if (sampled.length < SAMPLES) sampled.push([node, id])
+      cursor = page.cursor
+      if (Date.now() - started > COUNT_BUDGET_MS && cursor !== '0') {
+        complete = false
+        break walk
+      }
+    } while (cursor !== '0')
+  }
+  const prefix = JSON.stringify(native.prefix)
+  const counted = `${complete ? '' : 'at least '}${count.toLocaleString('en-US')} session${count === 1 ? '' : 's'} under ${prefix}`
+  if (sampled.length === 0) return check('ok', 'sessions', `${counted}.`)
+  const sizes = []
+  for (const [node, id] of sampled) {
+    const bytes = await query(node, 'MEMORY', 'USAGE', native.prefix + id)
+    if (isError(bytes)) return check('ok', 'sessions', `${counted}; their memory is unknown (MEMORY USAGE refused: ${errorText(bytes)}).`)
+    if (typeof bytes === 'number') sizes.push(bytes)
+  }
+  if (sizes.length === 0) return check('ok', 'sessions', `${counted}.`)
+  const each = sizes.reduce((a, b) => a + b, 0) / sizes.length
+  let room = ''
+  const [, info] = infos[0] ?? ['', {}]
+  const max = Number(info.maxmemory ?? 0)
+  if (max > 0) {
+    const left = Math.max(0, max - Number(info.used_memory ?? 0))
+    room = `; maxmemory leaves room for about ${Math.floor(left / each).toLocaleString('en-US')} more`
+  }
+  return check('ok', 'sessions', `${counted}; a session takes about ${size(Math.round(each))} (MEMORY USAGE of ${sizes.length}), about ${size(Math.round(each * count))} in all${room}.`)
+}
+
+/** The report as lines of text, for a terminal. @param {DoctorReport} report */
+function format(report) {
+  const mark = { ok: '✓', warn: '⚠', fail: '✗' }
+  const width = Math.max(...report.checks.map((c) => c.name.length))
+  const lines = report.checks.map((c) => `${mark[c.level]} ${c.name.padEnd(width)}  ${c.message}`)
+  const fails = report.checks.filter((c) => c.level === 'fail').length
+  const warns = report.checks.filter((c) => c.level === 'warn').length
+  lines.push('', `${fails} problem${fails === 1 ? '' : 's'}, ${warns} warning${warns === 1 ? '' : 's'}.`)
+  return lines.join('\n')
+}
+
+module.exports = { examine, format }
