@@ -568,32 +568,45 @@ class RedisSessionStore {
   }
 
   /**
-   * Runs `call` as op `op` of the tracing channel: the call's queued op takes
-   * the context (for its batch size), and a failure's code joins it.
+   * Runs `call` as op `op` of the tracing channel, as TracingChannel's
+   * tracePromise does (its stores bound in start, so an APM's context
+   * follows the call) but without putting the call's value in the context:
+   * a get's value is session data. The call's queued op takes the context
+   * (for its batch size), and a failure's code joins it.
    * @template T
    * @param {string} op
    * @param {() => Promise<T>} call
    * @returns {Promise<T>}
    */
   #traced(op, call) {
-    const ch = /** @type {NonNullable<typeof calls>} */ (calls)
+    const { start, end, asyncStart, asyncEnd, error } = /** @type {NonNullable<typeof calls>} */ (calls)
     /** @type {CallContext} */
-    const context = { op, prefix: this.#prefix, ...splitAddress(this.#native.address), batchSize: 0 }
-    // A getter of a merge's paths may call the store: keep the outer context.
-    const outer = this.#tracing
-    this.#tracing = context
-    try {
-      return ch.tracePromise(async () => {
-        try {
-          return await call()
-        } catch (e) {
-          context.errorCode = /** @type {any} */ (e)?.code
-          throw e
-        }
-      }, context)
-    } finally {
-      this.#tracing = outer
-    }
+    const context = { op: /** @type {any} */ (op), prefix: this.#prefix, ...splitAddress(this.#native.address), batchSize: 0 }
+    return start.runStores(context, () => {
+      // A getter of a merge's paths may call the store: keep the outer context.
+      const outer = this.#tracing
+      this.#tracing = context
+      try {
+        return call().then(
+          (value) => {
+            asyncStart.publish(context)
+            asyncEnd.publish(context)
+            return value
+          },
+          (e) => {
+            context.error = e
+            context.errorCode = e?.code
+            error.publish(context)
+            asyncStart.publish(context)
+            asyncEnd.publish(context)
+            throw e
+          },
+        )
+      } finally {
+        this.#tracing = outer
+        end.publish(context)
+      }
+    })
   }
 
   /**

@@ -1,0 +1,123 @@
+// The relay-session-redis:call TracingChannel: every call's start, end,
+// asyncStart, asyncEnd (and error), with the op, prefix, server and batch
+// size, and never the session id, session data or credentials.
+import assert from 'node:assert/strict'
+import diagnosticsChannel from 'node:diagnostics_channel'
+import { after, before, describe, it } from 'node:test'
+import { createRedisSessionStore, newId, rejectsWith, session, useRedis } from './support/setup.mjs'
+
+const redis = useRedis()
+const TTL = 60_000
+const channel = diagnosticsChannel.tracingChannel('relay-session-redis:call')
+
+/** Subscribes to every event; `events` collects [event, a copy of the context]. */
+function subscribe() {
+  const events = []
+  const handlers = {}
+  for (const name of ['start', 'end', 'asyncStart', 'asyncEnd', 'error']) {
+    handlers[name] = (context) => events.push([name, { ...context }])
+  }
+  channel.subscribe(handlers)
+  return { events, stop: () => channel.unsubscribe(handlers) }
+}
+
+describe('tracing', () => {
+  const secret = 's3cret-pw-for-tracing'
+  let store
+  before(async () => {
+    await redis.ready()
+    await redis.admin.call('ACL', 'SETUSER', 'tracer', 'on', `>${secret}`, '~*', '+@all')
+    store = redis.store({
+      ...(redis.cluster ? {} : { url: `redis://tracer:${secret}@127.0.0.1:${redis.server.port}` }),
+      ...(redis.cluster ? { username: 'tracer', password: secret } : {}),
+      prefix: 'traced:',
+    })
+  })
+  after(() => redis.admin.call('ACL', 'DELUSER', 'tracer'))
+
+  it('publishes start, end, asyncStart and asyncEnd for every call, with its op, prefix, server and batch size', async () => {
+    const id = newId()
+    const { events, stop } = subscribe()
+    try {
+      await store.set(id, session(id, { card: 'VISA-4242' }), TTL)
+      await Promise.all([store.get(id), store.merge(id, { 'data.note': 'hello-private' }, TTL), store.isLocked(id)])
+      await store.lock(id, TTL)
+      await store.unlock(id)
+      assert.equal(await store.touch(id, TTL), true)
+      await store.ping()
+      assert.equal(await store.length(), 1)
+      await store.delete(id)
+      assert.equal(await store.clear(), 0)
+    } finally {
+      stop()
+    }
+    const ops = ['set', 'get', 'merge', 'isLocked', 'lock', 'unlock', 'touch', 'ping', 'length', 'delete', 'clear']
+    assert.deepEqual([...new Set(events.map(([, c]) => c.op))].sort(), [...ops].sort())
+    for (const op of ops) {
+      const mine = events.filter(([, c]) => c.op === op)
+      assert.deepEqual(mine.map(([e]) => e), ['start', 'end', 'asyncStart', 'asyncEnd'], op)
+      const [, c] = mine[2]
+      assert.equal(c.prefix, 'traced:')
+      assert.equal(c.serverAddress, '127.0.0.1')
+      assert.equal(c.serverPort, redis.server.port)
+      const admin = ['ping', 'length', 'clear'].includes(op)
+      assert.equal(c.batchSize, admin ? 0 : op === 'get' || op === 'merge' || op === 'isLocked' ? 3 : 1, op)
+      assert.equal(c.errorCode, undefined)
+      assert.equal('result' in c, false, `${op}: the call's value is not in the context`)
+    }
+    const text = JSON.stringify(events)
+    for (const hidden of [id, 'VISA-4242', 'hello-private', secret, 'tracer']) {
+      assert.equal(text.includes(hidden), false, `the events show ${hidden}`)
+    }
+  })
+
+  it('publishes error with the code when a call fails, in Rust or in the argument checks', async () => {
+    const id = newId()
+    await redis.admin.hset(`traced:${id}`, 'f', 'v')
+    const { events, stop } = subscribe()
+    try {
+      await rejectsWith(store.get(id), 'ERR_REDIS')
+      await rejectsWith(store.lock(id, -1), 'ERR_INVALID_ARG')
+    } finally {
+      stop()
+      await redis.admin.del(`traced:${id}`)
+    }
+    assert.deepEqual(events.map(([e, c]) => `${c.op}:${e}`), [
+      'get:start', 'get:end', 'get:error', 'get:asyncStart', 'get:asyncEnd',
+      'lock:start', 'lock:end', 'lock:error', 'lock:asyncStart', 'lock:asyncEnd',
+    ])
+    const [get, lock] = events.filter(([e]) => e === 'error').map(([, c]) => c)
+    assert.equal(get.errorCode, 'ERR_REDIS')
+    assert.equal(get.batchSize, 1)
+    assert.equal(get.error.code, 'ERR_REDIS')
+    assert.equal(lock.errorCode, 'ERR_INVALID_ARG')
+    assert.equal(lock.batchSize, 0, 'refused before it was queued')
+    assert.equal(JSON.stringify({ ...get, error: get.error.message }).includes(id), false)
+  })
+
+  it('binds a store in start, so a subscriber context follows the call', async () => {
+    const { AsyncLocalStorage } = await import('node:async_hooks')
+    const als = new AsyncLocalStorage()
+    channel.start.bindStore(als, (context) => ({ span: context.op }))
+    const seen = []
+    const handlers = { asyncEnd: () => seen.push(als.getStore()?.span) }
+    channel.subscribe(handlers)
+    try {
+      await store.ping()
+      await store.isLocked(newId())
+    } finally {
+      channel.unsubscribe(handlers)
+      channel.start.unbindStore(als)
+    }
+    assert.deepEqual(seen, ['ping', 'isLocked'])
+  })
+
+  it('publishes nothing once nobody subscribes', async () => {
+    const { events, stop } = subscribe()
+    stop()
+    assert.equal(channel.hasSubscribers, false)
+    await store.get(newId())
+    await store.ping()
+    assert.equal(events.length, 0)
+  })
+})
