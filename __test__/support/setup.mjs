@@ -12,7 +12,7 @@ import { startCluster } from './cluster.mjs'
 export const onCluster = process.env.TEST_TOPOLOGY === 'cluster'
 
 const require = createRequire(import.meta.url)
-export const { createRedisSessionStore, RedisSessionStoreError } = require('../../store.js')
+export const { createRedisSessionStore, RedisSessionStoreError, limits } = require('../../store.js')
 
 /** Starts a server before the file's tests and stops it after. */
 export function useRedis(opts) {
