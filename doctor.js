@@ -44,6 +44,14 @@ const isError = (reply) => typeof reply === 'object' && reply !== null && 'error
 /** @param {unknown} reply */
 const errorText = (reply) => (isError(reply) ? String(/** @type {any} */ (reply).message) : '')
 
+/**
+ * A reply sent to every master, as [address, reply] pairs: one error reply
+ * for all of them when the command failed as a whole.
+ * @param {unknown} reply
+ * @returns {[string, unknown][]}
+ */
+const perNode = (reply) => (isError(reply) ? [['', reply]] : Object.entries(/** @type {object} */ (reply)))
+
 /** @param {'ok' | 'warn' | 'fail'} level @param {string} name @param {string} message @returns {DoctorCheck} */
 const check = (level, name, message) => ({ name, level, message })
 
@@ -60,12 +68,10 @@ async function examine(native) {
   /** @param {string} node */
   const where = (node) => (cluster ? `${node}: ` : '')
   // Every master's INFO, by address ('' on a single server).
-  /** @type {Record<string, unknown>} */
-  const infoReplies = await query('*', 'INFO')
   /** @type {[string, Record<string, string>][]} */
   const infos = []
   let infoRefused = ''
-  for (const [node, reply] of Object.entries(infoReplies)) {
+  for (const [node, reply] of perNode(await query('*', 'INFO'))) {
     if (isError(reply)) infoRefused = errorText(reply)
     else infos.push([node, parseInfo(String(reply))])
   }
@@ -160,10 +166,8 @@ async function examine(native) {
 
   // --- cluster ------------------------------------------------------------
   if (cluster) {
-    /** @type {Record<string, unknown>} */
-    const replies = await query('*', 'CLUSTER', 'INFO')
     const bad = []
-    for (const [node, reply] of Object.entries(replies)) {
+    for (const [node, reply] of perNode(await query('*', 'CLUSTER', 'INFO'))) {
       const info = parseInfo(String(reply))
       if (isError(reply)) bad.push(`${node} (${errorText(reply)})`)
       else if (info.cluster_state !== 'ok' || info.cluster_slots_ok !== '16384') {
@@ -179,9 +183,7 @@ async function examine(native) {
 
   // --- scripts ------------------------------------------------------------
   const shas = native.scriptShas
-  /** @type {Record<string, unknown>} */
-  const loaded = await query('*', 'SCRIPT', 'EXISTS', ...shas)
-  const missing = Object.entries(loaded).filter(([, r]) => !Array.isArray(r) || r.some((x) => x !== 1))
+  const missing = perNode(await query('*', 'SCRIPT', 'EXISTS', ...shas)).filter(([, r]) => !Array.isArray(r) || r.some((x) => x !== 1))
   if (missing.length > 0) {
     const nodes = cluster ? ` on ${missing.map(([n]) => n).join(', ')}` : ''
     const refused = missing.find(([, r]) => isError(r))

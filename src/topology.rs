@@ -292,8 +292,11 @@ impl Link {
     pub async fn query(&self, cmd: &redis::Cmd, to: Route<'_>) -> RedisResult<Value> {
         let reply = match (self, to) {
             (Link::Single(m), Route::AllMasters) => {
-                let reply = cmd.query_async::<Value>(&mut m.clone()).await;
-                reply.map(|v| Value::Map(vec![(Value::SimpleString(String::new()), v)]))
+                let reply = match cmd.query_async::<Value>(&mut m.clone()).await {
+                    Ok(v) => v,
+                    Err(e) => Value::ServerError(ServerError::try_from(e)?),
+                };
+                Ok(Value::Map(vec![(Value::SimpleString(String::new()), reply)]))
             }
             (Link::Single(m), _) => cmd.query_async::<Value>(&mut m.clone()).await,
             (Link::Cluster(c), Route::ByKey) => cmd.query_async::<Value>(&mut c.clone()).await,

@@ -1,0 +1,235 @@
+// The doctor: each check against a server configured to trip it, through
+// store.doctor() and the `relay-session-redis doctor` command.
+import assert from 'node:assert/strict'
+import { execFile } from 'node:child_process'
+import path from 'node:path'
+import { fileURLToPath } from 'node:url'
+import { promisify } from 'node:util'
+import { after, afterEach, before, describe, it } from 'node:test'
+import { Redis } from 'ioredis'
+import { createRedisSessionStore, newId, onCluster, session } from './support/setup.mjs'
+import { startRedis } from './support/redis-server.mjs'
+import { startProxy } from './support/proxy.mjs'
+import { startCluster } from './support/cluster.mjs'
+
+const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..')
+const TTL = 60_000
+
+/** The doctor's checks by name, for a store made with `options`. */
+async function doctor(options) {
+  const store = createRedisSessionStore(options)
+  try {
+    const report = await store.doctor()
+    return { ok: report.ok, ...Object.fromEntries(report.checks.map((c) => [c.name, c])) }
+  } finally {
+    await store.close()
+  }
+}
+
+/** Runs the command; its exit code and output. */
+async function cli(...args) {
+  try {
+    const { stdout, stderr } = await promisify(execFile)(process.execPath, [path.join(root, 'cli.js'), ...args], { env: { ...process.env, REDIS_URL: '' } })
+    return { code: 0, out: stdout + stderr }
+  } catch (e) {
+    return { code: e.code, out: e.stdout + e.stderr }
+  }
+}
+
+describe('doctor on a single server', { skip: onCluster }, () => {
+  let server
+  let admin
+  before(async () => {
+    server = await startRedis()
+    admin = new Redis({ port: server.port, host: '127.0.0.1' })
+  })
+  after(async () => {
+    admin.disconnect()
+    await server.stop()
+  })
+  afterEach(async () => {
+    await admin.config('SET', 'maxmemory', '0')
+    await admin.config('SET', 'maxmemory-policy', 'noeviction')
+    await admin.config('SET', 'appendonly', 'no')
+    await admin.config('SET', 'save', '')
+    await admin.config('SET', 'min-replicas-to-write', '0')
+  })
+
+  it('names the server and the fast paths the store takes there', async () => {
+    const r = await doctor({ url: server.url })
+    const info = await admin.info('server')
+    const version = /^(?:valkey|redis)_version:(.*)$/m.exec(info)[1].trim()
+    assert.equal(r.server.level, 'ok')
+    assert.ok(r.server.message.includes(version), r.server.message)
+    assert.match(r.server.message, /SET IFDEQ|SET IFEQ|Lua scripts/)
+  })
+
+  it('passes a server with persistence, and warns of what is missing', async () => {
+    await admin.config('SET', 'appendonly', 'yes')
+    const r = await doctor({ url: server.url })
+    assert.equal(r.ok, true)
+    for (const name of ['server', 'memory', 'persistence', 'acl', 'latency', 'sessions']) assert.equal(r[name].level, 'ok', `${name}: ${r[name].message}`)
+    assert.equal(r.replication.level, 'warn')
+    assert.match(r.replication.message, /no replica/)
+  })
+
+  it('fails maxmemory-policy allkeys-lru: sessions and locks are evicted', async () => {
+    await admin.config('SET', 'maxmemory', '100mb')
+    await admin.config('SET', 'maxmemory-policy', 'allkeys-lru')
+    const r = await doctor({ url: server.url })
+    assert.equal(r.ok, false)
+    assert.equal(r.memory.level, 'fail')
+    assert.match(r.memory.message, /allkeys-lru.*evicts any key, sessions and held locks included.*noeviction/)
+    const { code, out } = await cli('doctor', server.url)
+    assert.equal(code, 1)
+    assert.match(out, /^✗ memory +maxmemory-policy allkeys-lru/m)
+    const json = await cli('doctor', server.url, '--json')
+    assert.equal(json.code, 1)
+    const report = JSON.parse(json.out)
+    assert.equal(report.ok, false)
+    assert.equal(report.checks.find((c) => c.name === 'memory').level, 'fail')
+  })
+
+  it('warns of a volatile policy: sessions carry a TTL', async () => {
+    await admin.config('SET', 'maxmemory', '100mb')
+    await admin.config('SET', 'maxmemory-policy', 'volatile-lru')
+    const r = await doctor({ url: server.url })
+    assert.equal(r.memory.level, 'warn')
+    assert.match(r.memory.message, /volatile-lru: sessions and locks carry a TTL/)
+  })
+
+  it('fails noeviction with maxmemory nearly used up: saves fail with OOM', async () => {
+    const used = Number(/^used_memory:(\d+)/m.exec(await admin.info('memory'))[1])
+    await admin.config('SET', 'maxmemory', String(Math.ceil(used * 1.02)))
+    const r = await doctor({ url: server.url })
+    assert.equal(r.memory.level, 'fail')
+    assert.match(r.memory.message, /with noeviction: saves fail with OOM/)
+    const roomy = Math.ceil(used * 4)
+    await admin.config('SET', 'maxmemory', String(roomy))
+    assert.equal((await doctor({ url: server.url })).memory.level, 'ok')
+  })
+
+  it('warns when persistence is off, and passes RDB snapshots or AOF', async () => {
+    const off = await doctor({ url: server.url })
+    assert.equal(off.persistence.level, 'warn')
+    assert.match(off.persistence.message, /persistence off.*every restart of Redis logs every user out/)
+    await admin.config('SET', 'save', '3600 1')
+    const rdb = await doctor({ url: server.url })
+    assert.equal(rdb.persistence.level, 'ok')
+    assert.match(rdb.persistence.message, /RDB snapshots \(save 3600 1\)/)
+  })
+
+  it('fails a replica, and min-replicas-to-write above the replicas', async () => {
+    const replica = await startRedis({ args: ['--replicaof', '127.0.0.1', String(server.port)] })
+    try {
+      const r = await doctor({ url: replica.url })
+      assert.equal(r.replication.level, 'fail')
+      assert.match(r.replication.message, /is a slave|is a replica/)
+      for (let i = 0; i < 100 && !/connected_slaves:1/.test(await admin.info('replication')); i++) await new Promise((res) => setTimeout(res, 50))
+      const m = await doctor({ url: server.url })
+      assert.equal(m.replication.level, 'ok')
+      assert.match(m.replication.message, /master with 1 replica/)
+      await admin.config('SET', 'min-replicas-to-write', '2')
+      const strict = await doctor({ url: server.url })
+      assert.equal(strict.replication.level, 'fail')
+      assert.match(strict.replication.message, /NOREPLICAS/)
+    } finally {
+      await replica.stop()
+    }
+  })
+
+  it('fails a user that may not run EVALSHA (asked with ACL DRYRUN)', async () => {
+    await admin.call('ACL', 'SETUSER', 'noeval', 'on', '>pw', '~*', '+@all', '-evalsha')
+    const r = await doctor({ url: server.url, username: 'noeval', password: 'pw' })
+    assert.equal(r.acl.level, 'fail')
+    assert.match(r.acl.message, /may not run EVALSHA.*Grant \+evalsha \(checked with ACL DRYRUN\)/)
+  })
+
+  it('probes a user that may not run ACL DRYRUN, and says what INFO it may not read', async () => {
+    // The README's user, without EVALSHA.
+    await admin.call('ACL', 'SETUSER', 'app', 'on', '>pw', '~sess:*', '+get', '+set', '+del', '+exists', '+script|load', '+select', '+hello', '+pexpire', '+scan', '+unlink', '+ping')
+    const before = await admin.dbsize()
+    const r = await doctor({ url: server.url, username: 'app', password: 'pw' })
+    assert.equal(r.acl.level, 'fail')
+    assert.match(r.acl.message, /may not run EVALSHA.*checked with harmless probes/)
+    assert.equal(r.memory.level, 'warn')
+    assert.match(r.memory.message, /may not run INFO/)
+    assert.equal(await admin.dbsize(), before, 'the probes wrote nothing')
+    await admin.call('ACL', 'SETUSER', 'app', '+evalsha')
+    assert.equal((await doctor({ url: server.url, username: 'app', password: 'pw' })).acl.level, 'ok')
+  })
+
+  it('warns of a slow round trip', async () => {
+    const proxy = await startProxy(server.port)
+    proxy.delayMs = 3
+    try {
+      const r = await doctor({ url: proxy.url })
+      assert.equal(r.latency.level, 'warn')
+      assert.match(r.latency.message, /round trip p50 [\d.]+ ms, p99 [\d.]+ ms over 100 PINGs/)
+    } finally {
+      await proxy.stop()
+    }
+  })
+
+  it('counts the sessions and samples their memory; says when the scripts are loaded', async () => {
+    const store = createRedisSessionStore({ url: server.url })
+    const before = await doctor({ url: server.url })
+    await admin.script('FLUSH')
+    assert.equal((await doctor({ url: server.url })).scripts.level, 'warn')
+    for (let i = 0; i < 12; i++) {
+      const id = newId()
+      await store.set(id, session(id), TTL)
+    }
+    const id = newId()
+    await store.set(id, session(id), TTL)
+    await store.lock(id, TTL)
+    await store.unlock(id)
+    await store.merge(id, { 'data.x': 1 }, TTL)
+    const r = await doctor({ url: server.url, preloadScript: true })
+    assert.match(r.sessions.message, /^13 sessions under "sess:"; a session takes about [\d.]+ (B|KiB) \(MEMORY USAGE of 5\)/)
+    assert.equal(r.scripts.level, 'ok')
+    assert.match(before.sessions.message, /^0 sessions/)
+    await store.clear()
+    await store.close()
+  })
+
+  it('reports a server it cannot reach, with exit code 1', async () => {
+    const { code, out } = await cli('doctor', 'redis://127.0.0.1:1', '--connect-timeout', '300')
+    assert.equal(code, 1)
+    assert.match(out, /✗ cannot check: ERR_CONNECTION/)
+    const usage = await cli('doctor', '--db', 'x')
+    assert.equal(usage.code, 2)
+    assert.match(usage.out, /--db must be a number/)
+  })
+})
+
+describe('doctor on a cluster', { skip: !onCluster }, () => {
+  it('checks that every slot is served and every master has the scripts', async () => {
+    const cluster = await startCluster()
+    try {
+      const options = { cluster: { nodes: cluster.urls } }
+      const r = await doctor(options)
+      assert.equal(r.cluster.level, 'ok')
+      assert.match(r.cluster.message, /3 masters serve all 16384 slots/)
+      assert.equal(r.scripts.level, 'warn')
+      const store = createRedisSessionStore({ ...options, preloadScript: true })
+      await store.ping()
+      const loaded = await doctor(options)
+      await store.close()
+      assert.equal(loaded.scripts.level, 'ok', loaded.scripts.message)
+      assert.match(loaded.scripts.message, /on every master/)
+      const { code, out } = await cli('doctor', '--cluster', cluster.urls.join(','))
+      assert.match(out, /✓ cluster +3 masters/)
+      assert.equal(code, 0)
+      // A slot nobody serves.
+      const node = new Redis({ port: cluster.nodes[0].port, host: '127.0.0.1' })
+      await node.call('CLUSTER', 'DELSLOTS', '0')
+      node.disconnect()
+      const broken = await doctor(options)
+      assert.equal(broken.cluster.level, 'fail')
+      assert.match(broken.cluster.message, /not every slot is served/)
+    } finally {
+      await cluster.stop()
+    }
+  })
+})
