@@ -72,14 +72,14 @@ async function examine(native) {
   const infos = []
   let infoRefused = ''
   for (const [node, reply] of perNode(await query('*', 'INFO'))) {
-    if (isError(reply)) infoRefused = errorText(reply)
+    if (isError(reply)) infoRefused = String(/** @type {any} */ (reply).error)
     else infos.push([node, parseInfo(String(reply))])
   }
   /** @type {DoctorCheck[]} */
   const checks = []
   /** The checks that need INFO, when this user may not run it. */
   const noInfo = (/** @type {string} */ name) =>
-    check('warn', name, `cannot tell: this user may not run INFO (${infoRefused}); run the doctor as a user with +info, or grant it +info.`)
+    check('warn', name, `cannot tell: this user may not run INFO (${infoRefused}); run the doctor as a user that may, or grant +info.`)
 
   // --- server -------------------------------------------------------------
   const fast = await native.fastPaths()
@@ -190,7 +190,7 @@ async function examine(native) {
     if (refused) {
       checks.push(check('warn', 'scripts', `cannot tell whether the scripts are loaded${nodes}: ${errorText(refused[1])}.`))
     } else {
-      checks.push(check('warn', 'scripts', `the store's scripts are not loaded${nodes}: the first ${native8 ? 'merge conflict' : 'merge or unlock'} there loads them (NOSCRIPT, then SCRIPT LOAD: one more round trip). preloadScript: true loads them when the store is created.`))
+      checks.push(check('warn', 'scripts', `the store's scripts are not loaded${nodes}: the first ${native8 ? 'merge conflict' : 'merge or unlock'} loads them (NOSCRIPT, then SCRIPT LOAD: one more round trip); preloadScript: true loads them when the store is created.`))
     }
   } else {
     checks.push(check('ok', 'scripts', `the store's 3 scripts are loaded${cluster ? ' on every master' : ''}.`))
@@ -216,7 +216,7 @@ function memoryCheck(at, info) {
   if (max === 0) {
     return check('ok', 'memory', `${at}no maxmemory: Redis never evicts sessions (used ${size(used)}); it grows with them, so watch the machine's memory.`)
   }
-  const share = `${size(used)} of maxmemory ${size(max)} used`
+  const share = `${size(used)} of maxmemory ${size(max)} used (${Math.round((100 * used) / max)} %)`
   if (policy.startsWith('allkeys-')) {
     return check('fail', 'memory', `${at}maxmemory-policy ${policy}: at maxmemory (${share}) Redis evicts any key, sessions and held locks included, and users are logged out without an error. Set maxmemory-policy noeviction, and give Redis room.`)
   }
@@ -252,7 +252,8 @@ function persistenceCheck(at, info, save) {
 function replicationCheck(at, info, min) {
   const role = info.role ?? '?'
   if (role !== 'master') {
-    return check('fail', 'replication', `${at}this node is a ${role}: every save fails with READONLY. Point the store at the master (or at its sentinels).`)
+    const what = role === 'slave' ? 'replica' : role
+    return check('fail', 'replication', `${at}this node is a ${what}: every save fails with READONLY. Point the store at the master (or at its sentinels).`)
   }
   const replicas = Number(info.connected_slaves ?? 0)
   const wanted = Array.isArray(min) ? Number(min[1] ?? 0) : min && typeof min === 'object' && 'min-replicas-to-write' in min ? Number(/** @type {any} */ (min)['min-replicas-to-write']) : 0

@@ -321,6 +321,7 @@ function parseSession(text) {
 
 // Op and outcome codes, from src/ops.rs.
 const { Get: GET, Set: SET, Delete: DELETE, Merge: MERGE, Lock: LOCK, Unlock: UNLOCK, IsLocked: IS_LOCKED, Touch: TOUCH } = OpKind
+const { True: TRUE, False: FALSE, Text: TEXT, Null: NULL, Failed: FAILED } = OutcomeCode
 
 // Every call, as a TracingChannel (start, end, asyncStart, asyncEnd, error)
 // whose context carries the op, the key prefix, the server and the batch
@@ -350,7 +351,6 @@ function splitAddress(address) {
   const at = address.lastIndexOf(':')
   return at < 0 ? { serverAddress: address, serverPort: undefined } : { serverAddress: address.slice(0, at), serverPort: Number(address.slice(at + 1)) }
 }
-const { True: TRUE, False: FALSE, Text: TEXT, Null: NULL, Failed: FAILED } = OutcomeCode
 
 // The batches in flight in this thread, by number: their resolvers, how many
 // of their ops have not settled, and what to tell their store when all have.

@@ -3,9 +3,13 @@
 // size, and never the session id, session data or credentials.
 import assert from 'node:assert/strict'
 import diagnosticsChannel from 'node:diagnostics_channel'
+import { readFileSync, rmSync, writeFileSync } from 'node:fs'
+import path from 'node:path'
+import { fileURLToPath, pathToFileURL } from 'node:url'
 import { after, before, describe, it } from 'node:test'
 import { createRedisSessionStore, newId, rejectsWith, session, useRedis } from './support/setup.mjs'
 
+const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..')
 const redis = useRedis()
 const TTL = 60_000
 const channel = diagnosticsChannel.tracingChannel('relay-session-redis:call')
@@ -119,5 +123,46 @@ describe('tracing', () => {
     await store.get(newId())
     await store.ping()
     assert.equal(events.length, 0)
+  })
+})
+
+// Last in the file: the README's subscriber cannot be unsubscribed.
+describe("the README's OpenTelemetry subscriber", () => {
+  it('turns calls into client spans with the context as attributes', async () => {
+    const { trace, SpanKind, SpanStatusCode } = await import('@opentelemetry/api')
+    const { BasicTracerProvider, InMemorySpanExporter, SimpleSpanProcessor } = await import('@opentelemetry/sdk-trace-base')
+    const exporter = new InMemorySpanExporter()
+    trace.setGlobalTracerProvider(new BasicTracerProvider({ spanProcessors: [new SimpleSpanProcessor(exporter)] }))
+    // The code block of the README's "Tracing", as written there.
+    const readme = readFileSync(path.join(root, 'README.md'), 'utf8')
+    const code = /```js\n(import diagnosticsChannel[\s\S]*?)```/.exec(readme)[1]
+    assert.ok(code.split('\n').length <= 16, 'about 15 lines')
+    const file = path.join(root, '__test__', `.readme-otel-${process.pid}.mjs`)
+    writeFileSync(file, code)
+    try {
+      await import(pathToFileURL(file).href)
+    } finally {
+      rmSync(file)
+    }
+    const store = redis.store()
+    const id = newId()
+    await store.set(id, session(id), TTL)
+    await store.get(id)
+    await redis.admin.hset(`sess:${id}-hash`, 'f', 'v')
+    await rejectsWith(store.get(`${id}-hash`), 'ERR_REDIS')
+    await redis.admin.del(`sess:${id}-hash`)
+    const spans = exporter.getFinishedSpans()
+    assert.deepEqual(spans.map((s) => s.name), ['redis set', 'redis get', 'redis get'])
+    for (const s of spans) {
+      assert.equal(s.kind, SpanKind.CLIENT)
+      assert.equal(s.attributes['db.system.name'], 'redis')
+      assert.equal(s.attributes['server.address'], '127.0.0.1')
+      assert.equal(s.attributes['server.port'], redis.server.port)
+      assert.equal(s.attributes['relay_session.prefix'], 'sess:')
+      assert.equal(s.attributes['db.operation.batch.size'], 1)
+      assert.equal(JSON.stringify(s.attributes).includes(id), false)
+    }
+    assert.equal(spans[1].status.code, SpanStatusCode.UNSET)
+    assert.deepEqual(spans[2].status, { code: SpanStatusCode.ERROR, message: 'ERR_REDIS' })
   })
 })

@@ -1,15 +1,21 @@
 // The app of `npm run bench:app`, in a process of its own:
 //   node bench/app-server.mjs '{"store":"native","redisPort":6379,"size":1024}'
 // An Express 5 app behind the relay-session stand-in (session-middleware.mjs)
-// with one of three stores: this one ("native"), the 1.x adapter on ioredis
-// with auto-pipelining ("js-auto"), or JSON text in a Map ("map": what the
-// app costs with a store that does no I/O). Prints the port it listens on.
+// with one of these stores: this one ("native"), this one with a subscriber
+// on its tracing channel ("native-traced": a span's worth of work per event),
+// another built checkout of it ("baseline", from APP_BASELINE), the 1.x
+// adapter on ioredis with auto-pipelining ("js-auto"), or JSON text in a Map
+// ("map": what the app costs with a store that does no I/O). Prints the port
+// it listens on.
 //   GET  /me      reads the session (a new visitor's first save: set)
 //   POST /cart    takes the lock, replaces data.cart, saves, unlocks (a cart
 //                 that is not an array any more is answered with x-cart-corrupt)
 //   POST /field   sets data.prefs.theme, saves (polling isLocked first)
 //   POST /login   rotates the id, sets data.userId, saves
 //   POST /logout  removes data.userId (sent as undefined), saves
+import diagnosticsChannel from 'node:diagnostics_channel'
+import { createRequire } from 'node:module'
+import path from 'node:path'
 import express from 'express'
 import { Redis } from 'ioredis'
 import { createRedisSessionStore } from 'relay-session-redis'
@@ -69,10 +75,29 @@ function createMapStore() {
   }
 }
 
+if (kind === 'native-traced') {
+  // What an APM's subscriber does per call: a span object with the
+  // context's attributes, opened at start and closed at asyncEnd.
+  const spans = []
+  diagnosticsChannel.tracingChannel('relay-session-redis:call').subscribe({
+    start: (c) => (c.span = { name: c.op, attributes: { prefix: c.prefix, server: c.serverAddress, port: c.serverPort }, t0: performance.now() }),
+    end: () => {},
+    asyncStart: () => {},
+    asyncEnd: (c) => {
+      c.span.attributes.batchSize = c.batchSize
+      c.span.ms = performance.now() - c.span.t0
+      if (spans.push(c.span) > 1000) spans.length = 0
+    },
+    error: (c) => (c.span.error = c.errorCode),
+  })
+}
+
 const store =
-  kind === 'native'
+  kind === 'native' || kind === 'native-traced'
     ? createRedisSessionStore({ url })
-    : kind === 'js-auto'
+    : kind === 'baseline'
+      ? createRequire(import.meta.url)(path.resolve(process.env.APP_BASELINE, 'store.js')).createRedisSessionStore({ url })
+      : kind === 'js-auto'
       ? createJsAdapter(new Redis({ host: '127.0.0.1', port: redisPort, enableAutoPipelining: true, maxRetriesPerRequest: 1 }))
       : createMapStore()
 

@@ -6,7 +6,9 @@
 // app with a store that does no I/O). Medians of the runs per cell, with the
 // spread between runs; writes bench/results/app-latest.{md,json}.
 //   APP_SIZES (1024,32768), APP_CLIENTS (1,8,32,128), APP_RUNS (3),
-//   APP_SECONDS (4, after 1 s of warm-up), APP_STORES (native,js-auto,map),
+//   APP_SECONDS (4, after 1 s of warm-up), APP_STORES (native,js-auto,map;
+//   also native-traced: with a tracing subscriber, and baseline: the build
+//   in APP_BASELINE, another built checkout of this package),
 //   APP_SERVER (a key of scripts/servers.mjs: redis-8.6, valkey-9.1, …;
 //   default the redis-server on PATH or REDIS_SERVER_BIN)
 import { spawn } from 'node:child_process'
@@ -101,14 +103,30 @@ for (const size of SIZES) {
   }
 }
 
+const BASE = STORES.includes('baseline')
+/** A store's req/s and CPU/req against the baseline's: medians of each round's own ratio, and their spread. */
+function vsBaseline(cell, store) {
+  const rounds = (field) => {
+    const per = []
+    for (let run = 0; run < RUNS; run++) {
+      const find = (s) => runs.find((r) => r.size === cell.size && r.clients === cell.clients && r.run === run && r.store === s)
+      const [a, b] = [find(store), find('baseline')]
+      if (a && b) per.push(a[field] / b[field])
+    }
+    const [lo, hi] = spread(per)
+    return `${median(per).toFixed(2)}× (${lo.toFixed(2)}–${hi.toFixed(2)})`
+  }
+  return `${rounds('rps')}, ${rounds('cpu')}`
+}
+
 const f0 = (x) => Math.round(x).toLocaleString('en-US')
 const ratio = (a, b) => (a !== undefined && b ? `${(a / b).toFixed(2)}×` : '–')
 const lines = [
   `Machine: ${os.cpus().length} × ${os.cpus()[0]?.model ?? 'CPU'}, Node ${process.version}; ${describeServer(findRedisServer())} on loopback; ${RUNS} runs per cell, ${SECONDS} s each after ${WARMUP} s of warm-up; medians, spread min–max.`,
   'CPU of the app process per request, by thread: main, the addon\'s workers, and Node\'s other threads (V8\'s GC and compiler workers, libuv\'s pool).',
   '',
-  '| size | clients | store | req/s (spread) | vs js-auto | p50 / p99 ms | CPU µs/req (spread) | vs js-auto | main / addon / other threads µs | Redis µs/req | errors | carts found corrupted |',
-  '|---|---|---|---|---|---|---|---|---|---|---|---|',
+  `| size | clients | store | req/s (spread) | vs js-auto | p50 / p99 ms | CPU µs/req (spread) | vs js-auto | main / addon / other threads µs | Redis µs/req | errors | carts found corrupted |${BASE ? ' req/s, CPU/req vs baseline (per-round spread) |' : ''}`,
+  `|---|---|---|---|---|---|---|---|---|---|---|---|${BASE ? '---|' : ''}`,
 ]
 for (const c of cells) {
   const js = c.stores['js-auto']
@@ -117,7 +135,8 @@ for (const c of cells) {
     lines.push(
       `| ${c.size / 1024} KB | ${c.clients} | ${store} | ${f0(m.rps)} (${f0(m.spread.rps[0])}–${f0(m.spread.rps[1])}) | ${store === 'js-auto' ? '' : ratio(m.rps, js?.rps)} | ` +
         `${m.p50.toFixed(2)} / ${m.p99.toFixed(2)} | ${f0(m.cpu)} (${f0(m.spread.cpu[0])}–${f0(m.spread.cpu[1])}) | ${store === 'js-auto' ? '' : ratio(m.cpu, js?.cpu)} | ` +
-        `${f0(m.main)} / ${f0(m.addon)} / ${f0(m.other)} | ${store === 'map' ? '–' : m.redis.toFixed(1)} | ${m.errors} | ${m.corruptCarts} |`,
+        `${f0(m.main)} / ${f0(m.addon)} / ${f0(m.other)} | ${store === 'map' ? '–' : m.redis.toFixed(1)} | ${m.errors} | ${m.corruptCarts} |` +
+        (BASE ? ` ${store.startsWith('native') ? vsBaseline(c, store) : ''} |` : ''),
     )
   }
 }

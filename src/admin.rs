@@ -158,15 +158,17 @@ impl Store {
         let sent = Instant::now();
         let reply = ready.query(&redis::cmd("PING"), Route::AllMasters).await?;
         let took = sent.elapsed().as_secs_f64() * 1000.0;
-        let Value::Map(replies) = reply else {
-            return Ok(took);
+        let replies = match reply {
+            Value::Map(replies) => replies.into_iter().map(|(_, r)| r).collect(),
+            other => vec![other],
         };
-        for (_, r) in replies {
-            if let Value::ServerError(e) = r {
-                return Err(StoreError::from(redis::RedisError::from(e)));
-            }
+        match replies.into_iter().find_map(|r| match r {
+            Value::ServerError(e) => Some(e),
+            _ => None,
+        }) {
+            Some(e) => Err(StoreError::from(redis::RedisError::from(e))),
+            None => Ok(took),
         }
-        Ok(took)
     }
 
     /// The masters to walk: their `host:port` on a cluster, `[""]` otherwise.
@@ -188,6 +190,7 @@ impl Store {
                 masters.sort();
                 Ok(masters)
             }
+            Value::ServerError(e) => Err(StoreError::from(redis::RedisError::from(e))),
             other => Err(StoreError::new(
                 Code::Redis,
                 format!(
@@ -354,6 +357,7 @@ impl Store {
                 cmd(&["SCRIPT", "LOAD", crate::store::UNLOCK_LUA]),
             ),
             ("pexpire", false, cmd(&["PEXPIRE", &key, "1000"])),
+            ("ping", false, cmd(&["PING"])),
             ("hello", false, cmd(&["HELLO"])),
             ("delex", false, cmd(&["DELEX", &lock, "IFEQ", "x"])),
             ("delifeq", false, cmd(&["DELIFEQ", &lock, "x"])),

@@ -269,12 +269,13 @@ impl NativeStore {
     /// Loads the scripts now (`preloadScript`).
     #[napi(ts_return_type = "Promise<void>")]
     pub fn preload<'env>(&self, env: &'env Env) -> Result<PromiseRaw<'env, ()>> {
-        let store = Arc::clone(&self.inner);
-        let deadline = Instant::now() + store.conn.call_bound();
-        env.spawn_future(async move { Ok(store.load_scripts(deadline).await?) })
+        self.admin(env, |store, deadline| async move {
+            store.load_scripts(deadline).await
+        })
     }
 
-    /// Runs an admin call on the runtime, bounded like a session op.
+    /// Runs a call that is not a session op (the admin calls, the doctor's
+    /// questions, the preload) on the runtime, bounded like a session op.
     fn admin<'env, T, F>(
         &self,
         env: &'env Env,

@@ -296,7 +296,10 @@ impl Link {
                     Ok(v) => v,
                     Err(e) => Value::ServerError(ServerError::try_from(e)?),
                 };
-                Ok(Value::Map(vec![(Value::SimpleString(String::new()), reply)]))
+                Ok(Value::Map(vec![(
+                    Value::SimpleString(String::new()),
+                    reply,
+                )]))
             }
             (Link::Single(m), _) => cmd.query_async::<Value>(&mut m.clone()).await,
             (Link::Cluster(c), Route::ByKey) => cmd.query_async::<Value>(&mut c.clone()).await,
