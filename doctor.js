@@ -102,35 +102,25 @@ async function examine(native) {
     }
   }
 
-  // --- memory -------------------------------------------------------------
-  if (infos.length === 0) checks.push(noInfo('memory'))
-  else {
-    /** @type {DoctorCheck[]} */
-    const found = infos.map(([node, info]) => memoryCheck(where(node), info))
-    checks.push(worst(found))
-  }
-
-  // --- persistence --------------------------------------------------------
-  if (infos.length === 0) checks.push(noInfo('persistence'))
-  else {
+  // --- memory, persistence, replication: each master's INFO (and one
+  // CONFIG GET), the worst master's line -----------------------------------
+  /**
+   * @param {string} name
+   * @param {string | null} setting the CONFIG GET the check also reads
+   * @param {(at: string, info: Record<string, string>, config: unknown) => DoctorCheck} judge
+   */
+  const perMaster = async (name, setting, judge) => {
+    if (infos.length === 0) return noInfo(name)
     const found = []
     for (const [node, info] of infos) {
-      const save = await query(node || '', 'CONFIG', 'GET', 'save')
-      found.push(persistenceCheck(where(node), info, save))
+      const config = setting === null ? null : await query(node, 'CONFIG', 'GET', setting)
+      found.push(judge(where(node), info, config))
     }
-    checks.push(worst(found))
+    return worst(found)
   }
-
-  // --- replication --------------------------------------------------------
-  if (infos.length === 0) checks.push(noInfo('replication'))
-  else {
-    const found = []
-    for (const [node, info] of infos) {
-      const min = await query(node || '', 'CONFIG', 'GET', 'min-replicas-to-write')
-      found.push(replicationCheck(where(node), info, min))
-    }
-    checks.push(worst(found))
-  }
+  checks.push(await perMaster('memory', null, memoryCheck))
+  checks.push(await perMaster('persistence', 'save', persistenceCheck))
+  checks.push(await perMaster('replication', 'min-replicas-to-write', replicationCheck))
 
   // --- acl ----------------------------------------------------------------
   const access = await native.commandAccess()
@@ -216,7 +206,7 @@ function memoryCheck(at, info) {
   if (max === 0) {
     return check('ok', 'memory', `${at}no maxmemory: Redis never evicts sessions (used ${size(used)}); it grows with them, so watch the machine's memory.`)
   }
-  const share = `${size(used)} of maxmemory ${size(max)} used (${Math.round((100 * used) / max)} %)`
+  const share = `${size(used)} used of maxmemory ${size(max)}, ${Math.round((100 * used) / max)} %`
   if (policy.startsWith('allkeys-')) {
     return check('fail', 'memory', `${at}maxmemory-policy ${policy}: at maxmemory (${share}) Redis evicts any key, sessions and held locks included, and users are logged out without an error. Set maxmemory-policy noeviction, and give Redis room.`)
   }
@@ -224,7 +214,7 @@ function memoryCheck(at, info) {
     return check('warn', 'memory', `${at}maxmemory-policy ${policy}: sessions and locks carry a TTL, so at maxmemory (${share}) Redis evicts them and users are logged out. noeviction keeps them (saves then fail with OOM).`)
   }
   if (used >= max * FULL) {
-    return check('fail', 'memory', `${at}${share} with noeviction: saves fail with OOM (ERR_REDIS) once it is full. Raise maxmemory or remove sessions (store.clear()).`)
+    return check('fail', 'memory', `${at}noeviction with ${share}: saves fail with OOM (ERR_REDIS) once it is full. Raise maxmemory or remove sessions (store.clear()).`)
   }
   return check('ok', 'memory', `${at}noeviction, ${share}: sessions are never evicted; at maxmemory saves fail with OOM, so keep headroom.`)
 }

@@ -10,7 +10,7 @@ import { Redis } from 'ioredis'
 import { createRedisSessionStore, newId, onCluster, session } from './support/setup.mjs'
 import { startRedis } from './support/redis-server.mjs'
 import { startProxy } from './support/proxy.mjs'
-import { startCluster } from './support/cluster.mjs'
+import { startCluster, startSentinels } from './support/cluster.mjs'
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..')
 const TTL = 60_000
@@ -103,7 +103,7 @@ describe('doctor on a single server', { skip: onCluster }, () => {
     await admin.config('SET', 'maxmemory', String(Math.ceil(used * 1.02)))
     const r = await doctor({ url: server.url })
     assert.equal(r.memory.level, 'fail')
-    assert.match(r.memory.message, /with noeviction: saves fail with OOM/)
+    assert.match(r.memory.message, /^noeviction with [\d.]+ (KiB|MiB) used of maxmemory [\d.]+ (KiB|MiB), \d+ %: saves fail with OOM/)
     const roomy = Math.ceil(used * 4)
     await admin.config('SET', 'maxmemory', String(roomy))
     assert.equal((await doctor({ url: server.url })).memory.level, 'ok')
@@ -230,6 +230,23 @@ describe('doctor on a cluster', { skip: !onCluster }, () => {
       assert.match(broken.cluster.message, /not every slot is served/)
     } finally {
       await cluster.stop()
+    }
+  })
+})
+
+describe('doctor through Sentinel', { skip: onCluster }, () => {
+  it('checks the master the sentinels name, and sees its replica', async () => {
+    const set = await startSentinels()
+    try {
+      const r = await doctor({ sentinel: { nodes: set.urls, masterName: 'mymaster' } })
+      assert.equal(r.server.level, 'ok')
+      assert.equal(r.replication.level, 'ok', r.replication.message)
+      assert.match(r.replication.message, /master with 1 replica/)
+      const { code, out } = await cli('doctor', '--sentinel', set.urls.join(','), '--master-name', 'mymaster')
+      assert.match(out, /✓ replication +master with 1 replica/)
+      assert.equal(code, 0)
+    } finally {
+      await set.stop()
     }
   })
 })

@@ -30,6 +30,16 @@ pub struct ScanPage {
     pub count: u32,
 }
 
+impl ScanPage {
+    fn empty(cursor: String) -> Self {
+        ScanPage {
+            cursor,
+            ids: Vec::new(),
+            count: 0,
+        }
+    }
+}
+
 /// Whether the store's user may run one command the store sends.
 #[napi(object)]
 pub struct CommandAccess {
@@ -237,11 +247,7 @@ impl Store {
         deadline: Instant,
     ) -> Result<ScanPage> {
         let (cursor, keys) = self.scan_keys(node, from, count, deadline).await?;
-        let mut page = ScanPage {
-            cursor,
-            ids: Vec::new(),
-            count: 0,
-        };
+        let mut page = ScanPage::empty(cursor);
         for id in keys.iter().filter_map(|k| self.keys.id_of(k)) {
             page.count += 1;
             if want_ids {
@@ -261,11 +267,7 @@ impl Store {
         deadline: Instant,
     ) -> Result<ScanPage> {
         let (cursor, keys) = self.scan_keys(node, from, count, deadline).await?;
-        let mut page = ScanPage {
-            cursor,
-            ids: Vec::new(),
-            count: 0,
-        };
+        let mut page = ScanPage::empty(cursor);
         if keys.is_empty() {
             return Ok(page);
         }

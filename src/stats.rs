@@ -164,6 +164,23 @@ impl Default for Stats {
     }
 }
 
+/// One of `$ty` (a struct with a field per op), each field `$f(kind)`.
+macro_rules! per_op {
+    ($ty:ident, $f:expr) => {{
+        let f = $f;
+        $ty {
+            get: f(Kind::Get),
+            set: f(Kind::Set),
+            delete: f(Kind::Delete),
+            merge: f(Kind::Merge),
+            lock: f(Kind::Lock),
+            unlock: f(Kind::Unlock),
+            is_locked: f(Kind::IsLocked),
+            touch: f(Kind::Touch),
+        }
+    }};
+}
+
 fn add(counter: &AtomicU64) {
     counter.fetch_add(1, Relaxed);
 }
@@ -233,25 +250,11 @@ impl Stats {
 
     pub fn snapshot(&self) -> StoreStats {
         let load = |a: &AtomicU64| a.load(Relaxed) as f64;
-        let per_op = |counters: &[AtomicU64; Kind::ALL.len()]| {
-            let n = |k: Kind| load(&counters[k as usize]);
-            OpCounts {
-                get: n(Kind::Get),
-                set: n(Kind::Set),
-                delete: n(Kind::Delete),
-                merge: n(Kind::Merge),
-                lock: n(Kind::Lock),
-                unlock: n(Kind::Unlock),
-                is_locked: n(Kind::IsLocked),
-                touch: n(Kind::Touch),
-            }
-        };
         let c = |code: Code| load(&self.codes[code as usize]);
-        let l = |k: Kind| self.latency[k as usize].snapshot();
         let m = &self.merges;
         StoreStats {
-            calls: per_op(&self.calls),
-            errors: per_op(&self.errors),
+            calls: per_op!(OpCounts, |k: Kind| load(&self.calls[k as usize])),
+            errors: per_op!(OpCounts, |k: Kind| load(&self.errors[k as usize])),
             error_codes: CodeCounts {
                 invalid_arg: c(Code::InvalidArg),
                 connection: c(Code::Connection),
@@ -283,16 +286,7 @@ impl Stats {
             },
             reconnects: load(&self.reconnects),
             in_flight: self.in_flight.load(Relaxed).max(0) as f64,
-            latency: OpLatencies {
-                get: l(Kind::Get),
-                set: l(Kind::Set),
-                delete: l(Kind::Delete),
-                merge: l(Kind::Merge),
-                lock: l(Kind::Lock),
-                unlock: l(Kind::Unlock),
-                is_locked: l(Kind::IsLocked),
-                touch: l(Kind::Touch),
-            },
+            latency: per_op!(OpLatencies, |k: Kind| self.latency[k as usize].snapshot()),
             latency_bounds_ms: (0..BUCKETS).map(upper_ms).collect(),
         }
     }
