@@ -71,36 +71,61 @@ async function examine(native) {
   /** @type {[string, Record<string, string>][]} */
   const infos = []
   let infoRefused = ''
-  for (const [node, reply] of perNode(await query('*', 'INFO'))) {
-    if (isError(reply)) infoRefused = String(/** @type {any} */ (reply).error)
-    else infos.push([node, parseInfo(String(reply))])
+  try {
+    for (const [node, reply] of perNode(await query('*', 'INFO'))) {
+      if (isError(reply)) infoRefused = String(/** @type {any} */ (reply).error)
+      else infos.push([node, parseInfo(String(reply))])
+    }
+  } catch (e) {
+    // The first call opens the connection: a slow server may not answer it
+    // in time (the latency check says so); one that cannot be reached, or
+    // refuses the credentials, cannot be checked at all.
+    const message = String(/** @type {Error} */ (e)?.message ?? e)
+    if (!message.startsWith('ERR_TIMEOUT')) throw e
+    infoRefused = message
   }
   /** @type {DoctorCheck[]} */
   const checks = []
   /** The checks that need INFO, when this user may not run it. */
   const noInfo = (/** @type {string} */ name) =>
-    check('warn', name, `cannot tell: this user may not run INFO (${infoRefused}); run the doctor as a user that may, or grant +info.`)
+    check('warn', name, /^[A-Z]+$/.test(infoRefused)
+      ? `cannot tell: this user may not run INFO (${infoRefused}); run the doctor as a user that may, or grant +info.`
+      : `cannot tell: INFO failed (${infoRefused}).`)
 
-  // --- server -------------------------------------------------------------
-  const fast = await native.fastPaths()
-  const native8 = fast.swap !== 'swap.lua'
-  const paths = native8
-    ? `merges write with ${fast.swap}${fast.release === 'unlock.lua' ? ' and unlocks run unlock.lua' : ` and unlocks with ${fast.release}`}, without Lua`
-    : 'merges and unlocks run Lua scripts (EVALSHA); Redis 8.4+ and Valkey 9.0+ do both with native commands, for less work on the server'
-  if (infos.length === 0) {
-    checks.push(check('ok', 'server', `version unknown (INFO refused); ${paths}.`))
-  } else {
-    const [, info] = infos[0]
-    const name = info.server_name === 'valkey' ? 'Valkey' : 'Redis'
-    const version = info.valkey_version ?? info.redis_version ?? '?'
-    const major = Number(version.split('.')[0])
-    const mode = cluster ? `cluster of ${masters.length} masters` : info.redis_mode === 'sentinel' ? 'sentinel' : 'standalone'
-    if (major < 6) {
-      checks.push(check('fail', 'server', `${name} ${version} (${mode}) is older than the store supports (Redis 6.0+, Valkey 7.2+): upgrade it.`))
-    } else {
-      checks.push(check('ok', 'server', `${name} ${version} (${mode}): ${paths}.`))
+  /**
+   * One check; a call it makes that fails (a refused command, a timeout)
+   * makes it a warning that says so, and the other checks still run.
+   * @param {string} name
+   * @param {() => Promise<DoctorCheck>} run
+   */
+  const attempt = async (name, run) => {
+    try {
+      return await run()
+    } catch (e) {
+      return check('warn', name, `could not check: ${/** @type {Error} */ (e)?.message ?? String(e)}.`)
     }
   }
+
+  // --- server -------------------------------------------------------------
+  let native8 = false
+  checks.push(
+    await attempt('server', async () => {
+      const fast = await native.fastPaths()
+      native8 = fast.swap !== 'swap.lua'
+      const paths = native8
+        ? `merges write with ${fast.swap}${fast.release === 'unlock.lua' ? ' and unlocks run unlock.lua' : ` and unlocks with ${fast.release}`}, without Lua`
+        : 'merges and unlocks run Lua scripts (EVALSHA); Redis 8.4+ and Valkey 9.0+ do both with native commands, for less work on the server'
+      if (infos.length === 0) return check('ok', 'server', `version unknown (INFO refused); ${paths}.`)
+      const [, info] = infos[0]
+      const name = info.server_name === 'valkey' ? 'Valkey' : 'Redis'
+      const version = info.valkey_version ?? info.redis_version ?? '?'
+      const mode = cluster ? `cluster of ${masters.length} masters` : 'standalone'
+      if (Number(version.split('.')[0]) < 6) {
+        return check('fail', 'server', `${name} ${version} (${mode}) is older than the store supports (Redis 6.0+, Valkey 7.2+): upgrade it.`)
+      }
+      return check('ok', 'server', `${name} ${version} (${mode}): ${paths}.`)
+    }),
+  )
 
   // --- memory, persistence, replication: each master's INFO (and one
   // CONFIG GET), the worst master's line -----------------------------------
@@ -109,85 +134,101 @@ async function examine(native) {
    * @param {string | null} setting the CONFIG GET the check also reads
    * @param {(at: string, info: Record<string, string>, config: unknown) => DoctorCheck} judge
    */
-  const perMaster = async (name, setting, judge) => {
-    if (infos.length === 0) return noInfo(name)
-    const found = []
-    for (const [node, info] of infos) {
-      const config = setting === null ? null : await query(node, 'CONFIG', 'GET', setting)
-      found.push(judge(where(node), info, config))
-    }
-    return worst(found)
-  }
+  const perMaster = (name, setting, judge) =>
+    attempt(name, async () => {
+      if (infos.length === 0) return noInfo(name)
+      const found = []
+      for (const [node, info] of infos) {
+        const config = setting === null ? null : await query(node, 'CONFIG', 'GET', setting)
+        found.push(judge(where(node), info, config))
+      }
+      return worst(found)
+    })
   checks.push(await perMaster('memory', null, memoryCheck))
   checks.push(await perMaster('persistence', 'save', persistenceCheck))
   checks.push(await perMaster('replication', 'min-replicas-to-write', replicationCheck))
 
   // --- acl ----------------------------------------------------------------
-  const access = await native.commandAccess()
-  const denied = access.filter((a) => !a.allowed)
-  const how = access.some((a) => a.checkedBy === 'probe') ? 'harmless probes on a missing key' : 'ACL DRYRUN'
-  const grant = (/** @type {typeof access} */ list) => list.map((a) => `+${a.command}`).join(' ')
-  const requiredDenied = denied.filter((a) => a.required)
-  if (requiredDenied.length > 0) {
-    const reason = requiredDenied[0].reason ? ` (${requiredDenied[0].reason})` : ''
-    checks.push(check('fail', 'acl', `this user may not run ${requiredDenied.map((a) => a.command.toUpperCase()).join(', ')}${reason}, which the store needs: calls fail with ERR_AUTH. Grant ${grant(requiredDenied)} (checked with ${how}).`))
-  } else if (denied.length > 0) {
-    checks.push(check('warn', 'acl', `this user may not run ${denied.map((a) => a.command.toUpperCase()).join(', ')}: the store does without (scripts instead of native commands; ids(), length(), clear() or touch() fail). Grant ${grant(denied)} for them (checked with ${how}).`))
-  } else {
-    checks.push(check('ok', 'acl', `this user may run all ${access.length} commands the store sends (checked with ${how}).`))
-  }
+  checks.push(
+    await attempt('acl', async () => {
+      const access = await native.commandAccess()
+      const denied = access.filter((a) => !a.allowed)
+      const how = access.some((a) => a.checkedBy === 'probe') ? 'harmless probes on a missing key' : 'ACL DRYRUN'
+      const grant = (/** @type {typeof access} */ list) => list.map((a) => `+${a.command}`).join(' ')
+      const names = (/** @type {typeof access} */ list) => list.map((a) => a.command.toUpperCase()).join(', ')
+      const requiredDenied = denied.filter((a) => a.required)
+      if (requiredDenied.length > 0) {
+        const reason = requiredDenied[0].reason ? ` (${requiredDenied[0].reason})` : ''
+        return check('fail', 'acl', `this user may not run ${names(requiredDenied)}${reason}, which the store needs: calls fail with ERR_AUTH. Grant ${grant(requiredDenied)} (checked with ${how}).`)
+      }
+      if (denied.length > 0) {
+        return check('warn', 'acl', `this user may not run ${names(denied)}: the store does without (scripts instead of native commands; ids(), length(), clear(), ping() or touch() fail). Grant ${grant(denied)} for them (checked with ${how}).`)
+      }
+      return check('ok', 'acl', `this user may run all ${access.length} commands the store sends (checked with ${how}).`)
+    }),
+  )
 
   // --- latency ------------------------------------------------------------
-  const times = []
-  for (let i = 0; i < PINGS; i++) times.push(await native.ping())
-  times.sort((a, b) => a - b)
-  const p50 = times[Math.floor(PINGS * 0.5)]
-  const p99 = times[Math.ceil(PINGS * 0.99) - 1]
-  const bound = native.callBoundMs
-  const ms = (/** @type {number} */ t) => `${t < 10 ? t.toFixed(2) : t.toFixed(0)} ms`
-  const rtt = `round trip p50 ${ms(p50)}, p99 ${ms(p99)} over ${PINGS} PINGs`
-  if (p99 >= bound / 2) {
-    checks.push(check('fail', 'latency', `${rtt}: a request's calls come near the call bound of ${bound} ms (connectTimeout + commandTimeout) and will time out; move the app near Redis or raise commandTimeout.`))
-  } else if (p50 >= 2) {
-    checks.push(check('warn', 'latency', `${rtt}: every request waits at least this per call; Redis in the app's zone or network is usually under 1 ms.`))
-  } else {
-    checks.push(check('ok', 'latency', `${rtt}.`))
-  }
+  checks.push(
+    await attempt('latency', async () => {
+      const bound = native.callBoundMs
+      const times = []
+      try {
+        for (let i = 0; i < PINGS; i++) times.push(await native.ping())
+      } catch (e) {
+        if (!/^ERR_TIMEOUT/.test(String(/** @type {Error} */ (e)?.message))) throw e
+        return check('fail', 'latency', `a PING got no answer within the call bound of ${bound} ms (connectTimeout + commandTimeout): calls will time out. Move the app near Redis or raise commandTimeout.`)
+      }
+      times.sort((a, b) => a - b)
+      const p50 = times[Math.floor(PINGS * 0.5)]
+      const p99 = times[Math.ceil(PINGS * 0.99) - 1]
+      const ms = (/** @type {number} */ t) => `${t < 10 ? t.toFixed(2) : t.toFixed(0)} ms`
+      const rtt = `round trip p50 ${ms(p50)}, p99 ${ms(p99)} over ${PINGS} PINGs`
+      if (p99 >= bound / 2) {
+        return check('fail', 'latency', `${rtt}: a request's calls come near the call bound of ${bound} ms (connectTimeout + commandTimeout) and will time out; move the app near Redis or raise commandTimeout.`)
+      }
+      if (p50 >= 2) {
+        return check('warn', 'latency', `${rtt}: every request waits at least this per call; Redis in the app's zone or network is usually under 1 ms.`)
+      }
+      return check('ok', 'latency', `${rtt}.`)
+    }),
+  )
 
   // --- cluster ------------------------------------------------------------
   if (cluster) {
-    const bad = []
-    for (const [node, reply] of perNode(await query('*', 'CLUSTER', 'INFO'))) {
-      const info = parseInfo(String(reply))
-      if (isError(reply)) bad.push(`${node} (${errorText(reply)})`)
-      else if (info.cluster_state !== 'ok' || info.cluster_slots_ok !== '16384') {
-        bad.push(`${node} (state ${info.cluster_state}, ${info.cluster_slots_ok ?? '?'} of 16384 slots served)`)
-      }
-    }
-    if (bad.length > 0) {
-      checks.push(check('fail', 'cluster', `not every slot is served: ${bad.join('; ')}: calls on keys in the missing slots fail with ERR_CONNECTION (CLUSTERDOWN). Assign or recover the slots.`))
-    } else {
-      checks.push(check('ok', 'cluster', `${masters.length} masters serve all 16384 slots.`))
-    }
+    checks.push(
+      await attempt('cluster', async () => {
+        const bad = []
+        for (const [node, reply] of perNode(await query('*', 'CLUSTER', 'INFO'))) {
+          const info = parseInfo(String(reply))
+          if (isError(reply)) bad.push(`${node} (${errorText(reply)})`)
+          else if (info.cluster_state !== 'ok' || info.cluster_slots_ok !== '16384') {
+            bad.push(`${node} (state ${info.cluster_state}, ${info.cluster_slots_ok ?? '?'} of 16384 slots served)`)
+          }
+        }
+        if (bad.length > 0) {
+          return check('fail', 'cluster', `not every slot is served: ${bad.join('; ')}: calls on keys in the missing slots fail with ERR_CONNECTION (CLUSTERDOWN). Assign or recover the slots.`)
+        }
+        return check('ok', 'cluster', `${masters.length} masters serve all 16384 slots.`)
+      }),
+    )
   }
 
   // --- scripts ------------------------------------------------------------
-  const shas = native.scriptShas
-  const missing = perNode(await query('*', 'SCRIPT', 'EXISTS', ...shas)).filter(([, r]) => !Array.isArray(r) || r.some((x) => x !== 1))
-  if (missing.length > 0) {
-    const nodes = cluster ? ` on ${missing.map(([n]) => n).join(', ')}` : ''
-    const refused = missing.find(([, r]) => isError(r))
-    if (refused) {
-      checks.push(check('warn', 'scripts', `cannot tell whether the scripts are loaded${nodes}: ${errorText(refused[1])}.`))
-    } else {
-      checks.push(check('warn', 'scripts', `the store's scripts are not loaded${nodes}: the first ${native8 ? 'merge conflict' : 'merge or unlock'} loads them (NOSCRIPT, then SCRIPT LOAD: one more round trip); preloadScript: true loads them when the store is created.`))
-    }
-  } else {
-    checks.push(check('ok', 'scripts', `the store's 3 scripts are loaded${cluster ? ' on every master' : ''}.`))
-  }
+  checks.push(
+    await attempt('scripts', async () => {
+      const replies = perNode(await query('*', 'SCRIPT', 'EXISTS', ...native.scriptShas))
+      const missing = replies.filter(([, r]) => !Array.isArray(r) || r.some((x) => x !== 1))
+      if (missing.length === 0) return check('ok', 'scripts', `the store's 3 scripts are loaded${cluster ? ' on every master' : ''}.`)
+      const nodes = cluster ? ` on ${missing.map(([n]) => n).join(', ')}` : ''
+      const refused = missing.find(([, r]) => isError(r))
+      if (refused) return check('warn', 'scripts', `cannot tell whether the scripts are loaded${nodes}: ${errorText(refused[1])}.`)
+      return check('warn', 'scripts', `the store's scripts are not loaded${nodes}: the first ${native8 ? 'merge conflict' : 'merge or unlock'} loads them (NOSCRIPT, then SCRIPT LOAD: one more round trip); preloadScript: true loads them when the store is created.`)
+    }),
+  )
 
   // --- sessions -----------------------------------------------------------
-  checks.push(await sessionsCheck(native, query, infos))
+  checks.push(await attempt('sessions', () => sessionsCheck(native, query, infos)))
 
   return { ok: checks.every((c) => c.level !== 'fail'), checks }
 }

@@ -77,6 +77,12 @@ describe(`admin calls on ${SESSIONS.toLocaleString('en-US')} sessions${redis.clu
     assert.equal(await store.length(), SESSIONS)
   })
 
+  it('ping() answers from every master', async () => {
+    const ms = await store.ping()
+    assert.ok(typeof ms === 'number' && ms >= 0)
+    assert.equal(store.status, 'ready')
+  })
+
   it('touch() sets the time to live of an existing session and creates nothing', async () => {
     const id = ids[LOCKS + 1]
     assert.equal(await store.touch(id, 5000), true)

@@ -193,6 +193,54 @@ describe('doctor on a single server', { skip: onCluster }, () => {
     await store.close()
   })
 
+  it('fails a server older than the store supports', async () => {
+    // A proxy that makes the server claim Redis 5.0 in INFO (same length).
+    const proxy = await startProxy(server.port)
+    proxy.rewrite = (data) => Buffer.from(data.toString('latin1').replace(/redis_version:\d+\.\d+\.\d+/, (v) => v.replace(/:\d+/, ':5')), 'latin1')
+    try {
+      const r = await doctor({ url: proxy.url })
+      assert.equal(r.server.level, 'fail')
+      assert.match(r.server.message, /^Redis 5\.[\d.]+ \(standalone\) is older than the store supports/)
+    } finally {
+      await proxy.stop()
+    }
+  })
+
+  it('fails a server whose last snapshot failed: saves are refused', async () => {
+    // A directory no file can be made in.
+    const broken = await startRedis({ args: ['--dir', '/proc'] })
+    const b = new Redis({ port: broken.port, host: '127.0.0.1' })
+    try {
+      await b.bgsave()
+      for (let i = 0; i < 100 && !/rdb_last_bgsave_status:err/.test(await b.info('persistence')); i++) await new Promise((res) => setTimeout(res, 20))
+      const r = await doctor({ url: broken.url })
+      assert.equal(r.persistence.level, 'fail')
+      assert.match(r.persistence.message, /the last RDB snapshot failed.*MISCONF/)
+    } finally {
+      b.disconnect()
+      await broken.stop()
+    }
+  })
+
+  it('fails a round trip that comes near the call bound', async () => {
+    const proxy = await startProxy(server.port)
+    proxy.delayMs = 50
+    try {
+      const r = await doctor({ url: proxy.url, connectTimeout: 40, commandTimeout: 60 })
+      assert.equal(r.latency.level, 'fail')
+      assert.match(r.latency.message, /come near the call bound of 100 ms/)
+    } finally {
+      await proxy.stop()
+    }
+  })
+
+  it('warns of a user that may not run a command the store only uses where allowed', async () => {
+    await admin.call('ACL', 'SETUSER', 'noscan', 'on', '>pw', '~*', '+@all', '-scan')
+    const r = await doctor({ url: server.url, username: 'noscan', password: 'pw' })
+    assert.equal(r.acl.level, 'warn')
+    assert.match(r.acl.message, /may not run SCAN: the store does without.*Grant \+scan/)
+  })
+
   it('reports a server it cannot reach, with exit code 1', async () => {
     const { code, out } = await cli('doctor', 'redis://127.0.0.1:1', '--connect-timeout', '300')
     assert.equal(code, 1)

@@ -385,36 +385,57 @@ impl Store {
             Value::SimpleString(u) => Some(u.clone()),
             _ => None,
         };
-        let mut out = Vec::new();
-        for (name, required, probe) in probes {
-            let dry = match &user {
-                Some(user) => {
-                    let mut dry = redis::cmd("ACL");
-                    dry.arg("DRYRUN").arg(user);
+        let probes: Vec<(&str, bool, Cmd)> = probes.collect();
+        // Every DRYRUN in one pipeline, then every probe DRYRUN could not
+        // answer in another: two round trips, whatever the latency.
+        let dry: Vec<Option<Value>> = match &user {
+            Some(user) => {
+                let mut pipe = redis::pipe();
+                pipe.ignore_errors();
+                for (_, _, probe) in &probes {
+                    let dry = pipe.cmd("ACL").arg("DRYRUN").arg(user);
                     for a in probe.args_iter() {
                         if let redis::Arg::Simple(a) = a {
                             dry.arg(a);
                         }
                     }
-                    Some(ready.query(&dry, Route::ByKey).await?)
                 }
-                None => None,
-            };
-            // DRYRUN answers OK or the reason; an error reply means DRYRUN
-            // itself is refused or unknown: then the probe itself is sent.
-            let by_dryrun = matches!(
-                dry,
+                ready.exec(&pipe).await?.into_iter().map(Some).collect()
+            }
+            None => probes.iter().map(|_| None).collect(),
+        };
+        // DRYRUN answers OK or the reason; an error reply means DRYRUN itself
+        // is refused or unknown: then the probe itself is sent.
+        let answered = |d: &Option<Value>| {
+            matches!(
+                d,
                 Some(Value::Okay | Value::BulkString(_) | Value::SimpleString(_))
-            );
-            let verdict = match dry {
+            )
+        };
+        let mut pipe = redis::pipe();
+        pipe.ignore_errors();
+        for ((_, _, probe), d) in probes.iter().zip(&dry) {
+            if !answered(d) {
+                pipe.add_command(probe.clone());
+            }
+        }
+        let mut probed = if pipe.cmd_iter().next().is_some() {
+            ready.exec(&pipe).await?.into_iter()
+        } else {
+            Vec::new().into_iter()
+        };
+        let mut out = Vec::with_capacity(probes.len());
+        for ((name, required, _), d) in probes.into_iter().zip(dry) {
+            let by_dryrun = answered(&d);
+            let verdict = match d {
                 Some(Value::Okay) => Ok(()),
                 Some(Value::BulkString(reason)) => {
                     Err(String::from_utf8_lossy(&reason).into_owned())
                 }
                 Some(Value::SimpleString(reason)) if reason != "OK" => Err(reason),
                 Some(Value::SimpleString(_)) => Ok(()),
-                _ => match ready.query(&probe, Route::ByKey).await? {
-                    Value::ServerError(e) if is_denied(&e) => {
+                _ => match probed.next() {
+                    Some(Value::ServerError(e)) if is_denied(&e) => {
                         Err(StoreError::from(redis::RedisError::from(e)).message)
                     }
                     _ => Ok(()),
