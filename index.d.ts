@@ -44,8 +44,6 @@ export declare class NativeStore {
   get callBoundMs(): number
   /** The SHA1 of the merge, swap and unlock scripts, in that order. */
   get scriptShas(): Array<string>
-  /** The lock key prefix (after the key prefix). */
-  get lockPrefix(): string
   /** The key prefix (for tracing). */
   get prefix(): string
   /** `'connecting' | 'ready' | 'reconnecting' | 'closed'`. */

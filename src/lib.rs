@@ -160,12 +160,6 @@ impl NativeStore {
         [s.merge, s.swap, s.unlock].map(str::to_owned).to_vec()
     }
 
-    /// The lock key prefix (after the key prefix).
-    #[napi(getter)]
-    pub fn lock_prefix(&self) -> String {
-        self.inner.keys.lock("")[self.inner.keys.prefix().len()..].to_owned()
-    }
-
     /// The key prefix (for tracing).
     #[napi(getter)]
     pub fn prefix(&self) -> String {
