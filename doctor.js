@@ -176,7 +176,7 @@ async function examine(native) {
       try {
         for (let i = 0; i < PINGS; i++) times.push(await native.ping())
       } catch (e) {
-        if (!/^ERR_TIMEOUT/.test(String(/** @type {Error} */ (e)?.message))) throw e
+        if (!String(/** @type {Error} */ (e)?.message).startsWith('ERR_TIMEOUT')) throw e
         return check('fail', 'latency', `a PING got no answer within the call bound of ${bound} ms (connectTimeout + commandTimeout): calls will time out. Move the app near Redis or raise commandTimeout.`)
       }
       times.sort((a, b) => a - b)
@@ -266,7 +266,7 @@ function persistenceCheck(at, info, save) {
     return check('fail', 'persistence', `${at}the last ${info.rdb_last_bgsave_status === 'err' ? 'RDB snapshot' : 'AOF write'} failed: with stop-writes-on-bgsave-error, Redis refuses every save (MISCONF). Fix the disk or its permissions.`)
   }
   const aof = info.aof_enabled === '1'
-  const snapshots = Array.isArray(save) ? String(save[1] ?? save.save ?? '') : save && typeof save === 'object' && 'save' in save ? String(/** @type {any} */ (save).save) : null
+  const snapshots = Array.isArray(save) ? String(save[1] ?? '') : save && typeof save === 'object' && 'save' in save ? String(/** @type {any} */ (save).save) : null
   if (aof) {
     return check('ok', 'persistence', `${at}AOF on${snapshots ? `, RDB snapshots (save ${snapshots})` : ''}: a restart keeps sessions, up to the last second's writes (appendfsync everysec).`)
   }

@@ -218,7 +218,7 @@ export interface OpCounts {
 }
 
 /** Operation codes; exported to `store.js` as `OpKind`. */
-export declare const enum OpKind {
+export declare enum OpKind {
   Get = 0,
   Set = 1,
   Delete = 2,
@@ -241,7 +241,7 @@ export interface OpLatencies {
 }
 
 /** How an op settled, as `store.js` reads it; exported as `OutcomeCode`. */
-export declare const enum OutcomeCode {
+export declare enum OutcomeCode {
   Done = 0,
   True = 1,
   False = 2,

@@ -258,6 +258,7 @@ function mergePairs(paths) {
     throw invalid(`paths has ${keys.length} paths; one merge takes at most ${MAX_MERGE_PATHS} (MAX_MERGE_PATHS)`)
   }
   /** @type {string[]} */
+  // oxlint-disable-next-line unicorn/no-new-array -- sized once, filled by index below
   const pairs = new Array(keys.length * 2)
   for (let i = 0; i < keys.length; i++) {
     const path = keys[i]
@@ -468,7 +469,8 @@ class RedisSessionStore {
   /** @param {StoreOptions} options */
   constructor(options) {
     try {
-      this.#native = new NativeStore(options, onOutcomes)
+      // checkOptions made the TLS PEM text strings, as the native half takes them.
+      this.#native = new NativeStore(/** @type {import('./index').StoreOptions} */ (options), onOutcomes)
     } catch (e) {
       throw fromNative(e)
     }
@@ -859,7 +861,7 @@ class RedisSessionStore {
   async close() {
     this.#closed = true
     if (this.#batch !== null) this.#send()
-    if (this.#batches > 0) await new Promise((resolve) => this.#idle.push(resolve))
+    if (this.#batches > 0) await new Promise((resolve) => this.#idle.push(() => resolve(undefined)))
     await this.#native.close()
   }
 }

@@ -7,7 +7,7 @@ import { readFileSync, rmSync, writeFileSync } from 'node:fs'
 import path from 'node:path'
 import { fileURLToPath, pathToFileURL } from 'node:url'
 import { after, before, describe, it } from 'node:test'
-import { createRedisSessionStore, newId, rejectsWith, session, useRedis } from './support/setup.mjs'
+import { newId, rejectsWith, session, useRedis } from './support/setup.mjs'
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..')
 const redis = useRedis()
