@@ -1,11 +1,13 @@
 // `npm run demo`: one session through what relay-session does with its store,
 // printing each step and the raw keys in Redis. Uses REDIS_URL when set;
-// otherwise starts a throwaway redis-server on a free port and stops it after.
+// otherwise starts a throwaway server on a free port and stops it after: the
+// redis-server on PATH, or one fetched into .servers/ (scripts/servers.mjs).
 import { Redis } from 'ioredis'
 import { createRedisSessionStore } from 'relay-session-redis'
 import { startRedis } from './__test__/support/redis-server.mjs'
+import { demoServer } from './scripts/servers.mjs'
 
-const server = process.env.REDIS_URL ? null : await startRedis()
+const server = process.env.REDIS_URL ? null : await startRedis({ bin: demoServer() })
 const url = process.env.REDIS_URL ?? server.url
 const raw = new Redis(url)
 const store = createRedisSessionStore({ url })

