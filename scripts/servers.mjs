@@ -139,6 +139,8 @@ function gotOnce(key, bin, get) {
   const dest = path.join(cache, key)
   const file = path.join(dest, bin)
   if (existsSync(file)) return file
+  // dpkg -x makes `dest` but not .servers/ above it (a fresh clone has none).
+  mkdirSync(dest, { recursive: true })
   const work = mkdtempSync(path.join(tmpdir(), 'rsr-servers-'))
   try {
     get(dest, work)
