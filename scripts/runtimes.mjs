@@ -1,0 +1,61 @@
+#!/usr/bin/env node
+// `npm run test:runtimes`: a store round trip (set, merge, get, lock, unlock,
+// delete) under Bun and Deno, which load napi addons: Bun natively, Deno
+// through `node:module`'s createRequire with --allow-all (ffi). Both come from
+// the npm registry, installed once into .runtimes/ with `npm install` (their
+// lock files could not be `npm ci`'d: the registry lacks other platforms'
+// binaries, which `npm install` skips). Prints a table; exits 1 on a failure.
+import { spawnSync } from 'node:child_process'
+import { existsSync, mkdirSync } from 'node:fs'
+import path from 'node:path'
+import { fileURLToPath } from 'node:url'
+import { startRedis } from '../__test__/support/redis-server.mjs'
+
+const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..')
+const dir = path.join(root, '.runtimes')
+const VERSIONS = { bun: '1.4.5', deno: '2.9.6' }
+const bin = (name) => path.join(dir, 'node_modules', '.bin', name)
+
+if (!Object.keys(VERSIONS).every((name) => existsSync(bin(name)))) {
+  mkdirSync(dir, { recursive: true })
+  const pkgs = Object.entries(VERSIONS).map(([name, v]) => `${name}@${v}`)
+  console.error(`installing ${pkgs.join(', ')} into .runtimes/`)
+  const npm = spawnSync('npm', ['install', '--prefix', dir, '--no-save', '--no-audit', '--no-fund', ...pkgs], { stdio: 'inherit' })
+  if (npm.status !== 0) process.exit(npm.status ?? 1)
+}
+
+const smoke = path.join(root, '__test__', 'support', 'smoke.mjs')
+const RUNTIMES = {
+  Node: [process.execPath, smoke],
+  Bun: [bin('bun'), smoke],
+  Deno: [bin('deno'), 'run', '--allow-all', smoke],
+}
+const expected = { got: { data: { n: 2, list: [] } }, locked: true, after: null }
+
+const server = await startRedis()
+const rows = []
+let failed = false
+try {
+  for (const [name, [cmd, ...args]] of Object.entries(RUNTIMES)) {
+    const version = spawnSync(cmd, ['--version'], { encoding: 'utf8' }).stdout.trim().split('\n')[0]
+    const r = spawnSync(cmd, args, {
+      encoding: 'utf8',
+      timeout: 60_000,
+      env: { ...process.env, STORE_PATH: path.join(root, 'store.js'), REDIS_URL: server.url, NO_COLOR: '1' },
+    })
+    let ok = false
+    try {
+      const out = JSON.parse(r.stdout.trim().split('\n').at(-1) ?? '')
+      ok = r.status === 0 && JSON.stringify(out.got.data) === JSON.stringify(expected.got.data) && out.locked === true && out.after === null
+    } catch {}
+    if (!ok) {
+      failed = true
+      console.error(`${name}: exit ${r.status}\n${r.stdout}${r.stderr}`)
+    }
+    rows.push(`| ${name} | ${version} | ${ok ? 'pass' : 'FAIL'} |`)
+  }
+} finally {
+  await server.stop()
+}
+console.log(['| runtime | version | set, merge, get, lock, unlock, delete |', '|---|---|---|', ...rows].join('\n'))
+process.exit(failed ? 1 : 0)
