@@ -59,6 +59,7 @@ try {
   if (!existsSync(binary)) throw new Error(`npm/${PLATFORM}/${BINARY} is missing: run npm run build:release first`)
   const glibc = newestGlibc(binary)
   console.log(`${BINARY}: newest glibc symbol GLIBC_${glibc} (baseline ${GLIBC_BASELINE})`)
+  if (glibc !== GLIBC_BASELINE) throw new Error(`the binary to publish needs GLIBC_${glibc}, not the ${GLIBC_BASELINE} baseline`)
 
   const url = await step('start verdaccio (storage in a temporary folder)', async () => {
     const bin = verdaccioBin()
