@@ -7,11 +7,12 @@
 // crates.io (cargo install), both once into .toolchains/; nothing is
 // installed system-wide. Then checks with `objdump -T` that no symbol needs
 // a glibc newer than 2.17.
-import { execFileSync, spawnSync } from 'node:child_process'
-import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync } from 'node:fs'
+import { execFileSync } from 'node:child_process'
+import { copyFileSync, existsSync, mkdtempSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import path from 'node:path'
 import { fileURLToPath } from 'node:url'
+import { unpackWheel } from './tools.mjs'
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..')
 const tools = path.join(root, '.toolchains')
@@ -41,11 +42,7 @@ function zigDir() {
   if (existsSync(path.join(dir, 'ziglang', 'zig'))) return path.join(dir, 'ziglang')
   const work = mkdtempSync(path.join(tmpdir(), 'rsr-zig-'))
   try {
-    const pip = spawnSync('python3', ['-m', 'pip', 'download', '--no-deps', '--only-binary=:all:', '-q', '-d', work, `ziglang==${ZIG}`], { stdio: 'inherit' })
-    if (pip.status !== 0) throw new Error('getting zig needs python3 with pip (Debian: sudo apt-get install python3-pip)')
-    const wheel = readdirSync(work).find((f) => f.endsWith('.whl'))
-    mkdirSync(dir, { recursive: true })
-    execFileSync('python3', ['-c', 'import sys, zipfile; zipfile.ZipFile(sys.argv[1]).extractall(sys.argv[2])', path.join(work, String(wheel)), dir])
+    unpackWheel(`ziglang==${ZIG}`, work, dir)
     execFileSync('chmod', ['+x', path.join(dir, 'ziglang', 'zig')])
   } finally {
     rmSync(work, { recursive: true, force: true })

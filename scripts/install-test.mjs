@@ -18,6 +18,7 @@ import { fileURLToPath } from 'node:url'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { freePort, startRedis } from '../__test__/support/redis-server.mjs'
 import { GLIBC_BASELINE, newestGlibc } from './build-release.mjs'
+import { npmToolOnce } from './tools.mjs'
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..')
 const pkg = JSON.parse(readFileSync(path.join(root, 'package.json'), 'utf8'))
@@ -41,15 +42,7 @@ async function step(title, run) {
 const sh = (cmd, args, opts = {}) => execFileSync(cmd, args, { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'], ...opts })
 
 /** verdaccio, got once; its dependencies name node-fetch by a dist-tag (cjs) that is pinned here. */
-function verdaccioBin() {
-  const dir = path.join(root, '.runtimes', 'verdaccio')
-  const bin = path.join(dir, 'node_modules', '.bin', 'verdaccio')
-  if (existsSync(bin)) return bin
-  mkdirSync(dir, { recursive: true })
-  writeFileSync(path.join(dir, 'package.json'), JSON.stringify({ private: true, dependencies: { verdaccio: VERDACCIO }, overrides: { 'node-fetch': '2.7.0' } }))
-  sh('npm', ['install', '--no-audit', '--no-fund'], { cwd: dir, stdio: 'inherit' })
-  return bin
-}
+const verdaccioBin = () => npmToolOnce('verdaccio', 'verdaccio', { verdaccio: VERDACCIO }, { 'node-fetch': '2.7.0' })
 
 let registry
 let server
@@ -131,7 +124,7 @@ try {
       const store = createRedisSessionStore({ url: '${server.url}' }); ${ROUND_TRIP}`)
     if (sh(process.execPath, ['esm.mjs'], { cwd: app }).trim() !== 'ok') throw new Error('import failed')
   })
-  const deno = path.join(root, '.runtimes', 'node_modules', '.bin', 'deno')
+  const deno = path.join(root, '.runtimes', 'runtimes', 'node_modules', '.bin', 'deno')
   if (existsSync(deno)) {
     await step('Deno: npm:relay-session-redis from the registry, and a store round trip', () => {
       writeFileSync(path.join(work, 'deno.mjs'), `import { createRedisSessionStore } from 'npm:relay-session-redis@${pkg.version}'

@@ -2,27 +2,16 @@
 // `npm run test:runtimes`: a store round trip (set, merge, get, lock, unlock,
 // delete) under Bun and Deno, which load napi addons: Bun natively, Deno
 // through `node:module`'s createRequire with --allow-all (ffi). Both come from
-// the npm registry, installed once into .runtimes/ with `npm install` (their
-// lock files could not be `npm ci`'d: the registry lacks other platforms'
-// binaries, which `npm install` skips). Prints a table; exits 1 on a failure.
+// the npm registry, installed once into .runtimes/runtimes/ (tools.mjs). Prints a table; exits 1 on a failure.
 import { spawnSync } from 'node:child_process'
-import { existsSync, mkdirSync } from 'node:fs'
 import path from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { startRedis } from '../__test__/support/redis-server.mjs'
+import { npmToolOnce } from './tools.mjs'
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..')
-const dir = path.join(root, '.runtimes')
 const VERSIONS = { bun: '1.4.5', deno: '2.9.6' }
-const bin = (name) => path.join(dir, 'node_modules', '.bin', name)
-
-if (!Object.keys(VERSIONS).every((name) => existsSync(bin(name)))) {
-  mkdirSync(dir, { recursive: true })
-  const pkgs = Object.entries(VERSIONS).map(([name, v]) => `${name}@${v}`)
-  console.error(`installing ${pkgs.join(', ')} into .runtimes/`)
-  const npm = spawnSync('npm', ['install', '--prefix', dir, '--no-save', '--no-audit', '--no-fund', ...pkgs], { stdio: 'inherit' })
-  if (npm.status !== 0) process.exit(npm.status ?? 1)
-}
+const bin = (name) => npmToolOnce('runtimes', name, VERSIONS)
 
 const smoke = path.join(root, '__test__', 'support', 'smoke.mjs')
 const RUNTIMES = {

