@@ -4,7 +4,7 @@
 // ship) with cargo-zigbuild and zig, so that it loads where a binary linked
 // against this machine's glibc would fail with "GLIBC_2.34 not found". zig
 // comes from PyPI's ziglang wheel (pip download), cargo-zigbuild from
-// crates.io (cargo install), both once into .toolchains/; nothing is
+// the crates registry (cargo install), both once into .toolchains/; nothing is
 // installed system-wide. Then checks with `objdump -T` that no symbol needs
 // a glibc newer than 2.17.
 import { execFileSync } from 'node:child_process'
