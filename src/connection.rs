@@ -4,11 +4,12 @@
 //! (`capabilities.rs`), learned when it opens and again after the connection
 //! was lost. `close()` lets calls in flight finish first.
 
+use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Once};
 use std::time::{Duration, Instant};
 
-use redis::{Pipeline, Value};
+use redis::{Pipeline, RedisResult, Value};
 use tokio::sync::Notify;
 
 use crate::capabilities::{Capabilities, Native};
@@ -413,33 +414,27 @@ impl Connection {
 }
 
 impl Ready<'_> {
-    /// Runs a pipeline, answered by the call's deadline or failed with
-    /// `ERR_TIMEOUT`; error replies stay in place.
-    pub async fn exec(&self, pipe: &Pipeline) -> Result<Vec<Value>> {
+    /// Awaits `call` on this link by the call's deadline (or `ERR_TIMEOUT`).
+    /// Every call goes through here, so each one acts alike on what it
+    /// finds: an answer after a loss marks the connection found again; a
+    /// lost connection is marked, forgotten where the topology says, its
+    /// capabilities asked again, and revived in the background.
+    async fn answered<T>(&self, call: impl Future<Output = RedisResult<T>>) -> Result<T> {
         let conn = self.conn;
-        let call = async {
-            match self.link.exec(pipe).await {
-                Ok(values) => {
-                    conn.answered();
-                    // Only Sentinel acts on it: no scan of the replies otherwise.
-                    if conn.topology.follows_failover() && values.iter().any(is_readonly) {
-                        conn.forget(self.generation); // a replica now: failover
-                    }
-                    Ok(values)
-                }
-                Err(e) => {
-                    if is_lost(&e) {
-                        conn.lost.store(true, Ordering::Release);
-                        conn.unlearn(self.generation);
-                        conn.forget(self.generation);
-                        conn.revive(&self.link);
-                    }
-                    Err(StoreError::from(e))
-                }
-            }
-        };
         match tokio::time::timeout_at(self.deadline.into(), call).await {
-            Ok(result) => result,
+            Ok(Ok(value)) => {
+                conn.answered();
+                Ok(value)
+            }
+            Ok(Err(e)) => {
+                if is_lost(&e) {
+                    conn.lost.store(true, Ordering::Release);
+                    conn.unlearn(self.generation);
+                    conn.forget(self.generation);
+                    conn.revive(&self.link);
+                }
+                Err(StoreError::from(e))
+            }
             Err(_) => {
                 conn.forget(self.generation);
                 Err(conn.timeout())
@@ -447,23 +442,21 @@ impl Ready<'_> {
         }
     }
 
+    /// Runs a pipeline, answered by the call's deadline or failed with
+    /// `ERR_TIMEOUT`; error replies stay in place.
+    pub async fn exec(&self, pipe: &Pipeline) -> Result<Vec<Value>> {
+        let values = self.answered(self.link.exec(pipe)).await?;
+        // Only Sentinel acts on it: no scan of the replies otherwise.
+        if self.conn.topology.follows_failover() && values.iter().any(is_readonly) {
+            self.conn.forget(self.generation); // a replica now: failover
+        }
+        Ok(values)
+    }
+
     /// One command, sent where `to` says (`Link::query`), answered by the
     /// call's deadline.
     pub async fn query(&self, cmd: &redis::Cmd, to: Route<'_>) -> Result<Value> {
-        let conn = self.conn;
-        match tokio::time::timeout_at(self.deadline.into(), self.link.query(cmd, to)).await {
-            Ok(Ok(v)) => {
-                conn.answered();
-                Ok(v)
-            }
-            Ok(Err(e)) => {
-                if is_lost(&e) {
-                    conn.lost.store(true, Ordering::Release);
-                }
-                Err(StoreError::from(e))
-            }
-            Err(_) => Err(conn.timeout()),
-        }
+        self.answered(self.link.query(cmd, to)).await
     }
 
     /// The server refused `native` (an older server, a fork, or an ACL
