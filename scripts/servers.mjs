@@ -43,6 +43,9 @@ export function serverBinary(key) {
   if (!server) throw new Error(`unknown server ${key}; known: ${Object.keys(SERVERS).join(', ')}`)
   const bin = server.get()
   if (!bin || !existsSync(bin)) throw new Error(`${server.name}: binary not found`)
+  // A binary that cannot start here (a shared library missing) is no server.
+  const run = spawnSync(bin, ['--version'], { encoding: 'utf8', timeout: 10_000 })
+  if (run.status !== 0) throw new Error(`${server.name} does not start here: ${(run.stderr || run.error?.message || '').trim().split('\n')[0]}`)
   return bin
 }
 
@@ -186,12 +189,56 @@ function buildFromSource(key, pkg, suite) {
   })
 }
 
+/** Whether Debian package `name` is installed on this machine. */
+function installed(name) {
+  return spawnSync('dpkg-query', ['-W', '-f', '${db:Status-Status}', name], { encoding: 'utf8' }).stdout === 'installed'
+}
+
+/**
+ * The packages named by the Depends field of `deb` that this machine lacks:
+ * for each group of alternatives none of which is installed, its first.
+ */
+function lackingDepends(deb) {
+  const field = spawnSync('dpkg-deb', ['-f', deb, 'Depends'], { encoding: 'utf8' }).stdout.trim()
+  if (!field) return []
+  return field
+    .split(',')
+    .map((group) => group.split('|').map((alt) => alt.trim().split(/[\s:(]/)[0]))
+    .filter((alts) => !alts.some(installed))
+    .map((alts) => alts[0])
+}
+
+/**
+ * Valkey 8.0, Debian bookworm-backports' binary package, unpacked without
+ * installing: with every package it depends on that this machine lacks
+ * (liblzf1 and libjemalloc2 on a machine without redis-server), unpacked
+ * beside it, and started through a wrapper that points the loader at them.
+ */
 function fetchValkey80() {
-  return gotOnce('valkey-8.0', 'usr/bin/valkey-server', (dest, work) => {
-    withPrivateApt(work, [`deb ${KEYRING} ${debianMirror()} bookworm-backports main`], (apt) => {
-      execFileSync('apt-get', [...apt, 'download', '-qq', 'valkey-server/bookworm-backports', 'valkey-tools/bookworm-backports'], { cwd: work, stdio: 'inherit' })
+  return gotOnce('valkey-8.0', 'valkey-server', (dest, work) => {
+    const sources = [`deb ${KEYRING} ${debianMirror()} bookworm main`, `deb ${KEYRING} ${debianMirror()} bookworm-backports main`]
+    withPrivateApt(work, sources, (apt) => {
+      const got = new Set()
+      let wanted = ['valkey-server/bookworm-backports', 'valkey-tools/bookworm-backports']
+      while (wanted.length) {
+        execFileSync('apt-get', [...apt, 'download', '-qq', ...wanted], { cwd: work, stdio: 'inherit' })
+        for (const w of wanted) got.add(w.split('/')[0])
+        const debs = readdirSync(work).filter((f) => f.endsWith('.deb'))
+        wanted = [...new Set(debs.flatMap((deb) => lackingDepends(path.join(work, deb))))].filter((name) => !got.has(name))
+      }
     })
     for (const deb of readdirSync(work).filter((f) => f.endsWith('.deb'))) execFileSync('dpkg', ['-x', path.join(work, deb), dest])
+    const libs = readdirSafe(path.join(dest, 'usr/lib')).filter((d) => readdirSafe(path.join(dest, 'usr/lib', d)).some((f) => f.includes('.so')))
+    const libPath = libs.map((d) => `$here/usr/lib/${d}`).join(':')
+    for (const exe of ['valkey-server', 'valkey-cli']) {
+      const wrapper = path.join(dest, exe)
+      writeFileSync(
+        wrapper,
+        `#!/bin/sh\n# Debian's ${exe}, with the libraries fetched beside it.\nhere=$(cd "$(dirname "$0")" && pwd)\n` +
+          `${libPath ? `LD_LIBRARY_PATH="${libPath}\${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" ` : ''}exec "$here/usr/bin/${exe}" "$@"\n`,
+      )
+      chmodSync(wrapper, 0o755)
+    }
   })
 }
 
