@@ -12,9 +12,16 @@
 //               merging one path into the same session, so its compare-and-set
 //               keeps failing: what the store makes Redis do under contention.
 //   ordinary    8 stores each merging 1,000 paths into one 22 KB session at once.
+//   gets        4, then 8 stores each merging PATHS paths into a SIZE_KB session
+//               of its own at once, while another store of the process reads
+//               an unrelated session in a loop, one get at a time: how long a
+//               get waits while large splices run in the same process.
+//   padding     3, then 6 stores each merging 1,000 paths into a session of
+//               1,000 empty arrays, each path padding one with 100,000 nulls, with the same get loop beside them.
 //
-// STALL_PATHS (default 10000), STALL_KB (default 1024) and STALL_CASES
-// (default all three) change it. A script still running after 10 s is killed
+// STALL_PATHS (default 10000), STALL_KB (default 1024), STALL_MERGES (the
+// gets case's merges at once, default 4,8) and STALL_CASES (default all five)
+// change it. A script still running after 10 s is killed
 // (SCRIPT KILL), as an operator would.
 import { createRequire } from 'node:module'
 import { performance } from 'node:perf_hooks'
@@ -28,7 +35,8 @@ const { createRedisSessionStore } = require('../store.js')
 
 const PATHS = Number(process.env.STALL_PATHS ?? 10_000)
 const KB = Number(process.env.STALL_KB ?? 1024)
-const CASES = (process.env.STALL_CASES ?? 'script,contention,ordinary').split(',')
+const CASES = (process.env.STALL_CASES ?? 'script,contention,ordinary,gets,padding').split(',')
+const MERGES = (process.env.STALL_MERGES ?? '4,8').split(',').map(Number)
 const TTL = 600_000
 
 /** A session of about `kb` KB whose data.items has one small object per ~100 bytes. */
@@ -195,4 +203,58 @@ if (CASES.includes('ordinary')) {
     report({ case: 'ordinary', paths: 1000, kb: 22, stores: 8, ms, failed, killed, ...(await w.end()), slowest: await slowest(admin) })
     await Promise.all(stores.map((x) => x.close()))
   })
+}
+
+/** The p-th percentile of sorted `xs`, in ms with one decimal. */
+const pct = (xs, p) => Math.round(xs[Math.min(xs.length - 1, Math.ceil((p / 100) * xs.length) - 1)] * 10) / 10
+
+/**
+ * `n` stores each merging `paths(j)` into a session of its own (made by
+ * `make(id)`) at once, while one more store gets an unrelated small session in
+ * a loop: the gets' latency while the merges run.
+ */
+async function getsBeside(name, n, make, paths, extra) {
+  await withServer(async (server, admin) => {
+    const stores = Array.from({ length: n }, () => createRedisSessionStore({ url: server.url, commandTimeout: 30_000 }))
+    const reader = createRedisSessionStore({ url: server.url })
+    await reader.set('r', { data: { user: { id: 1 } }, meta: { id: 'r', createdAt: 1, expiresAt: 2 } }, TTL)
+    await Promise.all(stores.map((x, j) => x.set(`m${j}`, make(`m${j}`), TTL)))
+    await Promise.all(stores.map((x, j) => x.get(`m${j}`))) // as relay-session does: read, then save
+    const all = stores.map((_, j) => paths(j))
+    const waits = []
+    /** @type {Record<string, number>} failed gets by code (a get held past its bound: ERR_TIMEOUT) */
+    const getErrors = {}
+    let stop = false
+    const loop = (async () => {
+      while (!stop) {
+        const t0 = performance.now()
+        await reader.get('r').catch((e) => (getErrors[e.code] = (getErrors[e.code] ?? 0) + 1))
+        waits.push(performance.now() - t0)
+      }
+    })()
+    await sleep(50)
+    const t0 = performance.now()
+    const settled = await Promise.allSettled(stores.map((x, j) => x.merge(`m${j}`, all[j], TTL)))
+    const ms = Math.round(performance.now() - t0)
+    await sleep(50)
+    stop = true
+    await loop
+    const failed = settled.filter((r) => r.status === 'rejected').map((r) => r.reason.code)
+    waits.sort((a, b) => a - b)
+    report({ case: name, merges: n, ...extra, ms, failed, gets: waits.length, getP50Ms: pct(waits, 50), getP99Ms: pct(waits, 99), getMaxMs: pct(waits, 100), getErrors })
+    await Promise.all([...stores, reader].map((x) => x.close()))
+  })
+}
+
+if (CASES.includes('gets')) {
+  for (const n of MERGES) {
+    await getsBeside('gets', n, (id) => bigSession(id, KB), (j) => spreadPaths(PATHS, bigSession('x', KB).data.items.length, j), { paths: PATHS, kb: KB })
+  }
+}
+
+if (CASES.includes('padding')) {
+  // 1,000 empty arrays, each padded to 100,000 nulls by the merge.
+  const small = (id) => ({ data: Object.fromEntries(Array.from({ length: 1000 }, (_, i) => [`pad${i}`, []])), meta: { id, createdAt: 1, expiresAt: 2 } })
+  const padded = (j) => Object.fromEntries(Array.from({ length: 1000 }, (_, i) => [`data.pad${i}.99999`, j]))
+  for (const n of [3, 6]) await getsBeside('padding', n, small, padded, { paths: 1000, padding: 100_000 })
 }

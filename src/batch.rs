@@ -29,16 +29,18 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use redis::{Pipeline, Value};
+use tokio::sync::oneshot;
 
 use crate::capabilities::{is_refusal, swapped, Capabilities, Native, SwapBy};
 use crate::errors::{Code, StoreError};
-use crate::limits::SCRIPT_WORK;
+use crate::limits::{MAX_PADDING, SCRIPT_WORK};
 use crate::lock::new_token;
 use crate::ops::{
     decode_replies, is_noscript, push_commands, push_delete_session, push_read, push_swap, Kind,
     Op, Outcome,
 };
-use crate::splice::{self, SpliceError};
+use crate::splice::SpliceError;
+use crate::splicer::{self, Spliced};
 use crate::stats::{MergeStep, Release};
 use crate::store::Store;
 use crate::texts::Remembered;
@@ -58,6 +60,13 @@ enum Step {
     Swap {
         old: Arc<Vec<u8>>,
         new: Vec<u8>,
+        remembered: bool,
+    },
+    /// Merge: the paths are being spliced into `old` on the splicer's
+    /// threads; then `Swap`.
+    Splicing {
+        spliced: oneshot::Receiver<Spliced>,
+        old: Arc<Vec<u8>>,
         remembered: bool,
     },
 }
@@ -92,9 +101,10 @@ struct Planned {
     token: Option<String>,
 }
 
-/// A splice of more than this (paths × bytes) runs with `block_in_place`, so
-/// the runtime's other tasks move to another thread meanwhile.
-const BLOCKING_SPLICE: usize = 4 << 20;
+/// A splice of more than this (paths × bytes) is queued to the splicer's
+/// threads (`splicer`), so that it never holds a runtime worker; smaller ones,
+/// a millisecond or two at most, run where they are.
+const QUEUED_SPLICE: usize = 4 << 20;
 /// Backoff after the n-th conflict: a random wait up to 2^n ms, at most this.
 const MAX_BACKOFF: Duration = Duration::from_millis(32);
 
@@ -106,29 +116,29 @@ fn backoff(conflicts: u32) -> Duration {
     Duration::from_micros(random % (cap * 1000 + 1))
 }
 
-/// The paths of `op` spliced into `old` (`checked`: known to be one JSON
-/// object), given up at `deadline`; large splices step off the runtime's
-/// worker meanwhile.
-fn spliced(
-    old: &[u8],
-    checked: bool,
-    op: &Op,
-    deadline: Instant,
-) -> std::result::Result<Vec<u8>, SpliceError> {
-    let work = old.len().saturating_mul((op.args.len() / 2).max(1));
-    let multi_thread = tokio::runtime::Handle::try_current()
-        .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
-    let splice = || {
-        if checked {
-            splice::merge_checked(old, &op.args, Some(deadline))
-        } else {
-            splice::merge_until(old, &op.args, Some(deadline))
-        }
-    };
-    if work > BLOCKING_SPLICE && multi_thread {
-        tokio::task::block_in_place(splice)
-    } else {
-        splice()
+/// About how many bytes a splice of `pairs` (path, value, …) into a text of
+/// `len` bytes reads and writes: each path is looked up in the whole text, and
+/// an index past an array's end pads it with nulls (5 bytes each, at most
+/// `MAX_PADDING` a path), which a short text with many such paths makes the
+/// larger part.
+fn splice_work(len: usize, pairs: &[String]) -> usize {
+    let paths = pairs.len() / 2;
+    let padding: usize = pairs
+        .iter()
+        .step_by(2)
+        .flat_map(|path| path.split('.'))
+        .filter_map(|segment| segment.parse::<u32>().ok())
+        .map(|index| index.min(MAX_PADDING) as usize * 5)
+        .sum();
+    len.saturating_mul(paths.max(1)).saturating_add(padding)
+}
+
+/// The paths of op `at` of `ops`, for a splice queued to another thread.
+struct Pairs(Arc<Vec<Op>>, usize);
+
+impl AsRef<[String]> for Pairs {
+    fn as_ref(&self) -> &[String] {
+        &self.0[self.1].args
     }
 }
 
@@ -136,12 +146,12 @@ fn spliced(
 /// deadline passes.
 pub struct Batch<'a> {
     store: &'a Store,
-    ops: &'a [Op],
+    ops: &'a Arc<Vec<Op>>,
     deadline: Instant,
 }
 
 impl<'a> Batch<'a> {
-    pub fn new(store: &'a Store, ops: &'a [Op], deadline: Instant) -> Self {
+    pub fn new(store: &'a Store, ops: &'a Arc<Vec<Op>>, deadline: Instant) -> Self {
         Batch {
             store,
             ops,
@@ -154,7 +164,7 @@ impl<'a> Batch<'a> {
     /// an earlier op of the batch on the same session may still need another
     /// round.
     pub async fn run(&self, deliver: &mut (dyn FnMut(Vec<(usize, Outcome)>) + Send)) {
-        let (ops, deadline) = (self.ops, self.deadline);
+        let (ops, deadline) = (&self.ops[..], self.deadline);
         let mut todo: Vec<Pending> = (0..ops.len())
             .map(|op| Pending {
                 op,
@@ -197,14 +207,22 @@ impl<'a> Batch<'a> {
                 }
                 // A merge's first step is chosen now, after the ops before it.
                 let step = p.step.take().unwrap_or_else(|| match op.kind {
-                    Kind::Merge => self.first_merge_step(op),
+                    Kind::Merge => self.first_merge_step(p.op),
                     _ => Step::Commands,
                 });
+                if let Step::Splicing { .. } = step {
+                    // Its splice runs on another thread meanwhile.
+                    p.step = Some(step);
+                    waiting.push(p);
+                    continue;
+                }
                 round.push((p, step));
             }
             todo = waiting;
             if round.is_empty() {
-                tokio::time::sleep_until(wake.into()).await;
+                if !self.await_splices(&mut todo, deliver).await {
+                    tokio::time::sleep_until(wake.into()).await;
+                }
                 continue;
             }
             let ready = match self.store.conn.ready(deadline).await {
@@ -258,7 +276,7 @@ impl<'a> Batch<'a> {
                     continue;
                 }
                 let op = &ops[pending.op];
-                match self.advance(op, step, token, r, &capabilities) {
+                match self.advance(pending.op, step, token, r, &capabilities) {
                     Next::Finished(outcome) => done.push((pending.op, outcome)),
                     Next::Then(step) => {
                         pending.step = Some(step);
@@ -289,6 +307,7 @@ impl<'a> Batch<'a> {
             if !done.is_empty() {
                 deliver(done);
             }
+            self.await_splices(&mut todo, deliver).await;
             if missing_script {
                 scripts_loaded = true;
                 if let Err(e) = self.store.load_scripts(deadline).await {
@@ -335,6 +354,8 @@ impl<'a> Batch<'a> {
                 Step::Swap { old, new, .. } => {
                     push_swap(&mut pipe, op, &self.store.keys, how, old, new).map(|_| 1)
                 }
+                // Never planned: a splicing merge waits for its splice.
+                Step::Splicing { .. } => Err(splicing_planned()),
             };
             match pushed {
                 Ok(0) => {
@@ -360,44 +381,137 @@ impl<'a> Batch<'a> {
 
     /// A merge starts with the compare-and-set when this store has the session's
     /// text, and with a read otherwise.
-    fn first_merge_step(&self, op: &Op) -> Step {
-        match self.store.texts.get(&op.id) {
+    fn first_merge_step(&self, at: usize) -> Step {
+        match self.store.texts.get(&self.ops[at].id) {
             Some(Remembered { text: old, checked }) => {
-                match spliced(&old, checked, op, self.deadline) {
-                    Ok(new) => Step::Swap {
-                        old,
-                        new,
-                        remembered: true,
-                    },
-                    Err(_) => Step::Read, // let the stored text decide
-                }
-            }
+                self.splice(at, old, checked, true).unwrap_or(Step::Read)
+            } // let the stored text decide
             None => Step::Read,
         }
+    }
+
+    /// The paths of op `at` spliced into `old` (`checked`: known to be one
+    /// JSON object), which this store remembered or just read: the
+    /// compare-and-set that writes them, or the splice still running on the
+    /// splicer's threads when it is large.
+    fn splice(
+        &self,
+        at: usize,
+        old: Arc<Vec<u8>>,
+        checked: bool,
+        remembered: bool,
+    ) -> std::result::Result<Step, Outcome> {
+        let op = &self.ops[at];
+        if splice_work(old.len(), &op.args) > QUEUED_SPLICE {
+            let pairs = Pairs(Arc::clone(self.ops), at);
+            let spliced = splicer::queue_splice(Arc::clone(&old), checked, pairs, self.deadline);
+            return Ok(Step::Splicing {
+                spliced,
+                old,
+                remembered,
+            });
+        }
+        let spliced = splicer::splice_now(&old, checked, &op.args, self.deadline);
+        self.after_splice(spliced, old, remembered)
+    }
+
+    /// What a splice gives: the compare-and-set of its text, or (a read
+    /// text) the outcome of a failed one; a remembered text that does not
+    /// splice is read instead.
+    fn after_splice(
+        &self,
+        spliced: Spliced,
+        old: Arc<Vec<u8>>,
+        remembered: bool,
+    ) -> std::result::Result<Step, Outcome> {
+        let failed = match spliced {
+            Ok(new) => {
+                return Ok(Step::Swap {
+                    old,
+                    new,
+                    remembered,
+                })
+            }
+            Err(_) if remembered => return Ok(Step::Read),
+            Err(SpliceError::Corrupt(m)) => StoreError::new(Code::CorruptSession, m),
+            Err(SpliceError::BadArg(m)) => StoreError::invalid_arg(m),
+            Err(SpliceError::OutOfTime) => self.store.conn.timeout(),
+        };
+        Err(Outcome::Failed(failed))
+    }
+
+    /// Awaits the splices of the ops of `todo` that are splicing, without
+    /// holding a runtime worker, and hands over the outcomes of those that
+    /// failed; false when none was splicing.
+    async fn await_splices(
+        &self,
+        todo: &mut Vec<Pending>,
+        deliver: &mut (dyn FnMut(Vec<(usize, Outcome)>) + Send),
+    ) -> bool {
+        if !todo
+            .iter()
+            .any(|p| matches!(p.step, Some(Step::Splicing { .. })))
+        {
+            return false;
+        }
+        let mut done = Vec::new();
+        for mut p in std::mem::take(todo) {
+            let Some(Step::Splicing {
+                spliced,
+                old,
+                remembered,
+            }) = p.step.take()
+            else {
+                todo.push(p);
+                continue;
+            };
+            let next = match spliced.await {
+                Ok(spliced) => self.after_splice(spliced, old, remembered),
+                Err(_) => Err(Outcome::Failed(StoreError::new(
+                    Code::Redis,
+                    "internal error: the splice stopped",
+                ))),
+            };
+            match next {
+                Ok(step) => {
+                    p.step = Some(step);
+                    todo.push(p);
+                }
+                Err(outcome) => done.push((p.op, outcome)),
+            }
+        }
+        if !done.is_empty() {
+            deliver(done);
+        }
+        true
     }
 
     /// What an op's replies to one step mean: its outcome, or its next step.
     fn advance(
         &self,
-        op: &Op,
+        at: usize,
         step: Step,
         token: Option<String>,
         replies: &mut [Value],
         capabilities: &Capabilities,
     ) -> Next {
+        let op = &self.ops[at];
         let stats = &self.store.stats;
         let refused = |native: Native| {
             capabilities.is_native(native)
                 && matches!(replies.first(), Some(Value::ServerError(e)) if is_refusal(e))
         };
         match step {
+            Step::Splicing { .. } => Next::Finished(Outcome::Failed(splicing_planned())),
             Step::Script if replies.first() == Some(&Value::Int(-1)) => {
                 Next::Conflict(None) // the script declined: the text grew past its budget
             }
-            Step::Commands if op.kind == Kind::Delete => match decode_replies(op.kind, replies) {
-                Outcome::Done => Next::Then(Step::DeleteSession),
-                failed => Next::Finished(failed),
-            },
+            Step::Commands if op.kind == Kind::Delete => {
+                match decode_replies(op.kind, replies, self.store.conn.is_cluster()) {
+                    Outcome::Done => Next::Then(Step::DeleteSession),
+                    failed => Next::Finished(failed),
+                }
+            }
             Step::Commands if op.kind == Kind::Unlock && refused(Native::Release) => {
                 Next::Refused(Native::Release, Step::Commands)
             }
@@ -408,10 +522,11 @@ impl<'a> Batch<'a> {
                     (Kind::Merge, Some(Value::Int(_))) => stats.merge_step(MergeStep::Script),
                     _ => {}
                 }
-                Next::Finished(
-                    self.store
-                        .settle(op, token, decode_replies(op.kind, replies)),
-                )
+                Next::Finished(self.store.settle(
+                    op,
+                    token,
+                    decode_replies(op.kind, replies, self.store.conn.is_cluster()),
+                ))
             }
             Step::Read => match replies.first_mut().map(std::mem::take) {
                 Some(Value::Nil) => {
@@ -419,25 +534,19 @@ impl<'a> Batch<'a> {
                     self.store.texts.forget(&op.id);
                     Next::Finished(Outcome::Done) // no session: nothing to merge
                 }
-                Some(Value::BulkString(old)) => match spliced(&old, false, op, self.deadline) {
-                    Ok(new) => Next::Then(Step::Swap {
-                        old: Arc::new(old),
-                        new,
-                        remembered: false,
-                    }),
-                    Err(SpliceError::Corrupt(m)) => {
-                        Next::Finished(Outcome::Failed(StoreError::new(Code::CorruptSession, m)))
+                Some(Value::BulkString(old)) => {
+                    match self.splice(at, Arc::new(old), false, false) {
+                        Ok(step) => Next::Then(step),
+                        Err(outcome) => Next::Finished(outcome),
                     }
-                    Err(SpliceError::BadArg(m)) => {
-                        Next::Finished(Outcome::Failed(StoreError::invalid_arg(m)))
-                    }
-                    Err(SpliceError::OutOfTime) => {
-                        Next::Finished(Outcome::Failed(self.store.conn.timeout()))
-                    }
-                },
+                }
                 other => Next::Finished(
-                    decode_replies(Kind::Get, &other.into_iter().collect::<Vec<_>>())
-                        .failed_or_unexpected(),
+                    decode_replies(
+                        Kind::Get,
+                        &other.into_iter().collect::<Vec<_>>(),
+                        self.store.conn.is_cluster(),
+                    )
+                    .failed_or_unexpected(),
                 ),
             },
             Step::Swap {
@@ -469,10 +578,22 @@ impl<'a> Batch<'a> {
                         remembered,
                     },
                 ),
-                None => Next::Finished(decode_replies(Kind::Merge, replies)),
+                None => Next::Finished(decode_replies(
+                    Kind::Merge,
+                    replies,
+                    self.store.conn.is_cluster(),
+                )),
             },
         }
     }
+}
+
+/// A merge planned while its splice runs: never, by the run loop's order.
+fn splicing_planned() -> StoreError {
+    StoreError::new(
+        Code::Redis,
+        "internal error: a merge was sent before its splice ended",
+    )
 }
 
 impl Outcome {
@@ -491,6 +612,21 @@ impl Outcome {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn padding_counts_as_splice_work() {
+        let pairs = |paths: &[&str]| -> Vec<String> {
+            paths
+                .iter()
+                .flat_map(|p| [p.to_string(), "1".to_string()])
+                .collect()
+        };
+        assert_eq!(splice_work(100, &pairs(&["data.a", "data.b"])), 200);
+        assert!(splice_work(100, &pairs(&["data.pad.99999"])) > 400_000);
+        let many: Vec<String> = (0..1000).map(|i| format!("data.pad{i}.99999")).collect();
+        let many: Vec<&str> = many.iter().map(String::as_str).collect();
+        assert!(splice_work(100, &pairs(&many)) > QUEUED_SPLICE);
+    }
 
     #[test]
     fn backoff_is_random_and_capped() {

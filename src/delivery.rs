@@ -77,7 +77,8 @@ impl Queue {
 /// A batch handed over by the main thread.
 struct Job {
     batch: u32,
-    ops: Vec<Op>,
+    /// Shared with the splices a batch queues (`splicer`).
+    ops: Arc<Vec<Op>>,
     deadline: Instant,
     /// When its first call was made, for the latency counts.
     since: Instant,
@@ -120,7 +121,7 @@ impl Runner {
         store.stats.started(ops.len());
         if let Err(mpsc::error::SendError(job)) = self.jobs.send(Job {
             batch,
-            ops,
+            ops: Arc::new(ops),
             deadline,
             since,
         }) {

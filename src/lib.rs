@@ -15,6 +15,7 @@ pub mod lock;
 pub mod ops;
 pub mod options;
 pub mod splice;
+pub mod splicer;
 pub mod stats;
 pub mod store;
 pub mod texts;
@@ -166,6 +167,13 @@ impl NativeStore {
         self.inner.keys.prefix().to_owned()
     }
 
+    /// What lock keys put after the prefix: a session id may not start with
+    /// it, or its key would be another session's lock key.
+    #[napi(getter)]
+    pub fn lock_prefix(&self) -> String {
+        self.inner.keys.lock_prefix().to_owned()
+    }
+
     /// `'connecting' | 'ready' | 'reconnecting' | 'closed'`.
     #[napi(
         getter,
@@ -179,6 +187,14 @@ impl NativeStore {
     #[napi]
     pub fn stats(&self) -> stats::StoreStats {
         self.inner.stats.snapshot()
+    }
+
+    /// Counts a `get` whose text was not a JSON object as failed
+    /// (`ERR_CORRUPT_SESSION`) rather than as a hit: JavaScript parses the
+    /// text, so only it finds out.
+    #[napi]
+    pub fn get_was_corrupt(&self) {
+        self.inner.stats.get_was_corrupt();
     }
 
     /// One PING (every master of a cluster); resolves with the round trip in ms.

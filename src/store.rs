@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use redis::{RedisError, Script, Value};
+use redis::{Script, Value};
 
 use crate::batch::Batch;
 use crate::connection::Connection;
@@ -69,7 +69,7 @@ impl Store {
     /// round's outcomes to `deliver` as they come (`batch.rs`).
     pub async fn run(
         &self,
-        ops: &[Op],
+        ops: &Arc<Vec<Op>>,
         deadline: Instant,
         deliver: &mut (dyn FnMut(Vec<(usize, Outcome)>) + Send),
     ) {
@@ -138,7 +138,7 @@ impl Store {
         }
         for reply in self.conn.exec(&pipe, deadline).await? {
             if let Value::ServerError(e) = reply {
-                return Err(StoreError::from(RedisError::from(e)));
+                return Err(StoreError::from_reply(&e, self.conn.is_cluster()));
             }
         }
         Ok(())
