@@ -46,10 +46,21 @@ export declare class NativeStore {
   get scriptShas(): Array<string>
   /** The key prefix (for tracing). */
   get prefix(): string
+  /**
+   * What lock keys put after the prefix: a session id may not start with
+   * it, or its key would be another session's lock key.
+   */
+  get lockPrefix(): string
   /** `'connecting' | 'ready' | 'reconnecting' | 'closed'`. */
   get status(): 'connecting' | 'ready' | 'reconnecting' | 'closed'
   /** Counts since the store was created. */
   stats(): StoreStats
+  /**
+   * Counts a `get` whose text was not a JSON object as failed
+   * (`ERR_CORRUPT_SESSION`) rather than as a hit: JavaScript parses the
+   * text, so only it finds out.
+   */
+  getWasCorrupt(): void
   /** One PING (every master of a cluster); resolves with the round trip in ms. */
   ping(): Promise<number>
   /** The masters to walk: `host:port` each on a cluster, `[""]` otherwise. */

@@ -90,8 +90,9 @@ fn cursor(text: &str) -> Result<u64> {
         .map_err(|_| StoreError::invalid_arg("cursor must be a cursor a previous page returned"))
 }
 
-/// `SCAN`'s reply: the next cursor and the keys.
-fn scan_reply(v: Value) -> Result<(String, Vec<Vec<u8>>)> {
+/// `SCAN`'s reply: the next cursor and the keys (`cluster`: from a cluster
+/// client, for the error's code).
+fn scan_reply(v: Value, cluster: bool) -> Result<(String, Vec<Vec<u8>>)> {
     let unexpected = |v: &Value| {
         StoreError::new(
             Code::Redis,
@@ -100,7 +101,7 @@ fn scan_reply(v: Value) -> Result<(String, Vec<Vec<u8>>)> {
     };
     let Value::Array(mut parts) = v else {
         return Err(match v {
-            Value::ServerError(e) => StoreError::from(redis::RedisError::from(e)),
+            Value::ServerError(e) => StoreError::from_reply(&e, cluster),
             other => unexpected(&other),
         });
     };
@@ -125,8 +126,9 @@ fn scan_reply(v: Value) -> Result<(String, Vec<Vec<u8>>)> {
 }
 
 /// A reply as JSON, for `doctor.js`: error replies as `{"error": code,
-/// "message": …}`, with what Redis echoed of the arguments cut off.
-fn to_json(v: Value) -> serde_json::Value {
+/// "message": …}`, with what Redis echoed of the arguments cut off
+/// (`cluster`: from a cluster client, for the message).
+fn to_json(v: Value, cluster: bool) -> serde_json::Value {
     use serde_json::Value as J;
     match v {
         Value::Nil => J::Null,
@@ -138,22 +140,24 @@ fn to_json(v: Value) -> serde_json::Value {
         Value::BulkString(b) => J::from(String::from_utf8_lossy(&b).into_owned()),
         Value::VerbatimString { text, .. } => J::from(text),
         Value::BigNumber(n) => J::from(String::from_utf8_lossy(&n).into_owned()),
-        Value::Array(a) | Value::Set(a) => J::Array(a.into_iter().map(to_json).collect()),
+        Value::Array(a) | Value::Set(a) => {
+            J::Array(a.into_iter().map(|v| to_json(v, cluster)).collect())
+        }
         Value::Map(m) => J::Object(
             m.into_iter()
                 .map(|(k, v)| {
-                    let key = match to_json(k) {
+                    let key = match to_json(k, cluster) {
                         J::String(s) => s,
                         other => other.to_string(),
                     };
-                    (key, to_json(v))
+                    (key, to_json(v, cluster))
                 })
                 .collect(),
         ),
-        Value::Attribute { data, .. } => to_json(*data),
+        Value::Attribute { data, .. } => to_json(*data, cluster),
         Value::ServerError(e) => {
             let code = e.code().to_owned();
-            let message = StoreError::from(redis::RedisError::from(e)).message;
+            let message = StoreError::from_reply(&e, cluster).message;
             serde_json::json!({ "error": code, "message": message })
         }
         _ => J::Null,
@@ -176,7 +180,7 @@ impl Store {
             Value::ServerError(e) => Some(e),
             _ => None,
         }) {
-            Some(e) => Err(StoreError::from(redis::RedisError::from(e))),
+            Some(e) => Err(StoreError::from_reply(&e, self.conn.is_cluster())),
             None => Ok(took),
         }
     }
@@ -200,7 +204,7 @@ impl Store {
                 masters.sort();
                 Ok(masters)
             }
-            Value::ServerError(e) => Err(StoreError::from(redis::RedisError::from(e))),
+            Value::ServerError(e) => Err(StoreError::from_reply(&e, true)),
             other => Err(StoreError::new(
                 Code::Redis,
                 format!(
@@ -220,6 +224,12 @@ impl Store {
         count: u32,
         deadline: Instant,
     ) -> Result<(String, Vec<Vec<u8>>)> {
+        if self.keys.prefix().is_empty() {
+            // Every key of the database would match: another application's too.
+            return Err(StoreError::invalid_arg(
+                "the admin calls (ids, length, clear) need a non-empty prefix: with prefix '' they would walk every key of the database, other applications' included",
+            ));
+        }
         let from = cursor(from)?;
         if !(1..=MAX_SCAN_COUNT).contains(&count) {
             return Err(StoreError::invalid_arg(format!(
@@ -233,7 +243,10 @@ impl Store {
             .arg("COUNT")
             .arg(count);
         let ready = self.conn.ready(deadline).await?;
-        scan_reply(ready.query(&scan, route(node)).await?)
+        scan_reply(
+            ready.query(&scan, route(node)).await?,
+            self.conn.is_cluster(),
+        )
     }
 
     /// One page of session ids on `node`: the ids themselves when `want_ids`,
@@ -274,6 +287,8 @@ impl Store {
         let ready = self.conn.ready(deadline).await?;
         for command in ["UNLINK", "DEL"] {
             let mut pipe = redis::pipe();
+            // A refused UNLINK must come back as a reply, to try DEL.
+            pipe.ignore_errors();
             if self.conn.is_cluster() {
                 // Keys of one page may sit in different slots of the node.
                 for k in &keys {
@@ -289,7 +304,7 @@ impl Store {
             });
             match refused {
                 Some(e) if command == "UNLINK" && crate::capabilities::is_refusal(&e) => continue,
-                Some(e) => return Err(StoreError::from(redis::RedisError::from(e))),
+                Some(e) => return Err(StoreError::from_reply(&e, self.conn.is_cluster())),
                 None => {}
             }
             let removed: i64 = replies
@@ -323,7 +338,7 @@ impl Store {
             node => route(node),
         };
         let ready = self.conn.ready(deadline).await?;
-        Ok(to_json(ready.query(&cmd, route).await?).to_string())
+        Ok(to_json(ready.query(&cmd, route).await?, self.conn.is_cluster()).to_string())
     }
 
     /// Whether this store's user may run each command the store sends:
@@ -434,11 +449,15 @@ impl Store {
                 }
                 Some(Value::SimpleString(reason)) if reason != "OK" => Err(reason),
                 Some(Value::SimpleString(_)) => Ok(()),
+                // Allowed only when answered with the command's own reply:
+                // a refusal of the connection (NOAUTH) or of the command
+                // (NOPERM, unknown command) is not a permission.
                 _ => match probed.next() {
-                    Some(Value::ServerError(e)) if is_denied(&e) => {
-                        Err(StoreError::from(redis::RedisError::from(e)).message)
+                    Some(Value::ServerError(e)) if !own_error(name, &e) => {
+                        Err(StoreError::from_reply(&e, self.conn.is_cluster()).message)
                     }
-                    _ => Ok(()),
+                    Some(_) => Ok(()),
+                    None => Err("no reply to the probe".to_owned()),
                 },
             };
             out.push(CommandAccess {
@@ -453,12 +472,18 @@ impl Store {
     }
 }
 
-/// Whether an error reply means the user may not run the command (or the
-/// server does not have it), rather than the probe's own failure (NOSCRIPT).
-fn is_denied(e: &redis::ServerError) -> bool {
-    e.code() == "NOPERM"
-        || e.details()
-            .is_some_and(|d| d.starts_with("unknown command") || d.contains("no permissions"))
+/// Whether an error reply to a probe is the command's own answer to it,
+/// given after the server let this user run it: `EVALSHA` of a script not
+/// loaded, and Redis 6.0's `HELLO` without a protocol version (the store's
+/// own `HELLO` gets that reply too, and takes the scripts).
+fn own_error(command: &str, e: &redis::ServerError) -> bool {
+    match command {
+        "evalsha" => e.code() == "NOSCRIPT",
+        "hello" => e
+            .details()
+            .is_some_and(|d| d.starts_with("wrong number of arguments")),
+        _ => false,
+    }
 }
 
 /// A node's `host:port`, or "" for where the key routes.
@@ -480,10 +505,10 @@ mod tests {
             Value::BulkString(b"17".to_vec()),
             Value::Array(vec![Value::BulkString(b"sess:a".to_vec())]),
         ]);
-        let (c, keys) = scan_reply(v).unwrap();
+        let (c, keys) = scan_reply(v, false).unwrap();
         assert_eq!(c, "17");
         assert_eq!(keys, vec![b"sess:a".to_vec()]);
-        assert!(scan_reply(Value::Nil).is_err());
+        assert!(scan_reply(Value::Nil, false).is_err());
         assert_eq!(cursor("x").unwrap_err().code, Code::InvalidArg);
     }
 
@@ -494,12 +519,12 @@ mod tests {
             Some("unknown command 'X', with args beginning with: 'sess:SECRET'".into()),
         );
         let v = Value::ServerError(redis::ServerError::try_from(e).unwrap());
-        let j = to_json(v).to_string();
+        let j = to_json(v, false).to_string();
         assert!(
             j.contains("\"error\":\"ERR\"") && !j.contains("SECRET"),
             "{j}"
         );
         let m = Value::Map(vec![(Value::SimpleString("a".into()), Value::Int(1))]);
-        assert_eq!(to_json(m).to_string(), "{\"a\":1}");
+        assert_eq!(to_json(m, false).to_string(), "{\"a\":1}");
     }
 }

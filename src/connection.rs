@@ -433,7 +433,7 @@ impl Ready<'_> {
                     conn.forget(self.generation);
                     conn.revive(&self.link);
                 }
-                Err(StoreError::from(e))
+                Err(StoreError::from_redis(e, conn.is_cluster()))
             }
             Err(_) => {
                 conn.forget(self.generation);

@@ -92,8 +92,13 @@ impl std::error::Error for StoreError {}
 /// Error replies the merge script raises itself: `<CODE> <detail>`.
 const SCRIPT_CODES: [Code; 2] = [Code::CorruptSession, Code::InvalidArg];
 
-impl From<RedisError> for StoreError {
-    fn from(e: RedisError) -> Self {
+impl StoreError {
+    /// What Redis (or the link) said, with the code a caller should act on.
+    /// `cluster`: the link is a Redis Cluster client, which follows
+    /// redirections itself, so one left over means the slot's master is
+    /// moving or down; from a single server, a redirection means the server
+    /// is a cluster node and the key lives on another: a setting to change.
+    pub fn from_redis(e: RedisError, cluster: bool) -> Self {
         if let Some(code) = e.code() {
             if let Some(c) = SCRIPT_CODES.iter().find(|c| c.as_str() == code) {
                 return StoreError::new(*c, e.detail().unwrap_or_default());
@@ -105,13 +110,35 @@ impl From<RedisError> for StoreError {
                 "the sentinels name no reachable master (a failover in progress, or an unknown masterName)",
             );
         }
-        // Redirections left over after the cluster client's retries: the slot's
-        // master is moving or down.
-        if matches!(e.code(), Some("MOVED" | "ASK" | "TRYAGAIN" | "CLUSTERDOWN")) {
-            return StoreError::new(
-                Code::Connection,
-                format!("the cluster could not reach the master of the key: {e}"),
-            );
+        match e.code() {
+            Some("MOVED" | "ASK") if cluster => {
+                return StoreError::new(
+                    Code::Connection,
+                    format!("the cluster could not reach the master of the key: {}", redis_words(&e)),
+                )
+            }
+            Some("MOVED" | "ASK") => {
+                return StoreError::new(
+                    Code::Redis,
+                    format!(
+                        "the server is a Redis Cluster node and the key is served by another: connect with the cluster option (Redis replied: {})",
+                        redis_words(&e)
+                    ),
+                )
+            }
+            // States that pass: a restart loading its data, a script past its
+            // time limit, a replica cut off from its master, a slot moving or
+            // a cluster without a majority. The call may succeed later.
+            Some(state @ ("LOADING" | "BUSY" | "MASTERDOWN" | "TRYAGAIN" | "CLUSTERDOWN")) => {
+                return StoreError::new(
+                    Code::Connection,
+                    format!(
+                        "Redis cannot serve the call for now ({state}): {}",
+                        redis_words(&e)
+                    ),
+                )
+            }
+            _ => {}
         }
         let code = if e.is_timeout() {
             Code::Timeout
@@ -132,6 +159,11 @@ impl From<RedisError> for StoreError {
             _ => format!("Redis replied: {}", redis_words(&e)),
         };
         StoreError::new(code, message)
+    }
+
+    /// An error reply (a value in a pipeline's replies).
+    pub fn from_reply(e: &redis::ServerError, cluster: bool) -> Self {
+        Self::from_redis(RedisError::from(e.clone()), cluster)
     }
 }
 
@@ -191,7 +223,7 @@ mod tests {
             "ERR_CORRUPT_SESSION".into(),
             Some("stored session is not a JSON object: bad escape at byte 3".into()),
         );
-        let s = StoreError::from(e);
+        let s = StoreError::from_redis(e, false);
         assert_eq!(s.code, Code::CorruptSession);
         assert_eq!(
             s.message,
@@ -202,14 +234,40 @@ mod tests {
     #[test]
     fn io_errors_are_connection_errors() {
         let io = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
-        let s = StoreError::from(RedisError::from(io));
+        let s = StoreError::from_redis(RedisError::from(io), false);
         assert_eq!(s.code, Code::Connection);
     }
 
     #[test]
     fn redirections_left_over_are_connection_errors() {
         let e = redis::make_extension_error("MOVED".into(), Some("12111 127.0.0.1:7002".into()));
-        assert_eq!(StoreError::from(e).code, Code::Connection);
+        assert_eq!(StoreError::from_redis(e, true).code, Code::Connection);
+    }
+
+    #[test]
+    fn redirections_from_a_single_server_ask_for_the_cluster_option() {
+        for code in ["MOVED", "ASK"] {
+            let e = redis::make_extension_error(code.into(), Some("12111 127.0.0.1:7002".into()));
+            let s = StoreError::from_redis(e, false);
+            assert_eq!(s.code, Code::Redis);
+            assert!(s.message.contains("cluster option"), "{}", s.message);
+        }
+    }
+
+    #[test]
+    fn passing_server_states_are_connection_errors() {
+        for code in ["LOADING", "BUSY", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN"] {
+            let e = redis::make_extension_error(code.into(), Some("try later".into()));
+            for cluster in [false, true] {
+                let s = StoreError::from_redis(e.clone(), cluster);
+                assert_eq!(s.code, Code::Connection, "{code}");
+                assert!(
+                    !s.message.contains("the cluster could not"),
+                    "{}",
+                    s.message
+                );
+            }
+        }
     }
 
     #[test]
@@ -218,7 +276,7 @@ mod tests {
             "ERR".into(),
             Some("unknown command 'EVALSHA', with args beginning with: 'abc' '1' 'sess:SECRETID' '{\"data\":1}'".into()),
         );
-        let s = StoreError::from(e);
+        let s = StoreError::from_redis(e, false);
         assert_eq!(s.code, Code::Redis);
         assert!(
             s.message.contains("unknown command 'EVALSHA'"),
@@ -231,13 +289,13 @@ mod tests {
             s.message
         );
         let long = redis::make_extension_error("ERR".into(), Some("é".repeat(400)));
-        assert!(StoreError::from(long).message.len() < MAX_QUOTED + 40);
+        assert!(StoreError::from_redis(long, false).message.len() < MAX_QUOTED + 40);
     }
 
     #[test]
     fn timeouts_are_timeouts() {
         let io = std::io::Error::new(std::io::ErrorKind::TimedOut, "timed out");
-        let s = StoreError::from(RedisError::from(io));
+        let s = StoreError::from_redis(RedisError::from(io), false);
         assert_eq!(s.code, Code::Timeout);
     }
 }

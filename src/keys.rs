@@ -19,6 +19,10 @@ impl Keys {
         &self.prefix
     }
 
+    pub fn lock_prefix(&self) -> &str {
+        &self.lock_prefix
+    }
+
     pub fn session(&self, id: &str) -> String {
         let mut k = String::with_capacity(self.prefix.len() + id.len());
         k.push_str(&self.prefix);

@@ -3,7 +3,7 @@
 //! and how each reply becomes an [`Outcome`]. No I/O here.
 
 use napi_derive::napi;
-use redis::{Pipeline, RedisError, Value};
+use redis::{Pipeline, Value};
 
 use crate::capabilities::Capabilities;
 use crate::errors::{Code, Result, StoreError};
@@ -277,11 +277,12 @@ pub fn is_noscript(v: &Value) -> bool {
     matches!(v, Value::ServerError(e) if e.code() == "NOSCRIPT")
 }
 
-/// The outcome of op from its replies (one per command it sent).
-pub fn decode_replies(kind: Kind, replies: &[Value]) -> Outcome {
+/// The outcome of op from its replies (one per command it sent; `cluster`:
+/// from a cluster client, for an error's code).
+pub fn decode_replies(kind: Kind, replies: &[Value], cluster: bool) -> Outcome {
     if let Some(Value::ServerError(e)) = replies.iter().find(|v| matches!(v, Value::ServerError(_)))
     {
-        return Outcome::Failed(StoreError::from(RedisError::from(e.clone())));
+        return Outcome::Failed(StoreError::from_reply(e, cluster));
     }
     let reply = replies.first();
     match (kind, reply) {
@@ -384,42 +385,46 @@ mod tests {
     #[test]
     fn replies_decode_per_kind() {
         assert_eq!(
-            decode_replies(Kind::Get, &[Value::Nil]),
+            decode_replies(Kind::Get, &[Value::Nil], false),
             Outcome::Text(None)
         );
         assert_eq!(
-            decode_replies(Kind::Get, &[Value::BulkString(b"{}".to_vec())]),
+            decode_replies(Kind::Get, &[Value::BulkString(b"{}".to_vec())], false),
             Outcome::Text(Some(s("{}")))
         );
         assert!(matches!(
-            decode_replies(Kind::Get, &[Value::BulkString(vec![0x7b, 0xff])]),
+            decode_replies(Kind::Get, &[Value::BulkString(vec![0x7b, 0xff])], false),
             Outcome::Failed(StoreError {
                 code: Code::CorruptSession,
                 ..
             })
         ));
         assert_eq!(
-            decode_replies(Kind::Lock, &[Value::Okay]),
+            decode_replies(Kind::Lock, &[Value::Okay], false),
             Outcome::Bool(true)
         );
         assert_eq!(
-            decode_replies(Kind::Lock, &[Value::Nil]),
+            decode_replies(Kind::Lock, &[Value::Nil], false),
             Outcome::Bool(false)
         );
         assert_eq!(
-            decode_replies(Kind::IsLocked, &[Value::Int(1)]),
+            decode_replies(Kind::IsLocked, &[Value::Int(1)], false),
             Outcome::Bool(true)
         );
         assert_eq!(
-            decode_replies(Kind::Delete, &[Value::Int(1), Value::Int(0)]),
+            decode_replies(Kind::Delete, &[Value::Int(1), Value::Int(0)], false),
             Outcome::Done
         );
         assert!(matches!(
-            decode_replies(Kind::Set, &[Value::Int(3)]),
+            decode_replies(Kind::Set, &[Value::Int(3)], false),
             Outcome::Failed(_)
         ));
         // An unexpected reply is described, never quoted.
-        match decode_replies(Kind::Set, &[Value::BulkString(b"secret-data".to_vec())]) {
+        match decode_replies(
+            Kind::Set,
+            &[Value::BulkString(b"secret-data".to_vec())],
+            false,
+        ) {
             Outcome::Failed(e) => assert!(!e.message.contains("secret"), "{}", e.message),
             other => panic!("{other:?}"),
         }

@@ -404,8 +404,9 @@ fn timeout(name: &str, value: Option<f64>, default_ms: u64) -> Result<Duration> 
     Ok(Duration::from_millis(ms.ceil() as u64))
 }
 
-/// Where a connection goes, for messages and `util.inspect`: scheme, user,
-/// host, port and db, with `***` for a password.
+/// Where a connection goes, for messages and `util.inspect`: scheme, host,
+/// port and db, with `***` for any user info (a password typed where the user
+/// name goes would otherwise be shown).
 fn describe(info: &ConnectionInfo) -> String {
     let (scheme, host, port) = match info.addr() {
         ConnectionAddr::Tcp(host, port) => ("redis", host.as_str(), *port),
@@ -414,10 +415,8 @@ fn describe(info: &ConnectionInfo) -> String {
     };
     let settings = info.redis_settings();
     let auth = match (settings.username(), settings.password()) {
-        (Some(u), Some(_)) => format!("{u}:***@"),
-        (Some(u), None) => format!("{u}@"),
-        (None, Some(_)) => ":***@".to_owned(),
-        (None, None) => String::new(),
+        (None, None) => "",
+        _ => "***@",
     };
     let host = if host.contains(':') {
         format!("[{host}]")
@@ -520,7 +519,7 @@ mod tests {
         };
         let c = Config::from_options(&o).unwrap();
         assert!(matches!(c.topology, Topology::Cluster(..)));
-        assert_eq!(c.description, "cluster redis://u:***@127.0.0.1:7000");
+        assert_eq!(c.description, "cluster redis://***@127.0.0.1:7000");
         assert!(!format!("{c:?}").contains("hunter2"));
         let o = StoreOptions {
             sentinel: Some(SentinelOptions {
@@ -632,11 +631,10 @@ mod tests {
     #[test]
     fn descriptions() {
         let describe_url = |u: &str| describe(&u.into_connection_info().unwrap());
-        assert_eq!(
-            describe_url("redis://u:secret@h:1/3"),
-            "redis://u:***@h:1/3"
-        );
-        assert_eq!(describe_url("redis://:secret@h"), "redis://:***@h:6379");
+        assert_eq!(describe_url("redis://u:secret@h:1/3"), "redis://***@h:1/3");
+        assert_eq!(describe_url("redis://:secret@h"), "redis://***@h:6379");
+        // A password typed where the user name goes is user info too.
+        assert_eq!(describe_url("redis://hunter2@h"), "redis://***@h:6379");
         assert_eq!(describe_url("rediss://[::1]:7000"), "rediss://[::1]:7000");
     }
 }

@@ -210,6 +210,16 @@ impl Stats {
         }
     }
 
+    /// A `get` counted as a hit whose text turned out not to be a JSON object
+    /// (`ERR_CORRUPT_SESSION`, found when JavaScript parsed it): a failed
+    /// call, as tracing reports it, not a hit.
+    pub fn get_was_corrupt(&self) {
+        let k = Kind::Get as usize;
+        self.hits.fetch_sub(1, Relaxed);
+        add(&self.errors[k]);
+        add(&self.codes[crate::errors::Code::CorruptSession as usize]);
+    }
+
     pub fn merge_step(&self, step: MergeStep) {
         let m = &self.merges;
         match step {

@@ -117,7 +117,7 @@ impl Topology {
     /// The master the sentinels of `t` name.
     pub fn sentinel(t: SentinelTarget, timeouts: (Duration, Duration)) -> Result<Topology> {
         let mut b = SentinelClientBuilder::new(t.nodes, &t.master_name, SentinelServerType::Master)
-            .map_err(StoreError::from)?
+            .map_err(|e| StoreError::from_redis(e, false))?
             .set_client_to_redis_db(t.db);
         if let Some(u) = &t.username {
             b = b.set_client_to_redis_username(u);
@@ -215,7 +215,7 @@ async fn within<T>(
     connecting: impl std::future::Future<Output = RedisResult<T>>,
 ) -> Result<T> {
     match tokio::time::timeout(connect_timeout, connecting).await {
-        Ok(connected) => Ok(connected?),
+        Ok(connected) => connected.map_err(|e| StoreError::from_redis(e, false)),
         Err(_) => Err(connect_timed_out(connect_timeout)),
     }
 }
@@ -358,7 +358,9 @@ impl Link {
                 .unwrap_or(Capabilities::SCRIPTS)),
             (Link::Single(_), Ok(reply)) => Ok(Capabilities::from_hello(&reply)),
             (_, Ok(_)) => Ok(Capabilities::SCRIPTS),
-            (_, Err(e)) if is_lost(&e) => Err(StoreError::from(e)),
+            (link, Err(e)) if is_lost(&e) => {
+                Err(StoreError::from_redis(e, matches!(link, Link::Cluster(_))))
+            }
             (_, Err(_)) => Ok(Capabilities::SCRIPTS),
         }
     }
