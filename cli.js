@@ -8,7 +8,7 @@
 const { readFileSync } = require('node:fs')
 const { parseArgs } = require('node:util')
 const { createRedisSessionStore } = require('./store.js')
-const { format } = require('./doctor.js')
+const { escapeControls, format } = require('./doctor.js')
 
 const USAGE = `Usage: relay-session-redis doctor [url] [options]
 
@@ -126,8 +126,10 @@ async function main() {
     process.exitCode = report.ok ? 0 : 1
   } catch (e) {
     const err = /** @type {any} */ (e)
-    const line = `cannot check: ${err?.code ? `${err.code}: ` : ''}${err?.message ?? String(e)}`
-    if (parsed.json) process.stdout.write(`${JSON.stringify({ ok: false, error: { code: err?.code, message: err?.message } }, null, 2)}\n`)
+    // The message may quote the server's words: shown, never obeyed.
+    const message = escapeControls(String(err?.message ?? e))
+    const line = `cannot check: ${err?.code ? `${err.code}: ` : ''}${message}`
+    if (parsed.json) process.stdout.write(`${JSON.stringify({ ok: false, error: { code: err?.code, message } }, null, 2)}\n`)
     else process.stderr.write(`relay-session-redis doctor: ✗ ${line}\n`)
     process.exitCode = 1
   } finally {

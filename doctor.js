@@ -10,8 +10,9 @@
 /** @typedef {import('./store').DoctorReport} DoctorReport */
 /** @typedef {import('./index').NativeStore} NativeStore */
 
-/** PINGs the latency check sends. */
+/** PINGs the latency check sends: ROUNDS rounds of PINGS / ROUNDS at once. */
 const PINGS = 100
+const ROUNDS = 5
 /** How long the session count may walk the keys, in ms. */
 const COUNT_BUDGET_MS = 5000
 /** Sessions whose memory is sampled. */
@@ -38,6 +39,20 @@ function parseInfo(text) {
   return fields
 }
 
+/**
+ * What a terminal acts on rather than shows: control characters (C0, DEL,
+ * C1, so escape sequences too), line and paragraph separators and the
+ * bidirectional overrides.
+ */
+const UNSAFE = /[\u0000-\u001f\u007f-\u009f\u2028\u2029\u202a-\u202e\u2066-\u2069]/g
+
+/**
+ * Text with every character a terminal would act on written as `\uXXXX`:
+ * what the server says (its version, its errors) is shown, never obeyed.
+ * @param {string} text
+ */
+const escapeControls = (text) => text.replace(UNSAFE, (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, '0')}`)
+
 /** @param {unknown} reply */
 const isError = (reply) => typeof reply === 'object' && reply !== null && 'error' in reply
 
@@ -53,10 +68,23 @@ const errorText = (reply) => (isError(reply) ? String(/** @type {any} */ (reply)
 const perNode = (reply) => (isError(reply) ? [['', reply]] : Object.entries(/** @type {object} */ (reply)))
 
 /** @param {'ok' | 'warn' | 'fail'} level @param {string} name @param {string} message @returns {DoctorCheck} */
-const check = (level, name, message) => ({ name, level, message })
+const check = (level, name, message) => ({ name, level, message: escapeControls(message) })
+
+/** @param {unknown} e */
+const isTimeout = (e) => /** @type {any} */ (e)?.code === 'ERR_TIMEOUT' || String(/** @type {any} */ (e)?.message).startsWith('ERR_TIMEOUT')
 
 /**
- * Runs every check against the server `native` connects to.
+ * A promise's value or its failure, whichever comes.
+ * @template T
+ * @param {Promise<T>} p
+ * @returns {Promise<{value: T, error?: undefined} | {value?: undefined, error: unknown}>}
+ */
+const settle = (p) => p.then((value) => ({ value }), (error) => ({ error }))
+
+/**
+ * Runs every check against the server `native` connects to. The checks ask
+ * their questions at once, so the doctor takes a bounded number of round
+ * trips whatever the latency (the README's Doctor says how many).
  * @param {NativeStore} native
  * @returns {Promise<DoctorReport>}
  */
@@ -67,22 +95,48 @@ async function examine(native) {
   const cluster = masters[0] !== ''
   /** @param {string} node */
   const where = (node) => (cluster ? `${node}: ` : '')
+  /** PINGs in rounds, each round at once; a PING's failure is the round's. */
+  const pings = async () => {
+    const times = []
+    for (let r = 0; r < ROUNDS; r++) times.push(...(await Promise.all(Array.from({ length: PINGS / ROUNDS }, () => native.ping()))))
+    return times
+  }
+  // Every question at once: the round trips of the slowest check, not of all.
+  const [ping, info, save, minReplicas, fast, access, times, clusterInfo, scripts, sessions] = await Promise.all([
+    settle(native.ping()),
+    settle(query('*', 'INFO')),
+    settle(query('*', 'CONFIG', 'GET', 'save')),
+    settle(query('*', 'CONFIG', 'GET', 'min-replicas-to-write')),
+    settle(native.fastPaths()),
+    settle(native.commandAccess()),
+    settle(pings()),
+    cluster ? settle(query('*', 'CLUSTER', 'INFO')) : null,
+    settle(query('*', 'SCRIPT', 'EXISTS', ...native.scriptShas)),
+    settle(countSessions(native, masters, query)),
+  ])
+  // A server that cannot be reached, or that refuses the credentials
+  // (NOAUTH, WRONGPASS) or the connection itself, cannot be checked at all:
+  // every answer above is that refusal.
+  if (ping.error && !isTimeout(ping.error)) throw ping.error
+  /** A check's answer, or the failure a check reports as a warning. */
+  const answer = (/** @type {{value?: any, error?: unknown}} */ r) => {
+    if (r.error) throw r.error
+    return r.value
+  }
+
   // Every master's INFO, by address ('' on a single server).
   /** @type {[string, Record<string, string>][]} */
   const infos = []
   let infoRefused = ''
-  try {
-    for (const [node, reply] of perNode(await query('*', 'INFO'))) {
+  if (info.error) {
+    // The first call may not be answered in time on a slow link (the
+    // latency check says so).
+    infoRefused = String(/** @type {any} */ (info.error)?.message ?? info.error)
+  } else {
+    for (const [node, reply] of perNode(info.value)) {
       if (isError(reply)) infoRefused = String(/** @type {any} */ (reply).error)
       else infos.push([node, parseInfo(String(reply))])
     }
-  } catch (e) {
-    // The first call opens the connection: a slow server may not answer it
-    // in time (the latency check says so); one that cannot be reached, or
-    // refuses the credentials, cannot be checked at all.
-    const message = String(/** @type {Error} */ (e)?.message ?? e)
-    if (!message.startsWith('ERR_TIMEOUT')) throw e
-    infoRefused = message
   }
   /** @type {DoctorCheck[]} */
   const checks = []
@@ -93,32 +147,30 @@ async function examine(native) {
       : `cannot tell: INFO failed (${infoRefused}).`)
 
   /**
-   * One check; a call it makes that fails (a refused command, a timeout)
-   * makes it a warning that says so, and the other checks still run.
+   * One check; an answer it reads that failed (a refused command, a
+   * timeout) makes it a warning that says so, and the other checks still run.
    * @param {string} name
-   * @param {() => Promise<DoctorCheck>} run
+   * @param {() => DoctorCheck} run
    */
-  const attempt = async (name, run) => {
+  const attempt = (name, run) => {
     try {
-      return await run()
+      return run()
     } catch (e) {
       return check('warn', name, `could not check: ${/** @type {Error} */ (e)?.message ?? String(e)}.`)
     }
   }
 
   // --- server -------------------------------------------------------------
-  let native8 = false
+  const native8 = !fast.error && fast.value.swap !== 'swap.lua'
   checks.push(
-    await attempt('server', async () => {
-      const fast = await native.fastPaths()
-      native8 = fast.swap !== 'swap.lua'
-      const paths = native8
-        ? `merges write with ${fast.swap}${fast.release === 'unlock.lua' ? ' and unlocks run unlock.lua' : ` and unlocks with ${fast.release}`}, without Lua`
+    attempt('server', () => {
+      const paths = answer(fast).swap !== 'swap.lua'
+        ? `merges write with ${fast.value.swap}${fast.value.release === 'unlock.lua' ? ' and unlocks run unlock.lua' : ` and unlocks with ${fast.value.release}`}, without Lua`
         : 'merges and unlocks run Lua scripts (EVALSHA); Redis 8.4+ and Valkey 9.0+ do both with native commands, for less work on the server'
       if (infos.length === 0) return check('ok', 'server', `version unknown (INFO refused); ${paths}.`)
-      const [, info] = infos[0]
-      const name = info.server_name === 'valkey' ? 'Valkey' : 'Redis'
-      const version = info.valkey_version ?? info.redis_version ?? '?'
+      const [, fields] = infos[0]
+      const name = fields.server_name === 'valkey' ? 'Valkey' : 'Redis'
+      const version = fields.valkey_version ?? fields.redis_version ?? '?'
       const mode = cluster ? `cluster of ${masters.length} masters` : 'standalone'
       if (Number(version.split('.')[0]) < 6) {
         return check('fail', 'server', `${name} ${version} (${mode}) is older than the store supports (Redis 6.0+, Valkey 7.2+): upgrade it.`)
@@ -131,31 +183,29 @@ async function examine(native) {
   // CONFIG GET), the worst master's line -----------------------------------
   /**
    * @param {string} name
-   * @param {string | null} setting the CONFIG GET the check also reads
+   * @param {{value?: any, error?: unknown} | null} setting the CONFIG GET the check also reads, on every master
    * @param {(at: string, info: Record<string, string>, config: unknown) => DoctorCheck} judge
    */
   const perMaster = (name, setting, judge) =>
-    attempt(name, async () => {
+    attempt(name, () => {
       if (infos.length === 0) return noInfo(name)
-      const found = []
-      for (const [node, info] of infos) {
-        const config = setting === null ? null : await query(node, 'CONFIG', 'GET', setting)
-        found.push(judge(where(node), info, config))
-      }
-      return worst(found)
+      const configs = setting === null ? null : perNode(answer(setting))
+      /** The node's reply, or the one error reply the command failed with as a whole. */
+      const configOf = (/** @type {string} */ node) => (configs === null ? null : (configs.find(([n]) => n === node) ?? configs[0])?.[1])
+      return worst(infos.map(([node, fields]) => judge(where(node), fields, configOf(node))))
     })
-  checks.push(await perMaster('memory', null, memoryCheck))
-  checks.push(await perMaster('persistence', 'save', persistenceCheck))
-  checks.push(await perMaster('replication', 'min-replicas-to-write', replicationCheck))
+  checks.push(perMaster('memory', null, memoryCheck))
+  checks.push(perMaster('persistence', save, persistenceCheck))
+  checks.push(perMaster('replication', minReplicas, replicationCheck))
 
   // --- acl ----------------------------------------------------------------
   checks.push(
-    await attempt('acl', async () => {
-      const access = await native.commandAccess()
-      const denied = access.filter((a) => !a.allowed)
-      const how = access.some((a) => a.checkedBy === 'probe') ? 'harmless probes on a missing key' : 'ACL DRYRUN'
-      const grant = (/** @type {typeof access} */ list) => list.map((a) => `+${a.command}`).join(' ')
-      const names = (/** @type {typeof access} */ list) => list.map((a) => a.command.toUpperCase()).join(', ')
+    attempt('acl', () => {
+      const list = /** @type {import('./index').CommandAccess[]} */ (answer(access))
+      const denied = list.filter((a) => !a.allowed)
+      const how = list.some((a) => a.checkedBy === 'probe') ? 'harmless probes on a missing key' : 'ACL DRYRUN'
+      const grant = (/** @type {typeof list} */ l) => l.map((a) => `+${a.command}`).join(' ')
+      const names = (/** @type {typeof list} */ l) => l.map((a) => a.command.toUpperCase()).join(', ')
       const requiredDenied = denied.filter((a) => a.required)
       if (requiredDenied.length > 0) {
         const reason = requiredDenied[0].reason ? ` (${requiredDenied[0].reason})` : ''
@@ -164,24 +214,20 @@ async function examine(native) {
       if (denied.length > 0) {
         return check('warn', 'acl', `this user may not run ${names(denied)}: the store does without (scripts instead of native commands; ids(), length(), clear(), ping() or touch() fail). Grant ${grant(denied)} for them (checked with ${how}).`)
       }
-      return check('ok', 'acl', `this user may run all ${access.length} commands the store sends (checked with ${how}).`)
+      return check('ok', 'acl', `this user may run all ${list.length} commands the store sends (checked with ${how}).`)
     }),
   )
 
   // --- latency ------------------------------------------------------------
   checks.push(
-    await attempt('latency', async () => {
+    attempt('latency', () => {
       const bound = native.callBoundMs
-      const times = []
-      try {
-        for (let i = 0; i < PINGS; i++) times.push(await native.ping())
-      } catch (e) {
-        if (!String(/** @type {Error} */ (e)?.message).startsWith('ERR_TIMEOUT')) throw e
+      if (times.error && isTimeout(times.error)) {
         return check('fail', 'latency', `a PING got no answer within the call bound of ${bound} ms (connectTimeout + commandTimeout): calls will time out. Move the app near Redis or raise commandTimeout.`)
       }
-      times.sort((a, b) => a - b)
-      const p50 = times[Math.floor(PINGS * 0.5)]
-      const p99 = times[Math.ceil(PINGS * 0.99) - 1]
+      const sorted = [...answer(times)].sort((a, b) => a - b)
+      const p50 = sorted[Math.floor(PINGS * 0.5)]
+      const p99 = sorted[Math.ceil(PINGS * 0.99) - 1]
       const ms = (/** @type {number} */ t) => `${t < 10 ? t.toFixed(2) : t.toFixed(0)} ms`
       const rtt = `round trip p50 ${ms(p50)}, p99 ${ms(p99)} over ${PINGS} PINGs`
       if (p99 >= bound / 2) {
@@ -195,15 +241,15 @@ async function examine(native) {
   )
 
   // --- cluster ------------------------------------------------------------
-  if (cluster) {
+  if (clusterInfo) {
     checks.push(
-      await attempt('cluster', async () => {
+      attempt('cluster', () => {
         const bad = []
-        for (const [node, reply] of perNode(await query('*', 'CLUSTER', 'INFO'))) {
-          const info = parseInfo(String(reply))
+        for (const [node, reply] of perNode(answer(clusterInfo))) {
+          const fields = parseInfo(String(reply))
           if (isError(reply)) bad.push(`${node} (${errorText(reply)})`)
-          else if (info.cluster_state !== 'ok' || info.cluster_slots_ok !== '16384') {
-            bad.push(`${node} (state ${info.cluster_state}, ${info.cluster_slots_ok ?? '?'} of 16384 slots served)`)
+          else if (fields.cluster_state !== 'ok' || fields.cluster_slots_ok !== '16384') {
+            bad.push(`${node} (state ${fields.cluster_state}, ${fields.cluster_slots_ok ?? '?'} of 16384 slots served)`)
           }
         }
         if (bad.length > 0) {
@@ -216,8 +262,8 @@ async function examine(native) {
 
   // --- scripts ------------------------------------------------------------
   checks.push(
-    await attempt('scripts', async () => {
-      const replies = perNode(await query('*', 'SCRIPT', 'EXISTS', ...native.scriptShas))
+    attempt('scripts', () => {
+      const replies = perNode(answer(scripts))
       const missing = replies.filter(([, r]) => !Array.isArray(r) || r.some((x) => x !== 1))
       if (missing.length === 0) return check('ok', 'scripts', `the store's 3 scripts are loaded${cluster ? ' on every master' : ''}.`)
       const nodes = cluster ? ` on ${missing.map(([n]) => n).join(', ')}` : ''
@@ -228,7 +274,7 @@ async function examine(native) {
   )
 
   // --- sessions -----------------------------------------------------------
-  checks.push(await attempt('sessions', () => sessionsCheck(native, query, infos)))
+  checks.push(attempt('sessions', () => sessionsCheck(native, answer(sessions), infos)))
 
   return { ok: checks.every((c) => c.level !== 'fail'), checks }
 }
@@ -298,40 +344,51 @@ function replicationCheck(at, info, min) {
 }
 
 /**
- * How many sessions there are (counted for at most COUNT_BUDGET_MS) and the
- * memory of a few.
+ * How many sessions there are (counted for at most COUNT_BUDGET_MS, the
+ * masters side by side) and the memory of a few (their MEMORY USAGE at once).
  * @param {NativeStore} native
+ * @param {string[]} masters
  * @param {(to: string, ...args: string[]) => Promise<any>} query
- * @param {[string, Record<string, string>][]} infos
+ * @returns {Promise<{count: number, complete: boolean, sizes: number[], sizeRefused: string}>}
  */
-async function sessionsCheck(native, query, infos) {
+async function countSessions(native, masters, query) {
   const started = Date.now()
-  let count = 0
-  let complete = true
   /** @type {[string, string][]} node and id */
   const sampled = []
-  walk: for (const node of await native.masters()) {
-    let cursor = '0'
-    do {
-      const page = await native.scan(node, cursor, 1000, sampled.length < SAMPLES)
-      count += page.count
-      for (const id of page.ids) if (sampled.length < SAMPLES) sampled.push([node, id])
-      cursor = page.cursor
-      if (Date.now() - started > COUNT_BUDGET_MS && cursor !== '0') {
-        complete = false
-        break walk
-      }
-    } while (cursor !== '0')
+  const walks = await Promise.all(
+    masters.map(async (node) => {
+      let count = 0
+      let cursor = '0'
+      do {
+        const page = await native.scan(node, cursor, 1000, sampled.length < SAMPLES)
+        count += page.count
+        for (const id of page.ids) if (sampled.length < SAMPLES) sampled.push([node, id])
+        cursor = page.cursor
+        if (Date.now() - started > COUNT_BUDGET_MS && cursor !== '0') return { count, complete: false }
+      } while (cursor !== '0')
+      return { count, complete: true }
+    }),
+  )
+  const usages = await Promise.all(sampled.map(([node, id]) => query(node, 'MEMORY', 'USAGE', native.prefix + id)))
+  const refused = usages.find(isError)
+  return {
+    count: walks.reduce((n, w) => n + w.count, 0),
+    complete: walks.every((w) => w.complete),
+    sizes: usages.filter((u) => typeof u === 'number'),
+    sizeRefused: refused ? errorText(refused) : '',
   }
+}
+
+/**
+ * The sessions line.
+ * @param {NativeStore} native
+ * @param {{count: number, complete: boolean, sizes: number[], sizeRefused: string}} found
+ * @param {[string, Record<string, string>][]} infos
+ */
+function sessionsCheck(native, { count, complete, sizes, sizeRefused }, infos) {
   const prefix = JSON.stringify(native.prefix)
   const counted = `${complete ? '' : 'at least '}${count.toLocaleString('en-US')} session${count === 1 ? '' : 's'} under ${prefix}`
-  if (sampled.length === 0) return check('ok', 'sessions', `${counted}.`)
-  const sizes = []
-  for (const [node, id] of sampled) {
-    const bytes = await query(node, 'MEMORY', 'USAGE', native.prefix + id)
-    if (isError(bytes)) return check('ok', 'sessions', `${counted}; their memory is unknown (MEMORY USAGE refused: ${errorText(bytes)}).`)
-    if (typeof bytes === 'number') sizes.push(bytes)
-  }
+  if (sizeRefused) return check('ok', 'sessions', `${counted}; their memory is unknown (MEMORY USAGE refused: ${sizeRefused}).`)
   if (sizes.length === 0) return check('ok', 'sessions', `${counted}.`)
   const each = sizes.reduce((a, b) => a + b, 0) / sizes.length
   let room = ''
@@ -355,4 +412,4 @@ function format(report) {
   return lines.join('\n')
 }
 
-module.exports = { examine, format }
+module.exports = { examine, format, escapeControls }

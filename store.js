@@ -265,13 +265,20 @@ const hostPort = (/** @type {unknown} */ host, /** @type {unknown} */ port) => {
   return `${h.includes(':') ? `[${h}]` : h}:${Number(port)}`
 }
 
-/** @param {unknown} id */
-function checkId(id) {
+/**
+ * A session id: a non-empty, well-formed string that does not start with the
+ * store's lock prefix (the key of id `lock:x` would be the lock key of `x`).
+ * @param {unknown} id @param {string} lockPrefix
+ */
+function checkId(id, lockPrefix) {
   if (typeof id !== 'string' || id.length === 0) {
     throw invalid(`sessionId must be a non-empty string, got ${typeof id === 'string' ? 'an empty string' : describe(id)}`)
   }
   if (LONE_SURROGATE.test(id)) {
     throw invalid('sessionId must be a well-formed string: it holds a lone surrogate (\\ud800-\\udfff)')
+  }
+  if (id.startsWith(lockPrefix)) {
+    throw invalid(`sessionId must not start with the lock prefix ${JSON.stringify(lockPrefix)}: its key would be the lock key of another session`)
   }
 }
 
@@ -512,6 +519,8 @@ class RedisSessionStore {
   #tracing = null
   /** The key prefix, for tracing. */
   #prefix = ''
+  /** What lock keys put after the prefix: no session id starts with it. */
+  #lockPrefix = ''
   #batchDone = () => {
     if (--this.#batches === 0) for (const resolve of this.#idle.splice(0)) resolve()
   }
@@ -525,6 +534,7 @@ class RedisSessionStore {
       throw fromNative(e)
     }
     this.#prefix = this.#native.prefix
+    this.#lockPrefix = this.#native.lockPrefix
     if (options.preloadScript) {
       // A failed preload is retried by the first merge (NOSCRIPT loads the
       // scripts), so its failure is not reported here.
@@ -672,11 +682,17 @@ class RedisSessionStore {
   /** @param {string} sessionId */
   async #get(sessionId) {
     this.#checkOpen()
-    checkId(sessionId)
+    checkId(sessionId, this.#lockPrefix)
     const [b, p] = this.#enqueue(GET, sessionId, 0, 0)
     this.#sendIfFull(b)
     const text = await this.#outcome(p)
-    return text === null ? null : parseSession(text)
+    if (text === null) return null
+    try {
+      return parseSession(text)
+    } catch (e) {
+      this.#native.getWasCorrupt() // a failed get in stats(), as in tracing
+      throw e
+    }
   }
 
   /**
@@ -692,7 +708,7 @@ class RedisSessionStore {
   /** @param {string} sessionId @param {SessionStoreData} data @param {number} ttlMs */
   async #set(sessionId, data, ttlMs) {
     this.#checkOpen()
-    checkId(sessionId)
+    checkId(sessionId, this.#lockPrefix)
     if (typeof data !== 'object' || data === null || Array.isArray(data)) {
       throw invalid(`data must be an object, got ${describe(data)}`)
     }
@@ -729,7 +745,7 @@ class RedisSessionStore {
   /** @param {string} sessionId @param {Record<string, unknown>} paths @param {number} ttlMs */
   async #merge(sessionId, paths, ttlMs) {
     this.#checkOpen()
-    checkId(sessionId)
+    checkId(sessionId, this.#lockPrefix)
     const pairs = mergePairs(paths)
     const ttl = checkTtl(ttlMs)
     const [b, p] = this.#enqueue(MERGE, sessionId, ttl, pairs.length)
@@ -787,7 +803,7 @@ class RedisSessionStore {
   /** @param {number} kind @param {unknown} sessionId @param {unknown} ttlMs */
   async #queueSimple(kind, sessionId, ttlMs) {
     this.#checkOpen()
-    checkId(sessionId)
+    checkId(sessionId, this.#lockPrefix)
     const ttl = ttlMs === NO_TTL ? 0 : checkTtl(ttlMs)
     const [b, p] = this.#enqueue(kind, /** @type {string} */ (sessionId), ttl, 0)
     this.#sendIfFull(b)

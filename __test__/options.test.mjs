@@ -98,7 +98,7 @@ describe('options', () => {
   it('util.inspect of a store shows where it connects, never a password', () => {
     const store = redis.store({ url: `redis://:hunter2@127.0.0.1:${redis.server.port}` })
     const shown = inspect(store, { showHidden: true, depth: 5 })
-    assert.ok(!shown.includes('hunter2') && shown.includes(`redis://:***@127.0.0.1:${redis.server.port}`), shown)
+    assert.ok(!shown.includes('hunter2') && shown.includes(`redis://***@127.0.0.1:${redis.server.port}`), shown)
     const others = [
       redis.store({ url: `redis://127.0.0.1:${redis.server.port}`, username: 'u', password: 'hunter2' }),
       createRedisSessionStore({ cluster: { nodes: ['redis://u:hunter2@127.0.0.1:1'] } }),
