@@ -10,11 +10,16 @@
 /** @typedef {import('./store').DoctorReport} DoctorReport */
 /** @typedef {import('./index').NativeStore} NativeStore */
 
-/** PINGs the latency check sends: ROUNDS rounds of PINGS / ROUNDS at once. */
+/**
+ * PINGs the latency check sends, once the connection is open: ROUNDS rounds
+ * of PINGS / ROUNDS at once.
+ */
 const PINGS = 100
-const ROUNDS = 5
+const ROUNDS = 4
 /** How long the session count may walk the keys, in ms. */
 const COUNT_BUDGET_MS = 5000
+/** Keys the session count walks in one round trip: the most one SCAN may ask. */
+const PAGE = 10_000
 /** Sessions whose memory is sampled. */
 const SAMPLES = 5
 /** Used memory, as a share of maxmemory, from which noeviction is a problem. */
@@ -44,6 +49,7 @@ function parseInfo(text) {
  * C1, so escape sequences too), line and paragraph separators and the
  * bidirectional overrides.
  */
+// oxlint-disable-next-line no-control-regex -- the characters to escape
 const UNSAFE = /[\u0000-\u001f\u007f-\u009f\u2028\u2029\u202a-\u202e\u2066-\u2069]/g
 
 /**
@@ -102,14 +108,18 @@ async function examine(native) {
     return times
   }
   // Every question at once: the round trips of the slowest check, not of all.
+  // The first PING opens the connection; the latency is measured after it.
+  const opened = settle(native.ping())
   const [ping, info, save, minReplicas, fast, access, times, clusterInfo, scripts, sessions] = await Promise.all([
-    settle(native.ping()),
+    opened,
     settle(query('*', 'INFO')),
     settle(query('*', 'CONFIG', 'GET', 'save')),
     settle(query('*', 'CONFIG', 'GET', 'min-replicas-to-write')),
     settle(native.fastPaths()),
     settle(native.commandAccess()),
-    settle(pings()),
+    // On a slow link the opening PING may time out while the connection
+    // opens: one more PING (not counted) waits for it.
+    settle(opened.then((first) => (first.error ? settle(native.ping()) : null)).then(pings)),
     cluster ? settle(query('*', 'CLUSTER', 'INFO')) : null,
     settle(query('*', 'SCRIPT', 'EXISTS', ...native.scriptShas)),
     settle(countSessions(native, masters, query)),
@@ -161,11 +171,12 @@ async function examine(native) {
   }
 
   // --- server -------------------------------------------------------------
-  const native8 = !fast.error && fast.value.swap !== 'swap.lua'
+  const native8 = fast.value !== undefined && fast.value.swap !== 'swap.lua'
   checks.push(
     attempt('server', () => {
-      const paths = answer(fast).swap !== 'swap.lua'
-        ? `merges write with ${fast.value.swap}${fast.value.release === 'unlock.lua' ? ' and unlocks run unlock.lua' : ` and unlocks with ${fast.value.release}`}, without Lua`
+      const { swap, release } = answer(fast)
+      const paths = swap !== 'swap.lua'
+        ? `merges write with ${swap}${release === 'unlock.lua' ? ' and unlocks run unlock.lua' : ` and unlocks with ${release}`}, without Lua`
         : 'merges and unlocks run Lua scripts (EVALSHA); Redis 8.4+ and Valkey 9.0+ do both with native commands, for less work on the server'
       if (infos.length === 0) return check('ok', 'server', `version unknown (INFO refused); ${paths}.`)
       const [, fields] = infos[0]
@@ -360,7 +371,7 @@ async function countSessions(native, masters, query) {
       let count = 0
       let cursor = '0'
       do {
-        const page = await native.scan(node, cursor, 1000, sampled.length < SAMPLES)
+        const page = await native.scan(node, cursor, PAGE, sampled.length < SAMPLES)
         count += page.count
         for (const id of page.ids) if (sampled.length < SAMPLES) sampled.push([node, id])
         cursor = page.cursor

@@ -3,7 +3,9 @@
 // cluster, leaving every key outside the prefix as it was.
 import assert from 'node:assert/strict'
 import { before, describe, it } from 'node:test'
-import { limits, newId, rejectsWith, session, useRedis } from './support/setup.mjs'
+import { Redis } from 'ioredis'
+import { createRedisSessionStore, limits, newId, onCluster, rejectsWith, session, useRedis } from './support/setup.mjs'
+import { startRedis } from './support/redis-server.mjs'
 
 const redis = useRedis()
 const TTL = 600_000
@@ -124,5 +126,63 @@ describe(`admin calls on ${SESSIONS.toLocaleString('en-US')} sessions${redis.clu
     assert.equal(await globby.clear(), 21)
     for (const k of decoys) assert.equal(await redis.admin.get(k), 'decoy', k)
     for (const k of decoys) await redis.admin.del(k)
+  })
+})
+
+describe('admin calls where the server or the options would make them wrong', { skip: onCluster }, () => {
+  /** A server, an admin client on it and a cleanup. */
+  async function withServer(args, fn) {
+    const server = await startRedis({ args })
+    const admin = new Redis({ port: server.port, host: '127.0.0.1' })
+    const stores = []
+    try {
+      await fn(server, admin, (/** @type {any} */ o) => {
+        const s = createRedisSessionStore({ url: server.url, ...o })
+        stores.push(s)
+        return s
+      })
+    } finally {
+      await Promise.allSettled(stores.map((s) => s.close()))
+      admin.disconnect()
+      await server.stop()
+    }
+  }
+
+  it('clear() falls back to DEL when UNLINK is renamed away', async () => {
+    await withServer(['--rename-command', 'UNLINK', ''], async (server, admin, store) => {
+      const s = store()
+      const mine = await fill(s, 50)
+      await s.lock(mine[0], TTL)
+      await admin.set('other:1', 'keep')
+      assert.equal(await s.clear(), 51)
+      assert.equal(await s.length(), 0)
+      assert.deepEqual(await admin.keys('*'), ['other:1'])
+    })
+  })
+
+  it('clear() falls back to DEL for a user the ACL refuses UNLINK', async () => {
+    await withServer([], async (server, admin, store) => {
+      await admin.call('ACL', 'SETUSER', 'nounlink', 'on', '>pw', '~sess:*', '+@all', '-unlink')
+      const s = store({ username: 'nounlink', password: 'pw' })
+      await fill(s, 50)
+      await admin.set('other:1', 'keep')
+      assert.equal(await s.clear(), 50)
+      assert.deepEqual(await admin.keys('*'), ['other:1'])
+    })
+  })
+
+  it('refuses an empty prefix, which would reach every key of the database, and touch nothing', async () => {
+    await withServer([], async (server, admin, store) => {
+      const s = store({ prefix: '' })
+      for (const k of ['billing:1', 'queue:jobs', 'audit-log']) await admin.set(k, `keep-${k}`)
+      const id = newId()
+      await s.set(id, session(id), TTL) // sessions themselves work with any prefix
+      const before = await admin.keys('*')
+      await rejectsWith(s.ids().next(), 'ERR_INVALID_ARG', 'non-empty prefix')
+      await rejectsWith(s.length(), 'ERR_INVALID_ARG', 'non-empty prefix')
+      await rejectsWith(s.clear(), 'ERR_INVALID_ARG', 'non-empty prefix')
+      assert.deepEqual((await admin.keys('*')).sort(), before.sort())
+      for (const k of ['billing:1', 'queue:jobs', 'audit-log']) assert.equal(await admin.get(k), `keep-${k}`)
+    })
   })
 })

@@ -7,13 +7,16 @@ import { fileURLToPath } from 'node:url'
 import { promisify } from 'node:util'
 import { after, afterEach, before, describe, it } from 'node:test'
 import { Redis } from 'ioredis'
-import { createRedisSessionStore, newId, onCluster, session } from './support/setup.mjs'
+import { createRedisSessionStore, newId, onCluster, rejectsWith, session } from './support/setup.mjs'
 import { startRedis } from './support/redis-server.mjs'
 import { startProxy } from './support/proxy.mjs'
 import { startCluster, startSentinels } from './support/cluster.mjs'
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..')
 const TTL = 60_000
+/** A control character a terminal acts on (newlines aside). */
+// oxlint-disable-next-line no-control-regex -- what the test looks for
+const CONTROL = /[\u0000-\u0009\u000b-\u001f\u007f-\u009f]/
 
 /** The doctor's checks by name, for a store made with `options`. */
 async function doctor(options) {
@@ -234,7 +237,9 @@ describe('doctor on a single server', { skip: onCluster }, () => {
     try {
       const r = await doctor({ url: proxy.url, connectTimeout: 40, commandTimeout: 60 })
       assert.equal(r.latency.level, 'fail')
-      assert.match(r.latency.message, /come near the call bound of 100 ms/)
+      // PINGs go 25 at a time (a bounded number of round trips): this near
+      // the bound, some of them may not be answered within it.
+      assert.match(r.latency.message, /come near the call bound of 100 ms|no answer within the call bound of 100 ms/)
     } finally {
       await proxy.stop()
     }
@@ -245,6 +250,74 @@ describe('doctor on a single server', { skip: onCluster }, () => {
     const r = await doctor({ url: server.url, username: 'noscan', password: 'pw' })
     assert.equal(r.acl.level, 'warn')
     assert.match(r.acl.message, /may not run SCAN: the store does without.*Grant \+scan/)
+  })
+
+  it('fails as one line a server that refuses the connection: NOAUTH without credentials, WRONGPASS with wrong ones', async () => {
+    const locked = await startRedis({ args: ['--requirepass', 'pw'] })
+    try {
+      for (const [options, flags, words] of [
+        [{ url: locked.url }, [], /NOAUTH/],
+        [{ url: locked.url, password: 'wrong' }, ['--password', 'wrong'], /WRONGPASS|authentication failed/i],
+      ]) {
+        await rejectsWith(doctor(options), 'ERR_AUTH')
+        const { code, out } = await cli('doctor', locked.url, ...flags)
+        assert.equal(code, 1, out)
+        assert.equal(out.trim().split('\n').length, 1, out)
+        assert.match(out, /^relay-session-redis doctor: ✗ cannot check: ERR_AUTH: /)
+        assert.match(out, words)
+        assert.doesNotMatch(out, /may run all/)
+      }
+      // With the password, every check runs.
+      assert.equal((await doctor({ url: locked.url, password: 'pw' })).acl.level, 'ok')
+    } finally {
+      await locked.stop()
+    }
+  })
+
+  it('shows what the server says with control characters escaped, never as it is', async () => {
+    // The version in INFO becomes escape sequences of the same length (the
+    // reply's length stays right): clear the screen, print green.
+    const proxy = await startProxy(server.port)
+    const hostile = '9\x1b[2J\x1b[32m\u009b\x07'
+    proxy.rewrite = (data) =>
+      Buffer.from(data.toString('latin1').replace(/((?:redis|valkey)_version:)([\d.]+)/g, (_, key, v) => key + hostile.padEnd(v.length, '\x07').slice(0, v.length)), 'latin1')
+    try {
+      const r = await doctor({ url: proxy.url })
+      assert.match(r.server.message, /^(Redis|Valkey) 9\\u001b\[2J/, r.server.message)
+      const { out } = await cli('doctor', proxy.url)
+      assert.match(out, /\\u001b\[2J/, out)
+      assert.doesNotMatch(out, CONTROL, 'no control character but newlines reaches the terminal')
+      const json = await cli('doctor', proxy.url, '--json')
+      assert.doesNotMatch(json.out, CONTROL)
+    } finally {
+      await proxy.stop()
+    }
+  })
+
+  it('takes a bounded number of round trips, whatever the latency', async () => {
+    // Behind a proxy that holds every reply 300 ms, each round trip is a
+    // burst of commands 300 ms after the one before: count the bursts.
+    const proxy = await startProxy(server.port)
+    proxy.delayMs = 300
+    proxy.sentAt = []
+    try {
+      const t0 = Date.now()
+      const r = await doctor({ url: proxy.url, commandTimeout: 5000 })
+      const ms = Date.now() - t0
+      let rounds = 0
+      let last = -Infinity
+      for (const t of proxy.sentAt) {
+        if (t - last > 150) rounds++
+        last = t
+      }
+      // As the README says: the connection's HELLO, every question at once
+      // (a PING among them), then the latency check's 100 PINGs in 4 rounds
+      // (the longest chain).
+      assert.equal(rounds, 6, `${rounds} round trips in ${ms} ms`)
+      assert.equal(r.latency.level, 'warn')
+    } finally {
+      await proxy.stop()
+    }
   })
 
   it('reports a server it cannot reach, with exit code 1', async () => {

@@ -8,6 +8,7 @@ import { Worker } from 'node:worker_threads'
 import { Redis } from 'ioredis'
 import { createRedisSessionStore, msUntilSuccess, newId, runNode, session } from './support/setup.mjs'
 import { startRedis } from './support/redis-server.mjs'
+import { startProxy } from './support/proxy.mjs'
 
 const STORE = fileURLToPath(new URL('../store.js', import.meta.url))
 
@@ -220,4 +221,38 @@ describe('process lifecycle', () => {
       await server.stop()
     }
   })
+})
+
+describe('error replies of a passing state, and redirections from a single server', () => {
+  // A proxy turns the server's reply to one GET into the error reply a
+  // server in that state sends; the code says what a caller should do.
+  for (const [reply, code, words] of [
+    ['-LOADING Redis is loading the dataset in memory', 'ERR_CONNECTION', /cannot serve the call for now \(LOADING\)/],
+    ['-BUSY Redis is busy running a script. You can only call SCRIPT KILL or SHUTDOWN NOSAVE.', 'ERR_CONNECTION', /\(BUSY\)/],
+    ['-TRYAGAIN Multiple keys request during rehashing of slot', 'ERR_CONNECTION', /\(TRYAGAIN\)/],
+    ['-CLUSTERDOWN The cluster is down', 'ERR_CONNECTION', /\(CLUSTERDOWN\)/],
+    ['-MOVED 3999 127.0.0.1:6381', 'ERR_REDIS', /Redis Cluster node.*cluster option/],
+    ['-ASK 3999 127.0.0.1:6381', 'ERR_REDIS', /Redis Cluster node.*cluster option/],
+  ]) {
+    it(`${reply.split(' ')[0].slice(1)} is ${code}`, async () => {
+      const server = await startRedis()
+      const proxy = await startProxy(server.port)
+      const store = createRedisSessionStore({ url: proxy.url })
+      try {
+        await store.ping() // the connection opens unchanged
+        proxy.rewrite = () => Buffer.from(`${reply}\r\n`)
+        const err = await store.get(newId()).then(
+          () => assert.fail('resolved'),
+          (e) => e,
+        )
+        assert.equal(err.code, code, err.message)
+        assert.match(err.message, words)
+        assert.doesNotMatch(err.message, /the cluster could not reach/)
+      } finally {
+        await store.close()
+        await proxy.stop()
+        await server.stop()
+      }
+    })
+  }
 })

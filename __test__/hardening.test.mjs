@@ -473,3 +473,39 @@ describe('the event loop keeps turning', () => {
     await store.close()
   })
 })
+
+describe('large merges never hold back other calls of the process', () => {
+  it("4 merges of 10,000 paths into 1 MB sessions, each from a store of its own: another store's gets go on", async () => {
+    const server = await startRedis()
+    // The merges may give up at their bound (4 s): their splices queue on
+    // the splicer's thread; what matters here is the gets beside them.
+    const merging = Array.from({ length: 4 }, () => createRedisSessionStore({ url: server.url, commandTimeout: 3000 }))
+    const reader = createRedisSessionStore({ url: server.url })
+    try {
+      const items = Array.from({ length: 10_000 }, (_, i) => ({ sku: `SKU-${100000 + i}`, qty: 1, note: 'x'.repeat(40), n: 0 }))
+      const big = (/** @type {string} */ id) => ({ data: { items }, meta: { id, createdAt: 1, expiresAt: 2 } })
+      const paths = Object.fromEntries(items.map((_, i) => [`data.items.${i}.n`, 7]))
+      await Promise.all(merging.map((s, j) => s.set(`m${j}`, big(`m${j}`), 600_000)))
+      await reader.set('r', session('r'), 600_000)
+      let stop = false
+      let slowest = 0
+      let gets = 0
+      const loop = (async () => {
+        while (!stop) {
+          const t0 = Date.now()
+          await reader.get('r') // a rejection (ERR_TIMEOUT) fails the test
+          slowest = Math.max(slowest, Date.now() - t0)
+          gets++
+        }
+      })()
+      await Promise.allSettled(merging.map((s, j) => s.merge(`m${j}`, paths, 600_000)))
+      stop = true
+      await loop
+      // Before the splicer, the runtime's workers were held for seconds.
+      assert.ok(slowest < 1000, `the slowest of ${gets} gets took ${slowest} ms`)
+    } finally {
+      await Promise.all([...merging, reader].map((s) => s.close()))
+      await server.stop()
+    }
+  })
+})

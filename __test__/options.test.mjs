@@ -99,6 +99,12 @@ describe('options', () => {
     const store = redis.store({ url: `redis://:hunter2@127.0.0.1:${redis.server.port}` })
     const shown = inspect(store, { showHidden: true, depth: 5 })
     assert.ok(!shown.includes('hunter2') && shown.includes(`redis://***@127.0.0.1:${redis.server.port}`), shown)
+    // A password typed where the user name goes, and a user name: no part
+    // of the user info is shown.
+    for (const url of [`redis://hunter2@127.0.0.1:${redis.server.port}`, `redis://someuser:hunter2@127.0.0.1:${redis.server.port}`]) {
+      const typo = inspect(redis.store({ url }), { showHidden: true, depth: 5 })
+      assert.ok(!typo.includes('hunter2') && !typo.includes('someuser') && typo.includes(`redis://***@127.0.0.1:${redis.server.port}`), typo)
+    }
     const others = [
       redis.store({ url: `redis://127.0.0.1:${redis.server.port}`, username: 'u', password: 'hunter2' }),
       createRedisSessionStore({ cluster: { nodes: ['redis://u:hunter2@127.0.0.1:1'] } }),

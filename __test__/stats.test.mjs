@@ -1,6 +1,7 @@
 // store.stats(), store.status and store.ping(): the counters each call moves,
 // the latency histogram, calls in flight, reconnects after a restart.
 import assert from 'node:assert/strict'
+import diagnosticsChannel from 'node:diagnostics_channel'
 import { describe, it } from 'node:test'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { createRedisSessionStore, msUntilSuccess, newId, onCluster, rejectsWith, session, useRedis } from './support/setup.mjs'
@@ -77,6 +78,28 @@ describe('stats()', () => {
       if (n > 0) assert.ok(l.p50Ms > 0 && l.p50Ms <= l.p99Ms, `${op}: ${l.p50Ms} ${l.p99Ms}`)
     }
     assert.equal(s.inFlight, 0)
+  })
+
+  it('counts a get whose stored text is not JSON as a failed get, as tracing reports it', async () => {
+    const store = redis.store()
+    const id = newId()
+    await redis.admin.set(`sess:${id}`, '{"data":', 'PX', TTL)
+    const channel = diagnosticsChannel.tracingChannel('relay-session-redis:call')
+    /** @type {string[]} */
+    const errors = []
+    const handlers = { start() {}, end() {}, asyncStart() {}, asyncEnd() {}, error: (/** @type {any} */ c) => errors.push(c.errorCode) }
+    channel.subscribe(handlers)
+    try {
+      await rejectsWith(store.get(id), 'ERR_CORRUPT_SESSION')
+    } finally {
+      channel.unsubscribe(handlers)
+    }
+    assert.deepEqual(errors, ['ERR_CORRUPT_SESSION'])
+    const s = store.stats()
+    assert.deepEqual(s.gets, { hits: 0, misses: 0 })
+    assert.equal(s.calls.get, 1)
+    assert.equal(s.errors.get, 1)
+    assert.equal(s.errorCodes.ERR_CORRUPT_SESSION, 1)
   })
 
   it('counts merges by the way they went', async () => {

@@ -44,6 +44,27 @@ describe('session ids', () => {
   }
 })
 
+describe('session ids that start with the lock prefix', () => {
+  // Session `lock:<id>` would be stored at `sess:lock:<id>`: the lock key of
+  // session `<id>`, which exists here.
+  const args = { get: [], set: [session('x'), 1000], delete: [], merge: [{ 'data.a': 1 }, 1000], lock: [1000], unlock: [], isLocked: [], touch: [1000] }
+  for (const method of Object.keys(args)) {
+    it(`${method} refuses them, whatever the lock prefix, and writes nothing`, async () => {
+      await refused(store[method](`lock:${id}`, ...args[method]), 'lock prefix')
+      await refused(store[method]('lock:', ...args[method]), 'lock prefix')
+      const other = redis.store({ lockPrefix: 'L-' })
+      await refused(other[method](`L-${id}`, ...args[method]), 'lock prefix "L-"')
+    })
+  }
+  it('leave ids that only contain it alone', async () => {
+    const near = `x-lock:${id}`
+    await store.set(near, session(near), 600_000)
+    assert.equal((await store.get(near)).meta.id, near)
+    await store.delete(near)
+    assert.deepEqual(await redis.snapshot(), stored)
+  })
+})
+
 describe('ttlMs', () => {
   for (const method of ['set', 'merge', 'lock']) {
     it(`${method} refuses a ttl that is not a finite number > 0`, async () => {

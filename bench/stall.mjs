@@ -214,7 +214,7 @@ const pct = (xs, p) => Math.round(xs[Math.min(xs.length - 1, Math.ceil((p / 100)
  * a loop: the gets' latency while the merges run.
  */
 async function getsBeside(name, n, make, paths, extra) {
-  await withServer(async (server, admin) => {
+  await withServer(async (server) => {
     const stores = Array.from({ length: n }, () => createRedisSessionStore({ url: server.url, commandTimeout: 30_000 }))
     const reader = createRedisSessionStore({ url: server.url })
     await reader.set('r', { data: { user: { id: 1 } }, meta: { id: 'r', createdAt: 1, expiresAt: 2 } }, TTL)

@@ -195,36 +195,48 @@ function installed(name) {
 }
 
 /**
- * The packages named by the Depends field of `deb` that this machine lacks:
- * for each group of alternatives none of which is installed, its first.
+ * The packages named by the Depends field of `deb`: for each group of
+ * alternatives, its first; with `lacking`, only the groups none of whose
+ * alternatives this machine has installed.
  */
-function lackingDepends(deb) {
+function depends(deb, lacking) {
   const field = spawnSync('dpkg-deb', ['-f', deb, 'Depends'], { encoding: 'utf8' }).stdout.trim()
   if (!field) return []
   return field
     .split(',')
     .map((group) => group.split('|').map((alt) => alt.trim().split(/[\s:(]/)[0]))
-    .filter((alts) => !alts.some(installed))
+    .filter((alts) => !lacking || !alts.some(installed))
     .map((alts) => alts[0])
 }
 
+/** The C library itself: the loader that runs the server must be the machine's own. */
+const SYSTEM = new Set(['libc6', 'libgcc-s1', 'libstdc++6'])
+
 /**
  * Valkey 8.0, Debian bookworm-backports' binary package, unpacked without
- * installing: with every package it depends on that this machine lacks
- * (liblzf1 and libjemalloc2 on a machine without redis-server), unpacked
- * beside it, and started through a wrapper that points the loader at them.
+ * installing, with the libraries it links (liblzf1, libjemalloc2, libssl3,
+ * libsystemd0) unpacked beside it, and what those need that the machine lacks,
+ * so that it runs the same on a bare machine and on one where another
+ * package brought them; started through a wrapper that points the loader at
+ * them.
  */
 function fetchValkey80() {
   return gotOnce('valkey-8.0', 'valkey-server', (dest, work) => {
     const sources = [`deb ${KEYRING} ${debianMirror()} bookworm main`, `deb ${KEYRING} ${debianMirror()} bookworm-backports main`]
     withPrivateApt(work, sources, (apt) => {
-      const got = new Set()
-      let wanted = ['valkey-server/bookworm-backports', 'valkey-tools/bookworm-backports']
+      const download = (/** @type {string[]} */ names) => execFileSync('apt-get', [...apt, 'download', '-qq', ...names], { cwd: work, stdio: 'inherit' })
+      const got = new Set(['valkey-server', 'valkey-tools'])
+      download(['valkey-server/bookworm-backports', 'valkey-tools/bookworm-backports'])
+      const debs = () => readdirSync(work).filter((f) => f.endsWith('.deb'))
+      const servers = debs().map((d) => path.join(work, d))
+      // Only libraries: the server's other packages (adduser) are for installing it.
+      let wanted = [...new Set(servers.flatMap((deb) => depends(deb, false)))].filter((n) => n.startsWith('lib') && !got.has(n) && !SYSTEM.has(n))
       while (wanted.length) {
-        execFileSync('apt-get', [...apt, 'download', '-qq', ...wanted], { cwd: work, stdio: 'inherit' })
-        for (const w of wanted) got.add(w.split('/')[0])
-        const debs = readdirSync(work).filter((f) => f.endsWith('.deb'))
-        wanted = [...new Set(debs.flatMap((deb) => lackingDepends(path.join(work, deb))))].filter((name) => !got.has(name))
+        // From bookworm itself: the machine's own version may come from a
+        // suite (security updates) that the private list does not read.
+        download(wanted.map((n) => `${n}/bookworm`))
+        for (const w of wanted) got.add(w)
+        wanted = [...new Set(debs().flatMap((deb) => depends(path.join(work, deb), true)))].filter((n) => n.startsWith('lib') && !got.has(n) && !SYSTEM.has(n))
       }
     })
     for (const deb of readdirSync(work).filter((f) => f.endsWith('.deb'))) execFileSync('dpkg', ['-x', path.join(work, deb), dest])

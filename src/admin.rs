@@ -472,17 +472,35 @@ impl Store {
     }
 }
 
-/// Whether an error reply to a probe is the command's own answer to it,
-/// given after the server let this user run it: `EVALSHA` of a script not
-/// loaded, and Redis 6.0's `HELLO` without a protocol version (the store's
-/// own `HELLO` gets that reply too, and takes the scripts).
+/// Whether an error reply to a probe was given after the server's ACL let
+/// this user run the command: the command's own answer (`EVALSHA` of a
+/// script not loaded; Redis 6.0's `HELLO` without a protocol version, which
+/// the store's own `HELLO` gets too) or the server's state (a replica, full
+/// memory, a failed snapshot, a cluster redirection), which Redis checks
+/// after the ACL. A refusal (NOAUTH, NOPERM, an unknown command) or an
+/// error of another kind is not.
 fn own_error(command: &str, e: &redis::ServerError) -> bool {
-    match command {
-        "evalsha" => e.code() == "NOSCRIPT",
-        "hello" => e
-            .details()
-            .is_some_and(|d| d.starts_with("wrong number of arguments")),
-        _ => false,
+    match e.code() {
+        "NOSCRIPT" => command == "evalsha",
+        "ERR" => {
+            command == "hello"
+                && e.details()
+                    .is_some_and(|d| d.starts_with("wrong number of arguments"))
+        }
+        code => matches!(
+            code,
+            "READONLY"
+                | "OOM"
+                | "MISCONF"
+                | "NOREPLICAS"
+                | "LOADING"
+                | "BUSY"
+                | "MASTERDOWN"
+                | "MOVED"
+                | "ASK"
+                | "TRYAGAIN"
+                | "CLUSTERDOWN"
+        ),
     }
 }
 
@@ -510,6 +528,43 @@ mod tests {
         assert_eq!(keys, vec![b"sess:a".to_vec()]);
         assert!(scan_reply(Value::Nil, false).is_err());
         assert_eq!(cursor("x").unwrap_err().code, Code::InvalidArg);
+    }
+
+    #[test]
+    fn only_the_commands_own_answers_count_as_allowed() {
+        let error = |code: &str, detail: &str| {
+            let e = redis::make_extension_error(code.into(), Some(detail.into()));
+            redis::ServerError::try_from(e).unwrap()
+        };
+        assert!(own_error(
+            "evalsha",
+            &error("NOSCRIPT", "No matching script")
+        ));
+        assert!(own_error(
+            "set",
+            &error("READONLY", "You can't write against a read only replica.")
+        ));
+        assert!(own_error(
+            "hello",
+            &error("ERR", "wrong number of arguments for 'hello' command")
+        ));
+        for (command, code, detail) in [
+            ("get", "NOAUTH", "Authentication required."),
+            (
+                "set",
+                "NOPERM",
+                "this user has no permissions to run the 'set' command",
+            ),
+            ("unlink", "ERR", "unknown command 'unlink'"),
+            ("get", "ERR", "wrong number of arguments for 'get' command"),
+            ("get", "WRONGPASS", "invalid username-password pair"),
+            ("evalsha", "ERR", "max number of clients reached"),
+        ] {
+            assert!(
+                !own_error(command, &error(code, detail)),
+                "{command}: {code} {detail}"
+            );
+        }
     }
 
     #[test]

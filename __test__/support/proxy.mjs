@@ -1,8 +1,8 @@
 // A TCP proxy on a free loopback port in front of a server, for the timing
 // tests: what the client sends goes through at once; what the server answers
 // is held for `delayMs` (changeable at any time), in order. `sent` collects
-// what clients sent (as latin1 text) when it is an array; `rewrite` changes
-// what the server answers.
+// what clients sent (as latin1 text) when it is an array, and `sentAt` when
+// (Date.now()); `rewrite` changes what the server answers.
 import net from 'node:net'
 
 /** @param {number} upstreamPort */
@@ -14,6 +14,8 @@ export function startProxy(upstreamPort) {
     delayMs: 0,
     /** @type {string[] | null} */
     sent: null,
+    /** @type {number[] | null} */
+    sentAt: null,
     /** @type {(data: Buffer) => Buffer} */
     rewrite: (data) => data,
     async stop() {
@@ -39,6 +41,7 @@ export function startProxy(upstreamPort) {
     }
     client.on('data', (d) => {
       proxy.sent?.push(d.toString('latin1'))
+      proxy.sentAt?.push(Date.now())
       upstream.write(d)
     })
     upstream.on('data', (data) => {
