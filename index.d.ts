@@ -169,7 +169,8 @@ export declare const MAX_MERGE_PATHS: number
 
 /**
  * Writing far past an array's end pads it with nulls, as JavaScript would;
- * padding by more than this many elements is refused.
+ * a merge whose paths pad arrays with more than this many nulls in all is
+ * refused.
  */
 export declare const MAX_PADDING: number
 

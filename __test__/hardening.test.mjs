@@ -85,6 +85,13 @@ describe('limits, refused before anything is sent', () => {
   it('array padding past MAX_PADDING', async () => {
     await store.get(id)
     await refusedUnchanged(() => store.merge(id, { [`data.cart.${limits.MAX_PADDING + 1}`]: 1 }, 600_000), 'ERR_INVALID_ARG', 'past the end')
+    // The limit holds for the merge as a whole: 1,000 paths each padding a
+    // new array with 100,000 nulls would make a session of 500 MB.
+    const many = Object.fromEntries(Array.from({ length: 1000 }, (_, i) => [`data.pads.p${i}`, []]))
+    await store.merge(id, many, 600_000)
+    await store.get(id)
+    const padded = Object.fromEntries(Array.from({ length: 1000 }, (_, i) => [`data.pads.p${i}.99999`, 1]))
+    await refusedUnchanged(() => store.merge(id, padded, 600_000), 'ERR_INVALID_ARG', 'in all')
   })
 })
 

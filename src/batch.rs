@@ -289,9 +289,9 @@ impl<'a> Batch<'a> {
                     }
                     Next::Conflict(text_len) => {
                         pending.conflicts += 1;
-                        let paths = (op.args.len() / 2).max(1);
+                        // The script pads arrays too: that counts as its work.
                         let script_fits =
-                            text_len.is_some_and(|len| len.saturating_mul(paths) <= SCRIPT_WORK);
+                            text_len.is_some_and(|len| splice_work(len, &op.args) <= SCRIPT_WORK);
                         if script_fits {
                             pending.step = Some(Step::Script);
                         } else {

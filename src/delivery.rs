@@ -85,7 +85,7 @@ struct Job {
 }
 
 /// Where the main thread hands batches over. A batch needs a task of its own
-/// (a large merge may step off its worker with `block_in_place` while the
+/// (a large merge waits for its splice on the splicer's thread while the
 /// store's other batches go on), but creating one allocates the batch's whole
 /// future, about 4 KB at 128-byte alignment, and that cost, measured with perf,
 /// was half of a lone call's time in `NativeStore.batch()`. So the main thread

@@ -20,7 +20,8 @@ pub const MAX_PATH_SEGMENTS: u32 = 1_000;
 pub const MAX_TTL_MS: f64 = 9_007_199_254_740_991.0;
 
 /// Writing far past an array's end pads it with nulls, as JavaScript would;
-/// padding by more than this many elements is refused.
+/// a merge whose paths pad arrays with more than this many nulls in all is
+/// refused.
 #[napi]
 pub const MAX_PADDING: u32 = 100_000;
 

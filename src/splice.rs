@@ -505,8 +505,9 @@ fn splice(s: &mut Vec<u8>, from: usize, to: usize, text: &[u8]) {
     s.splice(from..to, text.iter().copied());
 }
 
-/// Applies one path to validated text.
-fn apply(s: &mut Vec<u8>, segs: &[&str], val: Option<&[u8]>) -> Result<()> {
+/// Applies one path to validated text; `padding` is how many nulls the
+/// merge may still pad arrays with.
+fn apply(s: &mut Vec<u8>, segs: &[&str], val: Option<&[u8]>, padding: &mut u64) -> Result<()> {
     let mut p = skip_ws(s, 0);
     for (i, seg) in segs.iter().enumerate() {
         let last = i + 1 == segs.len();
@@ -557,6 +558,13 @@ fn apply(s: &mut Vec<u8>, segs: &[&str], val: Option<&[u8]>) -> Result<()> {
                             "array index {seg} is more than {MAX_PADDING} past the end of the array"
                         )));
                     }
+                    // In all, a merge pads with MAX_PADDING nulls at most:
+                    // many paths must not make a session of gigabytes.
+                    *padding = padding.checked_sub(idx - len).ok_or_else(|| {
+                        SpliceError::BadArg(format!(
+                            "the paths pad arrays past their ends with more than {MAX_PADDING} nulls in all"
+                        ))
+                    })?;
                     let mut text = Vec::new();
                     if len > 0 {
                         text.push(b',');
@@ -619,13 +627,14 @@ pub fn merge_checked(
         }
     }
     let mut s = stored.to_vec();
+    let mut padding = u64::from(MAX_PADDING);
     for pair in pairs.chunks_exact(2) {
         if deadline.is_some_and(|d| Instant::now() >= d) {
             return Err(SpliceError::OutOfTime);
         }
         let segs: Vec<&str> = pair[0].split('.').collect();
         let val = (!pair[1].is_empty()).then(|| pair[1].as_bytes());
-        apply(&mut s, &segs, val)?;
+        apply(&mut s, &segs, val, &mut padding)?;
     }
     Ok(s)
 }
@@ -742,6 +751,18 @@ mod tests {
             merge(br#"{"a":[]}"#, &pairs),
             Err(SpliceError::BadArg(_))
         ));
+    }
+
+    #[test]
+    fn refuses_padding_past_the_limit_in_all() {
+        // Each path alone is within the limit; together they are not.
+        let pairs: Vec<String> = ["a.60000", "1", "b.60000", "1"].map(String::from).to_vec();
+        match merge(br#"{"a":[],"b":[]}"#, &pairs) {
+            Err(SpliceError::BadArg(m)) => assert!(m.contains("in all"), "{m}"),
+            other => panic!("{other:?}"),
+        }
+        let within: Vec<String> = ["a.50000", "1", "b.49999", "1"].map(String::from).to_vec();
+        assert!(merge(br#"{"a":[],"b":[]}"#, &within).is_ok());
     }
 
     #[test]
