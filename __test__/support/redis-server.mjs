@@ -72,11 +72,35 @@ export function rawCommand(port, command, timeoutMs = 500) {
 /**
  * Starts a redis-server on a free loopback port, persistence off.
  * `config` names a config file to start from (a sentinel's).
+ *
+ * A port that was free a moment ago may be taken before the server binds it:
+ * the ports freePort() hands out are the ephemeral ones, which every outgoing
+ * connection of the machine (a store reconnecting, another test file's
+ * clients) also takes as its source port. A server that finds its port in use
+ * is started again: on another free port, or, when `port` was given (a
+ * restart on the same port), on that port once the connection holding it is
+ * gone.
  * @param {{args?: string[], port?: number, config?: string, bin?: string}} [opts]
  */
 export async function startRedis(opts = {}) {
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await startOnce(opts, opts.port ?? (await freePort()))
+    } catch (e) {
+      if (!(e instanceof PortInUse) || attempt === 20) throw e
+      await sleep(opts.port === undefined ? 0 : 100)
+    }
+  }
+}
+
+class PortInUse extends Error {}
+
+/**
+ * @param {{args?: string[], port?: number, config?: string, bin?: string}} opts
+ * @param {number} port
+ */
+async function startOnce(opts, port) {
   const bin = opts.bin ?? findRedisServer()
-  const port = opts.port ?? (await freePort())
   // A directory of its own: no dump file of another server (or version) is
   // ever read from, or left in, the current directory.
   const ownDir = (opts.args ?? []).includes('--dir') ? null : mkdtempSync(path.join(tmpdir(), 'rsr-redis-'))
@@ -109,7 +133,12 @@ export async function startRedis(opts = {}) {
     },
   }
   for (let i = 0; i < 200; i++) {
-    if (exited) throw new Error(`redis-server exited at start:\n${output}`)
+    if (exited) {
+      // Its output may still be on its way.
+      await sleep(10)
+      if (/Address already in use/.test(output)) throw new PortInUse(`port ${port} is in use`)
+      throw new Error(`redis-server exited at start:\n${output}`)
+    }
     try {
       await rawCommand(port, 'PING') // any reply, +PONG or -NOAUTH, means it is up
       return server
