@@ -133,25 +133,16 @@ fn splice_work(len: usize, pairs: &[String]) -> usize {
     len.saturating_mul(paths.max(1)).saturating_add(padding)
 }
 
-/// The paths of op `at` of `ops`, for a splice queued to another thread.
-struct Pairs(Arc<Vec<Op>>, usize);
-
-impl AsRef<[String]> for Pairs {
-    fn as_ref(&self) -> &[String] {
-        &self.0[self.1].args
-    }
-}
-
 /// One batch of ops of a store, run until each has an outcome or its
 /// deadline passes.
 pub struct Batch<'a> {
     store: &'a Store,
-    ops: &'a Arc<Vec<Op>>,
+    ops: &'a [Op],
     deadline: Instant,
 }
 
 impl<'a> Batch<'a> {
-    pub fn new(store: &'a Store, ops: &'a Arc<Vec<Op>>, deadline: Instant) -> Self {
+    pub fn new(store: &'a Store, ops: &'a [Op], deadline: Instant) -> Self {
         Batch {
             store,
             ops,
@@ -164,7 +155,7 @@ impl<'a> Batch<'a> {
     /// an earlier op of the batch on the same session may still need another
     /// round.
     pub async fn run(&self, deliver: &mut (dyn FnMut(Vec<(usize, Outcome)>) + Send)) {
-        let (ops, deadline) = (&self.ops[..], self.deadline);
+        let (ops, deadline) = (self.ops, self.deadline);
         let mut todo: Vec<Pending> = (0..ops.len())
             .map(|op| Pending {
                 op,
@@ -403,7 +394,10 @@ impl<'a> Batch<'a> {
     ) -> std::result::Result<Step, Outcome> {
         let op = &self.ops[at];
         if splice_work(old.len(), &op.args) > QUEUED_SPLICE {
-            let pairs = Pairs(Arc::clone(self.ops), at);
+            // The splice outlives this borrow of the batch: it takes a copy
+            // of the paths (rare and small beside the splice itself; an
+            // owner shared by every batch would cost every call).
+            let pairs = op.args.clone();
             let spliced = splicer::queue_splice(Arc::clone(&old), checked, pairs, self.deadline);
             return Ok(Step::Splicing {
                 spliced,

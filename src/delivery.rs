@@ -77,8 +77,7 @@ impl Queue {
 /// A batch handed over by the main thread.
 struct Job {
     batch: u32,
-    /// Shared with the splices a batch queues (`splicer`).
-    ops: Arc<Vec<Op>>,
+    ops: Vec<Op>,
     deadline: Instant,
     /// When its first call was made, for the latency counts.
     since: Instant,
@@ -121,7 +120,7 @@ impl Runner {
         store.stats.started(ops.len());
         if let Err(mpsc::error::SendError(job)) = self.jobs.send(Job {
             batch,
-            ops: Arc::new(ops),
+            ops,
             deadline,
             since,
         }) {

@@ -72,7 +72,7 @@ pub type Spliced = std::result::Result<Vec<u8>, SpliceError>;
 pub fn queue_splice(
     old: Arc<Vec<u8>>,
     checked: bool,
-    pairs: impl AsRef<[String]> + Send + 'static,
+    pairs: Vec<String>,
     deadline: Instant,
 ) -> oneshot::Receiver<Spliced> {
     let (tx, rx) = oneshot::channel();
@@ -80,7 +80,7 @@ pub fn queue_splice(
         let result = if Instant::now() >= deadline {
             Err(SpliceError::OutOfTime)
         } else {
-            splice_now(&old, checked, pairs.as_ref(), deadline)
+            splice_now(&old, checked, &pairs, deadline)
         };
         let _ = tx.send(result);
     };

@@ -69,7 +69,7 @@ impl Store {
     /// round's outcomes to `deliver` as they come (`batch.rs`).
     pub async fn run(
         &self,
-        ops: &Arc<Vec<Op>>,
+        ops: &[Op],
         deadline: Instant,
         deliver: &mut (dyn FnMut(Vec<(usize, Outcome)>) + Send),
     ) {
