@@ -11,7 +11,7 @@ use napi_derive::napi;
 use redis::{Cmd, Value};
 
 use crate::capabilities::{Capabilities, ReleaseBy, SwapBy};
-use crate::errors::{Code, Result, StoreError};
+use crate::errors::{Code, Result, StoreError, PASSING_STATES};
 use crate::limits::MAX_SCAN_COUNT;
 use crate::lock::new_token;
 use crate::ops::describe_reply;
@@ -453,7 +453,7 @@ impl Store {
                 // a refusal of the connection (NOAUTH) or of the command
                 // (NOPERM, unknown command) is not a permission.
                 _ => match probed.next() {
-                    Some(Value::ServerError(e)) if !own_error(name, &e) => {
+                    Some(Value::ServerError(e)) if !answered_after_acl(name, &e) => {
                         Err(StoreError::from_reply(&e, self.conn.is_cluster()).message)
                     }
                     Some(_) => Ok(()),
@@ -479,7 +479,7 @@ impl Store {
 /// memory, a failed snapshot, a cluster redirection), which Redis checks
 /// after the ACL. A refusal (NOAUTH, NOPERM, an unknown command) or an
 /// error of another kind is not.
-fn own_error(command: &str, e: &redis::ServerError) -> bool {
+fn answered_after_acl(command: &str, e: &redis::ServerError) -> bool {
     match e.code() {
         "NOSCRIPT" => command == "evalsha",
         "ERR" => {
@@ -487,20 +487,12 @@ fn own_error(command: &str, e: &redis::ServerError) -> bool {
                 && e.details()
                     .is_some_and(|d| d.starts_with("wrong number of arguments"))
         }
-        code => matches!(
-            code,
-            "READONLY"
-                | "OOM"
-                | "MISCONF"
-                | "NOREPLICAS"
-                | "LOADING"
-                | "BUSY"
-                | "MASTERDOWN"
-                | "MOVED"
-                | "ASK"
-                | "TRYAGAIN"
-                | "CLUSTERDOWN"
-        ),
+        code => {
+            matches!(
+                code,
+                "READONLY" | "OOM" | "MISCONF" | "NOREPLICAS" | "MOVED" | "ASK"
+            ) || PASSING_STATES.contains(&code)
+        }
     }
 }
 
@@ -536,15 +528,15 @@ mod tests {
             let e = redis::make_extension_error(code.into(), Some(detail.into()));
             redis::ServerError::try_from(e).unwrap()
         };
-        assert!(own_error(
+        assert!(answered_after_acl(
             "evalsha",
             &error("NOSCRIPT", "No matching script")
         ));
-        assert!(own_error(
+        assert!(answered_after_acl(
             "set",
             &error("READONLY", "You can't write against a read only replica.")
         ));
-        assert!(own_error(
+        assert!(answered_after_acl(
             "hello",
             &error("ERR", "wrong number of arguments for 'hello' command")
         ));
@@ -561,7 +553,7 @@ mod tests {
             ("evalsha", "ERR", "max number of clients reached"),
         ] {
             assert!(
-                !own_error(command, &error(code, detail)),
+                !answered_after_acl(command, &error(code, detail)),
                 "{command}: {code} {detail}"
             );
         }

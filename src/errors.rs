@@ -89,6 +89,11 @@ impl fmt::Display for StoreError {
 
 impl std::error::Error for StoreError {}
 
+/// Error replies of a server state that passes: a restart loading its data,
+/// a script past its time limit, a replica cut off from its master, a slot
+/// moving or a cluster without a majority. The call may succeed later.
+pub const PASSING_STATES: [&str; 5] = ["LOADING", "BUSY", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN"];
+
 /// Error replies the merge script raises itself: `<CODE> <detail>`.
 const SCRIPT_CODES: [Code; 2] = [Code::CorruptSession, Code::InvalidArg];
 
@@ -126,10 +131,7 @@ impl StoreError {
                     ),
                 )
             }
-            // States that pass: a restart loading its data, a script past its
-            // time limit, a replica cut off from its master, a slot moving or
-            // a cluster without a majority. The call may succeed later.
-            Some(state @ ("LOADING" | "BUSY" | "MASTERDOWN" | "TRYAGAIN" | "CLUSTERDOWN")) => {
+            Some(state) if PASSING_STATES.contains(&state) => {
                 return StoreError::new(
                     Code::Connection,
                     format!(
