@@ -77,7 +77,7 @@ const perNode = (reply) => (isError(reply) ? [['', reply]] : Object.entries(/** 
 const check = (level, name, message) => ({ name, level, message: escapeControls(message) })
 
 /** @param {unknown} e */
-const isTimeout = (e) => /** @type {any} */ (e)?.code === 'ERR_TIMEOUT' || String(/** @type {any} */ (e)?.message).startsWith('ERR_TIMEOUT')
+const isTimeout = (e) => /** @type {any} */ (e)?.code === 'ERR_TIMEOUT'
 
 /**
  * A promise's value or its failure, whichever comes.
@@ -110,12 +110,12 @@ async function examine(native) {
   // Every question at once: the round trips of the slowest check, not of all.
   // The first PING opens the connection; the latency is measured after it.
   const opened = settle(native.ping())
-  const [ping, info, save, minReplicas, fast, access, times, clusterInfo, scripts, sessions] = await Promise.all([
+  const [ping, info, save, minReplicas, compares, access, times, clusterInfo, scripts, sessions] = await Promise.all([
     opened,
     settle(query('*', 'INFO')),
     settle(query('*', 'CONFIG', 'GET', 'save')),
     settle(query('*', 'CONFIG', 'GET', 'min-replicas-to-write')),
-    settle(native.fastPaths()),
+    settle(native.compareCommands()),
     settle(native.commandAccess()),
     // On a slow link the opening PING may time out while the connection
     // opens: one more PING (not counted) waits for it.
@@ -171,12 +171,12 @@ async function examine(native) {
   }
 
   // --- server -------------------------------------------------------------
-  const native8 = fast.value !== undefined && fast.value.swap !== 'swap.lua'
+  const serverCompares = compares.value !== undefined && compares.value.compareAndSet !== 'swap.lua'
   checks.push(
     attempt('server', () => {
-      const { swap, release } = answer(fast)
-      const paths = swap !== 'swap.lua'
-        ? `merges write with ${swap}${release === 'unlock.lua' ? ' and unlocks run unlock.lua' : ` and unlocks with ${release}`}, without Lua`
+      const { compareAndSet, compareAndDelete } = answer(compares)
+      const paths = compareAndSet !== 'swap.lua'
+        ? `merges write with ${compareAndSet}${compareAndDelete === 'unlock.lua' ? ' and unlocks run unlock.lua' : ` and unlocks with ${compareAndDelete}`}, without Lua`
         : 'merges and unlocks run Lua scripts (EVALSHA); Redis 8.4+ and Valkey 9.0+ do both with native commands, for less work on the server'
       if (infos.length === 0) return check('ok', 'server', `version unknown (INFO refused); ${paths}.`)
       const [, fields] = infos[0]
@@ -280,7 +280,7 @@ async function examine(native) {
       const nodes = cluster ? ` on ${missing.map(([n]) => n).join(', ')}` : ''
       const refused = missing.find(([, r]) => isError(r))
       if (refused) return check('warn', 'scripts', `cannot tell whether the scripts are loaded${nodes}: ${errorText(refused[1])}.`)
-      return check('warn', 'scripts', `the store's scripts are not loaded${nodes}: the first ${native8 ? 'merge conflict' : 'merge or unlock'} loads them (NOSCRIPT, then SCRIPT LOAD: one more round trip); preloadScript: true loads them when the store is created.`)
+      return check('warn', 'scripts', `the store's scripts are not loaded${nodes}: the first ${serverCompares ? 'merge conflict' : 'merge or unlock'} loads them (NOSCRIPT, then SCRIPT LOAD: one more round trip); preloadScript: true loads them when the store is created.`)
     }),
   )
 

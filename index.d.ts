@@ -21,7 +21,8 @@ export declare class NativeStore {
   /**
    * `on_outcomes(batches, slots, codes, values)` receives outcomes as they
    * settle: per op, its batch number, its place in the batch, its
-   * `OutcomeCode`, and its text or error "<CODE>: <message>".
+   * `OutcomeCode` (for a failure, `Failed` plus its `ErrorCode`'s number),
+   * and its text or error message.
    */
   constructor(options: StoreOptions | undefined | null, onOutcomes: (batches: number[], slots: number[], codes: number[], values: (string | null)[]) => void)
   /**
@@ -42,7 +43,7 @@ export declare class NativeStore {
   get address(): string
   /** How long a call may take, in ms: `connectTimeout + commandTimeout`. */
   get callBoundMs(): number
-  /** The SHA1 of the merge, swap and unlock scripts, in that order. */
+  /** The SHA1 of the merge, compare-and-set and unlock scripts, in that order. */
   get scriptShas(): Array<string>
   /** The key prefix (for tracing). */
   get prefix(): string
@@ -70,7 +71,7 @@ export declare class NativeStore {
   /** Removes one page of keys under the prefix on `node` from `cursor`. */
   clearPage(node: string, cursor: string, count: number): Promise<ScanPage>
   /** The commands the store sends for its compare-and-writes here. */
-  fastPaths(): Promise<FastPaths>
+  compareCommands(): Promise<CompareCommands>
   /**
    * For the doctor: one command's reply as JSON text; `to` is "", "*"
    * (every master) or a master's `host:port`.
@@ -108,8 +109,8 @@ export interface CommandAccess {
   /** The command, as ACL rules name it (`script|load`). */
   command: string
   /**
-   * Whether the store needs it, or only uses it where allowed (the native
-   * commands, `HELLO`, the admin calls).
+   * Whether the store needs it, or only uses it where allowed (the
+   * server's own compare-and-writes, `HELLO`, the admin calls).
    */
   required: boolean
   allowed: boolean
@@ -122,13 +123,19 @@ export interface CommandAccess {
   checkedBy: string
 }
 
-/** What the store sends for its compare-and-writes on this link. */
-export interface FastPaths {
-  /** How a merge writes: `'SET IFDEQ'`, `'SET IFEQ'` or `'swap.lua'`. */
-  swap: string
-  /** How an unlock deletes: `'DELEX'`, `'DELIFEQ'` or `'unlock.lua'`. */
-  release: string
+/** The commands the store sends for its compare-and-writes on this link. */
+export interface CompareCommands {
+  /** A merge's compare-and-set: `'SET IFDEQ'`, `'SET IFEQ'` or `'swap.lua'`. */
+  compareAndSet: string
+  /** An unlock's compare-and-delete: `'DELEX'`, `'DELIFEQ'` or `'unlock.lua'`. */
+  compareAndDelete: string
 }
+
+/**
+ * The stable codes of `RedisSessionStoreError` (from the list in
+ * `errors.rs`), in the order of their numbers in an outcome.
+ */
+export type ErrorCode = 'ERR_INVALID_ARG' | 'ERR_CONNECTION' | 'ERR_TIMEOUT' | 'ERR_CORRUPT_SESSION' | 'ERR_CLOSED' | 'ERR_AUTH' | 'ERR_REDIS'
 
 /** `get` calls that found a session, and that found none. */
 export interface GetCounts {
@@ -167,27 +174,16 @@ export interface LockCounts {
 /** Paths in one `merge` call. */
 export declare const MAX_MERGE_PATHS: number
 
-/**
- * Writing far past an array's end pads it with nulls, as JavaScript would;
- * a merge whose paths pad arrays with more than this many nulls in all is
- * refused.
- */
+/** The most nulls one merge may pad arrays with, in all its paths. */
 export declare const MAX_PADDING: number
 
 /** Dot-separated segments in one merge path. */
 export declare const MAX_PATH_SEGMENTS: number
 
-/**
- * Keys one page of `ids()`, `length()` or `clear()` asks `SCAN` for: each
- * page is one `SCAN` (and for `clear()` one `UNLINK` of what it found), so
- * this bounds the work one admin command makes Redis do.
- */
+/** The largest `count` of one page of `ids()`. */
 export declare const MAX_SCAN_COUNT: number
 
-/**
- * The largest `ttlMs`: `Number.MAX_SAFE_INTEGER`, the largest whole number a
- * JavaScript number holds exactly (and far below what Redis's `PX` takes).
- */
+/** The largest `ttlMs`: `Number.MAX_SAFE_INTEGER`. */
 export declare const MAX_TTL_MS: number
 
 /** Merges by the way they went. */
@@ -229,7 +225,10 @@ export interface OpCounts {
   touch: number
 }
 
-/** Operation codes; exported to `store.js` as `OpKind`. */
+/**
+ * The op codes `store.js` sends in a batch's `kinds` (from the list
+ * of ops in `store/ops.rs`).
+ */
 export declare enum OpKind {
   Get = 0,
   Set = 1,
@@ -241,6 +240,7 @@ export declare enum OpKind {
   Touch = 7,
 }
 
+/** Latencies per op. */
 export interface OpLatencies {
   get: Latency
   set: Latency
@@ -252,7 +252,11 @@ export interface OpLatencies {
   touch: Latency
 }
 
-/** How an op settled, as `store.js` reads it; exported as `OutcomeCode`. */
+/**
+ * How an op settled, as `store.js` reads a batch's `codes`. A failure is
+ * `Failed` plus the number of its error code (the position of the code in
+ * `ErrorCode`), its message in `values`.
+ */
 export declare enum OutcomeCode {
   Done = 0,
   True = 1,

@@ -836,11 +836,11 @@ function __napiStampBindingTarget(exportsObject, target) {
 module.exports.__napiBindingTarget = __napiStampBindingTarget(nativeBinding, __napiLoadedBindingTarget)
 module.exports = nativeBinding
 module.exports.NativeStore = nativeBinding.NativeStore
+module.exports.ErrorCode = nativeBinding.ErrorCode
 module.exports.MAX_MERGE_PATHS = nativeBinding.MAX_MERGE_PATHS
 module.exports.MAX_PADDING = nativeBinding.MAX_PADDING
 module.exports.MAX_PATH_SEGMENTS = nativeBinding.MAX_PATH_SEGMENTS
 module.exports.MAX_SCAN_COUNT = nativeBinding.MAX_SCAN_COUNT
 module.exports.MAX_TTL_MS = nativeBinding.MAX_TTL_MS
 module.exports.OpKind = nativeBinding.OpKind
-module.exports.Kind = nativeBinding.Kind
 module.exports.OutcomeCode = nativeBinding.OutcomeCode

@@ -13,6 +13,7 @@ import type {
   LockCounts,
   Latency,
   OpLatencies,
+  ErrorCode as NativeErrorCode,
 } from './index'
 
 export type { ClusterOptions, SentinelOptions, StoreStats, OpCounts, CodeCounts, GetCounts, MergeCounts, LockCounts, Latency, OpLatencies }
@@ -20,19 +21,8 @@ export type { ClusterOptions, SentinelOptions, StoreStats, OpCounts, CodeCounts,
 /** Where a store stands (`store.status`). */
 export type StoreStatus = 'connecting' | 'ready' | 'reconnecting' | 'closed'
 
-/** The ops the tracing channel and the stats name. */
-export type CallOp =
-  | 'get'
-  | 'set'
-  | 'delete'
-  | 'merge'
-  | 'lock'
-  | 'unlock'
-  | 'isLocked'
-  | 'touch'
-  | 'ping'
-  | 'length'
-  | 'clear'
+/** The ops the tracing channel and the stats name (the ops of src/store/ops.rs, and the admin calls). */
+export type CallOp = keyof OpCounts | 'ping' | 'length' | 'clear'
 
 /**
  * The context of an event of the `relay-session-redis:call` TracingChannel
@@ -86,15 +76,8 @@ export type SessionStoreData =
     }
   | { data: null; meta: { redirectTo: string } }
 
-/** The stable codes of RedisSessionStoreError. */
-export type ErrorCode =
-  | 'ERR_INVALID_ARG'
-  | 'ERR_CONNECTION'
-  | 'ERR_TIMEOUT'
-  | 'ERR_CORRUPT_SESSION'
-  | 'ERR_CLOSED'
-  | 'ERR_AUTH'
-  | 'ERR_REDIS'
+/** The stable codes of RedisSessionStoreError (defined in src/errors.rs). */
+export type ErrorCode = NativeErrorCode
 
 export declare class RedisSessionStoreError extends Error {
   readonly name: 'RedisSessionStoreError'

@@ -1,52 +1,58 @@
-//! Errors with a stable code. They cross into JavaScript as the message
-//! `"<CODE>: <message>"`; the JS layer (`store.js`) moves the code to `err.code`.
+//! Errors with a stable code. The codes are listed once, in
+//! [`for_each_code!`]: the [`Code`] enum here, the `ErrorCode` enum
+//! JavaScript reads (`addon/wire.rs`, generated into `index.d.ts`) and the
+//! per-code counts of `stats()` come from that list. An error crosses into
+//! JavaScript with its code apart from its message (`addon/errors.rs`).
 
 use std::fmt;
 
 use redis::{ErrorKind, RedisError, ServerErrorKind};
 
-/// The stable codes a caller may branch on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Code {
-    /// An argument or option is missing, of the wrong type or out of range.
-    InvalidArg,
-    /// The server could not be reached, or the connection broke.
-    Connection,
-    /// The server did not answer in time.
-    Timeout,
-    /// The stored session is not a JSON object.
-    CorruptSession,
-    /// The store was closed.
-    Closed,
-    /// The server refused the credentials.
-    Auth,
-    /// Any other error reply from the server.
-    Redis,
-}
-
-impl Code {
-    pub const ALL: [Code; 7] = [
-        Code::InvalidArg,
-        Code::Connection,
-        Code::Timeout,
-        Code::CorruptSession,
-        Code::Closed,
-        Code::Auth,
-        Code::Redis,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Code::InvalidArg => "ERR_INVALID_ARG",
-            Code::Connection => "ERR_CONNECTION",
-            Code::Timeout => "ERR_TIMEOUT",
-            Code::CorruptSession => "ERR_CORRUPT_SESSION",
-            Code::Closed => "ERR_CLOSED",
-            Code::Auth => "ERR_AUTH",
-            Code::Redis => "ERR_REDIS",
+/// The stable codes a caller may branch on, listed once: `$callback!` gets
+/// each code's doc, variant, field name in `stats().errorCodes` and string.
+/// A new code is added here (and where it is raised); the rest follows.
+macro_rules! for_each_code {
+    ($callback:ident) => {
+        $callback! {
+            /// An argument or option is missing, of the wrong type or out of range.
+            InvalidArg invalid_arg "ERR_INVALID_ARG",
+            /// The server could not be reached, or the connection broke.
+            Connection connection "ERR_CONNECTION",
+            /// The server did not answer in time.
+            Timeout timeout "ERR_TIMEOUT",
+            /// The stored session is not a JSON object.
+            CorruptSession corrupt_session "ERR_CORRUPT_SESSION",
+            /// The store was closed.
+            Closed closed "ERR_CLOSED",
+            /// The server refused the credentials.
+            Auth auth "ERR_AUTH",
+            /// Any other error reply from the server.
+            Redis redis "ERR_REDIS",
         }
-    }
+    };
 }
+pub(crate) use for_each_code;
+
+macro_rules! define_code {
+    ($($(#[$doc:meta])* $variant:ident $field:ident $name:literal,)*) => {
+        /// The stable codes a caller may branch on.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        pub enum Code {
+            $($(#[$doc])* $variant,)*
+        }
+
+        impl Code {
+            pub const ALL: [Code; [$($name),*].len()] = [$(Code::$variant),*];
+
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $(Code::$variant => $name,)*
+                }
+            }
+        }
+    };
+}
+for_each_code!(define_code);
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoreError {
@@ -191,12 +197,6 @@ fn redis_words(e: &RedisError) -> String {
         words.push('…');
     }
     words
-}
-
-impl From<StoreError> for napi::Error {
-    fn from(e: StoreError) -> Self {
-        napi::Error::new(napi::Status::GenericFailure, e.to_string())
-    }
 }
 
 #[cfg(test)]

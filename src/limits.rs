@@ -1,28 +1,22 @@
 //! What one call may ask of the store. Defined here once and exported to
-//! JavaScript by napi (`index.js`), where `store.js` refuses a call over a
+//! JavaScript by `addon/wire.rs` (`index.js`), where `store.js` refuses a call over a
 //! limit with `ERR_INVALID_ARG` before anything is sent. No relay-session app
 //! comes near them; they exist so that no input can make the store or Redis
 //! do unbounded work.
 
-use napi_derive::napi;
-
 /// Paths in one `merge` call.
-#[napi]
 pub const MAX_MERGE_PATHS: u32 = 10_000;
 
 /// Dot-separated segments in one merge path.
-#[napi]
 pub const MAX_PATH_SEGMENTS: u32 = 1_000;
 
 /// The largest `ttlMs`: `Number.MAX_SAFE_INTEGER`, the largest whole number a
 /// JavaScript number holds exactly (and far below what Redis's `PX` takes).
-#[napi]
 pub const MAX_TTL_MS: f64 = 9_007_199_254_740_991.0;
 
 /// Writing far past an array's end pads it with nulls, as JavaScript would;
 /// a merge whose paths pad arrays with more than this many nulls in all is
 /// refused.
-#[napi]
 pub const MAX_PADDING: u32 = 100_000;
 
 /// The server-side merge script (`lua/merge.lua`) costs Redis about paths ×
@@ -42,5 +36,4 @@ pub fn script_max_bytes(paths: usize) -> usize {
 /// Keys one page of `ids()`, `length()` or `clear()` asks `SCAN` for: each
 /// page is one `SCAN` (and for `clear()` one `UNLINK` of what it found), so
 /// this bounds the work one admin command makes Redis do.
-#[napi]
 pub const MAX_SCAN_COUNT: u32 = 10_000;

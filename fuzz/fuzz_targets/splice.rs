@@ -16,7 +16,7 @@
 use libfuzzer_sys::arbitrary::{Result, Unstructured};
 use libfuzzer_sys::fuzz_target;
 use relay_session_redis::limits::MAX_PADDING;
-use relay_session_redis::splice::{self, SpliceError};
+use relay_session_redis::merge::splice::{self, SpliceError};
 use serde_json::{Map, Number, Value};
 
 fuzz_target!(|data: &[u8]| {

@@ -1,17 +1,18 @@
 //! Store options: the `#[napi(object)]`s the constructor takes (their `///`
-//! docs become `index.d.ts`) and their checked form, [`Config`].
+//! docs become `index.d.ts`), checked into the store's [`Config`].
 
-use std::fmt;
 use std::time::Duration;
 
 use napi_derive::napi;
 use redis::{ConnectionAddr, ConnectionInfo, IntoConnectionInfo, TlsCertificates};
 
 use crate::errors::{Result, StoreError};
-use crate::keys::Keys;
 use crate::limits::MAX_TTL_MS;
-use crate::texts;
-use crate::topology::{SentinelTarget, Topology};
+use crate::link::topology::{SentinelTarget, Topology};
+use crate::link::Timeouts;
+use crate::store::keys::Keys;
+use crate::store::texts;
+use crate::store::Config;
 
 pub const DEFAULT_URL: &str = "redis://127.0.0.1:6379";
 pub const DEFAULT_PREFIX: &str = "sess:";
@@ -97,32 +98,11 @@ pub struct TlsOptions {
     pub key: Option<String>,
 }
 
-/// Checked options.
-pub struct Config {
-    /// Where the store connects, without credentials: for messages and `util.inspect`.
-    pub description: String,
-    pub topology: Topology,
-    pub keys: Keys,
-    pub connect_timeout: Duration,
-    pub command_timeout: Duration,
-    pub remembered_text_bytes: usize,
-}
-
-impl fmt::Debug for Config {
-    // By hand: the clients inside hold the password.
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Config")
-            .field("target", &self.description)
-            .field("keys", &self.keys)
-            .field("connect_timeout", &self.connect_timeout)
-            .field("command_timeout", &self.command_timeout)
-            .field("remembered_text_bytes", &self.remembered_text_bytes)
-            .finish()
-    }
-}
-
-impl Config {
-    pub fn from_options(o: &StoreOptions) -> Result<Config> {
+impl StoreOptions {
+    /// The options checked: the store's [`Config`], or `ERR_INVALID_ARG`
+    /// naming the bad option.
+    pub fn config(&self) -> Result<Config> {
+        let o = self;
         let given = [o.url.is_some(), o.cluster.is_some(), o.sentinel.is_some()];
         if given.iter().filter(|g| **g).count() > 1 {
             return Err(StoreError::invalid_arg(
@@ -150,7 +130,10 @@ impl Config {
                 )))
             }
         };
-        let timeouts = (connect_timeout, command_timeout);
+        let timeouts = Timeouts {
+            connect: connect_timeout,
+            command: command_timeout,
+        };
         let (topology, description) = if let Some(c) = &o.cluster {
             cluster_topology(c, o, db, certs, timeouts)?
         } else if let Some(s) = &o.sentinel {
@@ -184,8 +167,7 @@ impl Config {
             description,
             topology,
             keys: Keys::new(prefix, lock_prefix),
-            connect_timeout,
-            command_timeout,
+            timeouts,
             remembered_text_bytes,
         })
     }
@@ -196,7 +178,7 @@ fn cluster_topology(
     o: &StoreOptions,
     db: Option<i64>,
     certs: Option<TlsCertificates>,
-    timeouts: (Duration, Duration),
+    timeouts: Timeouts,
 ) -> Result<(Topology, String)> {
     if db.is_some_and(|db| db != 0) {
         return Err(StoreError::invalid_arg(
@@ -245,7 +227,7 @@ fn sentinel_topology(
     o: &StoreOptions,
     db: Option<i64>,
     certs: Option<TlsCertificates>,
-    timeouts: (Duration, Duration),
+    timeouts: Timeouts,
 ) -> Result<(Topology, String)> {
     if s.master_name.is_empty() {
         return Err(StoreError::invalid_arg(
@@ -436,12 +418,12 @@ mod tests {
 
     #[test]
     fn defaults() {
-        let c = Config::from_options(&StoreOptions::default()).unwrap();
+        let c = StoreOptions::default().config().unwrap();
         assert_eq!(c.description, DEFAULT_URL);
         assert_eq!(c.keys.session("x"), "sess:x");
         assert_eq!(c.keys.lock("x"), "sess:lock:x");
-        assert_eq!(c.connect_timeout, Duration::from_millis(1000));
-        assert_eq!(c.command_timeout, Duration::from_millis(1000));
+        assert_eq!(c.timeouts.connect, Duration::from_millis(1000));
+        assert_eq!(c.timeouts.command, Duration::from_millis(1000));
     }
 
     #[test]
@@ -451,7 +433,7 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(
-            Config::from_options(&o).unwrap().command_timeout,
+            o.config().unwrap().timeouts.command,
             Duration::from_millis(3)
         );
         for bad in [0.0, -1.0, f64::NAN, f64::INFINITY, 1e12] {
@@ -459,7 +441,7 @@ mod tests {
                 connect_timeout: Some(bad),
                 ..Default::default()
             };
-            let e = Config::from_options(&o).unwrap_err();
+            let e = o.config().unwrap_err();
             assert!(
                 e.message.contains("options.connectTimeout"),
                 "{}",
@@ -479,7 +461,7 @@ mod tests {
                 url: Some(bad.into()),
                 ..Default::default()
             };
-            let e = Config::from_options(&o).unwrap_err();
+            let e = o.config().unwrap_err();
             assert!(e.message.starts_with("options.url"), "{}", e.message);
             assert!(!e.message.contains("hunter2"), "{}", e.message);
         }
@@ -492,7 +474,7 @@ mod tests {
                 url: Some(good.into()),
                 ..Default::default()
             };
-            assert!(Config::from_options(&o).is_ok(), "{good}");
+            assert!(o.config().is_ok(), "{good}");
         }
     }
 
@@ -502,10 +484,7 @@ mod tests {
             lock_prefix: Some(String::new()),
             ..Default::default()
         };
-        assert!(Config::from_options(&o)
-            .unwrap_err()
-            .message
-            .contains("lockPrefix"));
+        assert!(o.config().unwrap_err().message.contains("lockPrefix"));
     }
 
     #[test]
@@ -517,7 +496,7 @@ mod tests {
             password: Some("hunter2".into()),
             ..Default::default()
         };
-        let c = Config::from_options(&o).unwrap();
+        let c = o.config().unwrap();
         assert!(matches!(c.topology, Topology::Cluster(..)));
         assert_eq!(c.description, "cluster redis://***@127.0.0.1:7000");
         assert!(!format!("{c:?}").contains("hunter2"));
@@ -531,7 +510,7 @@ mod tests {
             db: Some(3.0),
             ..Default::default()
         };
-        let c = Config::from_options(&o).unwrap();
+        let c = o.config().unwrap();
         assert!(matches!(c.topology, Topology::Sentinel(..)));
         assert_eq!(
             c.description,
@@ -571,7 +550,7 @@ mod tests {
         ];
         for o in cases {
             assert_eq!(
-                Config::from_options(&o).unwrap_err().code,
+                o.config().unwrap_err().code,
                 crate::errors::Code::InvalidArg
             );
         }
@@ -595,7 +574,7 @@ mod tests {
                 url: Some(url.into()),
                 ..Default::default()
             };
-            match Config::from_options(&o) {
+            match o.config() {
                 Err(e) => {
                     assert!(e.message.starts_with("options.url"), "{}", e.message);
                     assert!(
@@ -623,7 +602,7 @@ mod tests {
                 url: Some(url.into()),
                 ..Default::default()
             };
-            let e = Config::from_options(&o).unwrap_err();
+            let e = o.config().unwrap_err();
             assert!(e.message.contains("database number"), "{}", e.message);
         }
     }

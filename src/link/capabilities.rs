@@ -19,11 +19,11 @@
 use redis::{Pipeline, ServerError, Value};
 use xxhash_rust::xxh3::xxh3_64;
 
-use crate::ops::evalsha;
+use crate::link::scripts::evalsha;
 
 /// How a merge writes its spliced text only if the stored one is unchanged.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum SwapBy {
+pub enum CompareAndSetBy {
     /// `lua/swap.lua` by EVALSHA: every server.
     Script,
     /// `SET key new IFEQ old PX ttl` (Valkey ≥ 8.1): sends the old text.
@@ -35,7 +35,7 @@ pub enum SwapBy {
 
 /// How `unlock` deletes the lock key only while it holds this store's token.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum ReleaseBy {
+pub enum CompareAndDeleteBy {
     /// `lua/unlock.lua` by EVALSHA: every server.
     Script,
     /// `DELIFEQ key token` (Valkey ≥ 9.0).
@@ -47,22 +47,25 @@ pub enum ReleaseBy {
 /// The store's choice of commands for one link.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Capabilities {
-    pub swap: SwapBy,
-    pub release: ReleaseBy,
+    pub compare_and_set: CompareAndSetBy,
+    pub compare_and_delete: CompareAndDeleteBy,
 }
 
-/// Which native command a server refused.
+/// A command of the server's own that the store sends in place of a script,
+/// where the server has it (and which one a server refused).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Native {
-    Swap,
-    Release,
+pub enum ServerCommand {
+    /// A merge's compare-and-set (`SET … IFDEQ`/`IFEQ`).
+    CompareAndSet,
+    /// An unlock's compare-and-delete (`DELEX`, `DELIFEQ`).
+    CompareAndDelete,
 }
 
 impl Capabilities {
     /// What every server runs: the Lua scripts.
     pub const SCRIPTS: Capabilities = Capabilities {
-        swap: SwapBy::Script,
-        release: ReleaseBy::Script,
+        compare_and_set: CompareAndSetBy::Script,
+        compare_and_delete: CompareAndDeleteBy::Script,
     };
 
     /// The commands of server `name` ("redis", "valkey") at `version` ("8.6.3").
@@ -71,16 +74,16 @@ impl Capabilities {
         let v = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
         match name {
             "redis" if v >= (8, 4) => Capabilities {
-                swap: SwapBy::Digest,
-                release: ReleaseBy::DelEx,
+                compare_and_set: CompareAndSetBy::Digest,
+                compare_and_delete: CompareAndDeleteBy::DelEx,
             },
             "valkey" if v >= (9, 0) => Capabilities {
-                swap: SwapBy::Equal,
-                release: ReleaseBy::DelIfEq,
+                compare_and_set: CompareAndSetBy::Equal,
+                compare_and_delete: CompareAndDeleteBy::DelIfEq,
             },
             "valkey" if v >= (8, 1) => Capabilities {
-                swap: SwapBy::Equal,
-                release: ReleaseBy::Script,
+                compare_and_set: CompareAndSetBy::Equal,
+                compare_and_delete: CompareAndDeleteBy::Script,
             },
             _ => Capabilities::SCRIPTS,
         }
@@ -111,29 +114,35 @@ impl Capabilities {
     pub fn lowest(self, other: Capabilities) -> Capabilities {
         // A release by DELEX on one master and DELIFEQ on another has no
         // common native form: the scripts then.
-        let release = if self.release == other.release {
-            self.release
+        let compare_and_delete = if self.compare_and_delete == other.compare_and_delete {
+            self.compare_and_delete
         } else {
-            ReleaseBy::Script
+            CompareAndDeleteBy::Script
         };
-        let swap = match (self.swap, other.swap) {
+        let compare_and_set = match (self.compare_and_set, other.compare_and_set) {
             (a, b) if a == b => a,
             // IFEQ runs wherever IFDEQ does (Redis ≥ 8.4 has both).
-            (SwapBy::Equal | SwapBy::Digest, SwapBy::Equal | SwapBy::Digest) => SwapBy::Equal,
-            _ => SwapBy::Script,
+            (
+                CompareAndSetBy::Equal | CompareAndSetBy::Digest,
+                CompareAndSetBy::Equal | CompareAndSetBy::Digest,
+            ) => CompareAndSetBy::Equal,
+            _ => CompareAndSetBy::Script,
         };
-        Capabilities { swap, release }
+        Capabilities {
+            compare_and_set,
+            compare_and_delete,
+        }
     }
 
     /// These capabilities without the native command a server refused.
-    pub fn without(self, refused: Native) -> Capabilities {
+    pub fn without(self, refused: ServerCommand) -> Capabilities {
         match refused {
-            Native::Swap => Capabilities {
-                swap: SwapBy::Script,
+            ServerCommand::CompareAndSet => Capabilities {
+                compare_and_set: CompareAndSetBy::Script,
                 ..self
             },
-            Native::Release => Capabilities {
-                release: ReleaseBy::Script,
+            ServerCommand::CompareAndDelete => Capabilities {
+                compare_and_delete: CompareAndDeleteBy::Script,
                 ..self
             },
         }
@@ -141,7 +150,7 @@ impl Capabilities {
 
     /// Appends the compare-and-set of `key` from `old` to `new` with `ttl` ms;
     /// `script` is swap.lua's SHA. Its reply goes to [`swapped`].
-    pub fn push_swap(
+    pub fn push_compare_and_set(
         &self,
         pipe: &mut Pipeline,
         key: String,
@@ -150,15 +159,15 @@ impl Capabilities {
         ttl: u64,
         script: &str,
     ) {
-        match self.swap {
-            SwapBy::Script => {
+        match self.compare_and_set {
+            CompareAndSetBy::Script => {
                 evalsha(pipe, script, key).arg(old).arg(new).arg(ttl);
             }
-            SwapBy::Equal => {
+            CompareAndSetBy::Equal => {
                 let cmd = pipe.cmd("SET").arg(key).arg(new);
                 cmd.arg("IFEQ").arg(old).arg("PX").arg(ttl);
             }
-            SwapBy::Digest => {
+            CompareAndSetBy::Digest => {
                 let cmd = pipe.cmd("SET").arg(key).arg(new);
                 cmd.arg("IFDEQ").arg(digest(old)).arg("PX").arg(ttl);
             }
@@ -167,32 +176,40 @@ impl Capabilities {
 
     /// Appends the compare-and-delete of lock `key` holding `token`; `script`
     /// is unlock.lua's SHA. Any reply but an error means done.
-    pub fn push_release(&self, pipe: &mut Pipeline, key: String, token: &str, script: &str) {
-        match self.release {
-            ReleaseBy::Script => {
+    pub fn push_compare_and_delete(
+        &self,
+        pipe: &mut Pipeline,
+        key: String,
+        token: &str,
+        script: &str,
+    ) {
+        match self.compare_and_delete {
+            CompareAndDeleteBy::Script => {
                 evalsha(pipe, script, key).arg(token);
             }
-            ReleaseBy::DelIfEq => {
+            CompareAndDeleteBy::DelIfEq => {
                 pipe.cmd("DELIFEQ").arg(key).arg(token);
             }
-            ReleaseBy::DelEx => {
+            CompareAndDeleteBy::DelEx => {
                 pipe.cmd("DELEX").arg(key).arg("IFEQ").arg(token);
             }
         }
     }
 
-    /// Whether `native` was sent here as a native command.
-    pub fn is_native(&self, native: Native) -> bool {
-        match native {
-            Native::Swap => self.swap != SwapBy::Script,
-            Native::Release => self.release != ReleaseBy::Script,
+    /// Whether `command` is sent here as the server's own command.
+    pub fn sends_server_command(&self, command: ServerCommand) -> bool {
+        match command {
+            ServerCommand::CompareAndSet => self.compare_and_set != CompareAndSetBy::Script,
+            ServerCommand::CompareAndDelete => {
+                self.compare_and_delete != CompareAndDeleteBy::Script
+            }
         }
     }
 }
 
 /// What a compare-and-set's reply says: `Some(true)` written, `Some(false)`
 /// not written (the text changed, or the key is gone), None anything else.
-pub fn swapped(reply: Option<&Value>) -> Option<bool> {
+pub fn compare_and_set_result(reply: Option<&Value>) -> Option<bool> {
     match reply {
         Some(Value::Int(1) | Value::Okay) => Some(true),
         Some(Value::Int(0) | Value::Nil) => Some(false),
@@ -246,21 +263,80 @@ mod tests {
     #[test]
     fn each_server_gets_its_native_commands() {
         let cases = [
-            ("redis", "6.0.16", SwapBy::Script, ReleaseBy::Script),
-            ("redis", "7.0.15", SwapBy::Script, ReleaseBy::Script),
-            ("redis", "8.2.1", SwapBy::Script, ReleaseBy::Script),
-            ("redis", "8.4.0", SwapBy::Digest, ReleaseBy::DelEx),
-            ("redis", "8.6.3", SwapBy::Digest, ReleaseBy::DelEx),
-            ("redis", "10.0.0", SwapBy::Digest, ReleaseBy::DelEx),
-            ("valkey", "8.0.1", SwapBy::Script, ReleaseBy::Script),
-            ("valkey", "8.1.1", SwapBy::Equal, ReleaseBy::Script),
-            ("valkey", "9.1.2", SwapBy::Equal, ReleaseBy::DelIfEq),
-            ("dragonfly", "9.9.9", SwapBy::Script, ReleaseBy::Script),
-            ("redis", "garbage", SwapBy::Script, ReleaseBy::Script),
+            (
+                "redis",
+                "6.0.16",
+                CompareAndSetBy::Script,
+                CompareAndDeleteBy::Script,
+            ),
+            (
+                "redis",
+                "7.0.15",
+                CompareAndSetBy::Script,
+                CompareAndDeleteBy::Script,
+            ),
+            (
+                "redis",
+                "8.2.1",
+                CompareAndSetBy::Script,
+                CompareAndDeleteBy::Script,
+            ),
+            (
+                "redis",
+                "8.4.0",
+                CompareAndSetBy::Digest,
+                CompareAndDeleteBy::DelEx,
+            ),
+            (
+                "redis",
+                "8.6.3",
+                CompareAndSetBy::Digest,
+                CompareAndDeleteBy::DelEx,
+            ),
+            (
+                "redis",
+                "10.0.0",
+                CompareAndSetBy::Digest,
+                CompareAndDeleteBy::DelEx,
+            ),
+            (
+                "valkey",
+                "8.0.1",
+                CompareAndSetBy::Script,
+                CompareAndDeleteBy::Script,
+            ),
+            (
+                "valkey",
+                "8.1.1",
+                CompareAndSetBy::Equal,
+                CompareAndDeleteBy::Script,
+            ),
+            (
+                "valkey",
+                "9.1.2",
+                CompareAndSetBy::Equal,
+                CompareAndDeleteBy::DelIfEq,
+            ),
+            (
+                "dragonfly",
+                "9.9.9",
+                CompareAndSetBy::Script,
+                CompareAndDeleteBy::Script,
+            ),
+            (
+                "redis",
+                "garbage",
+                CompareAndSetBy::Script,
+                CompareAndDeleteBy::Script,
+            ),
         ];
         for (server, version, swap, release) in cases {
             let c = Capabilities::from_hello(&hello(server, version));
-            assert_eq!((c.swap, c.release), (swap, release), "{server} {version}");
+            assert_eq!(
+                (c.compare_and_set, c.compare_and_delete),
+                (swap, release),
+                "{server} {version}"
+            );
         }
         let map = Value::Map(vec![
             (
@@ -272,7 +348,10 @@ mod tests {
                 Value::SimpleString("8.6.3".into()),
             ),
         ]);
-        assert_eq!(Capabilities::from_hello(&map).swap, SwapBy::Digest);
+        assert_eq!(
+            Capabilities::from_hello(&map).compare_and_set,
+            CompareAndSetBy::Digest
+        );
         let refused = reply(b"-ERR wrong number of arguments for 'hello' command\r\n");
         assert_eq!(Capabilities::from_hello(&refused), Capabilities::SCRIPTS);
     }
@@ -287,15 +366,22 @@ mod tests {
         assert_eq!(
             r86.lowest(v91),
             Capabilities {
-                swap: SwapBy::Equal,
-                release: ReleaseBy::Script
+                compare_and_set: CompareAndSetBy::Equal,
+                compare_and_delete: CompareAndDeleteBy::Script
             }
         );
         assert_eq!(v91.lowest(v81), v81);
         assert_eq!(r86.lowest(r70), Capabilities::SCRIPTS);
         assert_eq!(r70.lowest(r86), Capabilities::SCRIPTS);
-        assert_eq!(r86.without(Native::Release).release, ReleaseBy::Script);
-        assert_eq!(r86.without(Native::Release).swap, SwapBy::Digest);
+        assert_eq!(
+            r86.without(ServerCommand::CompareAndDelete)
+                .compare_and_delete,
+            CompareAndDeleteBy::Script
+        );
+        assert_eq!(
+            r86.without(ServerCommand::CompareAndDelete).compare_and_set,
+            CompareAndSetBy::Digest
+        );
     }
 
     #[test]
@@ -350,12 +436,12 @@ mod tests {
 
     #[test]
     fn replies_to_a_swap_say_whether_it_wrote() {
-        assert_eq!(swapped(Some(&Value::Okay)), Some(true));
-        assert_eq!(swapped(Some(&Value::Int(1))), Some(true));
-        assert_eq!(swapped(Some(&Value::Nil)), Some(false));
-        assert_eq!(swapped(Some(&Value::Int(0))), Some(false));
-        assert_eq!(swapped(Some(&Value::Int(-1))), None);
-        assert_eq!(swapped(None), None);
+        assert_eq!(compare_and_set_result(Some(&Value::Okay)), Some(true));
+        assert_eq!(compare_and_set_result(Some(&Value::Int(1))), Some(true));
+        assert_eq!(compare_and_set_result(Some(&Value::Nil)), Some(false));
+        assert_eq!(compare_and_set_result(Some(&Value::Int(0))), Some(false));
+        assert_eq!(compare_and_set_result(Some(&Value::Int(-1))), None);
+        assert_eq!(compare_and_set_result(None), None);
     }
 
     fn reply(resp: &[u8]) -> Value {

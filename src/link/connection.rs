@@ -1,5 +1,5 @@
-//! The store's link to Redis (`topology.rs` says where and how it retries),
-//! opened on the first call and bounded by the store's timeouts: one link at a
+//! The store's connection to Redis (`topology.rs` says where, `retry.rs` how
+//! it retries), opened on the first call and bounded by the store's timeouts: one link at a
 //! time, opened again after a failover (Sentinel), and what its server can do
 //! (`capabilities.rs`), learned when it opens and again after the connection
 //! was lost. `close()` lets calls in flight finish first.
@@ -12,10 +12,18 @@ use std::time::{Duration, Instant};
 use redis::{Pipeline, RedisResult, Value};
 use tokio::sync::Notify;
 
-use crate::capabilities::{Capabilities, Native};
 use crate::errors::{Result, StoreError};
-use crate::stats::Stats;
-use crate::topology::{is_lost, retry, Link, Route, Topology};
+use crate::link::capabilities::{Capabilities, ServerCommand};
+use crate::link::retry::Revive;
+use crate::link::topology::{is_lost, Link, Route, Topology};
+
+/// A store's two timeouts: `connectTimeout`, for establishing a connection,
+/// and `commandTimeout`, for an answer. A whole call is bounded by their sum.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    pub connect: Duration,
+    pub command: Duration,
+}
 
 /// The link calls use now.
 struct Open {
@@ -65,7 +73,8 @@ pub struct Connection {
     /// Set when a call found the connection lost; cleared when one gets an
     /// answer again (for `status`).
     lost: Arc<AtomicBool>,
-    stats: Arc<Stats>,
+    /// Times the connection was found again after it was lost.
+    reconnects: Arc<AtomicU64>,
     /// `host:port` of the server the link went to (for tracing).
     address: Mutex<String>,
 }
@@ -113,9 +122,9 @@ pub fn install_crypto_provider() {
 }
 
 /// The connection that was lost answers again: counted once per loss.
-fn found(lost: &AtomicBool, stats: &Stats) {
+fn found(lost: &AtomicBool, reconnects: &AtomicU64) {
     if lost.swap(false, Ordering::AcqRel) {
-        stats.reconnected();
+        reconnects.fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -124,18 +133,13 @@ fn is_readonly(v: &Value) -> bool {
 }
 
 impl Connection {
-    /// A connection to `topology`: connecting bounded by `connect_timeout`,
-    /// a whole call by that plus `command_timeout`; reconnects are counted in
-    /// `stats`.
-    pub fn new(
-        topology: Topology,
-        (connect_timeout, command_timeout): (Duration, Duration),
-        stats: Arc<Stats>,
-    ) -> Self {
+    /// A connection to `topology`: connecting bounded by the connect
+    /// timeout, a whole call by that plus the command timeout.
+    pub fn new(topology: Topology, timeouts: Timeouts) -> Self {
         install_crypto_provider();
         Connection {
-            connect_timeout,
-            call_timeout: connect_timeout + command_timeout,
+            connect_timeout: timeouts.connect,
+            call_timeout: timeouts.connect + timeouts.command,
             state: Mutex::new(State::Idle),
             opening: tokio::sync::Mutex::new(()),
             open_failed: Mutex::new(None),
@@ -145,7 +149,7 @@ impl Connection {
             in_flight: AtomicUsize::new(0),
             idle: Notify::new(),
             lost: Arc::new(AtomicBool::new(false)),
-            stats,
+            reconnects: Arc::new(AtomicU64::new(0)),
             address: Mutex::new(topology.address()),
             topology,
         }
@@ -169,8 +173,13 @@ impl Connection {
     /// A call got an answer: if the connection had been lost, it is back.
     fn answered(&self) {
         if self.lost.load(Ordering::Relaxed) {
-            found(&self.lost, &self.stats);
+            found(&self.lost, &self.reconnects);
         }
+    }
+
+    /// Times the store was connected again after losing its connection.
+    pub fn reconnects(&self) -> u64 {
+        self.reconnects.load(Ordering::Relaxed)
     }
 
     /// How long a call may take: establishing the link, then the answers.
@@ -267,7 +276,7 @@ impl Connection {
             if generation > 1 {
                 // A link given up (a failover, a timeout) is open again.
                 self.lost.store(false, Ordering::Release);
-                self.stats.reconnected();
+                self.reconnects.fetch_add(1, Ordering::Relaxed);
             }
             let mut state = self.state();
             if matches!(*state, State::Closed) {
@@ -308,12 +317,12 @@ impl Connection {
         }
     }
 
-    /// The server of link `generation` refused a native command: the scripts
+    /// The server of link `generation` refused one of its own commands: the scripts
     /// do that step on this link from now on.
-    fn refuse(&self, generation: u64, native: Native) {
+    fn refuse(&self, generation: u64, command: ServerCommand) {
         if let State::Ready(open) = &mut *self.state() {
             if open.generation == generation {
-                open.capabilities = open.capabilities.map(|c| c.without(native));
+                open.capabilities = open.capabilities.map(|c| c.without(command));
             }
         }
     }
@@ -352,15 +361,15 @@ impl Connection {
         }
         let link = link.clone();
         let (reviving, closing) = (Arc::clone(&self.reviving), Arc::clone(&self.closing));
-        let (lost, stats) = (Arc::clone(&self.lost), Arc::clone(&self.stats));
+        let (lost, reconnects) = (Arc::clone(&self.lost), Arc::clone(&self.reconnects));
         tokio::spawn(async move {
-            let mut delay = retry::REVIVE_MIN_DELAY;
+            let mut revive = Revive::default();
             while !closing.load(Ordering::Acquire) {
-                tokio::time::sleep(delay).await;
+                tokio::time::sleep(revive.next_wait()).await;
                 match link.ping().await {
-                    Err(e) if is_lost(&e) => delay = (delay * 2).min(retry::REVIVE_MAX_DELAY),
+                    Err(e) if is_lost(&e) => {}
                     _ => {
-                        found(&lost, &stats);
+                        found(&lost, &reconnects);
                         break;
                     }
                 }
@@ -459,9 +468,9 @@ impl Ready<'_> {
         self.answered(self.link.query(cmd, to)).await
     }
 
-    /// The server refused `native` (an older server, a fork, or an ACL
+    /// The server refused `command` (an older server, a fork, or an ACL
     /// without it): the scripts do that step on this link from now on.
-    pub fn refused(&self, native: Native) {
-        self.conn.refuse(self.generation, native);
+    pub fn refused(&self, command: ServerCommand) {
+        self.conn.refuse(self.generation, command);
     }
 }

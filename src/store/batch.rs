@@ -22,28 +22,34 @@
 //! succeeded. Ops whose script the server does not have (NOSCRIPT after a
 //! restart or SCRIPT FLUSH) run again once the scripts are loaded.
 
-use std::collections::hash_map::RandomState;
 use std::collections::HashSet;
-use std::hash::BuildHasher;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use redis::{Pipeline, Value};
 use tokio::sync::oneshot;
 
-use crate::capabilities::{is_refusal, swapped, Capabilities, Native, SwapBy};
 use crate::errors::{Code, StoreError};
 use crate::limits::{MAX_PADDING, SCRIPT_WORK};
-use crate::lock::new_token;
-use crate::ops::{
-    decode_replies, is_noscript, push_commands, push_delete_session, push_read, push_swap, Kind,
-    Op, Outcome,
+use crate::link::capabilities::{
+    compare_and_set_result, is_refusal, Capabilities, CompareAndSetBy, ServerCommand,
 };
-use crate::splice::SpliceError;
-use crate::splicer::{self, Spliced};
-use crate::stats::{MergeStep, Release};
+use crate::link::retry::conflict_backoff;
+use crate::link::scripts::is_noscript;
+use crate::merge::splice::SpliceError;
+use crate::merge::splicer::{self, Spliced};
+use crate::store::locks::new_token;
+use crate::store::ops::{
+    push_commands, push_compare_and_set, push_delete_session, push_read, Kind, Op, Outcome,
+};
+use crate::store::replies::decode_replies;
+use crate::store::stats::{MergeStep, Release};
+use crate::store::texts::Remembered;
 use crate::store::Store;
-use crate::texts::Remembered;
+
+/// Where an op's outcomes go as soon as they settle: to `addon/crossing.rs`,
+/// which counts them and hands them to JavaScript.
+pub type Deliver<'d> = dyn FnMut(Vec<(usize, Outcome)>) + Send + 'd;
 
 /// Where an op stands.
 enum Step {
@@ -57,13 +63,13 @@ enum Step {
     Read,
     /// Merge: write `new` if the stored text is still `old`, which came from
     /// this store's texts (`remembered`) or was just read.
-    Swap {
+    CompareAndSet {
         old: Arc<Vec<u8>>,
         new: Vec<u8>,
         remembered: bool,
     },
     /// Merge: the paths are being spliced into `old` on the splicer's
-    /// threads; then `Swap`.
+    /// threads; then `CompareAndSet`.
     Splicing {
         spliced: oneshot::Receiver<Spliced>,
         old: Arc<Vec<u8>>,
@@ -86,7 +92,7 @@ enum Next {
     Finished(Outcome),
     Then(Step),
     /// The server refused a native command: the step runs again by script.
-    Refused(Native, Step),
+    Refused(ServerCommand, Step),
     /// Another writer changed the text. `Some(len)`: the text the splice
     /// started from was `len` bytes; None: the script declined a longer text.
     Conflict(Option<usize>),
@@ -105,17 +111,6 @@ struct Planned {
 /// threads (`splicer`), so that it never holds a runtime worker; smaller ones,
 /// a millisecond or two at most, run where they are.
 const QUEUED_SPLICE: usize = 4 << 20;
-/// Backoff after the n-th conflict: a random wait up to 2^n ms, at most this.
-const MAX_BACKOFF: Duration = Duration::from_millis(32);
-
-/// A random wait before a merge retries after its n-th conflict, so that
-/// writers that collided do not collide again in step.
-fn backoff(conflicts: u32) -> Duration {
-    let cap = (1u64 << conflicts.min(16)).min(MAX_BACKOFF.as_micros() as u64 / 1000);
-    let random = RandomState::new().hash_one(conflicts);
-    Duration::from_micros(random % (cap * 1000 + 1))
-}
-
 /// About how many bytes a splice of `pairs` (path, value, …) into a text of
 /// `len` bytes reads and writes: each path is looked up in the whole text, and
 /// an index past an array's end pads it with nulls (5 bytes each, at most
@@ -154,7 +149,7 @@ impl<'a> Batch<'a> {
     /// Ops on one session take effect in the order given: an op waits while
     /// an earlier op of the batch on the same session may still need another
     /// round.
-    pub async fn run(&self, deliver: &mut (dyn FnMut(Vec<(usize, Outcome)>) + Send)) {
+    pub async fn run(&self, deliver: &mut Deliver<'_>) {
         let (ops, deadline) = (self.ops, self.deadline);
         let mut todo: Vec<Pending> = (0..ops.len())
             .map(|op| Pending {
@@ -287,7 +282,7 @@ impl<'a> Batch<'a> {
                             pending.step = Some(Step::Script);
                         } else {
                             pending.step = Some(Step::Read);
-                            pending.not_before = Some(now + backoff(pending.conflicts));
+                            pending.not_before = Some(now + conflict_backoff(pending.conflicts));
                         }
                         todo.push(pending);
                     }
@@ -318,7 +313,7 @@ impl<'a> Batch<'a> {
     ) -> (Pipeline, Vec<Planned>) {
         let mut pipe = redis::pipe();
         pipe.ignore_errors();
-        let shas = self.store.shas();
+        let scripts = &self.store.scripts;
         let mut planned = Vec::with_capacity(round.len());
         let mut first = 0;
         for (pending, step) in round {
@@ -328,7 +323,7 @@ impl<'a> Batch<'a> {
                 Kind::Unlock => self.store.tokens.token(&op.id),
                 _ => None,
             };
-            let how = (capabilities, &shas);
+            let how = (capabilities, scripts);
             let pushed = match &step {
                 // A merge's commands are its script.
                 Step::Commands | Step::Script => {
@@ -342,8 +337,8 @@ impl<'a> Batch<'a> {
                     push_read(&mut pipe, op, &self.store.keys);
                     Ok(1)
                 }
-                Step::Swap { old, new, .. } => {
-                    push_swap(&mut pipe, op, &self.store.keys, how, old, new).map(|_| 1)
+                Step::CompareAndSet { old, new, .. } => {
+                    push_compare_and_set(&mut pipe, op, &self.store.keys, how, old, new).map(|_| 1)
                 }
                 // Never planned: a splicing merge waits for its splice.
                 Step::Splicing { .. } => Err(splicing_planned()),
@@ -420,7 +415,7 @@ impl<'a> Batch<'a> {
     ) -> std::result::Result<Step, Outcome> {
         let failed = match spliced {
             Ok(new) => {
-                return Ok(Step::Swap {
+                return Ok(Step::CompareAndSet {
                     old,
                     new,
                     remembered,
@@ -437,11 +432,7 @@ impl<'a> Batch<'a> {
     /// Awaits the splices of the ops of `todo` that are splicing, without
     /// holding a runtime worker, and hands over the outcomes of those that
     /// failed; false when none was splicing.
-    async fn await_splices(
-        &self,
-        todo: &mut Vec<Pending>,
-        deliver: &mut (dyn FnMut(Vec<(usize, Outcome)>) + Send),
-    ) -> bool {
+    async fn await_splices(&self, todo: &mut Vec<Pending>, deliver: &mut Deliver<'_>) -> bool {
         if !todo
             .iter()
             .any(|p| matches!(p.step, Some(Step::Splicing { .. })))
@@ -491,8 +482,8 @@ impl<'a> Batch<'a> {
     ) -> Next {
         let op = &self.ops[at];
         let stats = &self.store.stats;
-        let refused = |native: Native| {
-            capabilities.is_native(native)
+        let refused = |native: ServerCommand| {
+            capabilities.sends_server_command(native)
                 && matches!(replies.first(), Some(Value::ServerError(e)) if is_refusal(e))
         };
         match step {
@@ -506,8 +497,10 @@ impl<'a> Batch<'a> {
                     failed => Next::Finished(failed),
                 }
             }
-            Step::Commands if op.kind == Kind::Unlock && refused(Native::Release) => {
-                Next::Refused(Native::Release, Step::Commands)
+            Step::Commands
+                if op.kind == Kind::Unlock && refused(ServerCommand::CompareAndDelete) =>
+            {
+                Next::Refused(ServerCommand::CompareAndDelete, Step::Commands)
             }
             Step::Commands | Step::Script | Step::DeleteSession => {
                 match (op.kind, replies.first()) {
@@ -543,14 +536,14 @@ impl<'a> Batch<'a> {
                     .failed_or_unexpected(),
                 ),
             },
-            Step::Swap {
+            Step::CompareAndSet {
                 old,
                 new,
                 remembered,
-            } => match swapped(replies.first()) {
+            } => match compare_and_set_result(replies.first()) {
                 Some(true) => {
-                    let native = capabilities.swap != SwapBy::Script;
-                    stats.merge_step(MergeStep::Swapped { remembered, native });
+                    let native = capabilities.compare_and_set != CompareAndSetBy::Script;
+                    stats.merge_step(MergeStep::Written { remembered, native });
                     self.store.texts.put(&op.id, Arc::new(new), true);
                     Next::Finished(Outcome::Done)
                 }
@@ -564,9 +557,9 @@ impl<'a> Batch<'a> {
                         Next::Conflict(Some(old.len()))
                     }
                 }
-                None if refused(Native::Swap) => Next::Refused(
-                    Native::Swap,
-                    Step::Swap {
+                None if refused(ServerCommand::CompareAndSet) => Next::Refused(
+                    ServerCommand::CompareAndSet,
+                    Step::CompareAndSet {
                         old,
                         new,
                         remembered,
@@ -620,16 +613,5 @@ mod tests {
         let many: Vec<String> = (0..1000).map(|i| format!("data.pad{i}.99999")).collect();
         let many: Vec<&str> = many.iter().map(String::as_str).collect();
         assert!(splice_work(100, &pairs(&many)) > QUEUED_SPLICE);
-    }
-
-    #[test]
-    fn backoff_is_random_and_capped() {
-        for n in 1..40 {
-            let d = backoff(n);
-            assert!(d <= MAX_BACKOFF, "{d:?}");
-            assert!(d <= Duration::from_millis(1 << n.min(16)));
-        }
-        let spread: HashSet<Duration> = (0..50).map(|_| backoff(5)).collect();
-        assert!(spread.len() > 10);
     }
 }

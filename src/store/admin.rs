@@ -7,19 +7,19 @@
 
 use std::time::Instant;
 
-use napi_derive::napi;
 use redis::{Cmd, Value};
 
-use crate::capabilities::{Capabilities, ReleaseBy, SwapBy};
 use crate::errors::{Code, Result, StoreError, PASSING_STATES};
 use crate::limits::MAX_SCAN_COUNT;
-use crate::lock::new_token;
-use crate::ops::describe_reply;
+use crate::link::capabilities::{is_refusal, Capabilities, CompareAndDeleteBy};
+use crate::link::scripts::UNLOCK_LUA;
+use crate::link::Route;
+use crate::store::locks::new_token;
+use crate::store::replies::describe_reply;
 use crate::store::Store;
-use crate::topology::Route;
 
 /// One page of a walk over the keys under the prefix.
-#[napi(object)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ScanPage {
     /// Where the next page starts on this node; "0" when the node is done.
     pub cursor: String,
@@ -41,7 +41,7 @@ impl ScanPage {
 }
 
 /// Whether the store's user may run one command the store sends.
-#[napi(object)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CommandAccess {
     /// The command, as ACL rules name it (`script|load`).
     pub command: String,
@@ -54,34 +54,6 @@ pub struct CommandAccess {
     /// `'ACL DRYRUN'`, or `'probe'`: the command was sent in a form that
     /// changes nothing (where this user may not run `ACL DRYRUN`).
     pub checked_by: String,
-}
-
-/// What the store sends for its compare-and-writes on this link.
-#[napi(object)]
-pub struct FastPaths {
-    /// How a merge writes: `'SET IFDEQ'`, `'SET IFEQ'` or `'swap.lua'`.
-    pub swap: String,
-    /// How an unlock deletes: `'DELEX'`, `'DELIFEQ'` or `'unlock.lua'`.
-    pub release: String,
-}
-
-impl From<Capabilities> for FastPaths {
-    fn from(c: Capabilities) -> Self {
-        let swap = match c.swap {
-            SwapBy::Digest => "SET IFDEQ",
-            SwapBy::Equal => "SET IFEQ",
-            SwapBy::Script => "swap.lua",
-        };
-        let release = match c.release {
-            ReleaseBy::DelEx => "DELEX",
-            ReleaseBy::DelIfEq => "DELIFEQ",
-            ReleaseBy::Script => "unlock.lua",
-        };
-        FastPaths {
-            swap: swap.to_owned(),
-            release: release.to_owned(),
-        }
-    }
 }
 
 /// The cursor a caller passed back, or ERR_INVALID_ARG.
@@ -303,7 +275,7 @@ impl Store {
                 _ => None,
             });
             match refused {
-                Some(e) if command == "UNLINK" && crate::capabilities::is_refusal(&e) => continue,
+                Some(e) if command == "UNLINK" && is_refusal(&e) => continue,
                 Some(e) => return Err(StoreError::from_reply(&e, self.conn.is_cluster())),
                 None => {}
             }
@@ -317,9 +289,10 @@ impl Store {
         Ok(page)
     }
 
-    /// What this link's server lets the store use for its compare-and-writes.
-    pub async fn fast_paths(&self, deadline: Instant) -> Result<FastPaths> {
-        Ok(self.conn.ready(deadline).await?.capabilities.into())
+    /// The commands this link's server lets the store send for its
+    /// compare-and-writes.
+    pub async fn capabilities(&self, deadline: Instant) -> Result<Capabilities> {
+        Ok(self.conn.ready(deadline).await?.capabilities)
     }
 
     /// One command for the doctor, its reply as JSON text: `to` is "" (where
@@ -349,7 +322,7 @@ impl Store {
         let ready = self.conn.ready(deadline).await?;
         let probe = format!("doctor-probe-{}", new_token());
         let (key, lock) = (self.keys.session(&probe), self.keys.lock(&probe));
-        let shas = self.shas();
+        let scripts = &self.scripts;
         let cmd = |parts: &[&str]| {
             let mut c = redis::cmd(parts[0]);
             for p in &parts[1..] {
@@ -366,13 +339,9 @@ impl Store {
             (
                 "evalsha",
                 true,
-                cmd(&["EVALSHA", shas.unlock, "1", &lock, "x"]),
+                cmd(&["EVALSHA", scripts.unlock(), "1", &lock, "x"]),
             ),
-            (
-                "script|load",
-                true,
-                cmd(&["SCRIPT", "LOAD", crate::store::UNLOCK_LUA]),
-            ),
+            ("script|load", true, cmd(&["SCRIPT", "LOAD", UNLOCK_LUA])),
             ("pexpire", false, cmd(&["PEXPIRE", &key, "1000"])),
             ("ping", false, cmd(&["PING"])),
             ("hello", false, cmd(&["HELLO"])),
@@ -386,10 +355,10 @@ impl Store {
             ("unlink", false, cmd(&["UNLINK", &key])),
         ];
         // The native commands only where this server has them.
-        let release = ready.capabilities.release;
+        let by = ready.capabilities.compare_and_delete;
         let probes = probes.into_iter().filter(|(name, ..)| match *name {
-            "delex" => release == ReleaseBy::DelEx,
-            "delifeq" => release == ReleaseBy::DelIfEq,
+            "delex" => by == CompareAndDeleteBy::DelEx,
+            "delifeq" => by == CompareAndDeleteBy::DelIfEq,
             _ => true,
         });
         let whoami = ready

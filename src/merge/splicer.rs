@@ -17,7 +17,7 @@ use std::time::Instant;
 
 use tokio::sync::oneshot;
 
-use crate::splice::{self, SpliceError};
+use crate::merge::splice::{self, SpliceError};
 
 type Job = Box<dyn FnOnce() + Send>;
 

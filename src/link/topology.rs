@@ -1,8 +1,8 @@
-//! Where the store connects and how it retries: the topology the options name
-//! (one server, a Redis Cluster, or the master a set of sentinels names), the
-//! retry policy of each, and a link opened to it. `options.rs` checks the
-//! options and builds a [`Topology`]; `connection.rs` keeps one [`Link`] open
-//! and decides when to open another.
+//! Where the store connects: the topology the options name (one server, a
+//! Redis Cluster, or the master a set of sentinels names), its clients set up
+//! with the retry policy of `retry.rs`, and a link opened to it.
+//! `addon/options.rs` checks the options and builds a [`Topology`];
+//! `connection.rs` keeps one [`Link`] open and decides when to open another.
 
 use std::time::Duration;
 
@@ -16,32 +16,10 @@ use redis::{
     TlsCertificates, TlsMode, Value,
 };
 
-use crate::capabilities::Capabilities;
 use crate::errors::{Code, Result, StoreError};
-
-/// How the store retries. A lost connection should fail calls fast with
-/// `ERR_CONNECTION` while the server is down, instead of queueing them, and
-/// come back soon after the server does.
-pub mod retry {
-    use std::time::Duration;
-
-    /// A single server or a Sentinel master: reconnection attempts within a
-    /// call, and their delays.
-    pub const RECONNECT_RETRIES: usize = 2;
-    pub const RECONNECT_MIN_DELAY: Duration = Duration::from_millis(50);
-    pub const RECONNECT_MAX_DELAY: Duration = Duration::from_millis(500);
-    /// A single server, after its connection was lost: a background ping
-    /// with this backoff (doubling, capped) until the server answers, so the
-    /// connection is up again without waiting for a call.
-    pub const REVIVE_MIN_DELAY: Duration = Duration::from_millis(100);
-    pub const REVIVE_MAX_DELAY: Duration = Duration::from_millis(1000);
-    /// A cluster: retries of a command on a failing node (the crate's
-    /// defaults retry 16 times from 1.28 s apart). Redirections (MOVED, ASK)
-    /// are followed whatever this says.
-    pub const CLUSTER_RETRIES: u32 = 3;
-    pub const CLUSTER_MIN_WAIT_MS: u64 = 50;
-    pub const CLUSTER_MAX_WAIT_MS: u64 = 500;
-}
+use crate::link::capabilities::Capabilities;
+use crate::link::connection::Timeouts;
+use crate::link::retry;
 
 /// Where the store connects, with the clients that open links there.
 // One per store, built once and never moved on a call's path: the size of
@@ -71,10 +49,10 @@ pub struct SentinelTarget {
 }
 
 /// A single server's (or a Sentinel master's) connection manager settings.
-fn manager_config(connect_timeout: Duration, command_timeout: Duration) -> ConnectionManagerConfig {
+fn manager_config(timeouts: Timeouts) -> ConnectionManagerConfig {
     ConnectionManagerConfig::new()
-        .set_connection_timeout(Some(connect_timeout))
-        .set_response_timeout(Some(command_timeout))
+        .set_connection_timeout(Some(timeouts.connect))
+        .set_response_timeout(Some(timeouts.command))
         .set_number_of_retries(retry::RECONNECT_RETRIES)
         .set_min_delay(retry::RECONNECT_MIN_DELAY)
         .set_max_delay(retry::RECONNECT_MAX_DELAY)
@@ -82,23 +60,23 @@ fn manager_config(connect_timeout: Duration, command_timeout: Duration) -> Conne
 
 impl Topology {
     /// One server.
-    pub fn single(client: redis::Client, timeouts: (Duration, Duration)) -> Topology {
-        Topology::Single(client, manager_config(timeouts.0, timeouts.1))
+    pub fn single(client: redis::Client, timeouts: Timeouts) -> Topology {
+        Topology::Single(client, manager_config(timeouts))
     }
 
     /// A Redis Cluster reached through seed `nodes`.
     pub fn cluster(
         nodes: Vec<ConnectionInfo>,
         certs: Option<TlsCertificates>,
-        (connect_timeout, command_timeout): (Duration, Duration),
+        timeouts: Timeouts,
     ) -> Result<Topology> {
         let seed = nodes
             .first()
             .map(|n| n.addr().to_string())
             .unwrap_or_default();
         let mut builder = ClusterClientBuilder::new(nodes)
-            .connection_timeout(connect_timeout)
-            .response_timeout(command_timeout)
+            .connection_timeout(timeouts.connect)
+            .response_timeout(timeouts.command)
             .retries(retry::CLUSTER_RETRIES)
             .min_retry_wait(retry::CLUSTER_MIN_WAIT_MS)
             .max_retry_wait(retry::CLUSTER_MAX_WAIT_MS);
@@ -115,7 +93,7 @@ impl Topology {
     }
 
     /// The master the sentinels of `t` name.
-    pub fn sentinel(t: SentinelTarget, timeouts: (Duration, Duration)) -> Result<Topology> {
+    pub fn sentinel(t: SentinelTarget, timeouts: Timeouts) -> Result<Topology> {
         let mut b = SentinelClientBuilder::new(t.nodes, &t.master_name, SentinelServerType::Master)
             .map_err(|e| StoreError::from_redis(e, false))?
             .set_client_to_redis_db(t.db);
@@ -150,7 +128,7 @@ impl Topology {
         })?;
         Ok(Topology::Sentinel(
             tokio::sync::Mutex::new(client),
-            manager_config(timeouts.0, timeouts.1),
+            manager_config(timeouts),
         ))
     }
 

@@ -1,5 +1,6 @@
 //! What a store has done since it was created, for `store.stats()`: counters
-//! kept with relaxed atomics (each settled call adds to a few of them, on the
+//! (`addon/stats.rs` reads them into the object JavaScript gets) kept with
+//! relaxed atomics (each settled call adds to a few of them, on the
 //! runtime's thread that settled it) and a fixed-bucket latency histogram per
 //! op. Reading them takes a snapshot; nothing here locks or allocates on a
 //! call's path.
@@ -7,10 +8,8 @@
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
-use napi_derive::napi;
-
 use crate::errors::Code;
-use crate::ops::{Kind, Outcome};
+use crate::store::ops::{Kind, Outcome};
 
 /// Sub-buckets per doubling of the latency, of equal width: each bucket's
 /// bound is 14-25 % above the one before, so a percentile read off the
@@ -36,15 +35,25 @@ fn bucket(micros: u64) -> usize {
 }
 
 /// The upper bound of bucket `i`, in ms: latencies in it are below this.
-fn upper_ms(i: usize) -> f64 {
+pub fn upper_ms(i: usize) -> f64 {
     let (octave, sub) = (i as u32 / SUB_BUCKETS, i as u32 % SUB_BUCKETS);
     let micros = f64::from(1u32 << octave.min(31)) * f64::from(SUB_BUCKETS + sub + 1)
         / f64::from(SUB_BUCKETS);
     micros / 1000.0
 }
 
+/// What a histogram holds now: the count, two percentiles (the bound of the
+/// bucket holding each) and the count per bucket.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Summary {
+    pub count: f64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub buckets: Vec<f64>,
+}
+
 /// Latencies of one op.
-struct Histogram {
+pub struct Histogram {
     buckets: [AtomicU64; BUCKETS],
 }
 
@@ -62,7 +71,7 @@ impl Histogram {
         self.buckets[bucket(micros)].fetch_add(1, Relaxed);
     }
 
-    fn snapshot(&self) -> Latency {
+    pub fn summary(&self) -> Summary {
         let counts: Vec<u64> = self.buckets.iter().map(|b| b.load(Relaxed)).collect();
         let total: u64 = counts.iter().sum();
         let percentile = |p: f64| {
@@ -79,7 +88,7 @@ impl Histogram {
             }
             upper_ms(BUCKETS - 1)
         };
-        Latency {
+        Summary {
             count: total as f64,
             p50_ms: percentile(0.50),
             p99_ms: percentile(0.99),
@@ -90,14 +99,14 @@ impl Histogram {
 
 /// How merges went (see the README's "Stats").
 #[derive(Default)]
-struct MergeCounters {
-    remembered: AtomicU64,
-    read_then_swap: AtomicU64,
-    native: AtomicU64,
-    stale: AtomicU64,
-    conflicts: AtomicU64,
-    script: AtomicU64,
-    missing: AtomicU64,
+pub struct MergeCounters {
+    pub remembered: AtomicU64,
+    pub read_then_swap: AtomicU64,
+    pub native: AtomicU64,
+    pub stale: AtomicU64,
+    pub conflicts: AtomicU64,
+    pub script: AtomicU64,
+    pub missing: AtomicU64,
 }
 
 /// A step a merge took, for the counters.
@@ -105,7 +114,7 @@ struct MergeCounters {
 pub enum MergeStep {
     /// A compare-and-set succeeded; `remembered`: from the text this store
     /// had, without reading; `native`: by the server's own command.
-    Swapped { remembered: bool, native: bool },
+    Written { remembered: bool, native: bool },
     /// The text this store remembered was out of date: it reads.
     Stale,
     /// Another writer changed the text between the read and the write.
@@ -126,20 +135,21 @@ pub enum Release {
 }
 
 /// The counters of one store.
+/// The counters of one store, by op ([`Kind`] as index) and by error code
+/// ([`Code`] as index).
 pub struct Stats {
-    calls: [AtomicU64; Kind::ALL.len()],
-    errors: [AtomicU64; Kind::ALL.len()],
-    codes: [AtomicU64; Code::ALL.len()],
-    latency: [Histogram; Kind::ALL.len()],
-    hits: AtomicU64,
-    misses: AtomicU64,
-    merges: MergeCounters,
-    locks_taken: AtomicU64,
-    locks_refused: AtomicU64,
-    released: AtomicU64,
-    other_holder: AtomicU64,
-    not_held: AtomicU64,
-    reconnects: AtomicU64,
+    pub calls: [AtomicU64; Kind::ALL.len()],
+    pub errors: [AtomicU64; Kind::ALL.len()],
+    pub codes: [AtomicU64; Code::ALL.len()],
+    pub latency: [Histogram; Kind::ALL.len()],
+    pub hits: AtomicU64,
+    pub misses: AtomicU64,
+    pub merges: MergeCounters,
+    pub locks_taken: AtomicU64,
+    pub locks_refused: AtomicU64,
+    pub released: AtomicU64,
+    pub other_holder: AtomicU64,
+    pub not_held: AtomicU64,
     in_flight: AtomicI64,
 }
 
@@ -158,27 +168,9 @@ impl Default for Stats {
             released: AtomicU64::new(0),
             other_holder: AtomicU64::new(0),
             not_held: AtomicU64::new(0),
-            reconnects: AtomicU64::new(0),
             in_flight: AtomicI64::new(0),
         }
     }
-}
-
-/// One of `$ty` (a struct with a field per op), each field `$f(kind)`.
-macro_rules! per_op {
-    ($ty:ident, $f:expr) => {{
-        let f = $f;
-        $ty {
-            get: f(Kind::Get),
-            set: f(Kind::Set),
-            delete: f(Kind::Delete),
-            merge: f(Kind::Merge),
-            lock: f(Kind::Lock),
-            unlock: f(Kind::Unlock),
-            is_locked: f(Kind::IsLocked),
-            touch: f(Kind::Touch),
-        }
-    }};
 }
 
 fn add(counter: &AtomicU64) {
@@ -217,13 +209,13 @@ impl Stats {
         let k = Kind::Get as usize;
         self.hits.fetch_sub(1, Relaxed);
         add(&self.errors[k]);
-        add(&self.codes[crate::errors::Code::CorruptSession as usize]);
+        add(&self.codes[Code::CorruptSession as usize]);
     }
 
     pub fn merge_step(&self, step: MergeStep) {
         let m = &self.merges;
         match step {
-            MergeStep::Swapped { remembered, native } => {
+            MergeStep::Written { remembered, native } => {
                 add(if remembered {
                     &m.remembered
                 } else {
@@ -253,177 +245,15 @@ impl Stats {
         add(&self.not_held);
     }
 
-    /// The store is connected again after its connection was lost.
-    pub fn reconnected(&self) {
-        add(&self.reconnects);
-    }
-
-    pub fn snapshot(&self) -> StoreStats {
-        let load = |a: &AtomicU64| a.load(Relaxed) as f64;
-        let c = |code: Code| load(&self.codes[code as usize]);
-        let m = &self.merges;
-        StoreStats {
-            calls: per_op!(OpCounts, |k: Kind| load(&self.calls[k as usize])),
-            errors: per_op!(OpCounts, |k: Kind| load(&self.errors[k as usize])),
-            error_codes: CodeCounts {
-                invalid_arg: c(Code::InvalidArg),
-                connection: c(Code::Connection),
-                timeout: c(Code::Timeout),
-                corrupt_session: c(Code::CorruptSession),
-                closed: c(Code::Closed),
-                auth: c(Code::Auth),
-                redis: c(Code::Redis),
-            },
-            gets: GetCounts {
-                hits: load(&self.hits),
-                misses: load(&self.misses),
-            },
-            merges: MergeCounts {
-                remembered: load(&m.remembered),
-                read_then_swap: load(&m.read_then_swap),
-                native: load(&m.native),
-                stale: load(&m.stale),
-                conflicts: load(&m.conflicts),
-                script: load(&m.script),
-                missing: load(&m.missing),
-            },
-            locks: LockCounts {
-                taken: load(&self.locks_taken),
-                refused: load(&self.locks_refused),
-                released: load(&self.released),
-                other_holder: load(&self.other_holder),
-                not_held: load(&self.not_held),
-            },
-            reconnects: load(&self.reconnects),
-            in_flight: self.in_flight.load(Relaxed).max(0) as f64,
-            latency: per_op!(OpLatencies, |k: Kind| self.latency[k as usize].snapshot()),
-            latency_bounds_ms: (0..BUCKETS).map(upper_ms).collect(),
-        }
-    }
-}
-
-/// A count per op.
-#[napi(object)]
-pub struct OpCounts {
-    pub get: f64,
-    pub set: f64,
-    pub delete: f64,
-    pub merge: f64,
-    pub lock: f64,
-    pub unlock: f64,
-    pub is_locked: f64,
-    pub touch: f64,
-}
-
-/// Failed calls per error code.
-#[napi(object)]
-pub struct CodeCounts {
-    #[napi(js_name = "ERR_INVALID_ARG")]
-    pub invalid_arg: f64,
-    #[napi(js_name = "ERR_CONNECTION")]
-    pub connection: f64,
-    #[napi(js_name = "ERR_TIMEOUT")]
-    pub timeout: f64,
-    #[napi(js_name = "ERR_CORRUPT_SESSION")]
-    pub corrupt_session: f64,
-    #[napi(js_name = "ERR_CLOSED")]
-    pub closed: f64,
-    #[napi(js_name = "ERR_AUTH")]
-    pub auth: f64,
-    #[napi(js_name = "ERR_REDIS")]
-    pub redis: f64,
-}
-
-/// `get` calls that found a session, and that found none.
-#[napi(object)]
-pub struct GetCounts {
-    pub hits: f64,
-    pub misses: f64,
-}
-
-/// Merges by the way they went.
-#[napi(object)]
-pub struct MergeCounts {
-    /// Written by one compare-and-set from the text this store last read or
-    /// wrote, without reading it.
-    pub remembered: f64,
-    /// Read, spliced here, then written by compare-and-set.
-    pub read_then_swap: f64,
-    /// Of those two, written by the server's own command (`SET … IFDEQ` on
-    /// Redis 8.4+, `SET … IFEQ` on Valkey 8.1+) rather than `lua/swap.lua`.
-    pub native: f64,
-    /// The remembered text was out of date, so the merge read.
-    pub stale: f64,
-    /// Compare-and-sets that found the text changed by another writer; each
-    /// is retried.
-    pub conflicts: f64,
-    /// Applied by the server-side script (`lua/merge.lua`), after a conflict.
-    pub script: f64,
-    /// Found no session: nothing to merge into.
-    pub missing: f64,
-}
-
-/// Locks taken and released.
-#[napi(object)]
-pub struct LockCounts {
-    /// `lock()` calls that took the lock.
-    pub taken: f64,
-    /// `lock()` calls that found it held.
-    pub refused: f64,
-    /// `unlock()` calls that deleted this store's lock.
-    pub released: f64,
-    /// `unlock()` calls that found the lock held by another holder, or expired.
-    pub other_holder: f64,
-    /// `unlock()` calls for a lock this store did not take: nothing sent.
-    pub not_held: f64,
-}
-
-/// Latencies of one op: from the call to its settling, in a fixed-bucket
-/// histogram (`buckets[i]` counts calls faster than `latencyBoundsMs[i]`
-/// and not faster than the bound before it).
-#[napi(object)]
-pub struct Latency {
-    pub count: f64,
-    /// The bound of the bucket holding the median call.
-    pub p50_ms: f64,
-    /// The bound of the bucket holding the 99th percentile.
-    pub p99_ms: f64,
-    pub buckets: Vec<f64>,
-}
-
-#[napi(object)]
-pub struct OpLatencies {
-    pub get: Latency,
-    pub set: Latency,
-    pub delete: Latency,
-    pub merge: Latency,
-    pub lock: Latency,
-    pub unlock: Latency,
-    pub is_locked: Latency,
-    pub touch: Latency,
-}
-
-/// What `store.stats()` returns: counts since the store was created.
-#[napi(object)]
-pub struct StoreStats {
-    /// Calls settled, per op (calls refused by the argument checks before
-    /// anything was sent are not counted).
-    pub calls: OpCounts,
-    /// Of those, the ones that failed.
-    pub errors: OpCounts,
-    /// Failed calls per error code.
-    pub error_codes: CodeCounts,
-    pub gets: GetCounts,
-    pub merges: MergeCounts,
-    pub locks: LockCounts,
-    /// Times the store was connected again after losing its connection (a
-    /// restart, a failover).
-    pub reconnects: f64,
     /// Calls made and not yet settled.
-    pub in_flight: f64,
-    pub latency: OpLatencies,
-    /// The upper bounds, in ms, of the latency buckets.
-    pub latency_bounds_ms: Vec<f64>,
+    pub fn in_flight(&self) -> u64 {
+        self.in_flight.load(Relaxed).max(0) as u64
+    }
+}
+
+/// A counter's value, as JavaScript numbers are.
+pub fn load(counter: &AtomicU64) -> f64 {
+    counter.load(Relaxed) as f64
 }
 
 #[cfg(test)]
@@ -458,15 +288,14 @@ mod tests {
             let e = Outcome::Failed(StoreError::closed());
             s.settled(Kind::Get, &e, Duration::from_millis(40));
         }
-        let snap = s.snapshot();
-        let get = &snap.latency.get;
+        let get = s.latency[Kind::Get as usize].summary();
         assert_eq!(get.count, 100.0);
         assert!(get.p50_ms > 0.3 && get.p50_ms < 0.36, "{}", get.p50_ms);
         assert!(get.p99_ms > 40.0 && get.p99_ms < 48.0, "{}", get.p99_ms);
-        assert_eq!(snap.calls.get, 100.0);
-        assert_eq!(snap.errors.get, 2.0);
-        assert_eq!(snap.error_codes.closed, 2.0);
-        assert_eq!(snap.gets.misses, 98.0);
-        assert_eq!(snap.in_flight, 0.0);
+        assert_eq!(load(&s.calls[Kind::Get as usize]), 100.0);
+        assert_eq!(load(&s.errors[Kind::Get as usize]), 2.0);
+        assert_eq!(load(&s.codes[Code::Closed as usize]), 2.0);
+        assert_eq!(load(&s.misses), 98.0);
+        assert_eq!(s.in_flight(), 0);
     }
 }

@@ -1,0 +1,119 @@
+//! The store's steps: what one store holds (its connection, key layout,
+//! scripts, lock tokens, remembered texts and counters) and what it does with
+//! a batch of ops ([`batch`]): the commands each op sends ([`ops`]), what the
+//! replies mean ([`replies`]), the admin calls ([`admin`]). Knows nothing of
+//! JavaScript: `addon` hands it checked [`Config`] and decoded ops.
+
+pub mod admin;
+pub mod batch;
+pub mod keys;
+pub mod locks;
+pub mod ops;
+pub mod replies;
+pub mod stats;
+pub mod texts;
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::link::scripts::Scripts;
+use crate::link::topology::Topology;
+use crate::link::{Connection, Timeouts};
+use keys::Keys;
+use locks::LockTokens;
+use ops::{ttl_ms, Kind, Op, Outcome};
+use stats::Stats;
+use texts::Texts;
+
+/// A store's checked options (`addon/options.rs` builds it).
+pub struct Config {
+    /// Where the store connects, without credentials: for messages and `util.inspect`.
+    pub description: String,
+    pub topology: Topology,
+    pub keys: Keys,
+    pub timeouts: Timeouts,
+    pub remembered_text_bytes: usize,
+}
+
+impl fmt::Debug for Config {
+    // By hand: the clients inside hold the password.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Config")
+            .field("target", &self.description)
+            .field("keys", &self.keys)
+            .field("timeouts", &self.timeouts)
+            .field("remembered_text_bytes", &self.remembered_text_bytes)
+            .finish()
+    }
+}
+
+pub struct Store {
+    /// Where the store connects, without credentials.
+    pub description: String,
+    pub conn: Connection,
+    pub keys: Keys,
+    pub scripts: Scripts,
+    pub(crate) tokens: LockTokens,
+    pub(crate) texts: Texts,
+    pub stats: Stats,
+}
+
+impl Store {
+    pub fn new(config: Config) -> Store {
+        Store {
+            description: config.description,
+            conn: Connection::new(config.topology, config.timeouts),
+            keys: config.keys,
+            scripts: Scripts::default(),
+            tokens: LockTokens::default(),
+            texts: Texts::new(config.remembered_text_bytes),
+            stats: Stats::default(),
+        }
+    }
+
+    pub async fn close(&self) {
+        self.conn.close().await;
+    }
+
+    /// After a round could not be sent or answered: a lock's `SET NX` may
+    /// still have been applied, so its token is kept for a later `unlock()`.
+    pub(crate) fn after_failed_send(&self, op: &Op, token: Option<String>) {
+        if let (Kind::Lock, Some(token)) = (op.kind, token) {
+            let ttl = ttl_ms(op.ttl).unwrap_or_default();
+            self.tokens
+                .remember_unconfirmed(&op.id, token, Duration::from_millis(ttl));
+        }
+    }
+
+    /// Keeps the lock tokens and the remembered texts in step with what Redis
+    /// answered.
+    pub(crate) fn settle(&self, op: &Op, token: Option<String>, outcome: Outcome) -> Outcome {
+        match (op.kind, &outcome) {
+            (Kind::Get, Outcome::Text(Some(text))) => {
+                self.texts
+                    .put(&op.id, Arc::new(text.as_bytes().to_vec()), false)
+            }
+            // Unknown now: a get that failed or found nothing, a set, a delete,
+            // a merge the server-side script did.
+            (Kind::Get | Kind::Set | Kind::Delete | Kind::Merge, _) => self.texts.forget(&op.id),
+            _ => {}
+        }
+        match (op.kind, &outcome, token) {
+            (Kind::Lock, Outcome::Bool(true), Some(token)) => {
+                let ttl = ttl_ms(op.ttl).unwrap_or_default();
+                self.tokens
+                    .remember(&op.id, token, Duration::from_millis(ttl));
+            }
+            (Kind::Unlock, Outcome::Done, Some(token)) => self.tokens.forget_if(&op.id, &token),
+            (Kind::Delete, Outcome::Done, _) => self.tokens.forget(&op.id),
+            _ => {}
+        }
+        outcome
+    }
+
+    /// `SCRIPT LOAD` of the scripts; used by `preloadScript` and after NOSCRIPT.
+    pub async fn load_scripts(&self, deadline: std::time::Instant) -> crate::errors::Result<()> {
+        self.scripts.load(&self.conn, deadline).await
+    }
+}
