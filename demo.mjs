@@ -1,11 +1,11 @@
 // `npm run demo`: one session through what relay-session does with its store,
 // printing each step and the raw keys in Redis. Uses REDIS_URL when set;
 // otherwise starts a throwaway server on a free port and stops it after: the
-// redis-server on PATH, or one fetched into .servers/ (scripts/servers.mjs).
+// redis-server on PATH, or one fetched into .servers/ (harness/servers.mjs).
 import { Redis } from 'ioredis'
 import { createRedisSessionStore } from 'relay-session-redis'
-import { startRedis } from './__test__/support/redis-server.mjs'
-import { demoServer } from './scripts/servers.mjs'
+import { startRedis } from './harness/redis-server.mjs'
+import { demoServer } from './harness/servers.mjs'
 
 const server = process.env.REDIS_URL ? null : await startRedis({ bin: demoServer() })
 const url = process.env.REDIS_URL ?? server.url

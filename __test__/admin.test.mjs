@@ -5,7 +5,7 @@ import assert from 'node:assert/strict'
 import { before, describe, it } from 'node:test'
 import { Redis } from 'ioredis'
 import { createRedisSessionStore, limits, newId, onCluster, rejectsWith, session, useRedis } from './support/setup.mjs'
-import { startRedis } from './support/redis-server.mjs'
+import { startRedis } from '../harness/redis-server.mjs'
 
 const redis = useRedis()
 const TTL = 600_000

@@ -11,9 +11,9 @@ import { fileURLToPath } from 'node:url'
 import { before, describe, it } from 'node:test'
 import { Redis } from 'ioredis'
 import { createRedisSessionStore, msUntilSuccess, newId, onCluster, session, useRedis } from './support/setup.mjs'
-import { startProxy } from './support/proxy.mjs'
-import { findRedisServer, startRedis } from './support/redis-server.mjs'
-import { startCluster } from './support/cluster.mjs'
+import { startProxy } from '../harness/proxy.mjs'
+import { findRedisServer, startRedis } from '../harness/redis-server.mjs'
+import { startCluster } from '../harness/cluster.mjs'
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..')
 const redis = useRedis()
@@ -21,7 +21,7 @@ const TTL = 60_000
 
 /**
  * The commands the store should send on a server, from the servers' own
- * documentation (the oracle; src/capabilities.rs is what is tested).
+ * documentation (the oracle; src/link/capabilities.rs is what is tested).
  * @param {{name: string, version: number[]}} s
  */
 function expectedCommands(s) {

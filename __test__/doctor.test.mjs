@@ -8,9 +8,9 @@ import { promisify } from 'node:util'
 import { after, afterEach, before, describe, it } from 'node:test'
 import { Redis } from 'ioredis'
 import { createRedisSessionStore, newId, onCluster, rejectsWith, session } from './support/setup.mjs'
-import { startRedis } from './support/redis-server.mjs'
-import { startProxy } from './support/proxy.mjs'
-import { startCluster, startSentinels } from './support/cluster.mjs'
+import { startRedis } from '../harness/redis-server.mjs'
+import { startProxy } from '../harness/proxy.mjs'
+import { startCluster, startSentinels } from '../harness/cluster.mjs'
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..')
 const TTL = 60_000

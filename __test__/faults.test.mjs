@@ -7,8 +7,8 @@ import { fileURLToPath } from 'node:url'
 import { Worker } from 'node:worker_threads'
 import { Redis } from 'ioredis'
 import { createRedisSessionStore, msUntilSuccess, newId, runNode, session } from './support/setup.mjs'
-import { startRedis } from './support/redis-server.mjs'
-import { startProxy } from './support/proxy.mjs'
+import { startRedis } from '../harness/redis-server.mjs'
+import { startProxy } from '../harness/proxy.mjs'
 
 const STORE = fileURLToPath(new URL('../store.js', import.meta.url))
 

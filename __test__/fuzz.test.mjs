@@ -5,9 +5,9 @@
 import assert from 'node:assert/strict'
 import { it } from 'node:test'
 import { Redis } from 'ioredis'
-import { createJsAdapter } from './support/js-adapter.mjs'
+import { createJsAdapter } from '../harness/js-adapter.mjs'
 import { applyToText, applyToValue } from './support/merge-oracles.mjs'
-import { MERGE_SOURCE, scriptArgs } from './support/scripts.mjs'
+import { MERGE_SOURCE, scriptArgs } from '../harness/scripts.mjs'
 import { newId, useRedis } from './support/setup.mjs'
 
 const CASES = Number(process.env.FUZZ_CASES ?? 5000)

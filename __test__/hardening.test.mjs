@@ -8,9 +8,9 @@ import { setTimeout as sleep } from 'node:timers/promises'
 import { fileURLToPath } from 'node:url'
 import { Redis } from 'ioredis'
 import { createRedisSessionStore, msUntilSuccess, newId, rejectsWith, runNode, session, useRedis } from './support/setup.mjs'
-import { startRedis } from './support/redis-server.mjs'
-import { startProxy } from './support/proxy.mjs'
-import { MERGE_SOURCE, scriptArgs } from './support/scripts.mjs'
+import { startRedis } from '../harness/redis-server.mjs'
+import { startProxy } from '../harness/proxy.mjs'
+import { MERGE_SOURCE, scriptArgs } from '../harness/scripts.mjs'
 
 const STORE = fileURLToPath(new URL('../store.js', import.meta.url))
 const { limits } = createRequire(import.meta.url)('../store.js')

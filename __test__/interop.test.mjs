@@ -2,7 +2,7 @@
 import assert from 'node:assert/strict'
 import { after, before, describe, it } from 'node:test'
 import { Redis } from 'ioredis'
-import { createJsAdapter } from './support/js-adapter.mjs'
+import { createJsAdapter } from '../harness/js-adapter.mjs'
 import { applyToText } from './support/merge-oracles.mjs'
 import { newId, session, useRedis } from './support/setup.mjs'
 

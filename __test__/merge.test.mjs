@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict'
 import { describe, it } from 'node:test'
 import { applyToText, applyToValue } from './support/merge-oracles.mjs'
-import { MERGE_SOURCE, scriptArgs } from './support/scripts.mjs'
+import { MERGE_SOURCE, scriptArgs } from '../harness/scripts.mjs'
 import { newId, rejectsWith, session, useRedis } from './support/setup.mjs'
 
 const redis = useRedis()

@@ -5,7 +5,7 @@ const { createRedisSessionStore, RedisSessionStoreError } = require('relay-sessi
 
 let server
 before(async () => {
-  const { startRedis } = await import('./support/redis-server.mjs')
+  const { startRedis } = await import('../harness/redis-server.mjs')
   server = await startRedis()
 })
 after(() => server?.stop())

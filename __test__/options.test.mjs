@@ -2,7 +2,7 @@ import assert from 'node:assert/strict'
 import { describe, it } from 'node:test'
 import { inspect } from 'node:util'
 import { Redis } from 'ioredis'
-import { startRedis } from './support/redis-server.mjs'
+import { startRedis } from '../harness/redis-server.mjs'
 import { createRedisSessionStore, newId, rejectsWith, session, useRedis } from './support/setup.mjs'
 
 const redis = useRedis()

@@ -5,8 +5,8 @@ import diagnosticsChannel from 'node:diagnostics_channel'
 import { describe, it } from 'node:test'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { createRedisSessionStore, msUntilSuccess, newId, onCluster, rejectsWith, session, useRedis } from './support/setup.mjs'
-import { freePort, startRedis } from './support/redis-server.mjs'
-import { startProxy } from './support/proxy.mjs'
+import { freePort, startRedis } from '../harness/redis-server.mjs'
+import { startProxy } from '../harness/proxy.mjs'
 
 const redis = useRedis()
 const TTL = 60_000

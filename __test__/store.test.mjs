@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict'
 import { describe, it } from 'node:test'
 import { setTimeout as sleep } from 'node:timers/promises'
-import { freePort, startRedis } from './support/redis-server.mjs'
+import { freePort, startRedis } from '../harness/redis-server.mjs'
 import { createRedisSessionStore, newId, rejectsWith, session, useRedis } from './support/setup.mjs'
 
 const redis = useRedis()
@@ -207,7 +207,7 @@ describe('the merge script', () => {
 
   it('preloadScript loads it when the store is created', async () => {
     await redis.admin.script('FLUSH')
-    const { MERGE_SHA } = await import('./support/scripts.mjs')
+    const { MERGE_SHA } = await import('../harness/scripts.mjs')
     redis.store({ preloadScript: true })
     let loaded = 0
     for (let i = 0; i < 40 && !loaded; i++) {

@@ -6,8 +6,8 @@ import { after, before, describe, it } from 'node:test'
 import { inspect } from 'node:util'
 import { Redis } from 'ioredis'
 import { createRedisSessionStore, newId, rejectsWith, session } from './support/setup.mjs'
-import { freePort, serverHasTls, startRedis } from './support/redis-server.mjs'
-import { certificates } from './support/certs.mjs'
+import { freePort, serverHasTls, startRedis } from '../harness/redis-server.mjs'
+import { certificates } from '../harness/certs.mjs'
 
 const certs = certificates()
 const { file, pem, makeCa, makeCert } = certs

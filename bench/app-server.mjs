@@ -19,7 +19,7 @@ import path from 'node:path'
 import express from 'express'
 import { Redis } from 'ioredis'
 import { createRedisSessionStore } from 'relay-session-redis'
-import { createJsAdapter } from '../__test__/support/js-adapter.mjs'
+import { createJsAdapter } from '../harness/js-adapter.mjs'
 import { makeSession } from './sessions.mjs'
 import { sessionMiddleware } from './session-middleware.mjs'
 

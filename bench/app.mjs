@@ -9,7 +9,7 @@
 //   APP_SECONDS (4, after 1 s of warm-up), APP_STORES (native,js-auto,map;
 //   also native-traced: with a tracing subscriber, and baseline: the build
 //   in APP_BASELINE, another built checkout of this package),
-//   APP_SERVER (a key of scripts/servers.mjs: redis-8.6, valkey-9.1, …;
+//   APP_SERVER (a key of harness/servers.mjs: redis-8.6, valkey-9.1, …;
 //   default the redis-server on PATH or REDIS_SERVER_BIN)
 import { spawn } from 'node:child_process'
 import { mkdirSync, writeFileSync } from 'node:fs'
@@ -17,9 +17,9 @@ import os from 'node:os'
 import path from 'node:path'
 import { createInterface } from 'node:readline'
 import { fileURLToPath } from 'node:url'
-import { findRedisServer, startRedis } from '../__test__/support/redis-server.mjs'
+import { findRedisServer, startRedis } from '../harness/redis-server.mjs'
 import { median, spread } from './stats.mjs'
-import { describeServer, useServer } from '../scripts/servers.mjs'
+import { describeServer, useServer } from '../harness/servers.mjs'
 
 const here = path.dirname(fileURLToPath(import.meta.url))
 const list = (name, fallback) => (process.env[name] ?? fallback).split(',')

@@ -12,7 +12,7 @@ import { redisCpuSeconds } from './redis-cpu.mjs'
 import { createRequire } from 'node:module'
 import path from 'node:path'
 import { createRedisSessionStore } from 'relay-session-redis'
-import { createJsAdapter } from '../__test__/support/js-adapter.mjs'
+import { createJsAdapter } from '../harness/js-adapter.mjs'
 import { makeSession, mergePaths } from './sessions.mjs'
 
 const cfg = JSON.parse(process.argv[2])

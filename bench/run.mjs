@@ -10,7 +10,7 @@
 //   BENCH_LONE: loops of the lone-call cell (gets one per macrotask), '' for none
 //   BENCH_BASELINE: another built checkout of this package, run as a fourth
 //     implementation in the same rounds (before/after a change)
-//   BENCH_SERVER: the server to run on, a key of scripts/servers.mjs
+//   BENCH_SERVER: the server to run on, a key of harness/servers.mjs
 //     (redis-8.6, valkey-9.1, …; built first if need be); default the
 //     redis-server on PATH (or REDIS_SERVER_BIN)
 import { execFile, spawn } from 'node:child_process'
@@ -20,10 +20,10 @@ import path from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { promisify } from 'node:util'
 import { Redis } from 'ioredis'
-import { findRedisServer, startRedis } from '../__test__/support/redis-server.mjs'
+import { findRedisServer, startRedis } from '../harness/redis-server.mjs'
 import { makeSession } from './sessions.mjs'
 import { median, spread } from './stats.mjs'
-import { describeServer, useServer } from '../scripts/servers.mjs'
+import { describeServer, useServer } from '../harness/servers.mjs'
 
 const here = path.dirname(fileURLToPath(import.meta.url))
 const list = (name, fallback) => (process.env[name] ? process.env[name].split(',') : fallback)

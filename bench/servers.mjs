@@ -4,7 +4,7 @@
 // and compare-and-delete (Redis >= 8.4, Valkey >= 8.1 / 9.0) and where the
 // store runs Lua. Writes bench/results/server-<key>.json per server and
 // bench/results/servers.md, and prints the table.
-//   node bench/servers.mjs [key …]   servers of scripts/servers.mjs (default
+//   node bench/servers.mjs [key …]   servers of harness/servers.mjs (default
 //                                    redis-7.0 redis-8.6 valkey-9.1)
 //   --report-only                    the table from the saved results
 //   BENCH_RUNS, BENCH_SECONDS as for npm run bench

@@ -5,7 +5,7 @@
 // compares the first one after warm-up (1 minute) with the last.
 import { readdirSync, readFileSync, readlinkSync } from 'node:fs'
 import { createRequire } from 'node:module'
-import { startRedis } from '../__test__/support/redis-server.mjs'
+import { startRedis } from '../harness/redis-server.mjs'
 import { makeSession, mergePaths } from './sessions.mjs'
 
 const require = createRequire(import.meta.url)

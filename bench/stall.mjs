@@ -27,8 +27,8 @@ import { createRequire } from 'node:module'
 import { performance } from 'node:perf_hooks'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { Redis } from 'ioredis'
-import { startRedis } from '../__test__/support/redis-server.mjs'
-import { MERGE_SOURCE as MERGE_LUA, scriptArgs } from '../__test__/support/scripts.mjs'
+import { startRedis } from '../harness/redis-server.mjs'
+import { MERGE_SOURCE as MERGE_LUA, scriptArgs } from '../harness/scripts.mjs'
 
 const require = createRequire(import.meta.url)
 const { createRedisSessionStore } = require('../store.js')

@@ -16,9 +16,9 @@ import { tmpdir } from 'node:os'
 import path from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { setTimeout as sleep } from 'node:timers/promises'
-import { freePort, startRedis } from '../__test__/support/redis-server.mjs'
+import { freePort, startRedis } from '../harness/redis-server.mjs'
 import { GLIBC_BASELINE, newestGlibc } from './build-release.mjs'
-import { npmToolOnce } from './tools.mjs'
+import { npmToolOnce } from '../harness/tools.mjs'
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..')
 const pkg = JSON.parse(readFileSync(path.join(root, 'package.json'), 'utf8'))

@@ -1,6 +1,6 @@
 #!/usr/bin/env node
 // npm run test:matrix: the whole JS suite (standalone, cluster, HA) against
-// each server version scripts/servers.mjs can get (built once, kept in
+// each server version harness/servers.mjs can get (built once, kept in
 // .servers/). A version that cannot be got is reported as such, not as a
 // failure. `npm run test:matrix -- 8.6 valkey-9` runs the versions whose key
 // or name contains a word given. `--suites=standalone,cluster` runs only
@@ -9,7 +9,7 @@
 import { execFileSync, spawnSync } from 'node:child_process'
 import path from 'node:path'
 import { fileURLToPath } from 'node:url'
-import { cliNextTo, SERVERS, serverBinary } from './servers.mjs'
+import { cliNextTo, SERVERS, serverBinary } from '../harness/servers.mjs'
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..')
 const versions = Object.entries(SERVERS).map(([key, s]) => ({ key, name: s.name }))

@@ -6,14 +6,14 @@
 import { spawnSync } from 'node:child_process'
 import path from 'node:path'
 import { fileURLToPath } from 'node:url'
-import { startRedis } from '../__test__/support/redis-server.mjs'
-import { npmToolOnce } from './tools.mjs'
+import { startRedis } from '../harness/redis-server.mjs'
+import { npmToolOnce } from '../harness/tools.mjs'
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..')
 const VERSIONS = { bun: '1.4.5', deno: '2.9.6' }
 const bin = (name) => npmToolOnce('runtimes', name, VERSIONS)
 
-const smoke = path.join(root, '__test__', 'support', 'smoke.mjs')
+const smoke = path.join(root, 'harness', 'smoke.mjs')
 const RUNTIMES = {
   Node: [process.execPath, smoke],
   Bun: [bin('bun'), smoke],

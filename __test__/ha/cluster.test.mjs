@@ -4,7 +4,7 @@ import assert from 'node:assert/strict'
 import { after, before, describe, it } from 'node:test'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { createRedisSessionStore, msUntilSuccess, session } from '../support/setup.mjs'
-import { startCluster } from '../support/cluster.mjs'
+import { startCluster } from '../../harness/cluster.mjs'
 
 let cluster
 let admin

@@ -4,9 +4,9 @@ import assert from 'node:assert/strict'
 import { after, before, describe, it } from 'node:test'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { createRedisSessionStore, msUntilSuccess, session } from '../support/setup.mjs'
-import { serverHasTls, startRedis } from '../support/redis-server.mjs'
-import { certificates } from '../support/certs.mjs'
-import { cli, startSentinels } from '../support/cluster.mjs'
+import { serverHasTls, startRedis } from '../../harness/redis-server.mjs'
+import { certificates } from '../../harness/certs.mjs'
+import { cli, startSentinels } from '../../harness/cluster.mjs'
 
 let ha
 let revived = null

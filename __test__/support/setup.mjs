@@ -5,8 +5,8 @@ import { after, before } from 'node:test'
 import { Redis } from 'ioredis'
 import { createRequire } from 'node:module'
 import { setTimeout as sleep } from 'node:timers/promises'
-import { startRedis } from './redis-server.mjs'
-import { startCluster } from './cluster.mjs'
+import { startRedis } from '../../harness/redis-server.mjs'
+import { startCluster } from '../../harness/cluster.mjs'
 
 /** TEST_TOPOLOGY=cluster runs a suite against a 3-master Redis Cluster. */
 export const onCluster = process.env.TEST_TOPOLOGY === 'cluster'

@@ -2,10 +2,10 @@
 //! on the connection. Every op of a batch shares one deadline (the call's
 //! bound, `connectTimeout + commandTimeout` from when the batch crossed into
 //! Rust), and each op's outcome is delivered as soon as its round is back: an
-//! op that needs more rounds never holds back the others (`delivery.rs`).
+//! op that needs more rounds never holds back the others (`addon/crossing.rs`).
 //!
 //! A merge takes steps: read the stored text; splice the paths in here
-//! (`splice.rs`, at memory speed); write it back with a compare-and-set (a
+//! (`merge/splice.rs`, at memory speed); write it back with a compare-and-set (a
 //! native `SET … IFDEQ`/`IFEQ` or `lua/swap.lua`: `capabilities.rs`, consulted
 //! when a round is planned). A native command the server refuses runs again
 //! by script. A merge of a session whose text this store read or wrote lately

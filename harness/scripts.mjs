@@ -3,9 +3,9 @@ import { createHash } from 'node:crypto'
 import { readFileSync } from 'node:fs'
 import { createRequire } from 'node:module'
 
-const { limits } = createRequire(import.meta.url)('../../store.js')
+const { limits } = createRequire(import.meta.url)('../store.js')
 
-const source = (name) => readFileSync(new URL(`../../lua/${name}`, import.meta.url), 'utf8')
+const source = (name) => readFileSync(new URL(`../lua/${name}`, import.meta.url), 'utf8')
 const sha = (name) => createHash('sha1').update(source(name)).digest('hex')
 export const MERGE_SOURCE = source('merge.lua')
 export const MERGE_SHA = sha('merge.lua')
