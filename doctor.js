@@ -95,20 +95,40 @@ const settle = (p) => p.then((value) => ({ value }), (error) => ({ error }))
  * @returns {Promise<DoctorReport>}
  */
 async function examine(native) {
+  const facts = await ask(native)
+  const { answers } = facts
+  /** @type {DoctorCheck[]} */
+  const checks = [
+    attempt('server', () => serverCheck(facts)),
+    attempt('memory', () => perMaster(facts, 'memory', null, memoryCheck)),
+    attempt('persistence', () => perMaster(facts, 'persistence', answers.save, persistenceCheck)),
+    attempt('replication', () => perMaster(facts, 'replication', answers.minReplicas, replicationCheck)),
+    attempt('acl', () => aclCheck(answer(answers.access))),
+    attempt('latency', () => latencyCheck(answers.times, native.callBoundMs)),
+  ]
+  if (answers.clusterInfo) checks.push(attempt('cluster', () => clusterCheck(facts)))
+  checks.push(attempt('scripts', () => scriptsCheck(facts)))
+  checks.push(attempt('sessions', () => sessionsCheck(native, answer(answers.sessions), facts.infos)))
+  return { ok: checks.every((c) => c.level !== 'fail'), checks }
+}
+
+/**
+ * Asks every question at once: the round trips of the slowest check, not of
+ * all. The first PING opens the connection; the latency is measured after
+ * it. Rejects when the server cannot be checked at all.
+ * @param {NativeStore} native
+ */
+async function ask(native) {
   /** @param {string} to @param {string[]} args */
   const query = async (to, ...args) => JSON.parse(await native.query(to, args))
   const masters = await native.masters()
   const cluster = masters[0] !== ''
-  /** @param {string} node */
-  const where = (node) => (cluster ? `${node}: ` : '')
   /** PINGs in rounds, each round at once; a PING's failure is the round's. */
   const pings = async () => {
     const times = []
     for (let r = 0; r < ROUNDS; r++) times.push(...(await Promise.all(Array.from({ length: PINGS / ROUNDS }, () => native.ping()))))
     return times
   }
-  // Every question at once: the round trips of the slowest check, not of all.
-  // The first PING opens the connection; the latency is measured after it.
   const opened = settle(native.ping())
   const [ping, info, save, minReplicas, compares, access, times, clusterInfo, scripts, sessions] = await Promise.all([
     opened,
@@ -128,11 +148,6 @@ async function examine(native) {
   // (NOAUTH, WRONGPASS) or the connection itself, cannot be checked at all:
   // every answer above is that refusal.
   if (ping.error && !isTimeout(ping.error)) throw ping.error
-  /** A check's answer, or the failure a check reports as a warning. */
-  const answer = (/** @type {{value?: any, error?: unknown}} */ r) => {
-    if (r.error) throw r.error
-    return r.value
-  }
 
   // Every master's INFO, by address ('' on a single server).
   /** @type {[string, Record<string, string>][]} */
@@ -148,146 +163,145 @@ async function examine(native) {
       else infos.push([node, parseInfo(String(reply))])
     }
   }
-  /** @type {DoctorCheck[]} */
-  const checks = []
-  /** The checks that need INFO, when this user may not run it. */
-  const noInfo = (/** @type {string} */ name) =>
-    check('warn', name, /^[A-Z]+$/.test(infoRefused)
+  return {
+    masters,
+    cluster,
+    infos,
+    infoRefused,
+    answers: { save, minReplicas, compares, access, times, clusterInfo, scripts, sessions },
+  }
+}
+
+/** @typedef {Awaited<ReturnType<typeof ask>>} Facts */
+
+/** A check's answer, or the failure a check reports as a warning. @param {{value?: any, error?: unknown}} r */
+function answer(r) {
+  if (r.error) throw r.error
+  return r.value
+}
+
+/**
+ * One check; an answer it reads that failed (a refused command, a timeout)
+ * makes it a warning that says so, and the other checks still run.
+ * @param {string} name
+ * @param {() => DoctorCheck} run
+ */
+function attempt(name, run) {
+  try {
+    return run()
+  } catch (e) {
+    return check('warn', name, `could not check: ${/** @type {Error} */ (e)?.message ?? String(e)}.`)
+  }
+}
+
+/** `host:port: ` before a master's line on a cluster. @param {Facts} facts @param {string} node */
+const where = (facts, node) => (facts.cluster ? `${node}: ` : '')
+
+/** Whether merges and unlocks use the server's own commands. @param {Facts} facts */
+const serverCompares = (facts) => facts.answers.compares.value !== undefined && facts.answers.compares.value.compareAndSet !== 'swap.lua'
+
+/** @param {Facts} facts */
+function serverCheck(facts) {
+  const { infos, cluster, masters } = facts
+  const { compareAndSet, compareAndDelete } = answer(facts.answers.compares)
+  const paths = compareAndSet !== 'swap.lua'
+    ? `merges write with ${compareAndSet}${compareAndDelete === 'unlock.lua' ? ' and unlocks run unlock.lua' : ` and unlocks with ${compareAndDelete}`}, without Lua`
+    : 'merges and unlocks run Lua scripts (EVALSHA); Redis 8.4+ and Valkey 9.0+ do both with native commands, for less work on the server'
+  if (infos.length === 0) return check('ok', 'server', `version unknown (INFO refused); ${paths}.`)
+  const [, fields] = infos[0]
+  const name = fields.server_name === 'valkey' ? 'Valkey' : 'Redis'
+  const version = fields.valkey_version ?? fields.redis_version ?? '?'
+  const mode = cluster ? `cluster of ${masters.length} masters` : 'standalone'
+  if (Number(version.split('.')[0]) < 6) {
+    return check('fail', 'server', `${name} ${version} (${mode}) is older than the store supports (Redis 6.0+, Valkey 7.2+): upgrade it.`)
+  }
+  return check('ok', 'server', `${name} ${version} (${mode}): ${paths}.`)
+}
+
+/**
+ * Memory, persistence, replication: each master's INFO (and one CONFIG GET),
+ * the worst master's line.
+ * @param {Facts} facts
+ * @param {string} name
+ * @param {{value?: any, error?: unknown} | null} setting the CONFIG GET the check also reads, on every master
+ * @param {(at: string, info: Record<string, string>, config: unknown) => DoctorCheck} judge
+ */
+function perMaster(facts, name, setting, judge) {
+  const { infos, infoRefused } = facts
+  if (infos.length === 0) {
+    // The checks that need INFO, when this user may not run it.
+    return check('warn', name, /^[A-Z]+$/.test(infoRefused)
       ? `cannot tell: this user may not run INFO (${infoRefused}); run the doctor as a user that may, or grant +info.`
       : `cannot tell: INFO failed (${infoRefused}).`)
+  }
+  const configs = setting === null ? null : perNode(answer(setting))
+  /** The node's reply, or the one error reply the command failed with as a whole. */
+  const configOf = (/** @type {string} */ node) => (configs === null ? null : (configs.find(([n]) => n === node) ?? configs[0])?.[1])
+  return worst(infos.map(([node, fields]) => judge(where(facts, node), fields, configOf(node))))
+}
 
-  /**
-   * One check; an answer it reads that failed (a refused command, a
-   * timeout) makes it a warning that says so, and the other checks still run.
-   * @param {string} name
-   * @param {() => DoctorCheck} run
-   */
-  const attempt = (name, run) => {
-    try {
-      return run()
-    } catch (e) {
-      return check('warn', name, `could not check: ${/** @type {Error} */ (e)?.message ?? String(e)}.`)
+/** @param {import('./index').CommandAccess[]} list */
+function aclCheck(list) {
+  const denied = list.filter((a) => !a.allowed)
+  const how = list.some((a) => a.checkedBy === 'probe') ? 'harmless probes on a missing key' : 'ACL DRYRUN'
+  const grant = (/** @type {typeof list} */ l) => l.map((a) => `+${a.command}`).join(' ')
+  const names = (/** @type {typeof list} */ l) => l.map((a) => a.command.toUpperCase()).join(', ')
+  const requiredDenied = denied.filter((a) => a.required)
+  if (requiredDenied.length > 0) {
+    const reason = requiredDenied[0].reason ? ` (${requiredDenied[0].reason})` : ''
+    return check('fail', 'acl', `this user may not run ${names(requiredDenied)}${reason}, which the store needs: calls fail with ERR_AUTH. Grant ${grant(requiredDenied)} (checked with ${how}).`)
+  }
+  if (denied.length > 0) {
+    return check('warn', 'acl', `this user may not run ${names(denied)}: the store does without (scripts instead of native commands; ids(), length(), clear(), ping() or touch() fail). Grant ${grant(denied)} for them (checked with ${how}).`)
+  }
+  return check('ok', 'acl', `this user may run all ${list.length} commands the store sends (checked with ${how}).`)
+}
+
+/** @param {{value?: number[], error?: unknown}} times @param {number} bound the call bound, in ms */
+function latencyCheck(times, bound) {
+  if (times.error && isTimeout(times.error)) {
+    return check('fail', 'latency', `a PING got no answer within the call bound of ${bound} ms (connectTimeout + commandTimeout): calls will time out. Move the app near Redis or raise commandTimeout.`)
+  }
+  const sorted = [.../** @type {number[]} */ (answer(times))].sort((a, b) => a - b)
+  const p50 = sorted[Math.floor(PINGS * 0.5)]
+  const p99 = sorted[Math.ceil(PINGS * 0.99) - 1]
+  const ms = (/** @type {number} */ t) => `${t < 10 ? t.toFixed(2) : t.toFixed(0)} ms`
+  const rtt = `round trip p50 ${ms(p50)}, p99 ${ms(p99)} over ${PINGS} PINGs`
+  if (p99 >= bound / 2) {
+    return check('fail', 'latency', `${rtt}: a request's calls come near the call bound of ${bound} ms (connectTimeout + commandTimeout) and will time out; move the app near Redis or raise commandTimeout.`)
+  }
+  if (p50 >= 2) {
+    return check('warn', 'latency', `${rtt}: every request waits at least this per call; Redis in the app's zone or network is usually under 1 ms.`)
+  }
+  return check('ok', 'latency', `${rtt}.`)
+}
+
+/** @param {Facts} facts */
+function clusterCheck(facts) {
+  const bad = []
+  for (const [node, reply] of perNode(answer(/** @type {any} */ (facts.answers.clusterInfo)))) {
+    const fields = parseInfo(String(reply))
+    if (isError(reply)) bad.push(`${node} (${errorText(reply)})`)
+    else if (fields.cluster_state !== 'ok' || fields.cluster_slots_ok !== '16384') {
+      bad.push(`${node} (state ${fields.cluster_state}, ${fields.cluster_slots_ok ?? '?'} of 16384 slots served)`)
     }
   }
-
-  // --- server -------------------------------------------------------------
-  const serverCompares = compares.value !== undefined && compares.value.compareAndSet !== 'swap.lua'
-  checks.push(
-    attempt('server', () => {
-      const { compareAndSet, compareAndDelete } = answer(compares)
-      const paths = compareAndSet !== 'swap.lua'
-        ? `merges write with ${compareAndSet}${compareAndDelete === 'unlock.lua' ? ' and unlocks run unlock.lua' : ` and unlocks with ${compareAndDelete}`}, without Lua`
-        : 'merges and unlocks run Lua scripts (EVALSHA); Redis 8.4+ and Valkey 9.0+ do both with native commands, for less work on the server'
-      if (infos.length === 0) return check('ok', 'server', `version unknown (INFO refused); ${paths}.`)
-      const [, fields] = infos[0]
-      const name = fields.server_name === 'valkey' ? 'Valkey' : 'Redis'
-      const version = fields.valkey_version ?? fields.redis_version ?? '?'
-      const mode = cluster ? `cluster of ${masters.length} masters` : 'standalone'
-      if (Number(version.split('.')[0]) < 6) {
-        return check('fail', 'server', `${name} ${version} (${mode}) is older than the store supports (Redis 6.0+, Valkey 7.2+): upgrade it.`)
-      }
-      return check('ok', 'server', `${name} ${version} (${mode}): ${paths}.`)
-    }),
-  )
-
-  // --- memory, persistence, replication: each master's INFO (and one
-  // CONFIG GET), the worst master's line -----------------------------------
-  /**
-   * @param {string} name
-   * @param {{value?: any, error?: unknown} | null} setting the CONFIG GET the check also reads, on every master
-   * @param {(at: string, info: Record<string, string>, config: unknown) => DoctorCheck} judge
-   */
-  const perMaster = (name, setting, judge) =>
-    attempt(name, () => {
-      if (infos.length === 0) return noInfo(name)
-      const configs = setting === null ? null : perNode(answer(setting))
-      /** The node's reply, or the one error reply the command failed with as a whole. */
-      const configOf = (/** @type {string} */ node) => (configs === null ? null : (configs.find(([n]) => n === node) ?? configs[0])?.[1])
-      return worst(infos.map(([node, fields]) => judge(where(node), fields, configOf(node))))
-    })
-  checks.push(perMaster('memory', null, memoryCheck))
-  checks.push(perMaster('persistence', save, persistenceCheck))
-  checks.push(perMaster('replication', minReplicas, replicationCheck))
-
-  // --- acl ----------------------------------------------------------------
-  checks.push(
-    attempt('acl', () => {
-      const list = /** @type {import('./index').CommandAccess[]} */ (answer(access))
-      const denied = list.filter((a) => !a.allowed)
-      const how = list.some((a) => a.checkedBy === 'probe') ? 'harmless probes on a missing key' : 'ACL DRYRUN'
-      const grant = (/** @type {typeof list} */ l) => l.map((a) => `+${a.command}`).join(' ')
-      const names = (/** @type {typeof list} */ l) => l.map((a) => a.command.toUpperCase()).join(', ')
-      const requiredDenied = denied.filter((a) => a.required)
-      if (requiredDenied.length > 0) {
-        const reason = requiredDenied[0].reason ? ` (${requiredDenied[0].reason})` : ''
-        return check('fail', 'acl', `this user may not run ${names(requiredDenied)}${reason}, which the store needs: calls fail with ERR_AUTH. Grant ${grant(requiredDenied)} (checked with ${how}).`)
-      }
-      if (denied.length > 0) {
-        return check('warn', 'acl', `this user may not run ${names(denied)}: the store does without (scripts instead of native commands; ids(), length(), clear(), ping() or touch() fail). Grant ${grant(denied)} for them (checked with ${how}).`)
-      }
-      return check('ok', 'acl', `this user may run all ${list.length} commands the store sends (checked with ${how}).`)
-    }),
-  )
-
-  // --- latency ------------------------------------------------------------
-  checks.push(
-    attempt('latency', () => {
-      const bound = native.callBoundMs
-      if (times.error && isTimeout(times.error)) {
-        return check('fail', 'latency', `a PING got no answer within the call bound of ${bound} ms (connectTimeout + commandTimeout): calls will time out. Move the app near Redis or raise commandTimeout.`)
-      }
-      const sorted = [...answer(times)].sort((a, b) => a - b)
-      const p50 = sorted[Math.floor(PINGS * 0.5)]
-      const p99 = sorted[Math.ceil(PINGS * 0.99) - 1]
-      const ms = (/** @type {number} */ t) => `${t < 10 ? t.toFixed(2) : t.toFixed(0)} ms`
-      const rtt = `round trip p50 ${ms(p50)}, p99 ${ms(p99)} over ${PINGS} PINGs`
-      if (p99 >= bound / 2) {
-        return check('fail', 'latency', `${rtt}: a request's calls come near the call bound of ${bound} ms (connectTimeout + commandTimeout) and will time out; move the app near Redis or raise commandTimeout.`)
-      }
-      if (p50 >= 2) {
-        return check('warn', 'latency', `${rtt}: every request waits at least this per call; Redis in the app's zone or network is usually under 1 ms.`)
-      }
-      return check('ok', 'latency', `${rtt}.`)
-    }),
-  )
-
-  // --- cluster ------------------------------------------------------------
-  if (clusterInfo) {
-    checks.push(
-      attempt('cluster', () => {
-        const bad = []
-        for (const [node, reply] of perNode(answer(clusterInfo))) {
-          const fields = parseInfo(String(reply))
-          if (isError(reply)) bad.push(`${node} (${errorText(reply)})`)
-          else if (fields.cluster_state !== 'ok' || fields.cluster_slots_ok !== '16384') {
-            bad.push(`${node} (state ${fields.cluster_state}, ${fields.cluster_slots_ok ?? '?'} of 16384 slots served)`)
-          }
-        }
-        if (bad.length > 0) {
-          return check('fail', 'cluster', `not every slot is served: ${bad.join('; ')}: calls on keys in the missing slots fail with ERR_CONNECTION (CLUSTERDOWN). Assign or recover the slots.`)
-        }
-        return check('ok', 'cluster', `${masters.length} masters serve all 16384 slots.`)
-      }),
-    )
+  if (bad.length > 0) {
+    return check('fail', 'cluster', `not every slot is served: ${bad.join('; ')}: calls on keys in the missing slots fail with ERR_CONNECTION (CLUSTERDOWN). Assign or recover the slots.`)
   }
+  return check('ok', 'cluster', `${facts.masters.length} masters serve all 16384 slots.`)
+}
 
-  // --- scripts ------------------------------------------------------------
-  checks.push(
-    attempt('scripts', () => {
-      const replies = perNode(answer(scripts))
-      const missing = replies.filter(([, r]) => !Array.isArray(r) || r.some((x) => x !== 1))
-      if (missing.length === 0) return check('ok', 'scripts', `the store's 3 scripts are loaded${cluster ? ' on every master' : ''}.`)
-      const nodes = cluster ? ` on ${missing.map(([n]) => n).join(', ')}` : ''
-      const refused = missing.find(([, r]) => isError(r))
-      if (refused) return check('warn', 'scripts', `cannot tell whether the scripts are loaded${nodes}: ${errorText(refused[1])}.`)
-      return check('warn', 'scripts', `the store's scripts are not loaded${nodes}: the first ${serverCompares ? 'merge conflict' : 'merge or unlock'} loads them (NOSCRIPT, then SCRIPT LOAD: one more round trip); preloadScript: true loads them when the store is created.`)
-    }),
-  )
-
-  // --- sessions -----------------------------------------------------------
-  checks.push(attempt('sessions', () => sessionsCheck(native, answer(sessions), infos)))
-
-  return { ok: checks.every((c) => c.level !== 'fail'), checks }
+/** @param {Facts} facts */
+function scriptsCheck(facts) {
+  const { cluster } = facts
+  const replies = perNode(answer(facts.answers.scripts))
+  const missing = replies.filter(([, r]) => !Array.isArray(r) || r.some((x) => x !== 1))
+  if (missing.length === 0) return check('ok', 'scripts', `the store's 3 scripts are loaded${cluster ? ' on every master' : ''}.`)
+  const nodes = cluster ? ` on ${missing.map(([n]) => n).join(', ')}` : ''
+  const refused = missing.find(([, r]) => isError(r))
+  if (refused) return check('warn', 'scripts', `cannot tell whether the scripts are loaded${nodes}: ${errorText(refused[1])}.`)
+  return check('warn', 'scripts', `the store's scripts are not loaded${nodes}: the first ${serverCompares(facts) ? 'merge conflict' : 'merge or unlock'} loads them (NOSCRIPT, then SCRIPT LOAD: one more round trip); preloadScript: true loads them when the store is created.`)
 }
 
 /** The worst of several nodes' checks. @param {DoctorCheck[]} found */

@@ -253,6 +253,14 @@ export interface OpLatencies {
 }
 
 /**
+ * The options `store.js` checks the types of, from the structs above: one
+ * row per field, `[object, field, type]`, where object is `''` for the
+ * store's options and `tls`, `cluster` or `sentinel` for the nested ones,
+ * in the order of the structs' fields.
+ */
+export declare function optionTypes(): Array<[object: '' | 'tls' | 'cluster' | 'sentinel', field: string, type: string]>
+
+/**
  * How an op settled, as `store.js` reads a batch's `codes`. A failure is
  * `Failed` plus the number of its error code (the position of the code in
  * `ErrorCode`), its message in `values`.

@@ -843,4 +843,5 @@ module.exports.MAX_PATH_SEGMENTS = nativeBinding.MAX_PATH_SEGMENTS
 module.exports.MAX_SCAN_COUNT = nativeBinding.MAX_SCAN_COUNT
 module.exports.MAX_TTL_MS = nativeBinding.MAX_TTL_MS
 module.exports.OpKind = nativeBinding.OpKind
+module.exports.optionTypes = nativeBinding.optionTypes
 module.exports.OutcomeCode = nativeBinding.OutcomeCode

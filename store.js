@@ -342,7 +342,8 @@ class RedisSessionStore {
  */
 function createRedisSessionStore(redisOrOptions, options) {
   if (isIoredis(redisOrOptions)) {
-    return new RedisSessionStore(optionsFromIoredis(redisOrOptions, checkOptions(options, 'options')))
+    // What it read off the client is checked as options are (a Sentinel's masterName among them).
+    return new RedisSessionStore(checkOptions(optionsFromIoredis(redisOrOptions, checkOptions(options, 'options')), 'options'))
   }
   if (options !== undefined) {
     throw invalid('createRedisSessionStore takes (options) or (ioredisClient, options); the first argument is not an ioredis client')

@@ -5,26 +5,20 @@
 // native half checks their values: URLs, ranges, combinations), and the
 // migration form, which reads them off an ioredis client.
 
+const { optionTypes } = require('./native.js')
 const { checkObject } = require('./args.js')
 const { invalid } = require('./errors.js')
 
 /** @typedef {import('../store').StoreOptions} StoreOptions */
 
-const OPTION_TYPES = {
-  url: 'string',
-  cluster: 'object',
-  sentinel: 'object',
-  username: 'string',
-  password: 'string',
-  db: 'number',
-  tls: 'object',
-  prefix: 'string',
-  lockPrefix: 'string',
-  preloadScript: 'boolean',
-  connectTimeout: 'number',
-  commandTimeout: 'number',
-  rememberedTextBytes: 'number',
-}
+/**
+ * The type each option is checked for, by object ('' for the store's own),
+ * from the option structs of src/addon/options.rs, where each option is
+ * declared once.
+ * @type {Record<string, Record<string, string>>}
+ */
+const OPTION_TYPES = { '': {}, tls: {}, cluster: {}, sentinel: {} }
+for (const [object, field, type] of optionTypes()) OPTION_TYPES[object][field] = type
 
 /**
  * @param {unknown} options
@@ -33,17 +27,12 @@ const OPTION_TYPES = {
  */
 function checkOptions(options, where) {
   if (options === undefined) return {}
-  const o = checkObject(options, where, OPTION_TYPES)
-  if (o.tls) o.tls = checkObject(o.tls, `${where}.tls`, { ca: 'pem', cert: 'pem', key: 'pem' })
-  if (o.cluster) o.cluster = checkObject(o.cluster, `${where}.cluster`, { nodes: 'urls' })
+  const o = checkObject(options, where, OPTION_TYPES[''])
+  if (o.tls) o.tls = checkObject(o.tls, `${where}.tls`, OPTION_TYPES.tls)
+  if (o.cluster) o.cluster = checkObject(o.cluster, `${where}.cluster`, OPTION_TYPES.cluster)
   if (o.cluster && !o.cluster.nodes) throw invalid(`${where}.cluster.nodes must be a non-empty array of URL strings`)
   if (o.sentinel) {
-    o.sentinel = checkObject(o.sentinel, `${where}.sentinel`, {
-      nodes: 'urls',
-      masterName: 'string',
-      username: 'string',
-      password: 'string',
-    })
+    o.sentinel = checkObject(o.sentinel, `${where}.sentinel`, OPTION_TYPES.sentinel)
     if (!o.sentinel.nodes) throw invalid(`${where}.sentinel.nodes must be a non-empty array of URL strings`)
     if (!o.sentinel.masterName) throw invalid(`${where}.sentinel.masterName must be a non-empty string`)
   }

@@ -98,6 +98,94 @@ pub struct TlsOptions {
     pub key: Option<String>,
 }
 
+/// The type `store.js` checks each field of an options struct for (`string`,
+/// `number`, `boolean`, `object`, `pem`: a string or a Buffer, `urls`: a
+/// non-empty array of URLs), exported by [`option_types`]. The list must name
+/// every field of the struct and no other: the pattern it expands to does
+/// not compile otherwise, so the names `store.js` checks cannot drift from
+/// the struct's.
+macro_rules! checked_fields {
+    ($name:ident { $($field:ident: $js:literal),* $(,)? }) => {
+        impl $name {
+            pub const FIELDS: &'static [(&'static str, &'static str)] = &[$((stringify!($field), $js)),*];
+
+            #[allow(dead_code)]
+            fn every_field_is_listed(self) {
+                let $name { $($field: _),* } = self;
+            }
+        }
+    };
+}
+
+checked_fields!(StoreOptions {
+    url: "string",
+    cluster: "object",
+    sentinel: "object",
+    username: "string",
+    password: "string",
+    db: "number",
+    tls: "object",
+    prefix: "string",
+    lock_prefix: "string",
+    preload_script: "boolean",
+    connect_timeout: "number",
+    command_timeout: "number",
+    remembered_text_bytes: "number",
+});
+checked_fields!(ClusterOptions { nodes: "urls" });
+checked_fields!(SentinelOptions {
+    nodes: "urls",
+    master_name: "string",
+    username: "string",
+    password: "string",
+});
+checked_fields!(TlsOptions {
+    ca: "pem",
+    cert: "pem",
+    key: "pem",
+});
+
+/// The name JavaScript gives a field (`lock_prefix`: `lockPrefix`), as napi does.
+fn camel_case(field: &str) -> String {
+    let mut out = String::with_capacity(field.len());
+    let mut upper = false;
+    for c in field.chars() {
+        match c {
+            '_' => upper = true,
+            c if upper => {
+                out.extend(c.to_uppercase());
+                upper = false;
+            }
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// The options `store.js` checks the types of, from the structs above: one
+/// row per field, `[object, field, type]`, where object is `''` for the
+/// store's options and `tls`, `cluster` or `sentinel` for the nested ones,
+/// in the order of the structs' fields.
+#[napi(
+    ts_return_type = "Array<[object: '' | 'tls' | 'cluster' | 'sentinel', field: string, type: string]>"
+)]
+pub fn option_types() -> Vec<Vec<String>> {
+    let objects: [(&str, &[(&str, &str)]); 4] = [
+        ("", StoreOptions::FIELDS),
+        ("tls", TlsOptions::FIELDS),
+        ("cluster", ClusterOptions::FIELDS),
+        ("sentinel", SentinelOptions::FIELDS),
+    ];
+    objects
+        .iter()
+        .flat_map(|(object, fields)| {
+            fields
+                .iter()
+                .map(move |(field, ty)| vec![object.to_string(), camel_case(field), ty.to_string()])
+        })
+        .collect()
+}
+
 impl StoreOptions {
     /// The options checked: the store's [`Config`], or `ERR_INVALID_ARG`
     /// naming the bad option.
@@ -185,11 +273,6 @@ fn cluster_topology(
             "options.db cannot be used with options.cluster: Redis Cluster has only database 0",
         ));
     }
-    if c.nodes.is_empty() {
-        return Err(StoreError::invalid_arg(
-            "options.cluster.nodes must list at least one node URL",
-        ));
-    }
     let mut nodes = Vec::with_capacity(c.nodes.len());
     for (i, url) in c.nodes.iter().enumerate() {
         nodes.push(data_node(
@@ -204,12 +287,13 @@ fn cluster_topology(
         .iter()
         .map(|n| matches!(n.addr(), ConnectionAddr::TcpTls { .. }))
         .collect::<Vec<_>>();
-    if tls.iter().any(|t| *t != tls[0]) {
+    let first_tls = tls.first().copied().unwrap_or(false);
+    if tls.iter().any(|t| *t != first_tls) {
         return Err(StoreError::invalid_arg(
             "options.cluster.nodes must all use redis:// or all use rediss://",
         ));
     }
-    if certs.is_some() && !tls[0] {
+    if certs.is_some() && !first_tls {
         return Err(StoreError::invalid_arg(
             "options.tls needs rediss:// node URLs in options.cluster.nodes",
         ));
@@ -229,16 +313,6 @@ fn sentinel_topology(
     certs: Option<TlsCertificates>,
     timeouts: Timeouts,
 ) -> Result<(Topology, String)> {
-    if s.master_name.is_empty() {
-        return Err(StoreError::invalid_arg(
-            "options.sentinel.masterName must be a non-empty string",
-        ));
-    }
-    if s.nodes.is_empty() {
-        return Err(StoreError::invalid_arg(
-            "options.sentinel.nodes must list at least one sentinel URL",
-        ));
-    }
     let mut nodes = Vec::with_capacity(s.nodes.len());
     let mut described = Vec::with_capacity(s.nodes.len());
     for (i, url) in s.nodes.iter().enumerate() {

@@ -203,11 +203,9 @@ impl Store {
             ));
         }
         let from = cursor(from)?;
-        if !(1..=MAX_SCAN_COUNT).contains(&count) {
-            return Err(StoreError::invalid_arg(format!(
-                "count must be a whole number from 1 to {MAX_SCAN_COUNT}, got {count}"
-            )));
-        }
+        // store.js checked it (lib/args.js scanCount); a count past the
+        // limit is taken as the limit.
+        let count = count.clamp(1, MAX_SCAN_COUNT);
         let mut scan = redis::cmd("SCAN");
         scan.arg(from)
             .arg("MATCH")
@@ -317,90 +315,32 @@ impl Store {
     /// Whether this store's user may run each command the store sends:
     /// asked with `ACL DRYRUN` (Redis 7.0+, Valkey) where the user may run
     /// it, else by sending each command in a form that changes nothing (on a
-    /// key under the prefix that does not exist).
+    /// key under the prefix that does not exist). Two round trips after
+    /// `ACL WHOAMI`, whatever the latency: every DRYRUN in one pipeline,
+    /// then every probe DRYRUN could not answer in another.
     pub async fn command_access(&self, deadline: Instant) -> Result<Vec<CommandAccess>> {
         let ready = self.conn.ready(deadline).await?;
-        let probe = format!("doctor-probe-{}", new_token());
-        let (key, lock) = (self.keys.session(&probe), self.keys.lock(&probe));
-        let scripts = &self.scripts;
-        let cmd = |parts: &[&str]| {
-            let mut c = redis::cmd(parts[0]);
-            for p in &parts[1..] {
-                c.arg(*p);
-            }
-            c
-        };
-        // (ACL name, required, the command in a form that changes nothing)
-        let probes: Vec<(&str, bool, Cmd)> = vec![
-            ("get", true, cmd(&["GET", &key])),
-            ("set", true, cmd(&["SET", &key, "{}", "XX", "PX", "1000"])),
-            ("del", true, cmd(&["DEL", &key])),
-            ("exists", true, cmd(&["EXISTS", &lock])),
-            (
-                "evalsha",
-                true,
-                cmd(&["EVALSHA", scripts.unlock(), "1", &lock, "x"]),
-            ),
-            ("script|load", true, cmd(&["SCRIPT", "LOAD", UNLOCK_LUA])),
-            ("pexpire", false, cmd(&["PEXPIRE", &key, "1000"])),
-            ("ping", false, cmd(&["PING"])),
-            ("hello", false, cmd(&["HELLO"])),
-            ("delex", false, cmd(&["DELEX", &lock, "IFEQ", "x"])),
-            ("delifeq", false, cmd(&["DELIFEQ", &lock, "x"])),
-            (
-                "scan",
-                false,
-                cmd(&["SCAN", "0", "MATCH", &self.keys.pattern(), "COUNT", "1"]),
-            ),
-            ("unlink", false, cmd(&["UNLINK", &key])),
-        ];
-        // The native commands only where this server has them.
-        let by = ready.capabilities.compare_and_delete;
-        let probes = probes.into_iter().filter(|(name, ..)| match *name {
-            "delex" => by == CompareAndDeleteBy::DelEx,
-            "delifeq" => by == CompareAndDeleteBy::DelIfEq,
-            _ => true,
-        });
+        let probes = self.probes(ready.capabilities.compare_and_delete);
         let whoami = ready
             .query(&redis::cmd("ACL").arg("WHOAMI").clone(), Route::ByKey)
             .await?;
-        let user = match &whoami {
-            Value::BulkString(u) => Some(String::from_utf8_lossy(u).into_owned()),
-            Value::SimpleString(u) => Some(u.clone()),
-            _ => None,
-        };
-        let probes: Vec<(&str, bool, Cmd)> = probes.collect();
-        // Every DRYRUN in one pipeline, then every probe DRYRUN could not
-        // answer in another: two round trips, whatever the latency.
-        let dry: Vec<Option<Value>> = match &user {
-            Some(user) => {
-                let mut pipe = redis::pipe();
-                pipe.ignore_errors();
-                for (_, _, probe) in &probes {
-                    let dry = pipe.cmd("ACL").arg("DRYRUN").arg(user);
-                    for a in probe.args_iter() {
-                        if let redis::Arg::Simple(a) = a {
-                            dry.arg(a);
-                        }
-                    }
-                }
+        let dry: Vec<Option<Value>> = match whoami {
+            Value::BulkString(u) => {
+                let user = String::from_utf8_lossy(&u).into_owned();
+                let pipe = dry_runs(&user, &probes);
                 ready.exec(&pipe).await?.into_iter().map(Some).collect()
             }
-            None => probes.iter().map(|_| None).collect(),
-        };
-        // DRYRUN answers OK or the reason; an error reply means DRYRUN itself
-        // is refused or unknown: then the probe itself is sent.
-        let answered = |d: &Option<Value>| {
-            matches!(
-                d,
-                Some(Value::Okay | Value::BulkString(_) | Value::SimpleString(_))
-            )
+            Value::SimpleString(user) => {
+                let pipe = dry_runs(&user, &probes);
+                ready.exec(&pipe).await?.into_iter().map(Some).collect()
+            }
+            _ => probes.iter().map(|_| None).collect(),
         };
         let mut pipe = redis::pipe();
         pipe.ignore_errors();
-        for ((_, _, probe), d) in probes.iter().zip(&dry) {
-            if !answered(d) {
-                pipe.add_command(probe.clone());
+        for (probe, d) in probes.iter().zip(&dry) {
+            if !dry_run_answered(d) {
+                pipe.add_command(probe.cmd.clone());
             }
         }
         let mut probed = if pipe.cmd_iter().next().is_some() {
@@ -408,9 +348,9 @@ impl Store {
         } else {
             Vec::new().into_iter()
         };
-        let mut out = Vec::with_capacity(probes.len());
-        for ((name, required, _), d) in probes.into_iter().zip(dry) {
-            let by_dryrun = answered(&d);
+        let cluster = self.conn.is_cluster();
+        let access = probes.into_iter().zip(dry).map(|(probe, d)| {
+            let by_dry_run = dry_run_answered(&d);
             let verdict = match d {
                 Some(Value::Okay) => Ok(()),
                 Some(Value::BulkString(reason)) => {
@@ -422,22 +362,73 @@ impl Store {
                 // a refusal of the connection (NOAUTH) or of the command
                 // (NOPERM, unknown command) is not a permission.
                 _ => match probed.next() {
-                    Some(Value::ServerError(e)) if !answered_after_acl(name, &e) => {
-                        Err(StoreError::from_reply(&e, self.conn.is_cluster()).message)
+                    Some(Value::ServerError(e)) if !answered_after_acl(probe.name, &e) => {
+                        Err(StoreError::from_reply(&e, cluster).message)
                     }
                     Some(_) => Ok(()),
                     None => Err("no reply to the probe".to_owned()),
                 },
             };
-            out.push(CommandAccess {
-                command: name.to_owned(),
-                required,
+            CommandAccess {
+                command: probe.name.to_owned(),
+                required: probe.required,
                 allowed: verdict.is_ok(),
                 reason: verdict.err(),
-                checked_by: if by_dryrun { "ACL DRYRUN" } else { "probe" }.to_owned(),
-            });
+                checked_by: if by_dry_run { "ACL DRYRUN" } else { "probe" }.to_owned(),
+            }
+        });
+        Ok(access.collect())
+    }
+
+    /// Each command the store sends, in a form that changes nothing (on a
+    /// key under the prefix that does not exist); the server's own
+    /// compare-and-delete only where this server has it (`by`).
+    fn probes(&self, by: CompareAndDeleteBy) -> Vec<Probe> {
+        let name = format!("doctor-probe-{}", new_token());
+        let (key, lock) = (self.keys.session(&name), self.keys.lock(&name));
+        let pattern = self.keys.pattern();
+        let probe = |name: &'static str, required: bool, parts: &[&str]| {
+            let mut cmd = redis::cmd(parts[0]);
+            for p in &parts[1..] {
+                cmd.arg(*p);
+            }
+            Probe {
+                name,
+                required,
+                cmd,
+            }
+        };
+        let mut probes = vec![
+            probe("get", true, &["GET", &key]),
+            probe("set", true, &["SET", &key, "{}", "XX", "PX", "1000"]),
+            probe("del", true, &["DEL", &key]),
+            probe("exists", true, &["EXISTS", &lock]),
+            probe(
+                "evalsha",
+                true,
+                &["EVALSHA", self.scripts.unlock(), "1", &lock, "x"],
+            ),
+            probe("script|load", true, &["SCRIPT", "LOAD", UNLOCK_LUA]),
+            probe("pexpire", false, &["PEXPIRE", &key, "1000"]),
+            probe("ping", false, &["PING"]),
+            probe("hello", false, &["HELLO"]),
+        ];
+        match by {
+            CompareAndDeleteBy::DelEx => {
+                probes.push(probe("delex", false, &["DELEX", &lock, "IFEQ", "x"]))
+            }
+            CompareAndDeleteBy::DelIfEq => {
+                probes.push(probe("delifeq", false, &["DELIFEQ", &lock, "x"]))
+            }
+            CompareAndDeleteBy::Script => {}
         }
-        Ok(out)
+        probes.push(probe(
+            "scan",
+            false,
+            &["SCAN", "0", "MATCH", &pattern, "COUNT", "1"],
+        ));
+        probes.push(probe("unlink", false, &["UNLINK", &key]));
+        probes
     }
 }
 
@@ -447,6 +438,41 @@ impl Store {
 /// the store's own `HELLO` gets too) or the server's state (a replica, full
 /// memory, a failed snapshot, a cluster redirection), which Redis checks
 /// after the ACL. A refusal (NOAUTH, NOPERM, an unknown command) or an
+/// One command the store sends, as the doctor checks it.
+struct Probe {
+    /// As ACL rules name it (`script|load`).
+    name: &'static str,
+    /// Whether the store needs it, or only uses it where allowed.
+    required: bool,
+    /// The command in a form that changes nothing.
+    cmd: Cmd,
+}
+
+/// `ACL DRYRUN <user> <command…>` for every probe, in one pipeline.
+fn dry_runs(user: &str, probes: &[Probe]) -> redis::Pipeline {
+    let mut pipe = redis::pipe();
+    pipe.ignore_errors();
+    for probe in probes {
+        let dry = pipe.cmd("ACL").arg("DRYRUN").arg(user);
+        for a in probe.cmd.args_iter() {
+            if let redis::Arg::Simple(a) = a {
+                dry.arg(a);
+            }
+        }
+    }
+    pipe
+}
+
+/// Whether DRYRUN answered (OK, or the reason it would refuse); an error
+/// reply means DRYRUN itself is refused or unknown: then the probe itself is
+/// sent.
+fn dry_run_answered(d: &Option<Value>) -> bool {
+    matches!(
+        d,
+        Some(Value::Okay | Value::BulkString(_) | Value::SimpleString(_))
+    )
+}
+
 /// error of another kind is not.
 fn answered_after_acl(command: &str, e: &redis::ServerError) -> bool {
     match e.code() {

@@ -36,6 +36,7 @@ use crate::link::capabilities::{
 };
 use crate::link::retry::conflict_backoff;
 use crate::link::scripts::is_noscript;
+use crate::link::Ready;
 use crate::merge::splice::SpliceError;
 use crate::merge::splicer::{self, Spliced};
 use crate::store::locks::new_token;
@@ -150,8 +151,7 @@ impl<'a> Batch<'a> {
     /// an earlier op of the batch on the same session may still need another
     /// round.
     pub async fn run(&self, deliver: &mut Deliver<'_>) {
-        let (ops, deadline) = (self.ops, self.deadline);
-        let mut todo: Vec<Pending> = (0..ops.len())
+        let mut todo: Vec<Pending> = (0..self.ops.len())
             .map(|op| Pending {
                 op,
                 step: None,
@@ -160,134 +160,56 @@ impl<'a> Batch<'a> {
             })
             .collect();
         let mut scripts_loaded = false;
-        let ordered = self.store.conn.is_cluster();
         while !todo.is_empty() {
-            let now = Instant::now();
-            let mut done = Vec::new();
-            if now >= deadline {
-                let e = self.store.conn.timeout();
-                done.extend(todo.drain(..).map(|p| (p.op, Outcome::Failed(e.clone()))));
-                deliver(done);
-                return;
+            if Instant::now() >= self.deadline {
+                let unsettled = todo.into_iter().map(|p| p.op);
+                return fail(deliver, Vec::new(), unsettled, self.store.conn.timeout());
             }
-            let mut round = Vec::with_capacity(todo.len());
-            let mut waiting = Vec::new();
-            let mut busy: HashSet<&str> = HashSet::new();
-            let mut wake = deadline;
-            for mut p in todo.drain(..) {
-                let op = &ops[p.op];
-                if busy.contains(op.id.as_str()) {
-                    waiting.push(p);
-                    continue;
-                }
-                // Ops that may take more rounds hold back later ops on their
-                // session; on a cluster a round's commands run side by side,
-                // so there every op does.
-                if ordered || matches!(op.kind, Kind::Merge | Kind::Unlock | Kind::Delete) {
-                    busy.insert(op.id.as_str());
-                }
-                if let Some(t) = p.not_before.filter(|t| *t > now) {
-                    wake = wake.min(t);
-                    waiting.push(p);
-                    continue;
-                }
-                // A merge's first step is chosen now, after the ops before it.
-                let step = p.step.take().unwrap_or_else(|| match op.kind {
-                    Kind::Merge => self.first_merge_step(p.op),
-                    _ => Step::Commands,
-                });
-                if let Step::Splicing { .. } = step {
-                    // Its splice runs on another thread meanwhile.
-                    p.step = Some(step);
-                    waiting.push(p);
-                    continue;
-                }
-                round.push((p, step));
-            }
-            todo = waiting;
+            let (round, wake) = self.next_round(&mut todo);
             if round.is_empty() {
                 if !self.await_splices(&mut todo, deliver).await {
                     tokio::time::sleep_until(wake.into()).await;
                 }
                 continue;
             }
-            let ready = match self.store.conn.ready(deadline).await {
+            let mut done = Vec::new();
+            let ready = match self.store.conn.ready(self.deadline).await {
                 Ok(ready) => ready,
                 Err(e) => {
                     // Nothing was sent. Ops that need no server (an unlock
                     // without a token) are done all the same.
                     let (_, planned) = self.plan(round, &Capabilities::SCRIPTS, &mut done);
-                    let failed = planned
-                        .into_iter()
-                        .map(|p| p.pending.op)
-                        .chain(todo.drain(..).map(|p| p.op));
-                    done.extend(failed.map(|op| (op, Outcome::Failed(e.clone()))));
-                    deliver(done);
-                    return;
+                    let unsent = planned.into_iter().map(|p| p.pending.op);
+                    let unsettled = unsent.chain(todo.into_iter().map(|p| p.op));
+                    return fail(deliver, done, unsettled, e);
                 }
             };
-            let capabilities = ready.capabilities;
-            let (pipe, planned) = self.plan(round, &capabilities, &mut done);
+            let (pipe, planned) = self.plan(round, &ready.capabilities, &mut done);
             if planned.is_empty() {
                 deliver(done);
                 continue;
             }
-            let mut replies = match ready.exec(&pipe).await {
-                Ok(r) => r,
+            let replies = match ready.exec(&pipe).await {
+                Ok(replies) => replies,
                 Err(e) => {
+                    let mut unanswered = Vec::with_capacity(planned.len());
                     for p in planned {
-                        self.store.after_failed_send(&ops[p.pending.op], p.token);
-                        done.push((p.pending.op, Outcome::Failed(e.clone())));
+                        self.store
+                            .after_failed_send(&self.ops[p.pending.op], p.token);
+                        unanswered.push(p.pending.op);
                     }
-                    done.extend(todo.drain(..).map(|p| (p.op, Outcome::Failed(e.clone()))));
-                    deliver(done);
-                    return;
+                    let unsettled = unanswered.into_iter().chain(todo.into_iter().map(|p| p.op));
+                    return fail(deliver, done, unsettled, e);
                 }
             };
-            let mut missing_script = false;
-            let now = Instant::now();
-            for Planned {
-                mut pending,
-                step,
-                first,
-                len,
-                token,
-            } in planned
-            {
-                let r = replies.get_mut(first..first + len).unwrap_or_default();
-                if !scripts_loaded && r.iter().any(is_noscript) {
-                    missing_script = true;
-                    pending.step = Some(step);
-                    todo.push(pending);
-                    continue;
-                }
-                let op = &ops[pending.op];
-                match self.advance(pending.op, step, token, r, &capabilities) {
-                    Next::Finished(outcome) => done.push((pending.op, outcome)),
-                    Next::Then(step) => {
-                        pending.step = Some(step);
-                        todo.push(pending);
-                    }
-                    Next::Refused(native, step) => {
-                        ready.refused(native);
-                        pending.step = Some(step);
-                        todo.push(pending);
-                    }
-                    Next::Conflict(text_len) => {
-                        pending.conflicts += 1;
-                        // The script pads arrays too: that counts as its work.
-                        let script_fits =
-                            text_len.is_some_and(|len| splice_work(len, &op.args) <= SCRIPT_WORK);
-                        if script_fits {
-                            pending.step = Some(Step::Script);
-                        } else {
-                            pending.step = Some(Step::Read);
-                            pending.not_before = Some(now + conflict_backoff(pending.conflicts));
-                        }
-                        todo.push(pending);
-                    }
-                }
-            }
+            let missing_script = self.settle_round(
+                planned,
+                replies,
+                &ready,
+                scripts_loaded,
+                &mut todo,
+                &mut done,
+            );
             drop(ready);
             todo.sort_unstable_by_key(|p| p.op);
             if !done.is_empty() {
@@ -296,13 +218,116 @@ impl<'a> Batch<'a> {
             self.await_splices(&mut todo, deliver).await;
             if missing_script {
                 scripts_loaded = true;
-                if let Err(e) = self.store.load_scripts(deadline).await {
-                    let failed = todo.drain(..).map(|p| (p.op, Outcome::Failed(e.clone())));
-                    deliver(failed.collect());
-                    return;
+                if let Err(e) = self.store.load_scripts(self.deadline).await {
+                    let unsettled = todo.into_iter().map(|p| p.op);
+                    return fail(deliver, Vec::new(), unsettled, e);
                 }
             }
         }
+    }
+
+    /// Takes from `todo` the ops that go in this round, each with its step;
+    /// the others stay, and the round is empty until the earliest of them
+    /// may go (the second value) or a splice ends.
+    fn next_round(&self, todo: &mut Vec<Pending>) -> (Vec<(Pending, Step)>, Instant) {
+        let now = Instant::now();
+        let ordered = self.store.conn.is_cluster();
+        let mut round = Vec::with_capacity(todo.len());
+        let mut waiting = Vec::new();
+        let mut busy: HashSet<&str> = HashSet::new();
+        let mut wake = self.deadline;
+        for mut p in todo.drain(..) {
+            let op = &self.ops[p.op];
+            if busy.contains(op.id.as_str()) {
+                waiting.push(p);
+                continue;
+            }
+            // Ops that may take more rounds hold back later ops on their
+            // session; on a cluster a round's commands run side by side,
+            // so there every op does.
+            if ordered || matches!(op.kind, Kind::Merge | Kind::Unlock | Kind::Delete) {
+                busy.insert(op.id.as_str());
+            }
+            if let Some(t) = p.not_before.filter(|t| *t > now) {
+                wake = wake.min(t);
+                waiting.push(p);
+                continue;
+            }
+            // A merge's first step is chosen now, after the ops before it.
+            let step = p.step.take().unwrap_or_else(|| match op.kind {
+                Kind::Merge => self.first_merge_step(p.op),
+                _ => Step::Commands,
+            });
+            if let Step::Splicing { .. } = step {
+                // Its splice runs on another thread meanwhile.
+                p.step = Some(step);
+                waiting.push(p);
+                continue;
+            }
+            round.push((p, step));
+        }
+        *todo = waiting;
+        (round, wake)
+    }
+
+    /// What this round's replies mean for each op: its outcome (into `done`)
+    /// or its next step (back into `todo`). True when the server did not have
+    /// a script an op ran (NOSCRIPT): those ops run again once the scripts
+    /// are loaded, which is tried once per batch (`scripts_loaded`).
+    fn settle_round(
+        &self,
+        planned: Vec<Planned>,
+        mut replies: Vec<Value>,
+        ready: &Ready<'_>,
+        scripts_loaded: bool,
+        todo: &mut Vec<Pending>,
+        done: &mut Vec<(usize, Outcome)>,
+    ) -> bool {
+        let mut missing_script = false;
+        let now = Instant::now();
+        for Planned {
+            mut pending,
+            step,
+            first,
+            len,
+            token,
+        } in planned
+        {
+            let r = replies.get_mut(first..first + len).unwrap_or_default();
+            if !scripts_loaded && r.iter().any(is_noscript) {
+                missing_script = true;
+                pending.step = Some(step);
+                todo.push(pending);
+                continue;
+            }
+            let op = &self.ops[pending.op];
+            match self.advance(pending.op, step, token, r, &ready.capabilities) {
+                Next::Finished(outcome) => done.push((pending.op, outcome)),
+                Next::Then(step) => {
+                    pending.step = Some(step);
+                    todo.push(pending);
+                }
+                Next::Refused(command, step) => {
+                    ready.refused(command);
+                    pending.step = Some(step);
+                    todo.push(pending);
+                }
+                Next::Conflict(text_len) => {
+                    pending.conflicts += 1;
+                    // The script pads arrays too: that counts as its work.
+                    let script_fits =
+                        text_len.is_some_and(|len| splice_work(len, &op.args) <= SCRIPT_WORK);
+                    if script_fits {
+                        pending.step = Some(Step::Script);
+                    } else {
+                        pending.step = Some(Step::Read);
+                        pending.not_before = Some(now + conflict_backoff(pending.conflicts));
+                    }
+                    todo.push(pending);
+                }
+            }
+        }
+        missing_script
     }
 
     fn plan(
@@ -326,9 +351,13 @@ impl<'a> Batch<'a> {
             let how = (capabilities, scripts);
             let pushed = match &step {
                 // A merge's commands are its script.
-                Step::Commands | Step::Script => {
-                    push_commands(&mut pipe, op, &self.store.keys, how, token.as_deref())
-                }
+                Step::Commands | Step::Script => Ok(push_commands(
+                    &mut pipe,
+                    op,
+                    &self.store.keys,
+                    how,
+                    token.as_deref(),
+                )),
                 Step::DeleteSession => {
                     push_delete_session(&mut pipe, op, &self.store.keys);
                     Ok(1)
@@ -338,7 +367,8 @@ impl<'a> Batch<'a> {
                     Ok(1)
                 }
                 Step::CompareAndSet { old, new, .. } => {
-                    push_compare_and_set(&mut pipe, op, &self.store.keys, how, old, new).map(|_| 1)
+                    push_compare_and_set(&mut pipe, op, &self.store.keys, how, old, new);
+                    Ok(1)
                 }
                 // Never planned: a splicing merge waits for its splice.
                 Step::Splicing { .. } => Err(splicing_planned()),
@@ -573,6 +603,17 @@ impl<'a> Batch<'a> {
             },
         }
     }
+}
+
+/// Hands over `done` and fails the ops `unsettled` with `e`: the batch ends.
+fn fail(
+    deliver: &mut Deliver<'_>,
+    mut done: Vec<(usize, Outcome)>,
+    unsettled: impl Iterator<Item = usize>,
+    e: StoreError,
+) {
+    done.extend(unsettled.map(|op| (op, Outcome::Failed(e.clone()))));
+    deliver(done);
 }
 
 /// A merge planned while its splice runs: never, by the run loop's order.

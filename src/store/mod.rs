@@ -80,7 +80,7 @@ impl Store {
     /// still have been applied, so its token is kept for a later `unlock()`.
     pub(crate) fn after_failed_send(&self, op: &Op, token: Option<String>) {
         if let (Kind::Lock, Some(token)) = (op.kind, token) {
-            let ttl = ttl_ms(op.ttl).unwrap_or_default();
+            let ttl = ttl_ms(op.ttl);
             self.tokens
                 .remember_unconfirmed(&op.id, token, Duration::from_millis(ttl));
         }
@@ -101,7 +101,7 @@ impl Store {
         }
         match (op.kind, &outcome, token) {
             (Kind::Lock, Outcome::Bool(true), Some(token)) => {
-                let ttl = ttl_ms(op.ttl).unwrap_or_default();
+                let ttl = ttl_ms(op.ttl);
                 self.tokens
                     .remember(&op.id, token, Duration::from_millis(ttl));
             }

@@ -4,8 +4,8 @@
 
 use redis::Pipeline;
 
-use crate::errors::{Result, StoreError};
-use crate::limits::{script_max_bytes, MAX_PADDING, MAX_TTL_MS};
+use crate::errors::StoreError;
+use crate::limits::{script_max_bytes, MAX_PADDING};
 use crate::link::capabilities::Capabilities;
 use crate::link::scripts::{evalsha, Scripts};
 use crate::store::keys::Keys;
@@ -80,15 +80,10 @@ pub enum Outcome {
     Failed(StoreError),
 }
 
-/// A ttl in whole ms; the JS layer has checked it, this only refuses what Redis would.
-pub fn ttl_ms(ttl: f64) -> Result<u64> {
-    if ttl > 0.0 && ttl <= MAX_TTL_MS {
-        Ok(ttl.ceil() as u64)
-    } else {
-        Err(StoreError::invalid_arg(format!(
-            "ttlMs must be a number of ms greater than 0 and at most {MAX_TTL_MS}, got {ttl}"
-        )))
-    }
+/// A ttl in whole ms. `store.js` checked it (`lib/args.js`: more than 0, at
+/// most `MAX_TTL_MS`); this only rounds it up, as `PX` takes whole ms.
+pub fn ttl_ms(ttl: f64) -> u64 {
+    ttl.ceil() as u64
 }
 
 /// A merge's first step: read the stored text, to splice the paths in here.
@@ -105,8 +100,8 @@ pub fn push_compare_and_set(
     (capabilities, scripts): (&Capabilities, &Scripts),
     old: &[u8],
     new: &[u8],
-) -> Result<()> {
-    let ttl = ttl_ms(op.ttl)?;
+) {
+    let ttl = ttl_ms(op.ttl);
     capabilities.push_compare_and_set(
         pipe,
         keys.session(&op.id),
@@ -115,7 +110,6 @@ pub fn push_compare_and_set(
         ttl,
         scripts.compare_and_set(),
     );
-    Ok(())
 }
 
 /// Appends op's commands to `pipe` (for Merge: the server-side script);
@@ -127,14 +121,14 @@ pub fn push_commands(
     keys: &Keys,
     (capabilities, scripts): (&Capabilities, &Scripts),
     token: Option<&str>,
-) -> Result<usize> {
-    Ok(match op.kind {
+) -> usize {
+    match op.kind {
         Kind::Get => {
             pipe.cmd("GET").arg(keys.session(&op.id));
             1
         }
         Kind::Set => {
-            let ttl = ttl_ms(op.ttl)?; // before the command goes in: no half-written command
+            let ttl = ttl_ms(op.ttl);
             pipe.cmd("SET")
                 .arg(keys.session(&op.id))
                 .arg(&op.args[0])
@@ -153,7 +147,7 @@ pub fn push_commands(
         // The merge the server does (`lua/merge.lua`), when the splice here
         // cannot (batch.rs: Step::Script).
         Kind::Merge => {
-            let ttl = ttl_ms(op.ttl)?;
+            let ttl = ttl_ms(op.ttl);
             evalsha(pipe, scripts.merge(), keys.session(&op.id))
                 .arg(ttl)
                 .arg(script_max_bytes(op.args.len() / 2))
@@ -162,7 +156,7 @@ pub fn push_commands(
             1
         }
         Kind::Lock => {
-            let ttl = ttl_ms(op.ttl)?;
+            let ttl = ttl_ms(op.ttl);
             pipe.cmd("SET")
                 .arg(keys.lock(&op.id))
                 .arg(token.unwrap_or_default())
@@ -189,11 +183,11 @@ pub fn push_commands(
         }
         // Only an existing session's expiry moves: PEXPIRE creates nothing.
         Kind::Touch => {
-            let ttl = ttl_ms(op.ttl)?;
+            let ttl = ttl_ms(op.ttl);
             pipe.cmd("PEXPIRE").arg(keys.session(&op.id)).arg(ttl);
             1
         }
-    })
+    }
 }
 
 /// A delete's second step, once the lock key is gone: the session.
@@ -204,7 +198,6 @@ pub fn push_delete_session(pipe: &mut Pipeline, op: &Op, keys: &Keys) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::errors::Code;
 
     #[test]
     fn every_kind_decodes_from_its_code() {
@@ -215,12 +208,9 @@ mod tests {
     }
 
     #[test]
-    fn ttl_rounds_up_and_refuses_what_redis_would() {
-        assert_eq!(ttl_ms(1.0).unwrap(), 1);
-        assert_eq!(ttl_ms(0.2).unwrap(), 1);
-        assert_eq!(ttl_ms(5000.5).unwrap(), 5001);
-        for bad in [0.0, -5.0, f64::NAN, f64::INFINITY, 1e300] {
-            assert_eq!(ttl_ms(bad).unwrap_err().code, Code::InvalidArg);
-        }
+    fn ttl_rounds_up_to_whole_ms() {
+        assert_eq!(ttl_ms(1.0), 1);
+        assert_eq!(ttl_ms(0.2), 1);
+        assert_eq!(ttl_ms(5000.5), 5001);
     }
 }
