@@ -8,7 +8,7 @@
 
 /** @typedef {import('./store').DoctorCheck} DoctorCheck */
 /** @typedef {import('./store').DoctorReport} DoctorReport */
-/** @typedef {import('./index').NativeStore} NativeStore */
+/** @typedef {import('./index').AddonStore} AddonStore */
 
 /**
  * PINGs the latency check sends, once the connection is open: ROUNDS rounds
@@ -88,14 +88,14 @@ const isTimeout = (e) => /** @type {any} */ (e)?.code === 'ERR_TIMEOUT'
 const settle = (p) => p.then((value) => ({ value }), (error) => ({ error }))
 
 /**
- * Runs every check against the server `native` connects to. The checks ask
+ * Runs every check against the server `addon` connects to. The checks ask
  * their questions at once, so the doctor takes a bounded number of round
  * trips whatever the latency (the README's Doctor says how many).
- * @param {NativeStore} native
+ * @param {AddonStore} addon
  * @returns {Promise<DoctorReport>}
  */
-async function examine(native) {
-  const facts = await ask(native)
+async function examine(addon) {
+  const facts = await ask(addon)
   const { answers } = facts
   /** @type {DoctorCheck[]} */
   const checks = [
@@ -104,11 +104,11 @@ async function examine(native) {
     attempt('persistence', () => perMaster(facts, 'persistence', answers.save, persistenceCheck)),
     attempt('replication', () => perMaster(facts, 'replication', answers.minReplicas, replicationCheck)),
     attempt('acl', () => aclCheck(answer(answers.access))),
-    attempt('latency', () => latencyCheck(answers.times, native.callBoundMs)),
+    attempt('latency', () => latencyCheck(answers.times, addon.callBoundMs)),
   ]
   if (answers.clusterInfo) checks.push(attempt('cluster', () => clusterCheck(facts)))
   checks.push(attempt('scripts', () => scriptsCheck(facts)))
-  checks.push(attempt('sessions', () => sessionsCheck(native, answer(answers.sessions), facts.infos)))
+  checks.push(attempt('sessions', () => sessionsCheck(addon, answer(answers.sessions), facts.infos)))
   return { ok: checks.every((c) => c.level !== 'fail'), checks }
 }
 
@@ -116,33 +116,33 @@ async function examine(native) {
  * Asks every question at once: the round trips of the slowest check, not of
  * all. The first PING opens the connection; the latency is measured after
  * it. Rejects when the server cannot be checked at all.
- * @param {NativeStore} native
+ * @param {AddonStore} addon
  */
-async function ask(native) {
+async function ask(addon) {
   /** @param {string} to @param {string[]} args */
-  const query = async (to, ...args) => JSON.parse(await native.query(to, args))
-  const masters = await native.masters()
+  const query = async (to, ...args) => JSON.parse(await addon.query(to, args))
+  const masters = await addon.masters()
   const cluster = masters[0] !== ''
   /** PINGs in rounds, each round at once; a PING's failure is the round's. */
   const pings = async () => {
     const times = []
-    for (let r = 0; r < ROUNDS; r++) times.push(...(await Promise.all(Array.from({ length: PINGS / ROUNDS }, () => native.ping()))))
+    for (let r = 0; r < ROUNDS; r++) times.push(...(await Promise.all(Array.from({ length: PINGS / ROUNDS }, () => addon.ping()))))
     return times
   }
-  const opened = settle(native.ping())
+  const opened = settle(addon.ping())
   const [ping, info, save, minReplicas, compares, access, times, clusterInfo, scripts, sessions] = await Promise.all([
     opened,
     settle(query('*', 'INFO')),
     settle(query('*', 'CONFIG', 'GET', 'save')),
     settle(query('*', 'CONFIG', 'GET', 'min-replicas-to-write')),
-    settle(native.compareCommands()),
-    settle(native.commandAccess()),
+    settle(addon.compareCommands()),
+    settle(addon.commandAccess()),
     // On a slow link the opening PING may time out while the connection
     // opens: one more PING (not counted) waits for it.
-    settle(opened.then((first) => (first.error ? settle(native.ping()) : null)).then(pings)),
+    settle(opened.then((first) => (first.error ? settle(addon.ping()) : null)).then(pings)),
     cluster ? settle(query('*', 'CLUSTER', 'INFO')) : null,
-    settle(query('*', 'SCRIPT', 'EXISTS', ...native.scriptShas)),
-    settle(countSessions(native, masters, query)),
+    settle(query('*', 'SCRIPT', 'EXISTS', ...addon.scriptShas)),
+    settle(countSessions(addon, masters, query)),
   ])
   // A server that cannot be reached, or that refuses the credentials
   // (NOAUTH, WRONGPASS) or the connection itself, cannot be checked at all:
@@ -371,12 +371,12 @@ function replicationCheck(at, info, min) {
 /**
  * How many sessions there are (counted for at most COUNT_BUDGET_MS, the
  * masters side by side) and the memory of a few (their MEMORY USAGE at once).
- * @param {NativeStore} native
+ * @param {AddonStore} addon
  * @param {string[]} masters
  * @param {(to: string, ...args: string[]) => Promise<any>} query
  * @returns {Promise<{count: number, complete: boolean, sizes: number[], sizeRefused: string}>}
  */
-async function countSessions(native, masters, query) {
+async function countSessions(addon, masters, query) {
   const started = Date.now()
   /** @type {[string, string][]} node and id */
   const sampled = []
@@ -385,7 +385,7 @@ async function countSessions(native, masters, query) {
       let count = 0
       let cursor = '0'
       do {
-        const page = await native.scan(node, cursor, PAGE, sampled.length < SAMPLES)
+        const page = await addon.scan(node, cursor, PAGE, sampled.length < SAMPLES)
         count += page.count
         for (const id of page.ids) if (sampled.length < SAMPLES) sampled.push([node, id])
         cursor = page.cursor
@@ -394,7 +394,7 @@ async function countSessions(native, masters, query) {
       return { count, complete: true }
     }),
   )
-  const usages = await Promise.all(sampled.map(([node, id]) => query(node, 'MEMORY', 'USAGE', native.prefix + id)))
+  const usages = await Promise.all(sampled.map(([node, id]) => query(node, 'MEMORY', 'USAGE', addon.prefix + id)))
   const refused = usages.find(isError)
   return {
     count: walks.reduce((n, w) => n + w.count, 0),
@@ -406,12 +406,12 @@ async function countSessions(native, masters, query) {
 
 /**
  * The sessions line.
- * @param {NativeStore} native
+ * @param {AddonStore} addon
  * @param {{count: number, complete: boolean, sizes: number[], sizeRefused: string}} found
  * @param {[string, Record<string, string>][]} infos
  */
-function sessionsCheck(native, { count, complete, sizes, sizeRefused }, infos) {
-  const prefix = JSON.stringify(native.prefix)
+function sessionsCheck(addon, { count, complete, sizes, sizeRefused }, infos) {
+  const prefix = JSON.stringify(addon.prefix)
   const counted = `${complete ? '' : 'at least '}${count.toLocaleString('en-US')} session${count === 1 ? '' : 's'} under ${prefix}`
   if (sizeRefused) return check('ok', 'sessions', `${counted}; their memory is unknown (MEMORY USAGE refused: ${sizeRefused}).`)
   if (sizes.length === 0) return check('ok', 'sessions', `${counted}.`)

@@ -10,14 +10,14 @@
 export declare const __napiBindingTarget: 'native' | 'wasm32-wasi' | 'wasm32-wasip1'
 
 /**
- * The native half of a store. Use `createRedisSessionStore` from the package
+ * The addon half of a store. Use `createRedisSessionStore` from the package
  * instead: it checks arguments and does the JSON work in V8.
  *
  * Every call's future owns a share of the store (`Arc`), never a borrow of
  * this object: when a worker thread ends with calls in flight, its objects
  * are finalized at once, and the calls must not outlive what they use.
  */
-export declare class NativeStore {
+export declare class AddonStore {
   /**
    * `on_outcomes(batches, slots, codes, values)` receives outcomes as they
    * settle: per op, its batch number, its place in the batch, its

@@ -835,7 +835,7 @@ function __napiStampBindingTarget(exportsObject, target) {
 // linked import resolves to `undefined`.
 module.exports.__napiBindingTarget = __napiStampBindingTarget(nativeBinding, __napiLoadedBindingTarget)
 module.exports = nativeBinding
-module.exports.NativeStore = nativeBinding.NativeStore
+module.exports.AddonStore = nativeBinding.AddonStore
 module.exports.ErrorCode = nativeBinding.ErrorCode
 module.exports.MAX_MERGE_PATHS = nativeBinding.MAX_MERGE_PATHS
 module.exports.MAX_PADDING = nativeBinding.MAX_PADDING

@@ -3,12 +3,12 @@
 
 // The public face of the store: the class relay-session calls and its
 // factory. Arguments are checked (lib/args.js, lib/options.js), calls are
-// batched across to the native half (lib/batcher.js), traced (lib/tracing.js),
+// batched across to the addon (lib/batcher.js), traced (lib/tracing.js),
 // and its errors carry a stable `code` (lib/errors.js). Everything that talks
-// to Redis runs in the native addon (index.js, generated from src/).
+// to Redis runs in the addon (index.js, generated from src/).
 
-const { NativeStore, MAX_MERGE_PATHS, MAX_PATH_SEGMENTS, MAX_TTL_MS, MAX_PADDING, MAX_SCAN_COUNT, OpKind } = require('./lib/native.js')
-const { RedisSessionStoreError, fromNative, invalid } = require('./lib/errors.js')
+const { AddonStore, MAX_MERGE_PATHS, MAX_PATH_SEGMENTS, MAX_TTL_MS, MAX_PADDING, MAX_SCAN_COUNT, OpKind } = require('./lib/addon.js')
+const { RedisSessionStoreError, fromAddon, invalid } = require('./lib/errors.js')
 const { WALK_COUNT, checkId, checkTtl, describe, mergePairs, parseSession, scanCount, stringify } = require('./lib/args.js')
 const { checkOptions, isIoredis, optionsFromIoredis } = require('./lib/options.js')
 const { Batcher, onOutcomes } = require('./lib/batcher.js')
@@ -23,8 +23,8 @@ const { Get: GET, Set: SET, Delete: DELETE, Merge: MERGE, Lock: LOCK, Unlock: UN
 const NO_TTL = Symbol('no ttl')
 
 class RedisSessionStore {
-  /** @type {import('./index').NativeStore} */
-  #native
+  /** @type {import('./index').AddonStore} */
+  #addon
   /** @type {Batcher} */
   #batcher
   /** Set by close(): later calls reject with ERR_CLOSED. */
@@ -37,24 +37,24 @@ class RedisSessionStore {
   /** @param {StoreOptions} options */
   constructor(options) {
     try {
-      // checkOptions made the TLS PEM text strings, as the native half takes them.
-      this.#native = new NativeStore(/** @type {import('./index').StoreOptions} */ (options), onOutcomes)
+      // checkOptions made the TLS PEM text strings, as the addon takes them.
+      this.#addon = new AddonStore(/** @type {import('./index').StoreOptions} */ (options), onOutcomes)
     } catch (e) {
-      throw fromNative(e)
+      throw fromAddon(e)
     }
-    this.#batcher = new Batcher(this.#native)
-    const native = this.#native
+    this.#batcher = new Batcher(this.#addon)
+    const addon = this.#addon
     this.#where = {
-      prefix: native.prefix,
+      prefix: addon.prefix,
       get address() {
-        return native.address
+        return addon.address
       },
     }
-    this.#lockPrefix = native.lockPrefix
+    this.#lockPrefix = addon.lockPrefix
     if (options.preloadScript) {
       // A failed preload is retried by the first merge (NOSCRIPT loads the
       // scripts), so its failure is not reported here.
-      this.#native.preload().catch(() => {})
+      this.#addon.preload().catch(() => {})
     }
   }
 
@@ -67,7 +67,7 @@ class RedisSessionStore {
     try {
       return await p
     } catch (e) {
-      throw fromNative(e)
+      throw fromAddon(e)
     }
   }
 
@@ -94,7 +94,7 @@ class RedisSessionStore {
     try {
       return parseSession(text)
     } catch (e) {
-      this.#native.getWasCorrupt() // a failed get in stats(), as in tracing
+      this.#addon.getWasCorrupt() // a failed get in stats(), as in tracing
       throw e
     }
   }
@@ -219,7 +219,7 @@ class RedisSessionStore {
    * @returns {import('./store').StoreStats}
    */
   stats() {
-    return this.#native.stats()
+    return this.#addon.stats()
   }
 
   /**
@@ -228,7 +228,7 @@ class RedisSessionStore {
    * @returns {import('./store').StoreStatus}
    */
   get status() {
-    return this.#native.status
+    return this.#addon.status
   }
 
   /**
@@ -237,11 +237,11 @@ class RedisSessionStore {
    * @returns {Promise<number>}
    */
   ping() {
-    return traced() ? trace('ping', this.#where, () => this.#admin(() => this.#native.ping())) : this.#admin(() => this.#native.ping())
+    return traced() ? trace('ping', this.#where, () => this.#admin(() => this.#addon.ping())) : this.#admin(() => this.#addon.ping())
   }
 
   /**
-   * A native admin call, with the store's checks and error codes.
+   * An admin call of the addon, with the store's checks and error codes.
    * @template T
    * @param {() => Promise<T>} call
    * @returns {Promise<T>}
@@ -251,7 +251,7 @@ class RedisSessionStore {
     try {
       return await call()
     } catch (e) {
-      throw fromNative(e)
+      throw fromAddon(e)
     }
   }
 
@@ -264,10 +264,10 @@ class RedisSessionStore {
    */
   async *ids(options) {
     const count = scanCount(options, 'ids')
-    for (const node of await this.#admin(() => this.#native.masters())) {
+    for (const node of await this.#admin(() => this.#addon.masters())) {
       let cursor = '0'
       do {
-        const page = await this.#admin(() => this.#native.scan(node, cursor, count, true))
+        const page = await this.#admin(() => this.#addon.scan(node, cursor, count, true))
         yield* page.ids
         cursor = page.cursor
       } while (cursor !== '0')
@@ -296,11 +296,11 @@ class RedisSessionStore {
   /** Walks every master's keys under the prefix: counts sessions, or removes keys. */
   async #walk(/** @type {boolean} */ remove) {
     let total = 0
-    for (const node of await this.#admin(() => this.#native.masters())) {
+    for (const node of await this.#admin(() => this.#addon.masters())) {
       let cursor = '0'
       do {
         const page = await this.#admin(() =>
-          remove ? this.#native.clearPage(node, cursor, WALK_COUNT) : this.#native.scan(node, cursor, WALK_COUNT, false),
+          remove ? this.#addon.clearPage(node, cursor, WALK_COUNT) : this.#addon.scan(node, cursor, WALK_COUNT, false),
         )
         total += page.count
         cursor = page.cursor
@@ -314,13 +314,13 @@ class RedisSessionStore {
    * @returns {Promise<import('./store').DoctorReport>}
    */
   doctor() {
-    const native = this.#native
-    return this.#admin(() => require('./doctor.js').examine(native))
+    const addon = this.#addon
+    return this.#admin(() => require('./doctor.js').examine(addon))
   }
 
   /** What `util.inspect` and `console.log` show: where, never credentials. */
   [Symbol.for('nodejs.util.inspect.custom')]() {
-    return `RedisSessionStore { target: ${JSON.stringify(this.#native.target)} }`
+    return `RedisSessionStore { target: ${JSON.stringify(this.#addon.target)} }`
   }
 
   /**
@@ -331,7 +331,7 @@ class RedisSessionStore {
   async close() {
     this.#closed = true
     await this.#batcher.drain()
-    await this.#native.close()
+    await this.#addon.close()
   }
 }
 

@@ -2,10 +2,10 @@
 'use strict'
 
 // The checks of the public API's arguments, and the JSON work of a session
-// (JSON.stringify / JSON.parse in V8). A check runs here, once: the native
+// (JSON.stringify / JSON.parse in V8). A check runs here, once: the addon
 // half relies on it (what it refuses itself, it refuses for its own reasons).
 
-const { MAX_MERGE_PATHS, MAX_PATH_SEGMENTS, MAX_TTL_MS, MAX_SCAN_COUNT } = require('./native.js')
+const { MAX_MERGE_PATHS, MAX_PATH_SEGMENTS, MAX_TTL_MS, MAX_SCAN_COUNT } = require('./addon.js')
 const { RedisSessionStoreError, invalid } = require('./errors.js')
 
 /** @typedef {import('../store').SessionStoreData} SessionStoreData */

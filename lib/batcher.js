@@ -6,7 +6,7 @@
 // outcomes come back through one callback, onOutcomes, for every store of
 // the thread.
 
-const { OutcomeCode } = require('./native.js')
+const { OutcomeCode } = require('./addon.js')
 const { Failure } = require('./errors.js')
 const { takeContext } = require('./tracing.js')
 
@@ -109,8 +109,8 @@ class Batch {
 
 /** One store's batches: the one it is gathering, and those in flight. */
 class Batcher {
-  /** @type {import('../index').NativeStore} */
-  #native
+  /** @type {import('../index').AddonStore} */
+  #addon
   /** @type {Batch | null} */
   #batch = null
   /** How many batches this store has opened; the last one's number. */
@@ -123,9 +123,9 @@ class Batcher {
     if (--this.#batches === 0) for (const resolve of this.#idle.splice(0)) resolve()
   }
 
-  /** @param {import('../index').NativeStore} native */
-  constructor(native) {
-    this.#native = native
+  /** @param {import('../index').AddonStore} addon */
+  constructor(addon) {
+    this.#addon = addon
   }
 
   /**
@@ -186,7 +186,7 @@ class Batcher {
     inFlight.set(id, { settle: b.settle, left: b.kinds.length, done: this.#batchDone })
     this.#batches++
     try {
-      this.#native.batch(id, b.kinds, b.ids, b.ttls, b.counts, b.strings, performance.now() - b.since)
+      this.#addon.batch(id, b.kinds, b.ids, b.ttls, b.counts, b.strings, performance.now() - b.since)
     } catch (e) {
       // Refused before anything was sent: every op of the batch fails with it.
       inFlight.delete(id)

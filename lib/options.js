@@ -2,10 +2,10 @@
 'use strict'
 
 // The options of createRedisSessionStore: their types checked here (the
-// native half checks their values: URLs, ranges, combinations), and the
+// addon half checks their values: URLs, ranges, combinations), and the
 // migration form, which reads them off an ioredis client.
 
-const { optionTypes } = require('./native.js')
+const { optionTypes } = require('./addon.js')
 const { checkObject } = require('./args.js')
 const { invalid } = require('./errors.js')
 

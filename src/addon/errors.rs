@@ -10,7 +10,7 @@ use napi::Env;
 use crate::errors::StoreError;
 
 /// An error thrown to JavaScript with its code (`napi::Result<T, String>`,
-/// as the native class's sync methods return it).
+/// as the addon class's sync methods return it).
 pub type JsCodedError = napi::Error<String>;
 
 impl From<StoreError> for JsCodedError {

@@ -1,4 +1,4 @@
-//! The napi face: the native class behind `store.js` ([`NativeStore`]), the
+//! The napi face: the class behind `store.js` ([`AddonStore`]), the
 //! crossing of batches and outcomes ([`crossing`]), the options it takes
 //! ([`options`]), the codes, limits and objects JavaScript reads ([`wire`],
 //! [`stats`]) and the one conversion of errors ([`errors`]). Every `#[napi]`
@@ -58,20 +58,20 @@ fn init() {
     }
 }
 
-/// The native half of a store. Use `createRedisSessionStore` from the package
+/// The addon half of a store. Use `createRedisSessionStore` from the package
 /// instead: it checks arguments and does the JSON work in V8.
 ///
 /// Every call's future owns a share of the store (`Arc`), never a borrow of
 /// this object: when a worker thread ends with calls in flight, its objects
 /// are finalized at once, and the calls must not outlive what they use.
 #[napi]
-pub struct NativeStore {
+pub struct AddonStore {
     inner: Arc<Store>,
     runner: Runner,
 }
 
 #[napi]
-impl NativeStore {
+impl AddonStore {
     /// `on_outcomes(batches, slots, codes, values)` receives outcomes as they
     /// settle: per op, its batch number, its place in the batch, its
     /// `OutcomeCode` (for a failure, `Failed` plus its `ErrorCode`'s number),
@@ -96,7 +96,7 @@ impl NativeStore {
             .map_err(napi_failure)?;
         let inner = Arc::new(Store::new(config));
         let runner = Runner::new(&inner, queue, channel);
-        Ok(NativeStore { inner, runner })
+        Ok(AddonStore { inner, runner })
     }
 
     /// Starts batch number `batch`, one pipeline per round; its outcomes come

@@ -54,7 +54,7 @@ pub struct Capabilities {
 /// A command of the server's own that the store sends in place of a script,
 /// where the server has it (and which one a server refused).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ServerCommand {
+pub enum NativeCommand {
     /// A merge's compare-and-set (`SET … IFDEQ`/`IFEQ`).
     CompareAndSet,
     /// An unlock's compare-and-delete (`DELEX`, `DELIFEQ`).
@@ -135,13 +135,13 @@ impl Capabilities {
     }
 
     /// These capabilities without the native command a server refused.
-    pub fn without(self, refused: ServerCommand) -> Capabilities {
+    pub fn without(self, refused: NativeCommand) -> Capabilities {
         match refused {
-            ServerCommand::CompareAndSet => Capabilities {
+            NativeCommand::CompareAndSet => Capabilities {
                 compare_and_set: CompareAndSetBy::Script,
                 ..self
             },
-            ServerCommand::CompareAndDelete => Capabilities {
+            NativeCommand::CompareAndDelete => Capabilities {
                 compare_and_delete: CompareAndDeleteBy::Script,
                 ..self
             },
@@ -197,10 +197,10 @@ impl Capabilities {
     }
 
     /// Whether `command` is sent here as the server's own command.
-    pub fn sends_server_command(&self, command: ServerCommand) -> bool {
+    pub fn sends_native(&self, command: NativeCommand) -> bool {
         match command {
-            ServerCommand::CompareAndSet => self.compare_and_set != CompareAndSetBy::Script,
-            ServerCommand::CompareAndDelete => {
+            NativeCommand::CompareAndSet => self.compare_and_set != CompareAndSetBy::Script,
+            NativeCommand::CompareAndDelete => {
                 self.compare_and_delete != CompareAndDeleteBy::Script
             }
         }
@@ -374,12 +374,12 @@ mod tests {
         assert_eq!(r86.lowest(r70), Capabilities::SCRIPTS);
         assert_eq!(r70.lowest(r86), Capabilities::SCRIPTS);
         assert_eq!(
-            r86.without(ServerCommand::CompareAndDelete)
+            r86.without(NativeCommand::CompareAndDelete)
                 .compare_and_delete,
             CompareAndDeleteBy::Script
         );
         assert_eq!(
-            r86.without(ServerCommand::CompareAndDelete).compare_and_set,
+            r86.without(NativeCommand::CompareAndDelete).compare_and_set,
             CompareAndSetBy::Digest
         );
     }

@@ -13,7 +13,7 @@ use redis::{Pipeline, RedisResult, Value};
 use tokio::sync::Notify;
 
 use crate::errors::{Result, StoreError};
-use crate::link::capabilities::{Capabilities, ServerCommand};
+use crate::link::capabilities::{Capabilities, NativeCommand};
 use crate::link::retry::Revive;
 use crate::link::topology::{is_lost, Link, Route, Topology};
 
@@ -319,7 +319,7 @@ impl Connection {
 
     /// The server of link `generation` refused one of its own commands: the scripts
     /// do that step on this link from now on.
-    fn refuse(&self, generation: u64, command: ServerCommand) {
+    fn refuse(&self, generation: u64, command: NativeCommand) {
         if let State::Ready(open) = &mut *self.state() {
             if open.generation == generation {
                 open.capabilities = open.capabilities.map(|c| c.without(command));
@@ -470,7 +470,7 @@ impl Ready<'_> {
 
     /// The server refused `command` (an older server, a fork, or an ACL
     /// without it): the scripts do that step on this link from now on.
-    pub fn refused(&self, command: ServerCommand) {
+    pub fn refused(&self, command: NativeCommand) {
         self.conn.refuse(self.generation, command);
     }
 }

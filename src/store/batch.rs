@@ -32,7 +32,7 @@ use tokio::sync::oneshot;
 use crate::errors::{Code, StoreError};
 use crate::limits::{MAX_PADDING, SCRIPT_WORK};
 use crate::link::capabilities::{
-    compare_and_set_result, is_refusal, Capabilities, CompareAndSetBy, ServerCommand,
+    compare_and_set_result, is_refusal, Capabilities, CompareAndSetBy, NativeCommand,
 };
 use crate::link::retry::conflict_backoff;
 use crate::link::scripts::is_noscript;
@@ -93,7 +93,7 @@ enum Next {
     Finished(Outcome),
     Then(Step),
     /// The server refused a native command: the step runs again by script.
-    Refused(ServerCommand, Step),
+    Refused(NativeCommand, Step),
     /// Another writer changed the text. `Some(len)`: the text the splice
     /// started from was `len` bytes; None: the script declined a longer text.
     Conflict(Option<usize>),
@@ -512,8 +512,8 @@ impl<'a> Batch<'a> {
     ) -> Next {
         let op = &self.ops[at];
         let stats = &self.store.stats;
-        let refused = |native: ServerCommand| {
-            capabilities.sends_server_command(native)
+        let refused = |native: NativeCommand| {
+            capabilities.sends_native(native)
                 && matches!(replies.first(), Some(Value::ServerError(e)) if is_refusal(e))
         };
         match step {
@@ -528,9 +528,9 @@ impl<'a> Batch<'a> {
                 }
             }
             Step::Commands
-                if op.kind == Kind::Unlock && refused(ServerCommand::CompareAndDelete) =>
+                if op.kind == Kind::Unlock && refused(NativeCommand::CompareAndDelete) =>
             {
-                Next::Refused(ServerCommand::CompareAndDelete, Step::Commands)
+                Next::Refused(NativeCommand::CompareAndDelete, Step::Commands)
             }
             Step::Commands | Step::Script | Step::DeleteSession => {
                 match (op.kind, replies.first()) {
@@ -587,8 +587,8 @@ impl<'a> Batch<'a> {
                         Next::Conflict(Some(old.len()))
                     }
                 }
-                None if refused(ServerCommand::CompareAndSet) => Next::Refused(
-                    ServerCommand::CompareAndSet,
+                None if refused(NativeCommand::CompareAndSet) => Next::Refused(
+                    NativeCommand::CompareAndSet,
                     Step::CompareAndSet {
                         old,
                         new,
