@@ -385,7 +385,7 @@ async function countSessions(addon, masters, query) {
       let count = 0
       let cursor = '0'
       do {
-        const page = await addon.scan(node, cursor, PAGE, sampled.length < SAMPLES)
+        const page = await addon.walkPage(node, cursor, PAGE, sampled.length < SAMPLES ? 'ids' : 'count')
         count += page.count
         for (const id of page.ids) if (sampled.length < SAMPLES) sampled.push([node, id])
         cursor = page.cursor

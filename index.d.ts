@@ -66,10 +66,11 @@ export declare class AddonStore {
   ping(): Promise<number>
   /** The masters to walk: `host:port` each on a cluster, `[""]` otherwise. */
   masters(): Promise<string[]>
-  /** One page of session ids under the prefix on `node` from `cursor`. */
-  scan(node: string, cursor: string, count: number, wantIds: boolean): Promise<ScanPage>
-  /** Removes one page of keys under the prefix on `node` from `cursor`. */
-  clearPage(node: string, cursor: string, count: number): Promise<ScanPage>
+  /**
+   * One page of a walk over the keys under the prefix on `node` from
+   * `cursor`: its session ids, their count, or its keys removed.
+   */
+  walkPage(node: string, cursor: string, count: number, walk: Walk): Promise<ScanPage>
   /** The commands the store sends for its compare-and-writes here. */
   compareCommands(): Promise<CompareCommands>
   /**
@@ -385,3 +386,10 @@ export interface TlsOptions {
   /** The client certificate's private key. */
   key?: string
 }
+
+/**
+ * What a page of a walk over the keys under the prefix does: list the
+ * session ids (`ids()`), count them (`length()`), or remove the keys
+ * (`clear()`).
+ */
+export type Walk = 'ids' | 'count' | 'clear'

@@ -845,3 +845,4 @@ module.exports.MAX_TTL_MS = nativeBinding.MAX_TTL_MS
 module.exports.OpKind = nativeBinding.OpKind
 module.exports.optionTypes = nativeBinding.optionTypes
 module.exports.OutcomeCode = nativeBinding.OutcomeCode
+module.exports.Walk = nativeBinding.Walk

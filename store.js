@@ -267,7 +267,7 @@ class RedisSessionStore {
     for (const node of await this.#admin(() => this.#addon.masters())) {
       let cursor = '0'
       do {
-        const page = await this.#admin(() => this.#addon.scan(node, cursor, count, true))
+        const page = await this.#admin(() => this.#addon.walkPage(node, cursor, count, 'ids'))
         yield* page.ids
         cursor = page.cursor
       } while (cursor !== '0')
@@ -299,9 +299,7 @@ class RedisSessionStore {
     for (const node of await this.#admin(() => this.#addon.masters())) {
       let cursor = '0'
       do {
-        const page = await this.#admin(() =>
-          remove ? this.#addon.clearPage(node, cursor, WALK_COUNT) : this.#addon.scan(node, cursor, WALK_COUNT, false),
-        )
+        const page = await this.#admin(() => this.#addon.walkPage(node, cursor, WALK_COUNT, remove ? 'clear' : 'count'))
         total += page.count
         cursor = page.cursor
       } while (cursor !== '0')

@@ -24,7 +24,7 @@ use crate::store::Store;
 use crossing::{decode_batch, Channel, Outcomes, Queue, Runner};
 use errors::{napi_failure, promise};
 use options::StoreOptions;
-use wire::{CommandAccess, CompareCommands, ScanPage};
+use wire::{CommandAccess, CompareCommands, ScanPage, Walk};
 
 /// Worker threads of the addon's runtime, shared by every store of the process.
 /// `RELAY_SESSION_REDIS_THREADS` overrides the default: one worker per two
@@ -213,38 +213,24 @@ impl AddonStore {
         })
     }
 
-    /// One page of session ids under the prefix on `node` from `cursor`.
+    /// One page of a walk over the keys under the prefix on `node` from
+    /// `cursor`: its session ids, their count, or its keys removed.
     #[napi(ts_return_type = "Promise<ScanPage>")]
-    pub fn scan<'env>(
+    pub fn walk_page<'env>(
         &self,
         env: &'env Env,
         node: String,
         cursor: String,
         count: u32,
-        want_ids: bool,
+        walk: Walk,
     ) -> Result<PromiseRaw<'env, ScanPage>> {
         self.admin(env, move |store, deadline| async move {
-            Ok(store
-                .scan(&node, &cursor, count, want_ids, deadline)
-                .await?
-                .into())
-        })
-    }
-
-    /// Removes one page of keys under the prefix on `node` from `cursor`.
-    #[napi(ts_return_type = "Promise<ScanPage>")]
-    pub fn clear_page<'env>(
-        &self,
-        env: &'env Env,
-        node: String,
-        cursor: String,
-        count: u32,
-    ) -> Result<PromiseRaw<'env, ScanPage>> {
-        self.admin(env, move |store, deadline| async move {
-            Ok(store
-                .clear_page(&node, &cursor, count, deadline)
-                .await?
-                .into())
+            let page = match walk {
+                Walk::Ids => store.scan(&node, &cursor, count, true, deadline).await?,
+                Walk::Count => store.scan(&node, &cursor, count, false, deadline).await?,
+                Walk::Clear => store.clear_page(&node, &cursor, count, deadline).await?,
+            };
+            Ok(page.into())
         })
     }
 

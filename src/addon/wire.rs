@@ -72,6 +72,19 @@ pub const MAX_PADDING: u32 = limits::MAX_PADDING;
 #[napi]
 pub const MAX_SCAN_COUNT: u32 = limits::MAX_SCAN_COUNT;
 
+/// What a page of a walk over the keys under the prefix does: list the
+/// session ids (`ids()`), count them (`length()`), or remove the keys
+/// (`clear()`).
+#[napi(string_enum)]
+pub enum Walk {
+    #[napi(value = "ids")]
+    Ids,
+    #[napi(value = "count")]
+    Count,
+    #[napi(value = "clear")]
+    Clear,
+}
+
 /// One page of a walk over the keys under the prefix.
 #[napi(object)]
 pub struct ScanPage {
@@ -110,14 +123,15 @@ pub struct CommandAccess {
     pub checked_by: String,
 }
 
-impl From<admin::CommandAccess> for CommandAccess {
-    fn from(a: admin::CommandAccess) -> Self {
+impl From<admin::Access> for CommandAccess {
+    fn from(a: admin::Access) -> Self {
+        let checked_by = if a.by_dry_run { "ACL DRYRUN" } else { "probe" };
         CommandAccess {
-            command: a.command,
+            command: a.command.to_owned(),
             required: a.required,
-            allowed: a.allowed,
-            reason: a.reason,
-            checked_by: a.checked_by,
+            allowed: a.verdict.is_ok(),
+            reason: a.verdict.err(),
+            checked_by: checked_by.to_owned(),
         }
     }
 }

@@ -42,18 +42,16 @@ impl ScanPage {
 
 /// Whether the store's user may run one command the store sends.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CommandAccess {
+pub struct Access {
     /// The command, as ACL rules name it (`script|load`).
-    pub command: String,
-    /// Whether the store needs it, or only uses it where allowed (the native
-    /// commands, `HELLO`, the admin calls).
+    pub command: &'static str,
+    /// Whether the store needs it, or only uses it where allowed.
     pub required: bool,
-    pub allowed: bool,
-    /// What the server said when it refused.
-    pub reason: Option<String>,
-    /// `'ACL DRYRUN'`, or `'probe'`: the command was sent in a form that
-    /// changes nothing (where this user may not run `ACL DRYRUN`).
-    pub checked_by: String,
+    /// Allowed, or what the server said when it refused.
+    pub verdict: std::result::Result<(), String>,
+    /// Whether `ACL DRYRUN` answered, or the command itself was sent (where
+    /// this user may not run `ACL DRYRUN`).
+    pub by_dry_run: bool,
 }
 
 /// The cursor a caller passed back, or ERR_INVALID_ARG.
@@ -318,7 +316,7 @@ impl Store {
     /// key under the prefix that does not exist). Two round trips after
     /// `ACL WHOAMI`, whatever the latency: every DRYRUN in one pipeline,
     /// then every probe DRYRUN could not answer in another.
-    pub async fn command_access(&self, deadline: Instant) -> Result<Vec<CommandAccess>> {
+    pub async fn command_access(&self, deadline: Instant) -> Result<Vec<Access>> {
         let ready = self.conn.ready(deadline).await?;
         let probes = self.probes(ready.capabilities.compare_and_delete);
         let whoami = ready
@@ -369,12 +367,11 @@ impl Store {
                     None => Err("no reply to the probe".to_owned()),
                 },
             };
-            CommandAccess {
-                command: probe.name.to_owned(),
+            Access {
+                command: probe.name,
                 required: probe.required,
-                allowed: verdict.is_ok(),
-                reason: verdict.err(),
-                checked_by: if by_dry_run { "ACL DRYRUN" } else { "probe" }.to_owned(),
+                verdict,
+                by_dry_run,
             }
         });
         Ok(access.collect())
