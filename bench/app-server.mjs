@@ -1,8 +1,8 @@
 // The app of `npm run bench:app`, in a process of its own:
-//   node bench/app-server.mjs '{"store":"native","redisPort":6379,"size":1024}'
+//   node bench/app-server.mjs '{"store":"store","redisPort":6379,"size":1024}'
 // An Express 5 app behind the relay-session stand-in (session-middleware.mjs)
-// with one of these stores: this one ("native"), this one with a subscriber
-// on its tracing channel ("native-traced": a span's worth of work per event),
+// with one of these stores: this one ("store"), this one with a subscriber
+// on its tracing channel ("store-traced": a span's worth of work per event),
 // another built checkout of it ("baseline", from APP_BASELINE), the 1.x
 // adapter on ioredis with auto-pipelining ("js-auto"), or JSON text in a Map
 // ("map": what the app costs with a store that does no I/O). Prints the port
@@ -75,7 +75,7 @@ function createMapStore() {
   }
 }
 
-if (kind === 'native-traced') {
+if (kind === 'store-traced') {
   // What an APM's subscriber does per call: a span object with the
   // context's attributes, opened at start and closed at asyncEnd.
   const spans = []
@@ -93,7 +93,7 @@ if (kind === 'native-traced') {
 }
 
 const store =
-  kind === 'native' || kind === 'native-traced'
+  kind === 'store' || kind === 'store-traced'
     ? createRedisSessionStore({ url })
     : kind === 'baseline'
       ? createRequire(import.meta.url)(path.resolve(process.env.APP_BASELINE, 'store.js')).createRedisSessionStore({ url })

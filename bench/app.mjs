@@ -6,8 +6,8 @@
 // app with a store that does no I/O). Medians of the runs per cell, with the
 // spread between runs; writes bench/results/app-latest.{md,json}.
 //   APP_SIZES (1024,32768), APP_CLIENTS (1,8,32,128), APP_RUNS (3),
-//   APP_SECONDS (4, after 1 s of warm-up), APP_STORES (native,js-auto,map;
-//   also native-traced: with a tracing subscriber, and baseline: the build
+//   APP_SECONDS (4, after 1 s of warm-up), APP_STORES (store,js-auto,map;
+//   also store-traced: with a tracing subscriber, and baseline: the build
 //   in APP_BASELINE, another built checkout of this package),
 //   APP_SERVER (a key of harness/servers.mjs: redis-8.6, valkey-9.1, …;
 //   default the redis-server on PATH or REDIS_SERVER_BIN)
@@ -25,7 +25,7 @@ const here = path.dirname(fileURLToPath(import.meta.url))
 const list = (name, fallback) => (process.env[name] ?? fallback).split(',')
 const SIZES = list('APP_SIZES', '1024,32768').map(Number)
 const CLIENTS = list('APP_CLIENTS', '1,8,32,128').map(Number)
-const STORES = list('APP_STORES', 'native,js-auto,map')
+const STORES = list('APP_STORES', 'store,js-auto,map')
 const RUNS = Number(process.env.APP_RUNS ?? 3)
 const SECONDS = Number(process.env.APP_SECONDS ?? 4)
 const WARMUP = 1
@@ -136,7 +136,7 @@ for (const c of cells) {
       `| ${c.size / 1024} KB | ${c.clients} | ${store} | ${f0(m.rps)} (${f0(m.spread.rps[0])}–${f0(m.spread.rps[1])}) | ${store === 'js-auto' ? '' : ratio(m.rps, js?.rps)} | ` +
         `${m.p50.toFixed(2)} / ${m.p99.toFixed(2)} | ${f0(m.cpu)} (${f0(m.spread.cpu[0])}–${f0(m.spread.cpu[1])}) | ${store === 'js-auto' ? '' : ratio(m.cpu, js?.cpu)} | ` +
         `${f0(m.main)} / ${f0(m.addon)} / ${f0(m.other)} | ${store === 'map' ? '–' : m.redis.toFixed(1)} | ${m.errors} | ${m.corruptCarts} |` +
-        (BASE ? ` ${store.startsWith('native') ? vsBaseline(c, store) : ''} |` : ''),
+        (BASE ? ` ${store.startsWith('store') ? vsBaseline(c, store) : ''} |` : ''),
     )
   }
 }

@@ -1,6 +1,6 @@
 // One benchmark cell in a process of its own:
-//   node bench/cell.mjs '{"impl":"native","op":"get","size":1024,"inflight":64,"seconds":3,"warmup":1,"port":6379}'
-// impl: native (this checkout), baseline (the built checkout at cfg.baseline),
+//   node bench/cell.mjs '{"impl":"store","op":"get","size":1024,"inflight":64,"seconds":3,"warmup":1,"port":6379}'
+// impl: store (this checkout), baseline (the built checkout at cfg.baseline),
 // js-auto or js-plain (the 1.x adapter on ioredis, with or without
 // auto-pipelining). Keeps `inflight` calls going for `warmup` then `seconds` seconds and prints one
 // JSON line: ops/s, p50/p99 latency, Node main-thread CPU per call (event-loop
@@ -26,7 +26,7 @@ const POOL = Math.max(256, 2 * inflight)
 
 let store
 let client
-if (impl === 'native') {
+if (impl === 'store') {
   store = createRedisSessionStore({ url, commandTimeout: 10_000 })
 } else if (impl === 'baseline') {
   // Another built checkout of this package (BENCH_BASELINE), for before/after.
@@ -114,6 +114,6 @@ const result = {
 }
 await admin.del(...ids.map((id) => `sess:${id}`))
 admin.disconnect()
-if (impl === 'native' || impl === 'baseline') await store.close()
+if (impl === 'store' || impl === 'baseline') await store.close()
 else client.disconnect()
 process.stdout.write(JSON.stringify(result) + '\n')

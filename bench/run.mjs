@@ -31,7 +31,7 @@ const OPS = list('BENCH_OPS', ['get', 'set', 'merge', 'lock'])
 const SIZES = list('BENCH_SIZES', ['1024', '32768']).map(Number)
 const INFLIGHT = list('BENCH_INFLIGHT', ['1', '64', '512']).map(Number)
 const BASELINE = process.env.BENCH_BASELINE ? path.resolve(process.env.BENCH_BASELINE) : null
-const IMPLS = ['native', 'js-auto', 'js-plain', ...(BASELINE ? ['baseline'] : [])]
+const IMPLS = ['store', 'js-auto', 'js-plain', ...(BASELINE ? ['baseline'] : [])]
 const RUNS = Number(process.env.BENCH_RUNS ?? 3)
 const SECONDS = Number(process.env.BENCH_SECONDS ?? 2)
 const WARMUP = 1
@@ -159,7 +159,7 @@ function makeReport(results, ceilings) {
   ]
   const summaries = []
   for (const c of cells) {
-    const [nr, ar, pr, br] = ['native', 'js-auto', 'js-plain', 'baseline'].map((impl) => runsOf(impl, c))
+    const [nr, ar, pr, br] = ['store', 'js-auto', 'js-plain', 'baseline'].map((impl) => runsOf(impl, c))
     const [n, a, p] = [nr, ar, pr].map(summary)
     const b = br.length ? summary(br) : null
     const row = { ...c, store: n, auto: a, plain: p, baseline: b, vsAuto: ratios(nr, ar), vsPlain: ratios(nr, pr), vsBaseline: ratios(nr, br) }
