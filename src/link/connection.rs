@@ -15,15 +15,7 @@ use tokio::sync::Notify;
 use crate::errors::{Result, StoreError};
 use crate::link::capabilities::{Capabilities, NativeCommand};
 use crate::link::retry::Revive;
-use crate::link::topology::{is_lost, Link, Route, Topology};
-
-/// A store's two timeouts: `connectTimeout`, for establishing a connection,
-/// and `commandTimeout`, for an answer. A whole call is bounded by their sum.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Timeouts {
-    pub connect: Duration,
-    pub command: Duration,
-}
+use crate::link::topology::{is_lost, Link, Route, Timeouts, Topology};
 
 /// The link calls use now.
 struct Open {

@@ -9,5 +9,5 @@ pub mod retry;
 pub mod scripts;
 pub mod topology;
 
-pub use connection::{Connection, Ready, Status, Timeouts};
-pub use topology::Route;
+pub use connection::{Connection, Ready, Status};
+pub use topology::{Route, Timeouts};

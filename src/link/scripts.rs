@@ -4,12 +4,7 @@
 //! has lost them (NOSCRIPT, after a restart or `SCRIPT FLUSH`), and loading
 //! them (`SCRIPT LOAD`, by `preloadScript` and after NOSCRIPT).
 
-use std::time::Instant;
-
 use redis::{Pipeline, Script, Value};
-
-use crate::errors::{Result, StoreError};
-use crate::link::Connection;
 
 /// The merge the server does when the splice here cannot (after a conflict).
 pub const MERGE_LUA: &str = include_str!("../../lua/merge.lua");
@@ -51,18 +46,14 @@ impl Scripts {
         self.unlock.get_hash()
     }
 
-    /// `SCRIPT LOAD` of every script, answered by `deadline`.
-    pub async fn load(&self, conn: &Connection, deadline: Instant) -> Result<()> {
+    /// `SCRIPT LOAD` of every script, as one pipeline; any error reply in
+    /// its answer means the scripts are not loaded.
+    pub fn load(&self) -> Pipeline {
         let mut pipe = redis::pipe();
         for lua in [MERGE_LUA, COMPARE_AND_SET_LUA, UNLOCK_LUA] {
             pipe.cmd("SCRIPT").arg("LOAD").arg(lua);
         }
-        for reply in conn.exec(&pipe, deadline).await? {
-            if let Value::ServerError(e) = reply {
-                return Err(StoreError::from_reply(&e, conn.is_cluster()));
-            }
-        }
-        Ok(())
+        pipe
     }
 }
 

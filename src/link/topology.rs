@@ -18,8 +18,15 @@ use redis::{
 
 use crate::errors::{Code, Result, StoreError};
 use crate::link::capabilities::Capabilities;
-use crate::link::connection::Timeouts;
 use crate::link::retry;
+
+/// A store's two timeouts: `connectTimeout`, for establishing a connection,
+/// and `commandTimeout`, for an answer. A whole call is bounded by their sum.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    pub connect: Duration,
+    pub command: Duration,
+}
 
 /// Where the store connects, with the clients that open links there.
 // One per store, built once and never moved on a call's path: the size of

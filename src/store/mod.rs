@@ -15,8 +15,11 @@ pub mod texts;
 
 use std::fmt;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use redis::Value;
+
+use crate::errors::{Result, StoreError};
 use crate::link::scripts::Scripts;
 use crate::link::topology::Topology;
 use crate::link::{Connection, Timeouts};
@@ -113,7 +116,12 @@ impl Store {
     }
 
     /// `SCRIPT LOAD` of the scripts; used by `preloadScript` and after NOSCRIPT.
-    pub async fn load_scripts(&self, deadline: std::time::Instant) -> crate::errors::Result<()> {
-        self.scripts.load(&self.conn, deadline).await
+    pub async fn load_scripts(&self, deadline: Instant) -> Result<()> {
+        for reply in self.conn.exec(&self.scripts.load(), deadline).await? {
+            if let Value::ServerError(e) = reply {
+                return Err(StoreError::from_reply(&e, self.conn.is_cluster()));
+            }
+        }
+        Ok(())
     }
 }
