@@ -1,5 +1,6 @@
 // The load of `npm run bench:app`, in a process of its own:
 //   node bench/app-load.mjs '{"port":..,"clients":32,"warmup":1,"seconds":4,"serverPid":..,"redisPort":..}'
+// (serverPid: the app's process; with several, the primary: its children count too)
 // `clients` simulated users, each with its own keep-alive connection and
 // cookie, one request at a time: 70 % GET /me, 20 % POST /cart, 5 % POST
 // /field, 2.5 % POST /login (rotates the id), 2.5 % POST /logout. After
@@ -28,14 +29,36 @@ const pick = () => {
 }
 
 const TICK = 100 // clock ticks per second (USER_HZ)
+/** The app's processes: `pid` and its children (the workers of several). */
+function appPids(pid) {
+  let children = ''
+  try {
+    children = readFileSync(`/proc/${pid}/task/${pid}/children`, 'utf8')
+  } catch {}
+  return [pid, ...children.split(' ').filter(Boolean).map(Number)]
+}
+
 /**
- * CPU seconds of the app process, in all and by thread: the main thread, the
- * addon's workers (named relay-session-redis), and Node's other threads (V8's
- * GC and compiler workers and libuv's pool, all named "node" in Node 20).
+ * CPU seconds of the app's processes, in all and by thread: the main
+ * threads, the addon's workers (named relay-session-redis), and Node's other
+ * threads (V8's GC and compiler workers and libuv's pool, all named "node" in
+ * Node 20).
  */
-function appCpu(pid) {
+function appCpu(root) {
   const byKind = { main: 0, addon: 0, other: 0 }
-  for (const tid of readdirSync(`/proc/${pid}/task`)) {
+  for (const pid of appPids(root)) addCpu(pid, byKind)
+  return { total: byKind.main + byKind.addon + byKind.other, ...byKind }
+}
+
+/** Adds the CPU seconds of process `pid`'s threads to `byKind`. */
+function addCpu(pid, byKind) {
+  let tids = []
+  try {
+    tids = readdirSync(`/proc/${pid}/task`)
+  } catch {
+    return // the process ended
+  }
+  for (const tid of tids) {
     let stat
     try {
       stat = readFileSync(`/proc/${pid}/task/${tid}/stat`, 'utf8')
@@ -48,7 +71,6 @@ function appCpu(pid) {
     const kind = tid === String(pid) ? 'main' : name.startsWith('relay-session') ? 'addon' : 'other'
     byKind[kind] += secs
   }
-  return { total: byKind.main + byKind.addon + byKind.other, ...byKind }
 }
 
 const admin = new Redis({ host: '127.0.0.1', port: cfg.redisPort })

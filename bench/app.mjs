@@ -1,12 +1,16 @@
 // `npm run bench:app`: the request path of a real app. An Express 5 app
 // (bench/app-server.mjs) behind the relay-session stand-in, loaded over HTTP
-// keep-alive from a process of its own (bench/app-load.mjs), with three
-// stores in alternating runs, each on a fresh redis-server: this store, the
-// 1.x adapter on ioredis with auto-pipelining, and JSON text in a Map (the
-// app with a store that does no I/O). Medians of the runs per cell, with the
-// spread between runs; writes bench/results/app-latest.{md,json}.
+// keep-alive from a process of its own (bench/app-load.mjs), with the stores
+// in alternating runs, each on a fresh redis-server: this store, the 1.x
+// adapter on ioredis with auto-pipelining, JSON text in a Map (the app with a
+// store that does no I/O but hands out fresh objects) and the objects
+// themselves in a Map ("zero": the app's own cost). Medians of the runs per
+// cell, with the spread between runs; writes
+// bench/results/app-latest.{md,json}.
 //   APP_SIZES (1024,32768), APP_CLIENTS (1,8,32,128), APP_RUNS (3),
-//   APP_SECONDS (4, after 1 s of warm-up), APP_STORES (store,js-auto,map;
+//   APP_MULTI (4x32: cells of 4 app processes behind one port, round-robin,
+//   with 32 clients; the Redis stores only; '' for none),
+//   APP_SECONDS (4, after 1 s of warm-up), APP_STORES (store,js-auto,map,zero;
 //   also store-traced: with a tracing subscriber, and baseline: the build
 //   in APP_BASELINE, another built checkout of this package),
 //   APP_SERVER (a key of harness/servers.mjs: redis-8.6, valkey-9.1, …;
@@ -25,15 +29,20 @@ const here = path.dirname(fileURLToPath(import.meta.url))
 const list = (name, fallback) => (process.env[name] ?? fallback).split(',')
 const SIZES = list('APP_SIZES', '1024,32768').map(Number)
 const CLIENTS = list('APP_CLIENTS', '1,8,32,128').map(Number)
-const STORES = list('APP_STORES', 'store,js-auto,map')
+const STORES = list('APP_STORES', 'store,js-auto,map,zero')
+/** Cells with several app processes behind one port: `<processes>x<clients>` (APP_MULTI, '' for none); the stores without Redis sit them out (each process would have its own). */
+const MULTI = list('APP_MULTI', '4x32').filter(Boolean).map((c) => c.split('x').map(Number))
+const SHARED = (store) => store !== 'map' && store !== 'zero'
+/** [processes, clients] of every cell of a size. */
+const SHAPES = [...CLIENTS.map((c) => [1, c]), ...MULTI]
 const RUNS = Number(process.env.APP_RUNS ?? 3)
 const SECONDS = Number(process.env.APP_SECONDS ?? 4)
 const WARMUP = 1
 useServer(process.env.APP_SERVER)
 
 /** Starts the app with `store`; resolves its process and port. */
-function startApp(store, redisPort, size) {
-  const child = spawn(process.execPath, [path.join(here, 'app-server.mjs'), JSON.stringify({ store, redisPort, size })], {
+function startApp(store, redisPort, size, processes) {
+  const child = spawn(process.execPath, [path.join(here, 'app-server.mjs'), JSON.stringify({ store, redisPort, size, processes })], {
     stdio: ['ignore', 'pipe', 'inherit'],
   })
   return new Promise((resolve, reject) => {
@@ -51,9 +60,9 @@ function runLoad(cfg) {
   })
 }
 
-async function oneRun(store, size, clients) {
+async function oneRun(store, size, clients, processes) {
   const redis = await startRedis()
-  const app = await startApp(store, redis.port, size)
+  const app = await startApp(store, redis.port, size, processes)
   try {
     return await runLoad({ port: app.port, clients, warmup: WARMUP, seconds: SECONDS, serverPid: app.child.pid, redisPort: redis.port })
   } finally {
@@ -66,20 +75,23 @@ async function oneRun(store, size, clients) {
 
 const FIELDS = ['rps', 'p50', 'p99', 'cpu', 'main', 'addon', 'other', 'redis']
 
+/** The stores a cell runs. */
+const storesOf = (processes) => STORES.filter((s) => processes === 1 || SHARED(s))
 const runs = []
-const total = SIZES.length * CLIENTS.length * RUNS * STORES.length
+const total = SIZES.length * RUNS * SHAPES.reduce((n, [processes]) => n + storesOf(processes).length, 0)
 const t0 = Date.now()
 for (const size of SIZES) {
-  for (const clients of CLIENTS) {
+  for (const [processes, clients] of SHAPES) {
+    const stores = storesOf(processes)
     for (let run = 0; run < RUNS; run++) {
       // Alternate which store goes first, so that none always runs on a cooler machine.
-      const order = STORES.map((_, i) => STORES[(i + run) % STORES.length])
+      const order = stores.map((_, i) => stores[(i + run) % stores.length])
       for (const store of order) {
-        const r = await oneRun(store, size, clients)
-        runs.push({ size, clients, run, store, ...r })
+        const r = await oneRun(store, size, clients, processes)
+        runs.push({ size, clients, processes, run, store, ...r })
         const secs = Math.round((Date.now() - t0) / 1000)
         console.error(
-          `[${runs.length}/${total} ${secs}s] ${size / 1024} KB, ${clients} clients, run ${run + 1}, ${store}: ` +
+          `[${runs.length}/${total} ${secs}s] ${size / 1024} KB, ${clients} clients${processes > 1 ? ` on ${processes} processes` : ''}, run ${run + 1}, ${store}: ` +
             `${Math.round(r.rps)} req/s, p50 ${r.p50.toFixed(2)} ms, ${Math.round(r.cpu)} µs CPU/req, ${r.errors} errors, ${r.corruptCarts} corrupted carts`,
         )
       }
@@ -89,10 +101,10 @@ for (const size of SIZES) {
 
 const cells = []
 for (const size of SIZES) {
-  for (const clients of CLIENTS) {
-    const cell = { size, clients, stores: {} }
-    for (const store of STORES) {
-      const rs = runs.filter((r) => r.size === size && r.clients === clients && r.store === store)
+  for (const [processes, clients] of SHAPES) {
+    const cell = { size, clients, processes, stores: {} }
+    for (const store of storesOf(processes)) {
+      const rs = runs.filter((r) => r.size === size && r.clients === clients && r.processes === processes && r.store === store)
       const m = Object.fromEntries(FIELDS.map((f) => [f, median(rs.map((r) => r[f]))]))
       m.spread = { rps: spread(rs.map((r) => r.rps)), cpu: spread(rs.map((r) => r.cpu)) }
       m.errors = rs.reduce((a, r) => a + r.errors, 0)
@@ -109,7 +121,7 @@ function vsBaseline(cell, store) {
   const rounds = (field) => {
     const per = []
     for (let run = 0; run < RUNS; run++) {
-      const find = (s) => runs.find((r) => r.size === cell.size && r.clients === cell.clients && r.run === run && r.store === s)
+      const find = (s) => runs.find((r) => r.size === cell.size && r.clients === cell.clients && r.processes === cell.processes && r.run === run && r.store === s)
       const [a, b] = [find(store), find('baseline')]
       if (a && b) per.push(a[field] / b[field])
     }
@@ -130,12 +142,12 @@ const lines = [
 ]
 for (const c of cells) {
   const js = c.stores['js-auto']
-  for (const store of STORES) {
+  for (const store of storesOf(c.processes)) {
     const m = c.stores[store]
     lines.push(
-      `| ${c.size / 1024} KB | ${c.clients} | ${store} | ${f0(m.rps)} (${f0(m.spread.rps[0])}–${f0(m.spread.rps[1])}) | ${store === 'js-auto' ? '' : ratio(m.rps, js?.rps)} | ` +
+      `| ${c.size / 1024} KB | ${c.clients}${c.processes > 1 ? ` on ${c.processes} processes` : ''} | ${store} | ${f0(m.rps)} (${f0(m.spread.rps[0])}–${f0(m.spread.rps[1])}) | ${store === 'js-auto' ? '' : ratio(m.rps, js?.rps)} | ` +
         `${m.p50.toFixed(2)} / ${m.p99.toFixed(2)} | ${f0(m.cpu)} (${f0(m.spread.cpu[0])}–${f0(m.spread.cpu[1])}) | ${store === 'js-auto' ? '' : ratio(m.cpu, js?.cpu)} | ` +
-        `${f0(m.main)} / ${f0(m.addon)} / ${f0(m.other)} | ${store === 'map' ? '–' : m.redis.toFixed(1)} | ${m.errors} | ${m.corruptCarts} |` +
+        `${f0(m.main)} / ${f0(m.addon)} / ${f0(m.other)} | ${SHARED(store) ? m.redis.toFixed(1) : '–'} | ${m.errors} | ${m.corruptCarts} |` +
         (BASE ? ` ${store.startsWith('store') ? vsBaseline(c, store) : ''} |` : ''),
     )
   }
