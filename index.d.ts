@@ -57,6 +57,12 @@ export declare class AddonStore {
   /** Counts since the store was created. */
   stats(): StoreStats
   /**
+   * The text a `get` of session `id` is answered with from memory (the
+   * read cache holds it and the server reports its changes), or null: the
+   * `get` goes to Redis. Counted as a `get` that found a session.
+   */
+  cached(id: string): string | null
+  /**
    * Counts a `get` whose text was not a JSON object as failed
    * (`ERR_CORRUPT_SESSION`) rather than as a hit: JavaScript parses the
    * text, so only it finds out.
@@ -275,6 +281,39 @@ export declare enum OutcomeCode {
   Failed = 5,
 }
 
+/**
+ * The read cache (`readCache`): what it answered, and what the server
+ * reported.
+ */
+export interface ReadCacheCounts {
+  /**
+   * Whether the server reports changes to the session keys:
+   * `'on'`; `'starting'` (the next call turns it on: at first, and after
+   * a connection was lost); `'refused'` (the server or its ACL refused
+   * `CLIENT TRACKING`: every `get` goes to Redis); `'off'` (`readCache:
+   * false`, `rememberedTextBytes: 0`, or a cluster).
+   */
+  tracking: 'on' | 'starting' | 'refused' | 'off'
+  /** `get`s answered from memory, with no round trip. */
+  hits: number
+  /** `get`s that went to Redis while tracking was on. */
+  misses: number
+  /**
+   * Session keys the server reported changed (by another store, an
+   * expiry, an eviction).
+   */
+  invalidations: number
+  /**
+   * Times every text was dropped: a flush of the database, a connection
+   * lost or replaced.
+   */
+  flushes: number
+  /** Texts held now (for `get`s and merges). */
+  texts: number
+  /** Memory they take, as counted against `rememberedTextBytes`. */
+  bytes: number
+}
+
 /** One page of a walk over the keys under the prefix. */
 export interface ScanPage {
   /** Where the next page starts on this node; "0" when the node is done. */
@@ -349,6 +388,14 @@ export interface StoreOptions {
    * 8388608 (8 MiB); 0 remembers nothing.
    */
   rememberedTextBytes?: number
+  /**
+   * Answer a `get` of a session this store holds from memory, with no
+   * round trip, while the server reports every change to the session keys
+   * (`CLIENT TRACKING`, RESP3). Texts are held within
+   * `rememberedTextBytes`. Default `true`; `false` sends every `get` to
+   * Redis. Not on a cluster yet, nor where the server refuses tracking.
+   */
+  readCache?: boolean
 }
 
 /** What `store.stats()` returns: counts since the store was created. */
@@ -365,6 +412,7 @@ export interface StoreStats {
   gets: GetCounts
   merges: MergeCounts
   locks: LockCounts
+  readCache: ReadCacheCounts
   /**
    * Times the store was connected again after losing its connection (a
    * restart, a failover).

@@ -33,6 +33,14 @@ class RedisSessionStore {
   #where = { prefix: '', address: '' }
   /** What lock keys put after the prefix: no session id starts with it. */
   #lockPrefix = ''
+  /** Whether a get may be answered from the read cache (options.readCache). */
+  #readCache = true
+  /**
+   * Sessions with a write in flight (set, merge, delete, touch), and how
+   * many: a get of one goes to Redis, behind the write, never to the read
+   * cache. @type {Map<string, number>}
+   */
+  #writing = new Map()
 
   /** @param {StoreOptions} options */
   constructor(options) {
@@ -51,6 +59,7 @@ class RedisSessionStore {
       },
     }
     this.#lockPrefix = addon.lockPrefix
+    this.#readCache = options.readCache !== false
     if (options.preloadScript) {
       // A failed preload is retried by the first merge (NOSCRIPT loads the
       // scripts), so its failure is not reported here.
@@ -71,6 +80,23 @@ class RedisSessionStore {
     }
   }
 
+  /**
+   * The outcome of a write of session `id`, which is marked as being written
+   * until then.
+   * @param {string} id @param {Promise<any>} p
+   */
+  async #written(id, p) {
+    const writing = this.#writing
+    writing.set(id, (writing.get(id) ?? 0) + 1)
+    try {
+      return await this.#outcome(p)
+    } finally {
+      const n = /** @type {number} */ (writing.get(id))
+      if (n === 1) writing.delete(id)
+      else writing.set(id, n - 1)
+    }
+  }
+
   #checkOpen() {
     if (this.#closed) throw new RedisSessionStoreError('the store is closed', 'ERR_CLOSED')
   }
@@ -87,10 +113,15 @@ class RedisSessionStore {
   async #get(sessionId) {
     this.#checkOpen()
     checkId(sessionId, this.#lockPrefix)
-    const [b, p] = this.#batcher.enqueue(GET, sessionId, 0, 0)
-    this.#batcher.sendIfFull(b)
-    const text = await this.#outcome(p)
-    if (text === null) return null
+    // Answered from memory when the read cache holds the session: no
+    // crossing, no round trip.
+    let text = this.#readCache && !this.#writing.has(sessionId) ? this.#addon.cached(sessionId) : null
+    if (text === null) {
+      const [b, p] = this.#batcher.enqueue(GET, sessionId, 0, 0)
+      this.#batcher.sendIfFull(b)
+      text = await this.#outcome(p)
+      if (text === null) return null
+    }
     try {
       return parseSession(text)
     } catch (e) {
@@ -122,7 +153,7 @@ class RedisSessionStore {
     const [b, p] = this.#batcher.enqueue(SET, sessionId, ttl, 1)
     b.strings.push(json)
     this.#batcher.sendIfFull(b)
-    await this.#outcome(p)
+    await this.#written(sessionId, p)
   }
 
   /**
@@ -155,7 +186,7 @@ class RedisSessionStore {
     const [b, p] = this.#batcher.enqueue(MERGE, sessionId, ttl, pairs.length)
     for (let i = 0; i < pairs.length; i++) b.strings.push(pairs[i])
     this.#batcher.sendIfFull(b)
-    await this.#outcome(p)
+    await this.#written(sessionId, p)
   }
 
   /**
@@ -209,9 +240,10 @@ class RedisSessionStore {
     this.#checkOpen()
     checkId(sessionId, this.#lockPrefix)
     const ttl = ttlMs === NO_TTL ? 0 : checkTtl(ttlMs)
-    const [b, p] = this.#batcher.enqueue(kind, /** @type {string} */ (sessionId), ttl, 0)
+    const id = /** @type {string} */ (sessionId)
+    const [b, p] = this.#batcher.enqueue(kind, id, ttl, 0)
     this.#batcher.sendIfFull(b)
-    return await this.#outcome(p)
+    return kind === DELETE || kind === TOUCH ? await this.#written(id, p) : await this.#outcome(p)
   }
 
   /**

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use napi::bindgen_prelude::{FnArgs, Function, PromiseRaw, Result};
-use napi::Env;
+use napi::{Env, JsString};
 use napi_derive::napi;
 
 use crate::errors as store_errors;
@@ -186,6 +186,21 @@ impl AddonStore {
     #[napi]
     pub fn stats(&self) -> stats::StoreStats {
         stats::snapshot(&self.inner)
+    }
+
+    /// The text a `get` of session `id` is answered with from memory (the
+    /// read cache holds it and the server reports its changes), or null: the
+    /// `get` goes to Redis. Counted as a `get` that found a session.
+    #[napi(ts_return_type = "string | null")]
+    pub fn cached<'env>(&self, env: &'env Env, id: String) -> Result<Option<JsString<'env>>> {
+        let Some(text) = self.inner.cached(&id) else {
+            return Ok(None);
+        };
+        // Texts come from JavaScript strings or are checked as UTF-8 when read.
+        match std::str::from_utf8(&text) {
+            Ok(text) => env.create_string(text).map(Some),
+            Err(_) => Ok(None),
+        }
     }
 
     /// Counts a `get` whose text was not a JSON object as failed

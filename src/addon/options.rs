@@ -9,6 +9,7 @@ use redis::{ConnectionAddr, ConnectionInfo, IntoConnectionInfo, TlsCertificates}
 use crate::errors::{Result, StoreError};
 use crate::limits::MAX_TTL_MS;
 use crate::link::topology::{SentinelTarget, Topology};
+use crate::link::tracking::{Pushes, Tracking};
 use crate::link::Timeouts;
 use crate::store::keys::Keys;
 use crate::store::texts;
@@ -61,6 +62,12 @@ pub struct StoreOptions {
     /// (ids and bookkeeping counted), which save a merge its read. Default
     /// 8388608 (8 MiB); 0 remembers nothing.
     pub remembered_text_bytes: Option<f64>,
+    /// Answer a `get` of a session this store holds from memory, with no
+    /// round trip, while the server reports every change to the session keys
+    /// (`CLIENT TRACKING`, RESP3). Texts are held within
+    /// `rememberedTextBytes`. Default `true`; `false` sends every `get` to
+    /// Redis. Not on a cluster yet, nor where the server refuses tracking.
+    pub read_cache: Option<bool>,
 }
 
 /// Redis Cluster.
@@ -131,6 +138,7 @@ checked_fields!(StoreOptions {
     connect_timeout: "number",
     command_timeout: "number",
     remembered_text_bytes: "number",
+    read_cache: "boolean",
 });
 checked_fields!(ClusterOptions { nodes: "urls" });
 checked_fields!(SentinelOptions {
@@ -222,13 +230,27 @@ impl StoreOptions {
             connect: connect_timeout,
             command: command_timeout,
         };
+        let prefix = o.prefix.as_deref().unwrap_or(DEFAULT_PREFIX);
+        // The read cache needs a text budget, and (for now) one link to one
+        // server at a time: not a cluster, whose clients open links to new
+        // masters by themselves.
+        let tracks =
+            o.read_cache.unwrap_or(true) && remembered_text_bytes > 0 && o.cluster.is_none();
+        let tracking = Tracking::new(prefix, tracks);
+        let pushes = tracks.then(|| tracking.pushes());
         let (topology, description) = if let Some(c) = &o.cluster {
             cluster_topology(c, o, db, certs, timeouts)?
         } else if let Some(s) = &o.sentinel {
-            sentinel_topology(s, o, db, certs, timeouts)?
+            sentinel_topology(s, o, db, certs, timeouts, pushes)?
         } else {
             let url = o.url.as_deref().unwrap_or(DEFAULT_URL);
-            let info = data_node("options.url", url, o, db)?;
+            let mut info = data_node("options.url", url, o, db)?;
+            if tracks {
+                // Invalidations come as pushes on the link itself.
+                let settings = info.redis_settings().clone();
+                info =
+                    info.set_redis_settings(settings.set_protocol(redis::ProtocolVersion::RESP3));
+            }
             let client = match certs {
                 Some(_) if !url.starts_with("rediss://") => {
                     return Err(StoreError::invalid_arg(
@@ -242,9 +264,8 @@ impl StoreOptions {
                     redis::Client::open(info.clone()).map_err(|e| bad_url("options.url", &e))?
                 }
             };
-            (Topology::single(client, timeouts), describe(&info))
+            (Topology::single(client, timeouts, pushes), describe(&info))
         };
-        let prefix = o.prefix.as_deref().unwrap_or(DEFAULT_PREFIX);
         let lock_prefix = o.lock_prefix.as_deref().unwrap_or(DEFAULT_LOCK_PREFIX);
         if lock_prefix.is_empty() {
             return Err(StoreError::invalid_arg(
@@ -257,6 +278,7 @@ impl StoreOptions {
             keys: Keys::new(prefix, lock_prefix),
             timeouts,
             remembered_text_bytes,
+            tracking,
         })
     }
 }
@@ -312,6 +334,7 @@ fn sentinel_topology(
     db: Option<i64>,
     certs: Option<TlsCertificates>,
     timeouts: Timeouts,
+    pushes: Option<Pushes>,
 ) -> Result<(Topology, String)> {
     let mut nodes = Vec::with_capacity(s.nodes.len());
     let mut described = Vec::with_capacity(s.nodes.len());
@@ -348,7 +371,7 @@ fn sentinel_topology(
         sentinel_tls,
     };
     let description = format!("sentinel {} of {}", s.master_name, described.join(","));
-    Ok((Topology::sentinel(target, timeouts)?, description))
+    Ok((Topology::sentinel(target, timeouts, pushes)?, description))
 }
 
 /// A data node's connection info: the URL, then `username`, `password` and `db`

@@ -123,6 +123,33 @@ impl From<Summary> for Latency {
     }
 }
 
+/// The read cache (`readCache`): what it answered, and what the server
+/// reported.
+#[napi(object)]
+pub struct ReadCacheCounts {
+    /// Whether the server reports changes to the session keys:
+    /// `'on'`; `'starting'` (the next call turns it on: at first, and after
+    /// a connection was lost); `'refused'` (the server or its ACL refused
+    /// `CLIENT TRACKING`: every `get` goes to Redis); `'off'` (`readCache:
+    /// false`, `rememberedTextBytes: 0`, or a cluster).
+    #[napi(ts_type = "'on' | 'starting' | 'refused' | 'off'")]
+    pub tracking: String,
+    /// `get`s answered from memory, with no round trip.
+    pub hits: f64,
+    /// `get`s that went to Redis while tracking was on.
+    pub misses: f64,
+    /// Session keys the server reported changed (by another store, an
+    /// expiry, an eviction).
+    pub invalidations: f64,
+    /// Times every text was dropped: a flush of the database, a connection
+    /// lost or replaced.
+    pub flushes: f64,
+    /// Texts held now (for `get`s and merges).
+    pub texts: f64,
+    /// Memory they take, as counted against `rememberedTextBytes`.
+    pub bytes: f64,
+}
+
 /// What `store.stats()` returns: counts since the store was created.
 #[napi(object)]
 pub struct StoreStats {
@@ -136,6 +163,7 @@ pub struct StoreStats {
     pub gets: GetCounts,
     pub merges: MergeCounts,
     pub locks: LockCounts,
+    pub read_cache: ReadCacheCounts,
     /// Times the store was connected again after losing its connection (a
     /// restart, a failover).
     pub reconnects: f64,
@@ -173,6 +201,18 @@ pub fn snapshot(store: &Store) -> StoreStats {
             released: load(&s.released),
             other_holder: load(&s.other_holder),
             not_held: load(&s.not_held),
+        },
+        read_cache: {
+            let c = &store.texts.counts;
+            ReadCacheCounts {
+                tracking: store.conn.tracking.state().as_str().to_owned(),
+                hits: load(&c.hits),
+                misses: load(&c.misses),
+                invalidations: load(&c.invalidations),
+                flushes: load(&c.flushes),
+                texts: store.texts.count() as f64,
+                bytes: store.texts.bytes() as f64,
+            }
         },
         reconnects: store.conn.reconnects() as f64,
         in_flight: s.in_flight() as f64,

@@ -16,6 +16,7 @@ use crate::errors::{Result, StoreError};
 use crate::link::capabilities::{Capabilities, NativeCommand};
 use crate::link::retry::Revive;
 use crate::link::topology::{is_lost, Link, Route, Timeouts, Topology};
+use crate::link::tracking::{Tracking, TrackingState, HEARTBEAT};
 
 /// The link calls use now.
 struct Open {
@@ -69,6 +70,11 @@ pub struct Connection {
     reconnects: Arc<AtomicU64>,
     /// `host:port` of the server the link went to (for tracing).
     address: Mutex<String>,
+    /// The server's reports of changed keys (`tracking.rs`): told whenever
+    /// the link is lost or replaced.
+    pub tracking: Arc<Tracking>,
+    /// Stops the heartbeat of the current link (`tracking.rs`).
+    heartbeat: Mutex<Option<Arc<AtomicBool>>>,
 }
 
 /// Where a store stands, for readiness probes (`store.status`).
@@ -127,7 +133,7 @@ fn is_readonly(v: &Value) -> bool {
 impl Connection {
     /// A connection to `topology`: connecting bounded by the connect
     /// timeout, a whole call by that plus the command timeout.
-    pub fn new(topology: Topology, timeouts: Timeouts) -> Self {
+    pub fn new(topology: Topology, timeouts: Timeouts, tracking: Arc<Tracking>) -> Self {
         install_crypto_provider();
         Connection {
             connect_timeout: timeouts.connect,
@@ -144,6 +150,8 @@ impl Connection {
             reconnects: Arc::new(AtomicU64::new(0)),
             address: Mutex::new(topology.address()),
             topology,
+            tracking,
+            heartbeat: Mutex::new(None),
         }
     }
 
@@ -275,6 +283,9 @@ impl Connection {
                 return Err(StoreError::closed());
             }
             *self.address() = address;
+            // Another connection: what the cache holds was reported on by the last one.
+            self.tracking.lost();
+            self.beat(&link);
             *state = State::Ready(Open {
                 link: link.clone(),
                 generation,
@@ -344,6 +355,48 @@ impl Connection {
         }
     }
 
+    /// Pings link while it tracks and nothing else made it answer for
+    /// [`HEARTBEAT`], so that the read cache may go on answering `get`s (a
+    /// link must have answered lately: `tracking.rs`); the last link's
+    /// heartbeat stops.
+    fn beat(&self, link: &Link) {
+        if self.tracking.state() == TrackingState::Off {
+            return;
+        }
+        let stop = Arc::new(AtomicBool::new(false));
+        let old = self
+            .heartbeat
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .replace(Arc::clone(&stop));
+        if let Some(old) = old {
+            old.store(true, Ordering::Release);
+        }
+        let (link, tracking) = (link.clone(), Arc::clone(&self.tracking));
+        let (closing, bound) = (Arc::clone(&self.closing), self.call_timeout);
+        tokio::spawn(async move {
+            while !closing.load(Ordering::Acquire) && !stop.load(Ordering::Acquire) {
+                let quiet = tracking.quiet_for();
+                if quiet < HEARTBEAT {
+                    tokio::time::sleep(HEARTBEAT - quiet).await;
+                    continue;
+                }
+                if tracking.state() != TrackingState::On {
+                    tokio::time::sleep(HEARTBEAT).await;
+                    continue;
+                }
+                match tokio::time::timeout(bound, link.ping()).await {
+                    Ok(Ok(())) => tracking.heard(),
+                    // Gone silent or lost: the calls find out and reconnect.
+                    _ => {
+                        tracking.lost();
+                        tokio::time::sleep(HEARTBEAT).await;
+                    }
+                }
+            }
+        });
+    }
+
     /// Reconnects a lost connection in the background where the topology
     /// says so: pings with a capped backoff until the server answers or the
     /// store closes.
@@ -411,6 +464,7 @@ impl Connection {
         }
         let link = std::mem::replace(&mut *self.state(), State::Closed);
         drop(link);
+        self.tracking.lost();
     }
 }
 
@@ -424,11 +478,13 @@ impl Ready<'_> {
         let conn = self.conn;
         match tokio::time::timeout_at(self.deadline.into(), call).await {
             Ok(Ok(value)) => {
+                conn.tracking.heard();
                 conn.answered();
                 Ok(value)
             }
             Ok(Err(e)) => {
                 if is_lost(&e) {
+                    conn.tracking.lost();
                     conn.lost.store(true, Ordering::Release);
                     conn.unlearn(self.generation);
                     conn.forget(self.generation);
@@ -437,6 +493,9 @@ impl Ready<'_> {
                 Err(StoreError::from_redis(e, conn.is_cluster()))
             }
             Err(_) => {
+                // The client may drop the connection that did not answer
+                // and open another one: its reports would be lost.
+                conn.tracking.lost();
                 conn.forget(self.generation);
                 Err(conn.timeout())
             }
@@ -449,6 +508,7 @@ impl Ready<'_> {
         let values = self.answered(self.link.exec(pipe)).await?;
         // Only Sentinel acts on it: no scan of the replies otherwise.
         if self.conn.topology.follows_failover() && values.iter().any(is_readonly) {
+            self.conn.tracking.lost();
             self.conn.forget(self.generation); // a replica now: failover
         }
         Ok(values)

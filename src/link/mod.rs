@@ -1,13 +1,16 @@
 //! The link to Redis: where the store connects and how ([`topology`]), the
 //! one connection a store keeps and its states ([`connection`]), what the
 //! server behind it can do ([`capabilities`]), the Lua scripts the store
-//! runs there ([`scripts`]), and every retry and backoff ([`retry`]).
+//! runs there ([`scripts`]), every retry and backoff ([`retry`]), and the
+//! server's reports of changed keys that keep the read cache honest
+//! ([`tracking`]).
 
 pub mod capabilities;
 pub mod connection;
 pub mod retry;
 pub mod scripts;
 pub mod topology;
+pub mod tracking;
 
 pub use connection::{Connection, Ready, Status};
 pub use topology::{Route, Timeouts};

@@ -19,6 +19,7 @@ use redis::{
 use crate::errors::{Code, Result, StoreError};
 use crate::link::capabilities::Capabilities;
 use crate::link::retry;
+use crate::link::tracking::Pushes;
 
 /// A store's two timeouts: `connectTimeout`, for establishing a connection,
 /// and `commandTimeout`, for an answer. A whole call is bounded by their sum.
@@ -55,20 +56,25 @@ pub struct SentinelTarget {
     pub sentinel_tls: bool,
 }
 
-/// A single server's (or a Sentinel master's) connection manager settings.
-fn manager_config(timeouts: Timeouts) -> ConnectionManagerConfig {
-    ConnectionManagerConfig::new()
+/// A single server's (or a Sentinel master's) connection manager settings;
+/// `pushes`: where the server's pushes go (a RESP3 link that tracks keys).
+fn manager_config(timeouts: Timeouts, pushes: Option<Pushes>) -> ConnectionManagerConfig {
+    let config = ConnectionManagerConfig::new()
         .set_connection_timeout(Some(timeouts.connect))
         .set_response_timeout(Some(timeouts.command))
         .set_number_of_retries(retry::RECONNECT_RETRIES)
         .set_min_delay(retry::RECONNECT_MIN_DELAY)
-        .set_max_delay(retry::RECONNECT_MAX_DELAY)
+        .set_max_delay(retry::RECONNECT_MAX_DELAY);
+    match pushes {
+        Some(pushes) => config.set_push_sender(pushes),
+        None => config,
+    }
 }
 
 impl Topology {
-    /// One server.
-    pub fn single(client: redis::Client, timeouts: Timeouts) -> Topology {
-        Topology::Single(client, manager_config(timeouts))
+    /// One server; `pushes` for a client that speaks RESP3 and tracks keys.
+    pub fn single(client: redis::Client, timeouts: Timeouts, pushes: Option<Pushes>) -> Topology {
+        Topology::Single(client, manager_config(timeouts, pushes))
     }
 
     /// A Redis Cluster reached through seed `nodes`.
@@ -99,11 +105,18 @@ impl Topology {
         Ok(Topology::Cluster(client, seed))
     }
 
-    /// The master the sentinels of `t` name.
-    pub fn sentinel(t: SentinelTarget, timeouts: Timeouts) -> Result<Topology> {
+    /// The master the sentinels of `t` name; `pushes` as for [`single`](Self::single).
+    pub fn sentinel(
+        t: SentinelTarget,
+        timeouts: Timeouts,
+        pushes: Option<Pushes>,
+    ) -> Result<Topology> {
         let mut b = SentinelClientBuilder::new(t.nodes, &t.master_name, SentinelServerType::Master)
             .map_err(|e| StoreError::from_redis(e, false))?
             .set_client_to_redis_db(t.db);
+        if pushes.is_some() {
+            b = b.set_client_to_redis_protocol(redis::ProtocolVersion::RESP3);
+        }
         if let Some(u) = &t.username {
             b = b.set_client_to_redis_username(u);
         }
@@ -135,7 +148,7 @@ impl Topology {
         })?;
         Ok(Topology::Sentinel(
             tokio::sync::Mutex::new(client),
-            manager_config(timeouts),
+            manager_config(timeouts, pushes),
         ))
     }
 

@@ -265,7 +265,11 @@ impl Store {
             } else {
                 pipe.cmd(command).arg(&keys);
             }
-            let replies = ready.exec(&pipe).await?;
+            let replies = ready.exec(&pipe).await;
+            // The server reports no change of this store's own to it: the
+            // texts held go (the page's and every other: clear() removes all).
+            self.texts.flush();
+            let replies = replies?;
             let refused = replies.iter().find_map(|r| match r {
                 Value::ServerError(e) => Some(e.clone()),
                 _ => None,

@@ -24,7 +24,7 @@
 
 use std::collections::HashSet;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use redis::{Pipeline, Value};
 use tokio::sync::oneshot;
@@ -45,7 +45,7 @@ use crate::store::ops::{
 };
 use crate::store::replies::decode_replies;
 use crate::store::stats::{MergeStep, Release};
-use crate::store::texts::Remembered;
+use crate::store::texts::{Remembered, Ticket};
 use crate::store::Store;
 
 /// Where an op's outcomes go as soon as they settle: to `addon/crossing.rs`,
@@ -106,7 +106,22 @@ struct Planned {
     first: usize,
     len: usize,
     token: Option<String>,
+    /// The right to keep the session's text from the reply (`texts.rs`).
+    ticket: Option<Ticket>,
 }
+
+/// What a round may keep in the read cache: its ops' tickets, and when it
+/// was sent, if its connection was confirmed to track (the texts it keeps
+/// are then servable until their ttl, counted from then).
+#[derive(Clone, Copy)]
+struct Keep {
+    ticket: Option<Ticket>,
+    servable_from: Option<Instant>,
+}
+
+/// How long a text read from a key without expiry may be served (until the
+/// server reports a change): in effect, for as long as it is kept.
+const NO_EXPIRY: Duration = Duration::from_secs(365 * 24 * 3600);
 
 /// A splice of more than this (paths × bytes) is queued to the splicer's
 /// threads (`splicer`), so that it never holds a runtime worker; smaller ones,
@@ -178,13 +193,13 @@ impl<'a> Batch<'a> {
                 Err(e) => {
                     // Nothing was sent. Ops that need no server (an unlock
                     // without a token) are done all the same.
-                    let (_, planned) = self.plan(round, &Capabilities::SCRIPTS, &mut done);
+                    let (_, planned, _) = self.plan(round, &Capabilities::SCRIPTS, &mut done);
                     let unsent = planned.into_iter().map(|p| p.pending.op);
                     let unsettled = unsent.chain(todo.into_iter().map(|p| p.op));
                     return fail(deliver, done, unsettled, e);
                 }
             };
-            let (pipe, planned) = self.plan(round, &ready.capabilities, &mut done);
+            let (pipe, planned, tracked) = self.plan(round, &ready.capabilities, &mut done);
             if planned.is_empty() {
                 deliver(done);
                 continue;
@@ -203,7 +218,7 @@ impl<'a> Batch<'a> {
                 }
             };
             let missing_script = self.settle_round(
-                planned,
+                (planned, tracked),
                 replies,
                 &ready,
                 scripts_loaded,
@@ -276,7 +291,7 @@ impl<'a> Batch<'a> {
     /// are loaded, which is tried once per batch (`scripts_loaded`).
     fn settle_round(
         &self,
-        planned: Vec<Planned>,
+        (planned, tracked): (Vec<Planned>, Option<Instant>),
         mut replies: Vec<Value>,
         ready: &Ready<'_>,
         scripts_loaded: bool,
@@ -285,14 +300,25 @@ impl<'a> Batch<'a> {
     ) -> bool {
         let mut missing_script = false;
         let now = Instant::now();
+        // The round's first reply, when it asked: whether its connection tracks.
+        let servable_from = tracked.filter(|_| {
+            replies
+                .first()
+                .is_some_and(|reply| self.store.conn.tracking.confirmed(reply))
+        });
         for Planned {
             mut pending,
             step,
             first,
             len,
             token,
+            ticket,
         } in planned
         {
+            let keep = Keep {
+                ticket,
+                servable_from,
+            };
             let r = replies.get_mut(first..first + len).unwrap_or_default();
             if !scripts_loaded && r.iter().any(is_noscript) {
                 missing_script = true;
@@ -301,7 +327,7 @@ impl<'a> Batch<'a> {
                 continue;
             }
             let op = &self.ops[pending.op];
-            match self.advance(pending.op, step, token, r, &ready.capabilities) {
+            match self.advance(pending.op, step, token, r, &ready.capabilities, keep) {
                 Next::Finished(outcome) => done.push((pending.op, outcome)),
                 Next::Then(step) => {
                     pending.step = Some(step);
@@ -330,17 +356,31 @@ impl<'a> Batch<'a> {
         missing_script
     }
 
+    /// The round's pipeline and each op's place in it. A round whose replies
+    /// the read cache may keep opens with the tracking command
+    /// (`link/tracking.rs`); then the third value is when it was planned.
     fn plan(
         &self,
         round: Vec<(Pending, Step)>,
         capabilities: &Capabilities,
         done: &mut Vec<(usize, Outcome)>,
-    ) -> (Pipeline, Vec<Planned>) {
+    ) -> (Pipeline, Vec<Planned>, Option<Instant>) {
         let mut pipe = redis::pipe();
         pipe.ignore_errors();
         let scripts = &self.store.scripts;
         let mut planned = Vec::with_capacity(round.len());
         let mut first = 0;
+        let keeps = |kind| matches!(kind, Kind::Get | Kind::Set | Kind::Merge);
+        let tracked = round
+            .iter()
+            .any(|(p, _)| keeps(self.ops[p.op].kind))
+            .then(|| self.store.conn.tracking.round_command())
+            .flatten()
+            .map(|cmd| {
+                pipe.add_command(cmd);
+                first = 1;
+                Instant::now()
+            });
         for (pending, step) in round {
             let op = &self.ops[pending.op];
             let token = match op.kind {
@@ -348,8 +388,24 @@ impl<'a> Batch<'a> {
                 Kind::Unlock => self.store.tokens.token(&op.id),
                 _ => None,
             };
+            // Every step that reads or changes the session, but a merge's
+            // read (its text is spliced, not kept).
+            let ticket = match (op.kind, &step) {
+                (_, Step::Read) => None,
+                (Kind::Get | Kind::Set | Kind::Merge | Kind::Delete | Kind::Touch, _) => {
+                    Some(self.store.texts.begin(&op.id))
+                }
+                _ => None,
+            };
             let how = (capabilities, scripts);
             let pushed = match &step {
+                // A get in a tracked round asks for the key's ttl too: how
+                // long its text may be served.
+                Step::Commands if op.kind == Kind::Get && tracked.is_some() => {
+                    push_commands(&mut pipe, op, &self.store.keys, how, None);
+                    pipe.cmd("PTTL").arg(self.store.keys.session(&op.id));
+                    Ok(2)
+                }
                 // A merge's commands are its script.
                 Step::Commands | Step::Script => Ok(push_commands(
                     &mut pipe,
@@ -386,22 +442,23 @@ impl<'a> Batch<'a> {
                         first,
                         len,
                         token,
+                        ticket,
                     });
                     first += len;
                 }
                 Err(e) => done.push((pending.op, Outcome::Failed(e))),
             }
         }
-        (pipe, planned)
+        (pipe, planned, tracked)
     }
 
     /// A merge starts with the compare-and-set when this store has the session's
     /// text, and with a read otherwise.
     fn first_merge_step(&self, at: usize) -> Step {
         match self.store.texts.get(&self.ops[at].id) {
-            Some(Remembered { text: old, checked }) => {
-                self.splice(at, old, checked, true).unwrap_or(Step::Read)
-            } // let the stored text decide
+            Some(Remembered {
+                text: old, checked, ..
+            }) => self.splice(at, old, checked, true).unwrap_or(Step::Read), // let the stored text decide
             None => Step::Read,
         }
     }
@@ -509,6 +566,7 @@ impl<'a> Batch<'a> {
         token: Option<String>,
         replies: &mut [Value],
         capabilities: &Capabilities,
+        keep: Keep,
     ) -> Next {
         let op = &self.ops[at];
         let stats = &self.store.stats;
@@ -539,11 +597,9 @@ impl<'a> Batch<'a> {
                     (Kind::Merge, Some(Value::Int(_))) => stats.merge_step(MergeStep::Script),
                     _ => {}
                 }
-                Next::Finished(self.store.settle(
-                    op,
-                    token,
-                    decode_replies(op.kind, replies, self.store.conn.is_cluster()),
-                ))
+                let outcome = decode_replies(op.kind, replies, self.store.conn.is_cluster());
+                self.keep(op, keep, &outcome, replies);
+                Next::Finished(self.store.settle(op, token, outcome))
             }
             Step::Read => match replies.first_mut().map(std::mem::take) {
                 Some(Value::Nil) => {
@@ -574,10 +630,16 @@ impl<'a> Batch<'a> {
                 Some(true) => {
                     let native = capabilities.compare_and_set != CompareAndSetBy::Script;
                     stats.merge_step(MergeStep::Written { remembered, native });
-                    self.store.texts.put(&op.id, Arc::new(new), true);
+                    if let Some(ticket) = keep.ticket {
+                        let until = keep.servable_from.map(|t| t + ttl_of(op));
+                        self.store
+                            .texts
+                            .keep(&op.id, ticket, Arc::new(new), true, until);
+                    }
                     Next::Finished(Outcome::Done)
                 }
                 Some(false) => {
+                    self.end(op, keep);
                     self.store.texts.forget(&op.id);
                     if remembered {
                         stats.merge_step(MergeStep::Stale);
@@ -595,14 +657,64 @@ impl<'a> Batch<'a> {
                         remembered,
                     },
                 ),
-                None => Next::Finished(decode_replies(
-                    Kind::Merge,
-                    replies,
-                    self.store.conn.is_cluster(),
-                )),
+                None => {
+                    self.end(op, keep);
+                    Next::Finished(decode_replies(
+                        Kind::Merge,
+                        replies,
+                        self.store.conn.is_cluster(),
+                    ))
+                }
             },
         }
     }
+
+    /// What the read cache keeps of an op's reply: the text a get found, or
+    /// the one a set wrote, if the op's ticket still holds (`texts.rs`);
+    /// servable when the round's connection tracks, until the key's ttl.
+    fn keep(&self, op: &Op, keep: Keep, outcome: &Outcome, replies: &[Value]) {
+        let Some(ticket) = keep.ticket else {
+            return;
+        };
+        let texts = &self.store.texts;
+        match (op.kind, outcome) {
+            (Kind::Get, Outcome::Text(Some(text))) => {
+                let until = keep.servable_from.and_then(|sent| match replies.get(1) {
+                    Some(Value::Int(ms)) if *ms >= 0 => {
+                        Some(sent + Duration::from_millis(*ms as u64))
+                    }
+                    Some(Value::Int(-1)) => Some(sent + NO_EXPIRY),
+                    _ => None, // gone since, or no ttl asked
+                });
+                texts.keep(
+                    &op.id,
+                    ticket,
+                    Arc::new(text.as_bytes().to_vec()),
+                    false,
+                    until,
+                );
+            }
+            (Kind::Set, Outcome::Done) => {
+                let until = keep.servable_from.map(|sent| sent + ttl_of(op));
+                let text = Arc::new(op.args[0].as_bytes().to_vec());
+                // store.js checked that it is the JSON of one object.
+                texts.keep(&op.id, ticket, text, true, until);
+            }
+            _ => texts.end(&op.id, ticket),
+        }
+    }
+
+    /// The op's ticket goes unused.
+    fn end(&self, op: &Op, keep: Keep) {
+        if let Some(ticket) = keep.ticket {
+            self.store.texts.end(&op.id, ticket);
+        }
+    }
+}
+
+/// An op's ttl as a duration.
+fn ttl_of(op: &Op) -> Duration {
+    Duration::from_millis(crate::store::ops::ttl_ms(op.ttl))
 }
 
 /// Hands over `done` and fails the ops `unsettled` with `e`: the batch ends.

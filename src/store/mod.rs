@@ -22,6 +22,7 @@ use redis::Value;
 use crate::errors::{Result, StoreError};
 use crate::link::scripts::Scripts;
 use crate::link::topology::Topology;
+use crate::link::tracking::{Invalidations, Tracking};
 use crate::link::{Connection, Timeouts};
 use keys::Keys;
 use locks::LockTokens;
@@ -37,6 +38,9 @@ pub struct Config {
     pub keys: Keys,
     pub timeouts: Timeouts,
     pub remembered_text_bytes: usize,
+    /// The server's reports of changed keys, for the read cache (given to
+    /// the topology's clients as their push sender).
+    pub tracking: Arc<Tracking>,
 }
 
 impl fmt::Debug for Config {
@@ -47,6 +51,7 @@ impl fmt::Debug for Config {
             .field("keys", &self.keys)
             .field("timeouts", &self.timeouts)
             .field("remembered_text_bytes", &self.remembered_text_bytes)
+            .field("tracking", &self.tracking.state())
             .finish()
     }
 }
@@ -58,21 +63,57 @@ pub struct Store {
     pub keys: Keys,
     pub scripts: Scripts,
     pub(crate) tokens: LockTokens,
-    pub(crate) texts: Texts,
+    pub(crate) texts: Arc<Texts>,
     pub stats: Stats,
+}
+
+/// The server's reports, turned from keys into the session ids of the texts.
+struct Reports {
+    texts: Arc<Texts>,
+    keys: Keys,
+}
+
+impl Invalidations for Reports {
+    fn keys(&self, keys: &[Value]) {
+        let ids = keys.iter().filter_map(|k| match k {
+            Value::BulkString(k) => self.keys.id_of(k),
+            _ => None,
+        });
+        self.texts.invalidate(ids);
+    }
+
+    fn everything(&self) {
+        self.texts.flush();
+    }
 }
 
 impl Store {
     pub fn new(config: Config) -> Store {
+        let texts = Arc::new(Texts::new(config.remembered_text_bytes));
+        config.tracking.listen(Arc::new(Reports {
+            texts: Arc::clone(&texts),
+            keys: config.keys.clone(),
+        }));
         Store {
             description: config.description,
-            conn: Connection::new(config.topology, config.timeouts),
+            conn: Connection::new(config.topology, config.timeouts, config.tracking),
             keys: config.keys,
             scripts: Scripts::default(),
             tokens: LockTokens::default(),
-            texts: Texts::new(config.remembered_text_bytes),
+            texts,
             stats: Stats::default(),
         }
+    }
+
+    /// The text a `get` of `id` is answered with from memory, if the read
+    /// cache holds it (`texts.rs`); counted as a get that found a session.
+    pub fn cached(&self, id: &str) -> Option<Arc<Vec<u8>>> {
+        if !self.conn.tracking.serves() {
+            return None;
+        }
+        let text = self.texts.serve(id, Instant::now())?;
+        self.stats.served_from_memory();
+        Some(text)
     }
 
     pub async fn close(&self) {
@@ -89,19 +130,8 @@ impl Store {
         }
     }
 
-    /// Keeps the lock tokens and the remembered texts in step with what Redis
-    /// answered.
+    /// Keeps the lock tokens in step with what Redis answered.
     pub(crate) fn settle(&self, op: &Op, token: Option<String>, outcome: Outcome) -> Outcome {
-        match (op.kind, &outcome) {
-            (Kind::Get, Outcome::Text(Some(text))) => {
-                self.texts
-                    .put(&op.id, Arc::new(text.as_bytes().to_vec()), false)
-            }
-            // Unknown now: a get that failed or found nothing, a set, a delete,
-            // a merge the server-side script did.
-            (Kind::Get | Kind::Set | Kind::Delete | Kind::Merge, _) => self.texts.forget(&op.id),
-            _ => {}
-        }
         match (op.kind, &outcome, token) {
             (Kind::Lock, Outcome::Bool(true), Some(token)) => {
                 let ttl = ttl_ms(op.ttl);

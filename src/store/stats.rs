@@ -202,6 +202,15 @@ impl Stats {
         }
     }
 
+    /// A `get` answered from the read cache: a call that found a session,
+    /// settled as it was made.
+    pub fn served_from_memory(&self) {
+        let k = Kind::Get as usize;
+        add(&self.calls[k]);
+        self.latency[k].record(Duration::ZERO);
+        add(&self.hits);
+    }
+
     /// A `get` counted as a hit whose text turned out not to be a JSON object
     /// (`ERR_CORRUPT_SESSION`, found when JavaScript parsed it): a failed
     /// call, as tracing reports it, not a hit.

@@ -1,15 +1,33 @@
-//! The session texts this store last read or wrote, so that a merge can splice
-//! into a text it already has and go straight to the compare-and-set: one round
-//! trip instead of two, as relay-session always reads a session before it saves
-//! it. A text that is out of date costs nothing but a failed compare: the merge
-//! then reads the stored text afresh.
+//! The session texts this store holds: the read cache, and what saves a
+//! merge its read.
+//!
+//! Every text this store last read or wrote is kept, so that a merge can
+//! splice into a text it already has and go straight to the compare-and-set:
+//! one round trip instead of two. A text that is out of date costs nothing
+//! but a failed compare: the merge then reads the stored text afresh.
+//!
+//! While the server tracks the session keys (`link/tracking.rs`), a text
+//! read or written on a connection that was confirmed to track is also
+//! *servable*: a `get` is answered from it, with no round trip, until its
+//! ttl ends or the server reports a change. What makes that safe:
+//! - A text is kept only by the op that holds the key's latest *ticket*,
+//!   taken when its command was planned. A report of a change (or a flush,
+//!   or a lost connection) takes every ticket back, so a reply that crossed
+//!   a report on its way in (the classic race of client-side caching) is
+//!   never kept, whichever of the two was handled first.
+//! - Writes by this store take a ticket too and drop the text until their
+//!   own reply; `store.js` does not ask for a key with a write in flight.
+//! - A text's ttl counts from before its command was sent, so it ends no
+//!   later than the key's on the server.
 //!
 //! Bounded by the memory the entries really take (texts, ids, and the
 //! bookkeeping of each entry), the `rememberedTextBytes` option; the oldest
 //! entries go first.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
 
 /// The default of the `rememberedTextBytes` option.
 pub const DEFAULT_MAX_BYTES: usize = 8 << 20;
@@ -27,11 +45,21 @@ const ORDER_OVERHEAD: usize = 48;
 pub struct Remembered {
     pub text: Arc<Vec<u8>>,
     pub checked: bool,
+    /// Until when a `get` may be answered with it; None: only a merge's hint.
+    pub servable_until: Option<Instant>,
 }
+
+/// The right to keep a key's text once the op's reply is in: the key's
+/// latest, and not taken back by a report of a change meanwhile.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ticket(u64);
 
 #[derive(Default)]
 struct Inner {
     texts: HashMap<String, (Remembered, u64)>,
+    /// The latest ticket of each key with an op in flight.
+    tickets: HashMap<String, u64>,
+    next_ticket: u64,
     /// (id, generation) in insertion order; stale generations are skipped.
     order: VecDeque<(String, u64)>,
     /// What `texts` and `order` take, counted as above.
@@ -42,6 +70,20 @@ struct Inner {
 pub struct Texts {
     inner: Mutex<Inner>,
     max_bytes: usize,
+    pub counts: CacheCounts,
+}
+
+/// What the read cache did, for `stats().readCache`.
+#[derive(Default)]
+pub struct CacheCounts {
+    /// `get`s answered from memory.
+    pub hits: AtomicU64,
+    /// `get`s that went to Redis while the cache was on.
+    pub misses: AtomicU64,
+    /// Keys the server reported changed.
+    pub invalidations: AtomicU64,
+    /// Times everything was forgotten: a flush, a connection lost or replaced.
+    pub flushes: AtomicU64,
 }
 
 fn entry_cost(id: &str, text: &[u8]) -> usize {
@@ -58,6 +100,7 @@ impl Texts {
         Texts {
             inner: Mutex::new(Inner::default()),
             max_bytes,
+            counts: CacheCounts::default(),
         }
     }
 
@@ -67,6 +110,7 @@ impl Texts {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
+    /// The text this store holds for `id`, servable or not (a merge's hint).
     pub fn get(&self, id: &str) -> Option<Remembered> {
         if self.max_bytes == 0 {
             return None;
@@ -74,22 +118,83 @@ impl Texts {
         self.inner().texts.get(id).map(|(t, _)| t.clone())
     }
 
-    pub fn put(&self, id: &str, text: Arc<Vec<u8>>, checked: bool) {
+    /// The text a `get` of `id` may be answered with at `now`, counted as a
+    /// hit; None (a miss) sends the `get` to Redis.
+    pub fn serve(&self, id: &str, now: Instant) -> Option<Arc<Vec<u8>>> {
+        let served = self.inner().texts.get(id).and_then(|(t, _)| {
+            t.servable_until
+                .filter(|until| *until > now)
+                .map(|_| Arc::clone(&t.text))
+        });
+        let counter = match served {
+            Some(_) => &self.counts.hits,
+            None => &self.counts.misses,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        served
+    }
+
+    /// An op on `id` is being sent: the text is dropped until its reply, and
+    /// only this ticket may keep one then.
+    pub fn begin(&self, id: &str) -> Ticket {
+        let mut inner = self.inner();
+        inner.remove(id);
+        inner.next_ticket += 1;
+        let ticket = inner.next_ticket;
+        if inner.tickets.len() > 2 * inner.texts.len() + 1024 {
+            // Tickets of ops that never settled: taking them back only means
+            // their texts are not kept.
+            inner.tickets.clear();
+        }
+        inner.tickets.insert(id.to_owned(), ticket);
+        Ticket(ticket)
+    }
+
+    /// Keeps `text` as `id`'s (`servable_until`: for `get`s, None: only for
+    /// merges) if `ticket` is still the key's: no later op, report of a
+    /// change or flush came in between.
+    pub fn keep(
+        &self,
+        id: &str,
+        ticket: Ticket,
+        text: Arc<Vec<u8>>,
+        checked: bool,
+        servable_until: Option<Instant>,
+    ) {
+        let mut inner = self.inner();
+        if inner.tickets.get(id) != Some(&ticket.0) {
+            return;
+        }
+        inner.tickets.remove(id);
         if self.max_bytes == 0 {
             return;
         }
+        let entry = Remembered {
+            text,
+            checked,
+            servable_until,
+        };
+        self.put(&mut inner, id, entry);
+    }
+
+    /// The op with `ticket` settled without a text to keep.
+    pub fn end(&self, id: &str, ticket: Ticket) {
         let mut inner = self.inner();
+        if inner.tickets.get(id) == Some(&ticket.0) {
+            inner.tickets.remove(id);
+        }
+    }
+
+    fn put(&self, inner: &mut Inner, id: &str, entry: Remembered) {
         inner.remove(id);
         // One entry may take an eighth of the budget at most.
-        if entry_cost(id, &text) + order_cost(id) > self.max_bytes / 8 {
+        if entry_cost(id, &entry.text) + order_cost(id) > self.max_bytes / 8 {
             return;
         }
         inner.generation += 1;
         let generation = inner.generation;
-        inner.bytes += entry_cost(id, &text) + order_cost(id);
-        inner
-            .texts
-            .insert(id.to_owned(), (Remembered { text, checked }, generation));
+        inner.bytes += entry_cost(id, &entry.text) + order_cost(id);
+        inner.texts.insert(id.to_owned(), (entry, generation));
         inner.order.push_back((id.to_owned(), generation));
         while inner.bytes > self.max_bytes {
             let Some((oldest, g)) = inner.order.pop_front() else {
@@ -122,11 +227,35 @@ impl Texts {
         }
     }
 
-    pub fn forget(&self, id: &str) {
-        if self.max_bytes == 0 {
-            return;
+    /// The server reported that the keys of these ids changed: their texts
+    /// and tickets go.
+    pub fn invalidate<'i>(&self, ids: impl Iterator<Item = &'i str>) {
+        let mut inner = self.inner();
+        for id in ids {
+            self.counts.invalidations.fetch_add(1, Ordering::Relaxed);
+            inner.remove(id);
+            inner.tickets.remove(id);
         }
+    }
+
+    /// Anything may have changed: every text and ticket goes.
+    pub fn flush(&self) {
+        let mut inner = self.inner();
+        self.counts.flushes.fetch_add(1, Ordering::Relaxed);
+        inner.texts.clear();
+        inner.tickets.clear();
+        inner.order.clear();
+        inner.bytes = 0;
+    }
+
+    /// Drops `id`'s text (out of date, or unknown now).
+    pub fn forget(&self, id: &str) {
         self.inner().remove(id);
+    }
+
+    /// How many texts are held.
+    pub fn count(&self) -> usize {
+        self.inner().texts.len()
     }
 
     /// The memory the entries take, as counted against the bound.
@@ -152,11 +281,71 @@ mod tests {
         Arc::new(vec![b'x'; n])
     }
 
+    fn later() -> Option<Instant> {
+        Some(Instant::now() + std::time::Duration::from_secs(60))
+    }
+
+    impl Texts {
+        fn remember(&self, id: &str, text: Arc<Vec<u8>>, checked: bool) {
+            let ticket = self.begin(id);
+            self.keep(id, ticket, text, checked, None);
+        }
+    }
+
+    #[test]
+    fn a_report_between_send_and_reply_keeps_the_text_out() {
+        let t = Texts::new(DEFAULT_MAX_BYTES);
+        // The reply comes after the report of a change: not kept.
+        let ticket = t.begin("a");
+        t.invalidate(["a"].into_iter());
+        t.keep("a", ticket, text(3), false, later());
+        assert!(t.get("a").is_none());
+        // A flush in between: not kept either.
+        let ticket = t.begin("a");
+        t.flush();
+        t.keep("a", ticket, text(3), false, later());
+        assert!(t.get("a").is_none());
+        // A later op on the key holds the ticket: the earlier one keeps nothing.
+        let first = t.begin("a");
+        let second = t.begin("a");
+        t.keep("a", first, text(1), false, later());
+        assert!(t.get("a").is_none());
+        t.keep("a", second, text(2), false, later());
+        assert_eq!(t.serve("a", Instant::now()).unwrap().len(), 2);
+        // A report after the text was kept drops it.
+        t.invalidate(["a"].into_iter());
+        assert!(t.serve("a", Instant::now()).is_none());
+    }
+
+    #[test]
+    fn a_text_is_served_only_until_its_ttl_ends() {
+        let t = Texts::new(DEFAULT_MAX_BYTES);
+        let now = Instant::now();
+        let ticket = t.begin("a");
+        t.keep(
+            "a",
+            ticket,
+            text(3),
+            false,
+            Some(now + std::time::Duration::from_millis(5)),
+        );
+        assert!(t.serve("a", now).is_some());
+        assert!(t
+            .serve("a", now + std::time::Duration::from_millis(5))
+            .is_none());
+        // A text kept for merges only is never served.
+        t.remember("b", text(3), true);
+        assert!(t.get("b").is_some());
+        assert!(t.serve("b", now).is_none());
+        assert_eq!(t.counts.hits.load(Ordering::Relaxed), 1);
+        assert_eq!(t.counts.misses.load(Ordering::Relaxed), 2);
+    }
+
     #[test]
     fn keeps_replaces_and_forgets() {
         let t = Texts::new(DEFAULT_MAX_BYTES);
-        t.put("a", text(10), false);
-        t.put("a", text(20), false);
+        t.remember("a", text(10), false);
+        t.remember("a", text(20), false);
         assert_eq!(t.get("a").unwrap().text.len(), 20);
         t.forget("a");
         assert!(t.get("a").is_none());
@@ -167,7 +356,7 @@ mod tests {
         let t = Texts::new(DEFAULT_MAX_BYTES);
         let each = DEFAULT_MAX_BYTES / 16;
         for i in 0..20 {
-            t.put(&i.to_string(), text(each), false);
+            t.remember(&i.to_string(), text(each), false);
         }
         assert!(t.get("0").is_none());
         assert!(t.get("19").is_some());
@@ -180,7 +369,7 @@ mod tests {
         let t = Texts::new(1 << 20);
         let long = "i".repeat(8192);
         for i in 0..1000 {
-            t.put(&format!("{long}{i}"), text(2), false);
+            t.remember(&format!("{long}{i}"), text(2), false);
         }
         let inner = t.inner();
         let real: usize = inner.texts.keys().map(|k| k.len() + 2).sum::<usize>()
@@ -198,7 +387,7 @@ mod tests {
     fn order_stays_bounded_when_one_id_is_written_often() {
         let t = Texts::new(DEFAULT_MAX_BYTES);
         for _ in 0..10_000 {
-            t.put("a", text(8), false);
+            t.remember("a", text(8), false);
         }
         assert!(t.inner().order.len() <= 2 + 64 + 1);
         assert_eq!(
@@ -210,11 +399,11 @@ mod tests {
     #[test]
     fn huge_texts_and_a_zero_bound_keep_nothing() {
         let t = Texts::new(DEFAULT_MAX_BYTES);
-        t.put("a", text(DEFAULT_MAX_BYTES / 8), false);
+        t.remember("a", text(DEFAULT_MAX_BYTES / 8), false);
         assert!(t.get("a").is_none());
         assert_eq!(t.bytes(), 0);
         let off = Texts::new(0);
-        off.put("a", text(1), false);
+        off.remember("a", text(1), false);
         assert!(off.get("a").is_none());
     }
 }
