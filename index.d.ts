@@ -290,10 +290,12 @@ export interface ReadCacheCounts {
    * Whether the server reports changes to the session keys:
    * `'on'`; `'starting'` (the next call turns it on: at first, and after
    * a connection was lost); `'refused'` (the server or its ACL refused
-   * `CLIENT TRACKING`: every `get` goes to Redis); `'off'` (`readCache:
-   * false`, `rememberedTextBytes: 0`, or a cluster).
+   * `CLIENT TRACKING`: every `get` goes to Redis); `'evicting'` (the
+   * server has a `maxmemory` and a policy that evicts, or would not say:
+   * every `get` goes to Redis); `'off'` (`readCache` not given,
+   * `rememberedTextBytes: 0`, or a cluster).
    */
-  tracking: 'on' | 'starting' | 'refused' | 'off'
+  tracking: 'on' | 'starting' | 'refused' | 'evicting' | 'off'
   /** `get`s answered from memory, with no round trip. */
   hits: number
   /** `get`s that went to Redis while tracking was on. */
@@ -392,8 +394,10 @@ export interface StoreOptions {
    * Answer a `get` of a session this store holds from memory, with no
    * round trip, while the server reports every change to the session keys
    * (`CLIENT TRACKING`, RESP3). Texts are held within
-   * `rememberedTextBytes`. Default `true`; `false` sends every `get` to
-   * Redis. Not on a cluster yet, nor where the server refuses tracking.
+   * `rememberedTextBytes`. Default `false` (every `get` goes to Redis):
+   * another store's write may be missed for a moment (see the README's
+   * "Read cache"). Not on a cluster yet, nor where the server refuses
+   * tracking or may evict keys.
    */
   readCache?: boolean
 }

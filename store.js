@@ -34,7 +34,7 @@ class RedisSessionStore {
   /** What lock keys put after the prefix: no session id starts with it. */
   #lockPrefix = ''
   /** Whether a get may be answered from the read cache (options.readCache). */
-  #readCache = true
+  #readCache = false
   /**
    * Sessions with a write in flight (set, merge, delete, touch), and how
    * many: a get of one goes to Redis, behind the write, never to the read
@@ -59,7 +59,7 @@ class RedisSessionStore {
       },
     }
     this.#lockPrefix = addon.lockPrefix
-    this.#readCache = options.readCache !== false
+    this.#readCache = options.readCache === true
     if (options.preloadScript) {
       // A failed preload is retried by the first merge (NOSCRIPT loads the
       // scripts), so its failure is not reported here.

@@ -164,6 +164,8 @@ async function serve() {
   const store =
     kind === 'store' || kind === 'store-traced'
       ? createRedisSessionStore({ url })
+      : kind === 'store-cache'
+        ? createRedisSessionStore({ url, readCache: true })
       : kind === 'baseline'
         ? createRequire(import.meta.url)(path.resolve(process.env.APP_BASELINE, 'store.js')).createRedisSessionStore({ url })
         : kind === 'js-auto'

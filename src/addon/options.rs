@@ -65,8 +65,10 @@ pub struct StoreOptions {
     /// Answer a `get` of a session this store holds from memory, with no
     /// round trip, while the server reports every change to the session keys
     /// (`CLIENT TRACKING`, RESP3). Texts are held within
-    /// `rememberedTextBytes`. Default `true`; `false` sends every `get` to
-    /// Redis. Not on a cluster yet, nor where the server refuses tracking.
+    /// `rememberedTextBytes`. Default `false` (every `get` goes to Redis):
+    /// another store's write may be missed for a moment (see the README's
+    /// "Read cache"). Not on a cluster yet, nor where the server refuses
+    /// tracking or may evict keys.
     pub read_cache: Option<bool>,
 }
 
@@ -234,9 +236,19 @@ impl StoreOptions {
         // The read cache needs a text budget, and (for now) one link to one
         // server at a time: not a cluster, whose clients open links to new
         // masters by themselves.
-        let tracks =
-            o.read_cache.unwrap_or(true) && remembered_text_bytes > 0 && o.cluster.is_none();
-        let tracking = Tracking::new(prefix, tracks);
+        // And a plain TCP connection (the store opens it itself, to watch its
+        // socket: `link/tracking.rs`): not TLS, not a Unix socket.
+        let plain_tcp = certs.is_none()
+            && match (&o.url, &o.sentinel) {
+                (_, Some(_)) => true,
+                (Some(url), None) => url.starts_with("redis://"),
+                (None, None) => true,
+            };
+        let tracks = o.read_cache.unwrap_or(false)
+            && remembered_text_bytes > 0
+            && o.cluster.is_none()
+            && plain_tcp;
+        let tracking = Tracking::new(tracks);
         let pushes = tracks.then(|| tracking.pushes());
         let (topology, description) = if let Some(c) = &o.cluster {
             cluster_topology(c, o, db, certs, timeouts)?

@@ -130,9 +130,11 @@ pub struct ReadCacheCounts {
     /// Whether the server reports changes to the session keys:
     /// `'on'`; `'starting'` (the next call turns it on: at first, and after
     /// a connection was lost); `'refused'` (the server or its ACL refused
-    /// `CLIENT TRACKING`: every `get` goes to Redis); `'off'` (`readCache:
-    /// false`, `rememberedTextBytes: 0`, or a cluster).
-    #[napi(ts_type = "'on' | 'starting' | 'refused' | 'off'")]
+    /// `CLIENT TRACKING`: every `get` goes to Redis); `'evicting'` (the
+    /// server has a `maxmemory` and a policy that evicts, or would not say:
+    /// every `get` goes to Redis); `'off'` (`readCache` not given,
+    /// `rememberedTextBytes: 0`, or a cluster).
+    #[napi(ts_type = "'on' | 'starting' | 'refused' | 'evicting' | 'off'")]
     pub tracking: String,
     /// `get`s answered from memory, with no round trip.
     pub hits: f64,
@@ -205,7 +207,11 @@ pub fn snapshot(store: &Store) -> StoreStats {
         read_cache: {
             let c = &store.texts.counts;
             ReadCacheCounts {
-                tracking: store.conn.tracking.state().as_str().to_owned(),
+                tracking: if store.conn.tracking.stands_aside() {
+                    "evicting".to_owned()
+                } else {
+                    store.conn.tracking.state().as_str().to_owned()
+                },
                 hits: load(&c.hits),
                 misses: load(&c.misses),
                 invalidations: load(&c.invalidations),

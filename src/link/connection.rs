@@ -16,7 +16,7 @@ use crate::errors::{Result, StoreError};
 use crate::link::capabilities::{Capabilities, NativeCommand};
 use crate::link::retry::Revive;
 use crate::link::topology::{is_lost, Link, Route, Timeouts, Topology};
-use crate::link::tracking::{Tracking, TrackingState, HEARTBEAT};
+use crate::link::tracking::{eviction_question, may_evict, Tracking, TrackingState, HEARTBEAT};
 
 /// The link calls use now.
 struct Open {
@@ -217,6 +217,13 @@ impl Connection {
     /// if need be.
     async fn link(&self) -> Result<(Link, u64, Capabilities)> {
         let asked = Instant::now();
+        if self.tracking.take_broken() {
+            // The connection the store opened itself closed: another one.
+            let mut state = self.state();
+            if matches!(*state, State::Ready(_)) {
+                *state = State::Idle;
+            }
+        }
         loop {
             let unknown = match &*self.state() {
                 State::Ready(Open {
@@ -263,6 +270,13 @@ impl Connection {
             let opened = async {
                 let (link, address) = self.topology.open(self.connect_timeout).await?;
                 let capabilities = link.capabilities().await?;
+                if self.tracking.state() != TrackingState::Off {
+                    let replies = link
+                        .exec(&eviction_question())
+                        .await
+                        .map_err(|e| StoreError::from_redis(e, false))?;
+                    self.tracking.server_may_evict(may_evict(&replies));
+                }
                 Ok::<_, StoreError>((link, address, capabilities))
             };
             let (link, address, capabilities) = match opened.await {

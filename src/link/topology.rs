@@ -6,7 +6,12 @@
 
 use std::time::Duration;
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use std::sync::Arc;
+
+use redis::aio::{
+    AsyncPushSender, ConnectionLike, ConnectionManager, ConnectionManagerConfig,
+    MultiplexedConnection,
+};
 use redis::cluster::{ClusterClient, ClusterClientBuilder};
 use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::{MultipleNodeRoutingInfo, RoutingInfo, SingleNodeRoutingInfo};
@@ -19,7 +24,7 @@ use redis::{
 use crate::errors::{Code, Result, StoreError};
 use crate::link::capabilities::Capabilities;
 use crate::link::retry;
-use crate::link::tracking::Pushes;
+use crate::link::tracking::{Pushes, SocketWatch, Watched};
 
 /// A store's two timeouts: `connectTimeout`, for establishing a connection,
 /// and `commandTimeout`, for an answer. A whole call is bounded by their sum.
@@ -34,11 +39,18 @@ pub struct Timeouts {
 // its variants does not matter.
 #[allow(clippy::large_enum_variant)]
 pub enum Topology {
-    Single(redis::Client, ConnectionManagerConfig),
+    /// The client, its manager's settings, and where the server's pushes go
+    /// when the store tracks keys (then the store opens the connection
+    /// itself, to watch its socket: `tracking.rs`).
+    Single(redis::Client, ConnectionManagerConfig, Option<Pushes>),
     /// The client, and the first seed node's address.
     Cluster(ClusterClient, String),
     /// The sentinels are asked for the master each time a link opens.
-    Sentinel(tokio::sync::Mutex<SentinelClient>, ConnectionManagerConfig),
+    Sentinel(
+        tokio::sync::Mutex<SentinelClient>,
+        ConnectionManagerConfig,
+        Option<Pushes>,
+    ),
 }
 
 /// The sentinels and what the store needs of the master they name.
@@ -74,7 +86,7 @@ fn manager_config(timeouts: Timeouts, pushes: Option<Pushes>) -> ConnectionManag
 impl Topology {
     /// One server; `pushes` for a client that speaks RESP3 and tracks keys.
     pub fn single(client: redis::Client, timeouts: Timeouts, pushes: Option<Pushes>) -> Topology {
-        Topology::Single(client, manager_config(timeouts, pushes))
+        Topology::Single(client, manager_config(timeouts, None), pushes)
     }
 
     /// A Redis Cluster reached through seed `nodes`.
@@ -148,7 +160,8 @@ impl Topology {
         })?;
         Ok(Topology::Sentinel(
             tokio::sync::Mutex::new(client),
-            manager_config(timeouts, pushes),
+            manager_config(timeouts, None),
+            pushes,
         ))
     }
 
@@ -157,17 +170,22 @@ impl Topology {
         matches!(self, Topology::Cluster(..))
     }
 
-    /// Whether the master may change under the store (Sentinel): a link is
-    /// given up when it breaks or its server answers READONLY.
+    /// Whether a link is given up when it breaks or its server answers
+    /// READONLY, and the next call opens another: with Sentinel (the master
+    /// may have changed), and for a link the store opened itself to track
+    /// keys (no manager reconnects it).
     pub fn follows_failover(&self) -> bool {
-        matches!(self, Topology::Sentinel(..))
+        matches!(
+            self,
+            Topology::Sentinel(..) | Topology::Single(_, _, Some(_))
+        )
     }
 
     /// Whether a lost link is revived in the background (a single server;
     /// cluster connections reconnect by themselves, and with Sentinel the
     /// next call asks the sentinels).
     pub fn revives(&self) -> bool {
-        matches!(self, Topology::Single(..))
+        matches!(self, Topology::Single(_, _, None))
     }
 
     /// A new link and the `host:port` it went to (on a cluster: the first
@@ -177,21 +195,31 @@ impl Topology {
     pub async fn open(&self, connect_timeout: Duration) -> Result<(Link, String)> {
         let t = connect_timeout;
         match self {
-            Topology::Single(client, config) => {
+            Topology::Single(client, config, pushes) => {
+                let info = client.get_connection_info();
+                let address = info.addr().to_string();
+                if let Some(pushes) = pushes {
+                    let node = within(t, open_watched(info, pushes.clone())).await?;
+                    return Ok((Link::Single(node), address));
+                }
                 let m = ConnectionManager::new_with_config(client.clone(), config.clone());
-                let address = client.get_connection_info().addr().to_string();
-                Ok((Link::Single(within(t, m).await?), address))
+                Ok((Link::Single(Node::Managed(within(t, m).await?)), address))
             }
             Topology::Cluster(client, seed) => Ok((
                 Link::Cluster(within(t, client.get_async_connection()).await?),
                 seed.clone(),
             )),
-            Topology::Sentinel(sentinel, config) => {
+            Topology::Sentinel(sentinel, config, pushes) => {
                 let lookup = async { sentinel.lock().await.async_get_client().await };
                 let client = within(t, lookup).await?;
-                let address = client.get_connection_info().addr().to_string();
+                let info = client.get_connection_info();
+                let address = info.addr().to_string();
+                if let Some(pushes) = pushes {
+                    let node = within(t, open_watched(info, pushes.clone())).await?;
+                    return Ok((Link::Single(node), address));
+                }
                 let m = ConnectionManager::new_with_config(client, config.clone());
-                Ok((Link::Single(within(t, m).await?), address))
+                Ok((Link::Single(Node::Managed(within(t, m).await?)), address))
             }
         }
     }
@@ -200,11 +228,47 @@ impl Topology {
     /// `host:port` (on a cluster, the first seed's; with Sentinel, none yet).
     pub fn address(&self) -> String {
         match self {
-            Topology::Single(client, _) => client.get_connection_info().addr().to_string(),
+            Topology::Single(client, _, _) => client.get_connection_info().addr().to_string(),
             Topology::Cluster(_, seed) => seed.clone(),
             Topology::Sentinel(..) => String::new(),
         }
     }
+}
+
+/// A connection the store opens itself to a plain TCP server, watching its
+/// socket (`tracking.rs`): RESP3, the server's pushes to `pushes`. Its
+/// driver runs as a task of its own; when it ends (the connection closed),
+/// `pushes` hears of it.
+async fn open_watched(info: &ConnectionInfo, pushes: Pushes) -> RedisResult<Node> {
+    let (host, port) = match info.addr() {
+        ConnectionAddr::Tcp(host, port) => (host.clone(), *port),
+        _ => {
+            return Err(RedisError::from((
+                redis::ErrorKind::InvalidClientConfig,
+                "the read cache needs a plain TCP connection",
+            )))
+        }
+    };
+    let stream = tokio::net::TcpStream::connect((host.as_str(), port)).await?;
+    stream.set_nodelay(true)?;
+    let watch = Arc::new(SocketWatch::of(&stream));
+    let pushes = pushes.watching(Arc::clone(&watch));
+    let config = redis::AsyncConnectionConfig::new().set_push_sender(pushes.clone());
+    let (connection, driver) = MultiplexedConnection::new_with_config(
+        info.redis_settings(),
+        Watched::new(stream, watch),
+        config,
+    )
+    .await?;
+    tokio::spawn(async move {
+        driver.await;
+        // The connection is gone: whatever the driver said, say it once more.
+        let _ = pushes.send(redis::PushInfo {
+            kind: redis::PushKind::Disconnection,
+            data: Vec::new(),
+        });
+    });
+    Ok(Node::Watched(connection))
 }
 
 /// `connecting`, given up after `connect_timeout`.
@@ -253,8 +317,44 @@ pub enum Route<'a> {
 /// master of its key.
 #[derive(Clone)]
 pub enum Link {
-    Single(ConnectionManager),
+    Single(Node),
     Cluster(ClusterConnection),
+}
+
+/// One server's connection: kept open by a manager, or opened by the store
+/// itself to watch its socket (the read cache: `tracking.rs`).
+#[derive(Clone)]
+pub enum Node {
+    Managed(ConnectionManager),
+    Watched(MultiplexedConnection),
+}
+
+impl ConnectionLike for Node {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a redis::Cmd) -> redis::RedisFuture<'a, Value> {
+        match self {
+            Node::Managed(m) => m.req_packed_command(cmd),
+            Node::Watched(w) => w.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        cmd: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisFuture<'a, Vec<Value>> {
+        match self {
+            Node::Managed(m) => m.req_packed_commands(cmd, offset, count),
+            Node::Watched(w) => w.req_packed_commands(cmd, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Node::Managed(m) => m.get_db(),
+            Node::Watched(w) => w.get_db(),
+        }
+    }
 }
 
 impl Link {

@@ -1,13 +1,19 @@
 //! Server-assisted tracking of the session keys (`CLIENT TRACKING`), which
 //! keeps the store's read cache (`store/texts.rs`) honest: the server tells
-//! the link when a key under the prefix changes, and the link tells the
-//! cache.
+//! the link when a session key whose text the cache keeps changes, and the
+//! link tells the cache.
 //!
-//! The mode is `BCAST PREFIX <prefix> NOLOOP`: the server keeps no table of
-//! the keys each client read; it reports every change under the prefix to
-//! every store but the writer, batched per event-loop turn. Invalidations
-//! come as RESP3 pushes on the link itself, read by the connection's own
-//! task, so they are handled as soon as their bytes arrive.
+//! The mode is `OPTIN NOLOOP`: the server remembers which keys this link
+//! asked it to (`CLIENT CACHING YES` before the read: only the session keys
+//! whose texts the cache keeps, not lock keys or a merge's read) and reports
+//! a change to one of them once, to the readers but the writer. The report
+//! leaves the server with the writer's reply or before it: a store told of a
+//! write by its writer has the report on its way already. (`BCAST` sends its
+//! reports only at the end of the server's event-loop turn, after the
+//! writer's reply: a reader told at once read the old text 31 times in 2,000
+//! rounds. Default mode would track every key the link reads.) Reports come
+//! as RESP3 pushes on the link itself, handled by the connection's own task
+//! as soon as their bytes arrive.
 //!
 //! Whether a connection tracks is confirmed in the very pipeline whose
 //! replies the cache may keep (the round's first command): `CLIENT GETREDIR`
@@ -22,10 +28,23 @@
 //! served only while the link answered within [`FRESH_FOR`]: an answer comes
 //! after every report the server sent before it, on the same connection. An
 //! idle link is pinged every [`HEARTBEAT`] to stay fresh.
+//!
+//! And a report may have arrived without being handled yet: the connection's
+//! task reads it on a runtime thread, while the `get` that should see it runs
+//! on JavaScript's. A writer's reply and the report to the readers leave the
+//! server together, so a reader told by the writer at once could find its
+//! text before its own thread read the report. So the store opens the
+//! connection itself and watches its socket ([`SocketWatch`]): a text is
+//! served only when the socket has nothing to read (no byte, no end) and the connection's task
+//! has handled all it read.
 
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use redis::aio::{AsyncPushSender, SendError};
 use redis::{Cmd, PushInfo, PushKind, Value};
@@ -77,12 +96,125 @@ impl TrackingState {
 /// One store's tracking: the command that turns it on, its state, and where
 /// the server's pushes go.
 pub struct Tracking {
-    prefix: String,
     state: AtomicU8,
+    /// The server may evict keys (a `maxmemory` and a policy other than
+    /// `noeviction`, or unknown): an eviction the store's own write caused is
+    /// not reported to it (NOLOOP), so the cache answers no `get`.
+    may_evict: AtomicBool,
     listener: OnceLock<Arc<dyn Invalidations>>,
     /// When the link last answered, in ms after `since`.
     heard_ms: AtomicU64,
     since: Instant,
+    /// The socket of the current connection.
+    socket: Mutex<Option<Arc<SocketWatch>>>,
+    /// Set when the connection closed: the next call opens another.
+    broken: AtomicBool,
+    /// Connections opened (the current one's number).
+    connections: AtomicU64,
+}
+
+/// A watched connection's socket: whether it holds bytes not read yet, and
+/// whether the connection's task handled all it read (its last read found
+/// nothing more).
+pub struct SocketWatch {
+    #[cfg(unix)]
+    fd: std::os::fd::RawFd,
+    drained: AtomicBool,
+}
+
+impl SocketWatch {
+    pub fn of(stream: &tokio::net::TcpStream) -> SocketWatch {
+        #[cfg(not(unix))]
+        let _ = stream;
+        SocketWatch {
+            #[cfg(unix)]
+            fd: std::os::fd::AsRawFd::as_raw_fd(stream),
+            drained: AtomicBool::new(false),
+        }
+    }
+
+    /// Nothing came that the store has not handled.
+    pub fn quiet(&self) -> bool {
+        if !self.drained.load(Ordering::Acquire) {
+            return false;
+        }
+        #[cfg(unix)]
+        {
+            let mut socket = libc::pollfd {
+                fd: self.fd,
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: one pollfd, no wait. The fd stays open while the watch
+            // is the current one (a closed connection is replaced before its
+            // watch could be asked again, and a reused fd only makes this
+            // answer "not quiet"). Readable: bytes, or the end of the
+            // connection, wait to be read.
+            let ready = unsafe { libc::poll(&mut socket, 1, 0) };
+            ready == 0
+        }
+        #[cfg(not(unix))]
+        false
+    }
+}
+
+/// A stream whose reads tell its [`SocketWatch`] whether the reader is done.
+pub struct Watched<S> {
+    inner: S,
+    watch: Arc<SocketWatch>,
+}
+
+impl<S> Watched<S> {
+    pub fn new(inner: S, watch: Arc<SocketWatch>) -> Self {
+        Watched { inner, watch }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        // Not done from the moment bytes may leave the socket until a read
+        // finds no more: the reader then handled everything before it.
+        self.watch.drained.store(false, Ordering::Release);
+        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if polled.is_pending() {
+            self.watch.drained.store(true, Ordering::Release);
+        }
+        polled
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
 }
 
 /// How long after the link's last answer the cache may still answer `get`s:
@@ -94,13 +226,31 @@ pub const HEARTBEAT: Duration = Duration::from_millis(500);
 /// The push sender a link's clients are given: it hands invalidations to the
 /// store's cache, from the connection's own task, without waiting.
 #[derive(Clone)]
-pub struct Pushes(Arc<Tracking>);
+pub struct Pushes(Arc<Tracking>, u64);
+
+impl Pushes {
+    /// The pushes of a new connection, which watches this socket: from now
+    /// on, those of an older connection (its end, as it is dropped) are not
+    /// heard.
+    pub fn watching(&self, watch: Arc<SocketWatch>) -> Pushes {
+        let t = &self.0;
+        let id = t.connections.fetch_add(1, Ordering::AcqRel) + 1;
+        *t.socket
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(watch);
+        t.broken.store(false, Ordering::Release);
+        Pushes(Arc::clone(t), id)
+    }
+}
 
 impl AsyncPushSender for Pushes {
     fn send(&self, info: PushInfo) -> Result<(), SendError> {
         let Some(listener) = self.0.listener.get() else {
             return Ok(());
         };
+        if self.1 != 0 && self.1 != self.0.connections.load(Ordering::Acquire) {
+            return Ok(()); // an older connection's
+        }
         match info.kind {
             PushKind::Invalidate => match info.data.first() {
                 Some(Value::Array(keys)) => listener.keys(keys),
@@ -108,7 +258,10 @@ impl AsyncPushSender for Pushes {
                 _ => listener.everything(),
             },
             // The connection is gone, and its reports with it.
-            PushKind::Disconnection => self.0.lost(),
+            PushKind::Disconnection => {
+                self.0.broken.store(true, Ordering::Release);
+                self.0.lost()
+            }
             _ => {}
         }
         Ok(())
@@ -116,14 +269,17 @@ impl AsyncPushSender for Pushes {
 }
 
 impl Tracking {
-    /// Tracking of the keys under `prefix`; `enabled` false: none.
-    pub fn new(prefix: &str, enabled: bool) -> Arc<Tracking> {
+    /// A store's tracking; `enabled` false: none.
+    pub fn new(enabled: bool) -> Arc<Tracking> {
         Arc::new(Tracking {
-            prefix: prefix.to_owned(),
             state: AtomicU8::new(if enabled { 1 } else { 0 }),
+            may_evict: AtomicBool::new(false),
             listener: OnceLock::new(),
             heard_ms: AtomicU64::new(0),
             since: Instant::now(),
+            socket: Mutex::new(None),
+            broken: AtomicBool::new(false),
+            connections: AtomicU64::new(0),
         })
     }
 
@@ -142,12 +298,26 @@ impl Tracking {
     /// Whether a `get` may be answered from memory now: tracking is on and the
     /// link answered within [`FRESH_FOR`].
     pub fn serves(&self) -> bool {
-        self.state() == TrackingState::On && self.quiet_for() < FRESH_FOR
+        self.state() == TrackingState::On
+            && self.quiet_for() < FRESH_FOR
+            && !self.stands_aside()
+            && self
+                .socket
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .as_ref()
+                .is_some_and(|s| s.quiet())
     }
 
     /// The push sender for the link's clients.
     pub fn pushes(self: &Arc<Self>) -> Pushes {
-        Pushes(Arc::clone(self))
+        Pushes(Arc::clone(self), 0)
+    }
+
+    /// Whether the connection closed since last asked (the next call opens
+    /// another).
+    pub fn take_broken(&self) -> bool {
+        self.broken.swap(false, Ordering::AcqRel)
     }
 
     /// Where invalidations go from now on (set once, by the store).
@@ -159,6 +329,17 @@ impl Tracking {
         TrackingState::from_u8(self.state.load(Ordering::Acquire))
     }
 
+    /// What the link's server said of evictions when the link opened (see
+    /// [`eviction_question`]).
+    pub fn server_may_evict(&self, evicts: bool) {
+        self.may_evict.store(evicts, Ordering::Release);
+    }
+
+    /// Whether the cache stands aside because the server may evict keys.
+    pub fn stands_aside(&self) -> bool {
+        self.may_evict.load(Ordering::Acquire)
+    }
+
     fn set(&self, from: TrackingState, to: TrackingState) {
         let _ =
             self.state
@@ -168,14 +349,13 @@ impl Tracking {
     /// The command that opens a round whose replies the cache may keep:
     /// turning tracking on, or confirming it. None: no tracking.
     pub fn round_command(&self) -> Option<Cmd> {
+        if self.stands_aside() {
+            return None;
+        }
         match self.state() {
             TrackingState::Starting => {
                 let mut cmd = redis::cmd("CLIENT");
-                cmd.arg("TRACKING").arg("ON").arg("BCAST");
-                if !self.prefix.is_empty() {
-                    cmd.arg("PREFIX").arg(&self.prefix);
-                }
-                cmd.arg("NOLOOP");
+                cmd.arg("TRACKING").arg("ON").arg("OPTIN").arg("NOLOOP");
                 Some(cmd)
             }
             TrackingState::On => {
@@ -204,11 +384,6 @@ impl Tracking {
                 self.lost();
                 false
             }
-            // Tracking on already: the prefix is this store's own.
-            Value::ServerError(e) if e.details().is_some_and(|d| d.contains("overlaps")) => {
-                self.set(TrackingState::Starting, TrackingState::On);
-                true
-            }
             // NOPERM, an unknown subcommand: not on this server.
             Value::ServerError(_) => {
                 self.set(TrackingState::Starting, TrackingState::Refused);
@@ -231,6 +406,39 @@ impl Tracking {
         if let Some(listener) = self.listener.get() {
             listener.everything();
         }
+    }
+}
+
+/// Asked when a link that tracks opens: `CONFIG GET maxmemory` and
+/// `maxmemory-policy`.
+pub fn eviction_question() -> redis::Pipeline {
+    let mut pipe = redis::pipe();
+    pipe.ignore_errors();
+    pipe.cmd("CONFIG").arg("GET").arg("maxmemory");
+    pipe.cmd("CONFIG").arg("GET").arg("maxmemory-policy");
+    pipe
+}
+
+/// Whether the replies to [`eviction_question`] leave room for an eviction:
+/// a memory limit with an evicting policy, or replies that do not say (an
+/// ACL without CONFIG).
+pub fn may_evict(replies: &[Value]) -> bool {
+    let value = |reply: Option<&Value>| -> Option<String> {
+        let v = match reply? {
+            Value::Map(pairs) => pairs.first().map(|(_, v)| v)?,
+            Value::Array(items) => items.get(1)?,
+            _ => return None,
+        };
+        match v {
+            Value::BulkString(b) => Some(String::from_utf8_lossy(b).into_owned()),
+            Value::SimpleString(s) => Some(s.clone()),
+            _ => None,
+        }
+    };
+    match (value(replies.first()), value(replies.get(1))) {
+        (Some(limit), _) if limit == "0" => false,
+        (Some(_), Some(policy)) => policy != "noeviction",
+        _ => true,
     }
 }
 
@@ -260,7 +468,7 @@ mod tests {
 
     #[test]
     fn pushes_reach_the_listener() {
-        let t = Tracking::new("sess:", true);
+        let t = Tracking::new(true);
         let heard = Arc::new(Heard::default());
         t.listen(heard.clone());
         let p = t.pushes();
@@ -285,8 +493,25 @@ mod tests {
     }
 
     #[test]
+    fn evictions_are_possible_unless_the_server_says_otherwise() {
+        let pair = |k: &str, v: &str| {
+            Value::Map(vec![(
+                Value::BulkString(k.as_bytes().to_vec()),
+                Value::BulkString(v.as_bytes().to_vec()),
+            )])
+        };
+        let ask = |limit: &str, policy: &str| {
+            may_evict(&[pair("maxmemory", limit), pair("maxmemory-policy", policy)])
+        };
+        assert!(!ask("0", "allkeys-lru"));
+        assert!(!ask("1000", "noeviction"));
+        assert!(ask("1000", "volatile-lru"));
+        assert!(may_evict(&[Value::Nil, Value::Nil]));
+    }
+
+    #[test]
     fn states_follow_the_replies() {
-        let t = Tracking::new("sess:", true);
+        let t = Tracking::new(true);
         assert_eq!(t.state(), TrackingState::Starting);
         assert!(t.confirmed(&Value::Okay));
         assert_eq!(t.state(), TrackingState::On);
@@ -301,7 +526,7 @@ mod tests {
             assert!(!t.confirmed(&Value::ServerError(e)));
             assert_eq!(t.state(), TrackingState::Refused);
         }
-        let off = Tracking::new("sess:", false);
+        let off = Tracking::new(false);
         assert!(off.round_command().is_none());
         off.lost();
         assert_eq!(off.state(), TrackingState::Off);

@@ -108,6 +108,9 @@ struct Planned {
     token: Option<String>,
     /// The right to keep the session's text from the reply (`texts.rs`).
     ticket: Option<Ticket>,
+    /// A write sent as a tracked transaction (`track_write`): where its
+    /// `EXEC` reply is, which holds the op's own replies.
+    exec: Option<usize>,
 }
 
 /// What a round may keep in the read cache: its ops' tickets, and when it
@@ -313,13 +316,21 @@ impl<'a> Batch<'a> {
             len,
             token,
             ticket,
+            exec,
         } in planned
         {
             let keep = Keep {
                 ticket,
                 servable_from,
             };
-            let r = replies.get_mut(first..first + len).unwrap_or_default();
+            let mut unwrapped;
+            let r = match exec {
+                Some(at) => {
+                    unwrapped = exec_replies(&mut replies, first, len, at);
+                    &mut unwrapped[..]
+                }
+                None => replies.get_mut(first..first + len).unwrap_or_default(),
+            };
             if !scripts_loaded && r.iter().any(is_noscript) {
                 missing_script = true;
                 pending.step = Some(step);
@@ -398,13 +409,34 @@ impl<'a> Batch<'a> {
                 _ => None,
             };
             let how = (capabilities, scripts);
+            // In a tracked round, the reads and writes whose texts the cache
+            // keeps ask the server to report the key's changes (`CLIENT
+            // CACHING YES`: the mode is OPTIN), and read its ttl.
+            let mut exec = None;
             let pushed = match &step {
-                // A get in a tracked round asks for the key's ttl too: how
-                // long its text may be served.
                 Step::Commands if op.kind == Kind::Get && tracked.is_some() => {
+                    pipe.cmd("CLIENT").arg("CACHING").arg("YES");
+                    first += 1;
                     push_commands(&mut pipe, op, &self.store.keys, how, None);
                     pipe.cmd("PTTL").arg(self.store.keys.session(&op.id));
                     Ok(2)
+                }
+                Step::Commands if op.kind == Kind::Set && tracked.is_some() => {
+                    let key = self.store.keys.session(&op.id);
+                    let (at, n) = track_write(&mut pipe, &mut first, &key, |pipe| {
+                        push_commands(pipe, op, &self.store.keys, how, None)
+                    });
+                    exec = Some(at);
+                    Ok(n)
+                }
+                Step::CompareAndSet { old, new, .. } if tracked.is_some() => {
+                    let key = self.store.keys.session(&op.id);
+                    let (at, n) = track_write(&mut pipe, &mut first, &key, |pipe| {
+                        push_compare_and_set(pipe, op, &self.store.keys, how, old, new);
+                        1
+                    });
+                    exec = Some(at);
+                    Ok(n)
                 }
                 // A merge's commands are its script.
                 Step::Commands | Step::Script => Ok(push_commands(
@@ -443,8 +475,9 @@ impl<'a> Batch<'a> {
                         len,
                         token,
                         ticket,
+                        exec,
                     });
-                    first += len;
+                    first += len + usize::from(exec.is_some());
                 }
                 Err(e) => done.push((pending.op, Outcome::Failed(e))),
             }
@@ -709,6 +742,41 @@ impl<'a> Batch<'a> {
         if let Some(ticket) = keep.ticket {
             self.store.texts.end(&op.id, ticket);
         }
+    }
+}
+
+/// Appends a write the read cache keeps the text of, in a round that
+/// tracks: `CLIENT CACHING YES`, `MULTI`, the write (`push`), `PTTL` of its
+/// key, `EXEC`. The write drops this connection's tracking of the key (the
+/// server forgets who read a key it reports changed, and NOLOOP spares the
+/// writer the report); the `PTTL` in the same transaction tracks it again,
+/// with nothing in between. Moves `first` to the write's reply; returns where
+/// `EXEC`'s reply is and how many replies the write has (its own and `PTTL`).
+fn track_write(
+    pipe: &mut Pipeline,
+    first: &mut usize,
+    key: &str,
+    push: impl FnOnce(&mut Pipeline) -> usize,
+) -> (usize, usize) {
+    pipe.cmd("CLIENT").arg("CACHING").arg("YES");
+    pipe.cmd("MULTI");
+    *first += 2;
+    let n = push(pipe) + 1;
+    pipe.cmd("PTTL").arg(key);
+    pipe.cmd("EXEC");
+    (*first + n, n)
+}
+
+/// The replies of a write sent by `track_write`: `EXEC`'s, or (a transaction
+/// the server refused) the ones each command got when it was queued, which
+/// hold the error.
+fn exec_replies(replies: &mut [Value], first: usize, len: usize, exec: usize) -> Vec<Value> {
+    match replies.get_mut(exec).map(std::mem::take) {
+        Some(Value::Array(values)) if values.len() == len => values,
+        _ => replies
+            .get_mut(first..first + len)
+            .map(|r| r.iter_mut().map(std::mem::take).collect())
+            .unwrap_or_default(),
     }
 }
 
