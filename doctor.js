@@ -108,6 +108,7 @@ async function examine(addon) {
   ]
   if (answers.clusterInfo) checks.push(attempt('cluster', () => clusterCheck(facts)))
   checks.push(attempt('scripts', () => scriptsCheck(facts)))
+  checks.push(attempt('readCache', () => readCacheCheck(addon, facts, answers.trackingMax)))
   checks.push(attempt('sessions', () => sessionsCheck(addon, answer(answers.sessions), facts.infos)))
   return { ok: checks.every((c) => c.level !== 'fail'), checks }
 }
@@ -130,7 +131,7 @@ async function ask(addon) {
     return times
   }
   const opened = settle(addon.ping())
-  const [ping, info, save, minReplicas, compares, access, times, clusterInfo, scripts, sessions] = await Promise.all([
+  const [ping, info, save, minReplicas, compares, access, times, clusterInfo, scripts, sessions, trackingMax] = await Promise.all([
     opened,
     settle(query('*', 'INFO')),
     settle(query('*', 'CONFIG', 'GET', 'save')),
@@ -143,6 +144,7 @@ async function ask(addon) {
     cluster ? settle(query('*', 'CLUSTER', 'INFO')) : null,
     settle(query('*', 'SCRIPT', 'EXISTS', ...addon.scriptShas)),
     settle(countSessions(addon, masters, query)),
+    settle(query('*', 'CONFIG', 'GET', 'tracking-table-max-keys')),
   ])
   // A server that cannot be reached, or that refuses the credentials
   // (NOAUTH, WRONGPASS) or the connection itself, cannot be checked at all:
@@ -168,11 +170,33 @@ async function ask(addon) {
     cluster,
     infos,
     infoRefused,
-    answers: { save, minReplicas, compares, access, times, clusterInfo, scripts, sessions },
+    answers: { save, minReplicas, compares, access, times, clusterInfo, scripts, sessions, trackingMax },
   }
 }
 
 /** @typedef {Awaited<ReturnType<typeof ask>>} Facts */
+
+/**
+ * The read cache (readCache): whether it answers gets here, and what its
+ * tracking takes of the server (INFO's tracking_total_keys against
+ * tracking-table-max-keys).
+ * @param {AddonStore} addon @param {Facts} facts @param {{value?: any, error?: unknown}} max
+ */
+function readCacheCheck(addon, facts, max) {
+  const state = addon.stats().readCache.tracking
+  const info = facts.infos[0]?.[1] ?? {}
+  const tracked = info.tracking_total_keys ?? '?'
+  const values = max.error ? [] : perNode(max.value).flatMap(([, r]) => (Array.isArray(r) ? r : r && typeof r === 'object' ? Object.values(r) : [r]))
+  const limit = values.map(String).find((v) => /^\d+$/.test(v))
+  const table = `${tracked} keys tracked for client-side caching${limit ? ` (tracking-table-max-keys ${limit === '0' ? 'unlimited' : limit}; beyond it the server reports keys to make room)` : ''}`
+  if (facts.cluster) return check('ok', 'readCache', 'not on a cluster yet: every get goes to Redis.')
+  if (state === 'off') return check('ok', 'readCache', `off: every get goes to Redis (readCache: true answers gets of held sessions from memory; README, "Read cache"). ${table}.`)
+  if (state === 'refused') return check('warn', 'readCache', 'readCache: true, but the server refused CLIENT TRACKING: every get goes to Redis. Grant +client|tracking (Redis 6.0+).')
+  if (state === 'evicting') {
+    return check('warn', 'readCache', `readCache: true, but the server may evict keys (maxmemory-policy ${info.maxmemory_policy ?? 'unknown'}): the cache stands aside, as an eviction the store's own write causes is not reported to it. maxmemory-policy noeviction (or no maxmemory) lets it answer gets.`)
+  }
+  return check('ok', 'readCache', `on (tracking ${state}): gets of held sessions are answered from memory. ${table}.`)
+}
 
 /** A check's answer, or the failure a check reports as a warning. @param {{value?: any, error?: unknown}} r */
 function answer(r) {

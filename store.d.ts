@@ -48,7 +48,7 @@ export interface CallContext {
 
 /** One check of the doctor. */
 export interface DoctorCheck {
-  /** 'server', 'memory', 'persistence', 'replication', 'acl', 'latency', 'cluster', 'scripts', 'sessions'. */
+  /** 'server', 'memory', 'persistence', 'replication', 'acl', 'latency', 'cluster', 'scripts', 'readCache', 'sessions'. */
   name: string
   /** ok (✓), warn (⚠) or fail (✗). */
   level: 'ok' | 'warn' | 'fail'

@@ -322,6 +322,21 @@ describe('where the server does not track', () => {
     assert.deepEqual([store.stats().readCache.tracking, store.stats().readCache.hits], ['off', 0])
   })
 
+  it('the doctor says whether the cache answers gets, and what the server tracks', async () => {
+    const doctor = async (store) => (await store.doctor()).checks.find((c) => c.name === 'readCache')
+    const off = await doctor(redis.store())
+    assert.equal(off.level, 'ok')
+    assert.match(off.message, /^off: every get goes to Redis.*keys tracked for client-side caching \(tracking-table-max-keys/)
+    const on = redis.store({ readCache: true })
+    await on.get(newId())
+    assert.match((await doctor(on)).message, /^on \(tracking on\)/)
+    const refused = redis.store({ username: 'notrack', password: 'pw', readCache: true })
+    await refused.get(newId())
+    const r = await doctor(refused)
+    assert.equal(r.level, 'warn')
+    assert.match(r.message, /refused CLIENT TRACKING.*\+client\|tracking/)
+  })
+
   it('a readCache that is not a boolean is refused, and nothing is written', async () => {
     const before = await redis.snapshot()
     for (const bad of ['yes', 1, null]) {

@@ -123,6 +123,11 @@ class Batcher {
     if (--this.#batches === 0) for (const resolve of this.#idle.splice(0)) resolve()
   }
 
+  /** Whether a batch of this store is out. */
+  get busy() {
+    return this.#batches > 0
+  }
+
   /** @param {import('../index').AddonStore} addon */
   constructor(addon) {
     this.#addon = addon
