@@ -244,7 +244,7 @@ impl StoreOptions {
                 (Some(url), None) => url.starts_with("redis://"),
                 (None, None) => true,
             };
-        let tracks = o.read_cache.unwrap_or(false)
+        let tracks = o.read_cache.unwrap_or(true)
             && remembered_text_bytes > 0
             && o.cluster.is_none()
             && plain_tcp;

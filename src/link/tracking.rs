@@ -133,11 +133,12 @@ impl SocketWatch {
         }
     }
 
-    /// Nothing came that the store has not handled.
+    /// Nothing came that the store has not handled. The socket is asked
+    /// first, the reader's state after: a read that took bytes out of the
+    /// socket after the first question cleared `drained` before it did.
+    /// (Asked the other way round, a read could start and empty the socket
+    /// in between, and a report it took be missed.)
     pub fn quiet(&self) -> bool {
-        if !self.drained.load(Ordering::Acquire) {
-            return false;
-        }
         #[cfg(unix)]
         {
             let mut socket = libc::pollfd {
@@ -151,7 +152,7 @@ impl SocketWatch {
             // answer "not quiet"). Readable: bytes, or the end of the
             // connection, wait to be read.
             let ready = unsafe { libc::poll(&mut socket, 1, 0) };
-            ready == 0
+            ready == 0 && self.drained.load(Ordering::SeqCst)
         }
         #[cfg(not(unix))]
         false
@@ -178,10 +179,10 @@ impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
     ) -> Poll<std::io::Result<()>> {
         // Not done from the moment bytes may leave the socket until a read
         // finds no more: the reader then handled everything before it.
-        self.watch.drained.store(false, Ordering::Release);
+        self.watch.drained.store(false, Ordering::SeqCst);
         let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
         if polled.is_pending() {
-            self.watch.drained.store(true, Ordering::Release);
+            self.watch.drained.store(true, Ordering::SeqCst);
         }
         polled
     }
