@@ -292,8 +292,8 @@ export interface ReadCacheCounts {
    * a connection was lost); `'refused'` (the server or its ACL refused
    * `CLIENT TRACKING`: every `get` goes to Redis); `'evicting'` (the
    * server has a `maxmemory` and a policy that evicts, or would not say:
-   * every `get` goes to Redis); `'off'` (`readCache` not given,
-   * `rememberedTextBytes: 0`, or a cluster).
+   * every `get` goes to Redis); `'off'` (`readCache` not `true`,
+   * `rememberedTextBytes: 0`, a cluster, TLS or a Unix socket).
    */
   tracking: 'on' | 'starting' | 'refused' | 'evicting' | 'off'
   /** `get`s answered from memory, with no round trip. */
@@ -394,10 +394,10 @@ export interface StoreOptions {
    * Answer a `get` of a session this store holds from memory, with no
    * round trip, while the server reports every change to the session keys
    * (`CLIENT TRACKING`, RESP3). Texts are held within
-   * `rememberedTextBytes`. Default `false` (every `get` goes to Redis):
-   * another store's write may be missed for a moment (see the README's
-   * "Read cache"). Not on a cluster yet, nor where the server refuses
-   * tracking or may evict keys.
+   * `rememberedTextBytes`. Default `false` for now (README, "Read cache":
+   * the connection it opens is not yet reopened in the background). Not
+   * on a cluster, over TLS or a Unix socket yet, nor where the server
+   * refuses tracking or may evict keys.
    */
   readCache?: boolean
 }

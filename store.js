@@ -59,7 +59,7 @@ class RedisSessionStore {
       },
     }
     this.#lockPrefix = addon.lockPrefix
-    this.#readCache = options.readCache !== false
+    this.#readCache = options.readCache === true
     if (options.preloadScript) {
       // A failed preload is retried by the first merge (NOSCRIPT loads the
       // scripts), so its failure is not reported here.

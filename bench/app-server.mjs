@@ -166,6 +166,8 @@ async function serve() {
       ? createRedisSessionStore({ url })
       : kind === 'store-cache'
         ? createRedisSessionStore({ url, readCache: true })
+      : kind === 'store-nocache'
+        ? createRedisSessionStore({ url, readCache: false })
       : kind === 'baseline'
         ? createRequire(import.meta.url)(path.resolve(process.env.APP_BASELINE, 'store.js')).createRedisSessionStore({ url })
         : kind === 'js-auto'

@@ -11,8 +11,9 @@
 //   APP_MULTI (4x32: cells of 4 app processes behind one port, round-robin,
 //   with 32 clients; the Redis stores only; '' for none),
 //   APP_SECONDS (4, after 1 s of warm-up), APP_STORES (store,js-auto,map,zero;
-//   also store-traced: with a tracing subscriber, store-cache: this store
-//   with readCache: true, and baseline: the build
+//   also store-traced: with a tracing subscriber, store-cache and
+//   store-nocache: this store with readCache true and false, and baseline:
+//   the build
 //   in APP_BASELINE, another built checkout of this package),
 //   APP_SERVER (a key of harness/servers.mjs: redis-8.6, valkey-9.1, …;
 //   default the redis-server on PATH or REDIS_SERVER_BIN)

@@ -65,10 +65,10 @@ pub struct StoreOptions {
     /// Answer a `get` of a session this store holds from memory, with no
     /// round trip, while the server reports every change to the session keys
     /// (`CLIENT TRACKING`, RESP3). Texts are held within
-    /// `rememberedTextBytes`. Default `false` (every `get` goes to Redis):
-    /// another store's write may be missed for a moment (see the README's
-    /// "Read cache"). Not on a cluster yet, nor where the server refuses
-    /// tracking or may evict keys.
+    /// `rememberedTextBytes`. Default `false` for now (README, "Read cache":
+    /// the connection it opens is not yet reopened in the background). Not
+    /// on a cluster, over TLS or a Unix socket yet, nor where the server
+    /// refuses tracking or may evict keys.
     pub read_cache: Option<bool>,
 }
 
@@ -244,7 +244,7 @@ impl StoreOptions {
                 (Some(url), None) => url.starts_with("redis://"),
                 (None, None) => true,
             };
-        let tracks = o.read_cache.unwrap_or(true)
+        let tracks = o.read_cache.unwrap_or(false)
             && remembered_text_bytes > 0
             && o.cluster.is_none()
             && plain_tcp;

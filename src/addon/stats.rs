@@ -132,8 +132,8 @@ pub struct ReadCacheCounts {
     /// a connection was lost); `'refused'` (the server or its ACL refused
     /// `CLIENT TRACKING`: every `get` goes to Redis); `'evicting'` (the
     /// server has a `maxmemory` and a policy that evicts, or would not say:
-    /// every `get` goes to Redis); `'off'` (`readCache` not given,
-    /// `rememberedTextBytes: 0`, or a cluster).
+    /// every `get` goes to Redis); `'off'` (`readCache` not `true`,
+    /// `rememberedTextBytes: 0`, a cluster, TLS or a Unix socket).
     #[napi(ts_type = "'on' | 'starting' | 'refused' | 'evicting' | 'off'")]
     pub tracking: String,
     /// `get`s answered from memory, with no round trip.
