@@ -81,11 +81,17 @@ class RedisSessionStore {
   }
 
   /**
-   * The outcome of a write of session `id`, which is marked as being written
-   * until then.
+   * The outcome of a write of session `id`. With the read cache, the session
+   * is marked as being written until then (its gets go to Redis); without,
+   * no get looks, and the write pays nothing for it.
    * @param {string} id @param {Promise<any>} p
    */
-  async #written(id, p) {
+  #written(id, p) {
+    return this.#readCache ? this.#markedWhile(id, p) : this.#outcome(p)
+  }
+
+  /** @param {string} id @param {Promise<any>} p */
+  async #markedWhile(id, p) {
     const writing = this.#writing
     writing.set(id, (writing.get(id) ?? 0) + 1)
     try {
