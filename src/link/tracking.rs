@@ -326,6 +326,11 @@ impl Tracking {
         let _ = self.listener.set(listener);
     }
 
+    /// Whether the store was built with the read cache (`readCache`).
+    pub fn enabled(&self) -> bool {
+        self.state() != TrackingState::Off
+    }
+
     pub fn state(&self) -> TrackingState {
         TrackingState::from_u8(self.state.load(Ordering::Acquire))
     }

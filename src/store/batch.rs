@@ -392,6 +392,7 @@ impl<'a> Batch<'a> {
                 first = 1;
                 Instant::now()
             });
+        let caches = self.store.conn.tracking.enabled();
         for (pending, step) in round {
             let op = &self.ops[pending.op];
             let token = match op.kind {
@@ -400,11 +401,19 @@ impl<'a> Batch<'a> {
                 _ => None,
             };
             // Every step that reads or changes the session, but a merge's
-            // read (its text is spliced, not kept).
+            // read (its text is spliced, not kept). Without the read cache,
+            // the texts are only for the next merge's compare-and-set: a get
+            // or a merge keeps what it found or wrote, a set or a delete only
+            // drops the text (no ticket, no copy of the set's).
             let ticket = match (op.kind, &step) {
                 (_, Step::Read) => None,
-                (Kind::Get | Kind::Set | Kind::Merge | Kind::Delete | Kind::Touch, _) => {
+                (Kind::Get | Kind::Merge, _) => Some(self.store.texts.begin(&op.id)),
+                (Kind::Set | Kind::Delete | Kind::Touch, _) if caches => {
                     Some(self.store.texts.begin(&op.id))
+                }
+                (Kind::Set | Kind::Delete, _) => {
+                    self.store.texts.forget(&op.id);
+                    None
                 }
                 _ => None,
             };
