@@ -28,125 +28,130 @@ async function allSettleWithin(promises, ms) {
 /** The codes of the rejections among settled results. */
 const codes = (results) => new Set(results.filter((r) => r.status === 'rejected').map((r) => r.reason.code))
 
-describe('server down', () => {
-  it('200 calls at once all reject with ERR_CONNECTION within 1.5 s; after the server is back, calls work within 1 s', async () => {
-    const server = await startRedis()
-    const store = createRedisSessionStore({ url: server.url })
-    try {
-      const id = newId()
-      await store.set(id, session(id), 60_000)
-      await server.stop()
-      const t0 = Date.now()
-      const results = await allSettleWithin(
-        Array.from({ length: 200 }, (_, i) => (i % 2 ? store.get(id) : store.merge(id, { 'data.i': i }, 60_000))),
-        1500,
-      )
-      assert.deepEqual(codes(results), new Set(['ERR_CONNECTION']), `after ${Date.now() - t0} ms`)
-      // Still down a while later: each call still fails fast, nothing queues up.
-      await sleep(700)
-      const t1 = Date.now()
-      await assert.rejects(store.get(id), { code: 'ERR_CONNECTION' })
-      assert.ok(Date.now() - t1 < 1500, `took ${Date.now() - t1} ms`)
-      // An unlock of a lock this store never took needs no server: it resolves.
-      await store.unlock(newId())
-      const again = await startRedis({ port: server.port })
+// The faults a store meets on its own connection, with the read cache off
+// and on (then the store opens that connection itself: `readCache`).
+for (const readCache of [false, true]) {
+  const cache = readCache ? ' (read cache on)' : ''
+  describe(`server down${cache}`, () => {
+    it('200 calls at once all reject with ERR_CONNECTION within 1.5 s; after the server is back, calls work within 1 s', async () => {
+      const server = await startRedis()
+      const store = createRedisSessionStore({ url: server.url, readCache })
       try {
-        const ms = await msUntilSuccess(() => store.set(id, session(id), 60_000), 1000)
+        const id = newId()
+        await store.set(id, session(id), 60_000)
+        await server.stop()
+        const t0 = Date.now()
+        const results = await allSettleWithin(
+          Array.from({ length: 200 }, (_, i) => (i % 2 ? store.get(id) : store.merge(id, { 'data.i': i }, 60_000))),
+          1500,
+        )
+        assert.deepEqual(codes(results), new Set(['ERR_CONNECTION']), `after ${Date.now() - t0} ms`)
+        // Still down a while later: each call still fails fast, nothing queues up.
+        await sleep(700)
+        const t1 = Date.now()
+        await assert.rejects(store.get(id), { code: 'ERR_CONNECTION' })
+        assert.ok(Date.now() - t1 < 1500, `took ${Date.now() - t1} ms`)
+        // An unlock of a lock this store never took needs no server: it resolves.
+        await store.unlock(newId())
+        const again = await startRedis({ port: server.port })
+        try {
+          const ms = await msUntilSuccess(() => store.set(id, session(id), 60_000), 1000)
+          assert.ok(ms <= 1000, `${ms} ms`)
+        } finally {
+          await again.stop()
+        }
+      } finally {
+        await store.close()
+      }
+    })
+
+    it('reconnects in the background: once the server is back, the store is connected within about a second without a call', async () => {
+      const server = await startRedis()
+      const store = createRedisSessionStore({ url: server.url, readCache })
+      let again
+      let admin
+      try {
+        const id = newId()
+        await store.set(id, session(id), 60_000)
+        await server.stop()
+        await assert.rejects(store.get(id), { code: 'ERR_CONNECTION' })
+        await sleep(1500) // down a while: the backoff has grown to its cap
+        again = await startRedis({ port: server.port })
+        admin = new Redis({ port: server.port, host: '127.0.0.1', connectionName: 'admin' })
+        const t0 = Date.now()
+        let clients = 0
+        while (clients < 1 && Date.now() - t0 < 2500) {
+          await sleep(50)
+          const list = await admin.client('LIST')
+          clients = list.split('\n').filter((l) => l && !l.includes('name=admin')).length
+        }
+        const ms = Date.now() - t0
+        assert.ok(clients >= 1 && ms <= 1500, `store connected: ${clients >= 1} after ${ms} ms`)
+        const t1 = Date.now()
+        assert.equal((await store.get(id)), null) // a new, empty server
+        assert.ok(Date.now() - t1 < 100)
+      } finally {
+        admin?.disconnect()
+        await store.close()
+        await again?.stop()
+      }
+    })
+  })
+
+  describe(`stalled server (SIGSTOP)${cache}`, () => {
+    it('100 calls in flight all reject with ERR_TIMEOUT near commandTimeout; after SIGCONT calls work', async () => {
+      const server = await startRedis()
+      const store = createRedisSessionStore({ url: server.url, commandTimeout: 400, readCache })
+      try {
+        const id = newId()
+        await store.set(id, session(id), 60_000)
+        server.signal('SIGSTOP')
+        const t0 = Date.now()
+        const results = await allSettleWithin(
+          Array.from({ length: 100 }, (_, i) => (i % 3 ? store.get(id) : store.merge(id, { 'data.i': i }, 60_000))),
+          2500,
+        )
+        const took = Date.now() - t0
+        assert.deepEqual(codes(results), new Set(['ERR_TIMEOUT']))
+        assert.ok(took >= 350 && took < 2500, `took ${took} ms`)
+        server.signal('SIGCONT')
+        const ms = await msUntilSuccess(() => store.merge(id, { 'data.after': true }, 60_000), 1000)
         assert.ok(ms <= 1000, `${ms} ms`)
+        assert.equal((await store.get(id)).data.after, true)
       } finally {
-        await again.stop()
+        server.signal('SIGCONT')
+        await store.close()
+        await server.stop()
       }
-    } finally {
-      await store.close()
-    }
+    })
   })
 
-  it('reconnects in the background: once the server is back, the store is connected within about a second without a call', async () => {
-    const server = await startRedis()
-    const store = createRedisSessionStore({ url: server.url })
-    let again
-    let admin
-    try {
-      const id = newId()
-      await store.set(id, session(id), 60_000)
-      await server.stop()
-      await assert.rejects(store.get(id), { code: 'ERR_CONNECTION' })
-      await sleep(1500) // down a while: the backoff has grown to its cap
-      again = await startRedis({ port: server.port })
-      admin = new Redis({ port: server.port, host: '127.0.0.1', connectionName: 'admin' })
-      const t0 = Date.now()
-      let clients = 0
-      while (clients < 1 && Date.now() - t0 < 2500) {
-        await sleep(50)
-        const list = await admin.client('LIST')
-        clients = list.split('\n').filter((l) => l && !l.includes('name=admin')).length
-      }
-      const ms = Date.now() - t0
-      assert.ok(clients >= 1 && ms <= 1500, `store connected: ${clients >= 1} after ${ms} ms`)
-      const t1 = Date.now()
-      assert.equal((await store.get(id)), null) // a new, empty server
-      assert.ok(Date.now() - t1 < 100)
-    } finally {
-      admin?.disconnect()
-      await store.close()
-      await again?.stop()
-    }
-  })
-})
-
-describe('stalled server (SIGSTOP)', () => {
-  it('100 calls in flight all reject with ERR_TIMEOUT near commandTimeout; after SIGCONT calls work', async () => {
-    const server = await startRedis()
-    const store = createRedisSessionStore({ url: server.url, commandTimeout: 400 })
-    try {
-      const id = newId()
-      await store.set(id, session(id), 60_000)
-      server.signal('SIGSTOP')
-      const t0 = Date.now()
-      const results = await allSettleWithin(
-        Array.from({ length: 100 }, (_, i) => (i % 3 ? store.get(id) : store.merge(id, { 'data.i': i }, 60_000))),
-        2500,
-      )
-      const took = Date.now() - t0
-      assert.deepEqual(codes(results), new Set(['ERR_TIMEOUT']))
-      assert.ok(took >= 350 && took < 2500, `took ${took} ms`)
-      server.signal('SIGCONT')
-      const ms = await msUntilSuccess(() => store.merge(id, { 'data.after': true }, 60_000), 1000)
-      assert.ok(ms <= 1000, `${ms} ms`)
-      assert.equal((await store.get(id)).data.after, true)
-    } finally {
-      server.signal('SIGCONT')
-      await store.close()
-      await server.stop()
-    }
-  })
-})
-
-describe('killed server (kill -9) under load', () => {
-  it('calls in flight settle with coded errors within 2 s; after a restart the merge reloads its script', async () => {
-    const server = await startRedis()
-    const store = createRedisSessionStore({ url: server.url })
-    try {
-      const id = newId()
-      await store.set(id, session(id), 60_000)
-      await store.merge(id, { 'data.warm': 1 }, 60_000) // the script is cached, then lost with the server
-      const inFlight = Array.from({ length: 300 }, (_, i) => store.merge(id, { [`data.k${i}`]: i }, 60_000))
-      server.signal('SIGKILL')
-      const results = await allSettleWithin(inFlight, 2000)
-      for (const c of codes(results)) assert.ok(['ERR_CONNECTION', 'ERR_TIMEOUT'].includes(c), c)
-      const again = await startRedis({ port: server.port })
+  describe(`killed server (kill -9) under load${cache}`, () => {
+    it('calls in flight settle with coded errors within 2 s; after a restart the merge reloads its script', async () => {
+      const server = await startRedis()
+      const store = createRedisSessionStore({ url: server.url, readCache })
       try {
-        await msUntilSuccess(() => store.set(id, session(id), 60_000), 1500)
-        await store.merge(id, { 'data.n': 2 }, 60_000)
-        assert.equal((await store.get(id)).data.n, 2)
+        const id = newId()
+        await store.set(id, session(id), 60_000)
+        await store.merge(id, { 'data.warm': 1 }, 60_000) // the script is cached, then lost with the server
+        const inFlight = Array.from({ length: 300 }, (_, i) => store.merge(id, { [`data.k${i}`]: i }, 60_000))
+        server.signal('SIGKILL')
+        const results = await allSettleWithin(inFlight, 2000)
+        for (const c of codes(results)) assert.ok(['ERR_CONNECTION', 'ERR_TIMEOUT'].includes(c), c)
+        const again = await startRedis({ port: server.port })
+        try {
+          await msUntilSuccess(() => store.set(id, session(id), 60_000), 1500)
+          await store.merge(id, { 'data.n': 2 }, 60_000)
+          assert.equal((await store.get(id)).data.n, 2)
+        } finally {
+          await again.stop()
+        }
       } finally {
-        await again.stop()
+        await store.close()
       }
-    } finally {
-      await store.close()
-    }
+    })
   })
-})
+}
 
 describe('process lifecycle', () => {
   it('a script that never calls close() exits by itself once its calls are done', async () => {

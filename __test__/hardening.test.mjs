@@ -258,29 +258,34 @@ describe('one bound per call, kept', () => {
     }
   }
 
-  it('with replies delayed 900 ms, a merge needing three round trips settles within its bound, and a get of the same tick is not held back', async () => {
-    proxy.delayMs = 0
-    const store = redis.store({ url: proxy.url, connectTimeout: 500, commandTimeout: 1000 })
-    const [a, b, c] = [newId(), newId(), newId()]
-    for (const id of [a, b, c]) await store.set(id, session(id), 60_000)
-    await store.get(a) // remembered, then made stale: the merge must compare, read, compare
-    await redis.admin.set(`sess:${a}`, JSON.stringify(session(a, { other: 1 })), 'PX', 60_000)
-    proxy.delayMs = 900
-    const calls = [
-      timed(store.merge(a, { 'data.x': 1 }, 60_000)),
-      timed(store.get(b)),
-      ...Array.from({ length: 8 }, (_, i) => timed(store.merge(c, { [`data.m${i}`]: i }, 60_000))),
-    ]
-    const [merge, get, ...merges] = await Promise.all(calls)
-    const bound = 1500
-    for (const r of [merge, get, ...merges]) assert.ok(r.ms <= bound + 300, `settled after ${r.ms} ms (${r.code})`)
-    assert.equal(get.code, 'ok')
-    assert.ok(get.ms < 1400, `get took ${get.ms} ms`)
-    assert.equal(merge.code, 'ERR_TIMEOUT')
-    assert.ok(merges.some((r) => r.code === 'ERR_TIMEOUT'), 'the eighth merge of one session cannot fit in 1.5 s')
-    proxy.delayMs = 0
-    await sleep(1000)
-  })
+  // With the read cache on, the store opens its connection itself: the same
+  // bound holds there (commandTimeout, not the client's own default).
+  for (const readCache of [false, true]) {
+    const cache = readCache ? ' (read cache on)' : ''
+    it(`with replies delayed 900 ms, a merge needing three round trips settles within its bound, and a get of the same tick is not held back${cache}`, async () => {
+      proxy.delayMs = 0
+      const store = redis.store({ url: proxy.url, connectTimeout: 500, commandTimeout: 1000, readCache })
+      const [a, b, c] = [newId(), newId(), newId()]
+      for (const id of [a, b, c]) await store.set(id, session(id), 60_000)
+      await store.get(a) // remembered, then made stale: the merge must compare, read, compare
+      await redis.admin.set(`sess:${a}`, JSON.stringify(session(a, { other: 1 })), 'PX', 60_000)
+      proxy.delayMs = 900
+      const calls = [
+        timed(store.merge(a, { 'data.x': 1 }, 60_000)),
+        timed(store.get(b)),
+        ...Array.from({ length: 8 }, (_, i) => timed(store.merge(c, { [`data.m${i}`]: i }, 60_000))),
+      ]
+      const [merge, get, ...merges] = await Promise.all(calls)
+      const bound = 1500
+      for (const r of [merge, get, ...merges]) assert.ok(r.ms <= bound + 300, `settled after ${r.ms} ms (${r.code})`)
+      assert.equal(get.code, 'ok')
+      assert.ok(get.ms < 1400, `get took ${get.ms} ms`)
+      assert.equal(merge.code, 'ERR_TIMEOUT')
+      assert.ok(merges.some((r) => r.code === 'ERR_TIMEOUT'), 'the eighth merge of one session cannot fit in 1.5 s')
+      proxy.delayMs = 0
+      await sleep(1000)
+    })
+  }
 
   it('the bound counts from the call: time the event loop is busy before the call crosses into Rust is part of it', async () => {
     proxy.delayMs = 0

@@ -188,25 +188,28 @@ describe('status and ping()', () => {
     await store.close()
   })
 
-  it('a ping that finds the connection lost starts the reconnect, as a session call does', async () => {
-    const port = await freePort()
-    let server = await startRedis({ port })
-    const store = createRedisSessionStore({ url: server.url, connectTimeout: 300, commandTimeout: 300 })
-    try {
-      await store.ping()
-      await server.stop()
-      await rejectsWith(store.ping(), 'ERR_CONNECTION')
-      assert.equal(store.status, 'reconnecting')
-      server = await startRedis({ port })
-      // No call is made from here: only the background reconnect can bring it back.
-      for (let i = 0; i < 250 && store.status !== 'ready'; i++) await sleep(20)
-      assert.equal(store.status, 'ready')
-      assert.equal(store.stats().reconnects, 1)
-    } finally {
-      await store.close()
-      await server.stop()
-    }
-  })
+  for (const readCache of [false, true]) {
+    const cache = readCache ? ' (read cache on)' : ''
+    it(`a ping that finds the connection lost starts the reconnect, as a session call does${cache}`, async () => {
+      const port = await freePort()
+      let server = await startRedis({ port })
+      const store = createRedisSessionStore({ url: server.url, connectTimeout: 300, commandTimeout: 300, readCache })
+      try {
+        await store.ping()
+        await server.stop()
+        await rejectsWith(store.ping(), 'ERR_CONNECTION')
+        assert.equal(store.status, 'reconnecting')
+        server = await startRedis({ port })
+        // No call is made from here: only the background reconnect can bring it back.
+        for (let i = 0; i < 250 && store.status !== 'ready'; i++) await sleep(20)
+        assert.equal(store.status, 'ready')
+        assert.equal(store.stats().reconnects, 1)
+      } finally {
+        await store.close()
+        await server.stop()
+      }
+    })
+  }
 
   it("is 'reconnecting' while the server is down, and counts the reconnect", async () => {
     const port = await freePort()

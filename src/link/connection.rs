@@ -6,7 +6,7 @@
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, Once};
+use std::sync::{Arc, Mutex, MutexGuard, Once, Weak};
 use std::time::{Duration, Instant};
 
 use redis::{Pipeline, RedisResult, Value};
@@ -46,8 +46,10 @@ pub struct Ready<'a> {
 }
 
 pub struct Connection {
+    /// This connection, for the background reopen (`revive`).
+    me: Weak<Connection>,
     topology: Topology,
-    connect_timeout: Duration,
+    timeouts: Timeouts,
     /// Bound on a whole call: establishing the link, then the answer.
     call_timeout: Duration,
     state: Mutex<State>,
@@ -133,10 +135,11 @@ fn is_readonly(v: &Value) -> bool {
 impl Connection {
     /// A connection to `topology`: connecting bounded by the connect
     /// timeout, a whole call by that plus the command timeout.
-    pub fn new(topology: Topology, timeouts: Timeouts, tracking: Arc<Tracking>) -> Self {
+    pub fn new(topology: Topology, timeouts: Timeouts, tracking: Arc<Tracking>) -> Arc<Self> {
         install_crypto_provider();
-        Connection {
-            connect_timeout: timeouts.connect,
+        Arc::new_cyclic(|me| Connection {
+            me: me.clone(),
+            timeouts,
             call_timeout: timeouts.connect + timeouts.command,
             state: Mutex::new(State::Idle),
             opening: tokio::sync::Mutex::new(()),
@@ -152,7 +155,7 @@ impl Connection {
             topology,
             tracking,
             heartbeat: Mutex::new(None),
-        }
+        })
     }
 
     pub fn status(&self) -> Status {
@@ -218,10 +221,14 @@ impl Connection {
     async fn link(&self) -> Result<(Link, u64, Capabilities)> {
         let asked = Instant::now();
         if self.tracking.take_broken() {
-            // The connection the store opened itself closed: another one.
+            // The connection the store opened itself closed: another one,
+            // opened by this call or else in the background.
             let mut state = self.state();
             if matches!(*state, State::Ready(_)) {
                 *state = State::Idle;
+                self.lost.store(true, Ordering::Release);
+                drop(state);
+                self.reopen();
             }
         }
         loop {
@@ -268,7 +275,7 @@ impl Connection {
                 }
             }
             let opened = async {
-                let (link, address) = self.topology.open(self.connect_timeout).await?;
+                let (link, address) = self.topology.open(self.timeouts).await?;
                 let capabilities = link.capabilities().await?;
                 if self.tracking.state() != TrackingState::Off {
                     let replies = link
@@ -412,9 +419,13 @@ impl Connection {
     }
 
     /// Reconnects a lost connection in the background where the topology
-    /// says so: pings with a capped backoff until the server answers or the
-    /// store closes.
+    /// says so, with a capped backoff until the server answers or the store
+    /// closes: a link the client reopens by itself is pinged; the store's own
+    /// connection (the read cache's) is replaced by a new link.
     fn revive(&self, link: &Link) {
+        if self.topology.reopens() {
+            return self.reopen();
+        }
         if !self.topology.revives() || self.reviving.swap(true, Ordering::AcqRel) {
             return;
         }
@@ -434,6 +445,32 @@ impl Connection {
                 }
             }
             reviving.store(false, Ordering::Release);
+        });
+    }
+
+    /// Replaces the store's own connection (the read cache's: no manager
+    /// reopens it) in the background, with a capped backoff until a link
+    /// opens or the store closes.
+    fn reopen(&self) {
+        if !self.topology.reopens() || self.reviving.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let me = self.me.clone();
+        tokio::spawn(async move {
+            let mut revive = Revive::default();
+            loop {
+                tokio::time::sleep(revive.next_wait()).await;
+                let Some(conn) = me.upgrade() else {
+                    break;
+                };
+                let bound = conn.call_timeout;
+                let opened = !conn.closing.load(Ordering::Acquire)
+                    && matches!(tokio::time::timeout(bound, conn.link()).await, Ok(Ok(_)));
+                if opened || conn.closing.load(Ordering::Acquire) {
+                    conn.reviving.store(false, Ordering::Release);
+                    break;
+                }
+            }
         });
     }
 

@@ -188,18 +188,26 @@ impl Topology {
         matches!(self, Topology::Single(_, _, None))
     }
 
+    /// Whether a lost link is replaced in the background by a new one (a
+    /// single server over the connection the store opened itself for the
+    /// read cache: that connection is not reopened by a manager).
+    pub fn reopens(&self) -> bool {
+        matches!(self, Topology::Single(_, _, Some(_)))
+    }
+
     /// A new link and the `host:port` it went to (on a cluster: the first
     /// seed node), connected within `connect_timeout`: a server that never
     /// answers (or never completes a TLS handshake: a plain server behind a
-    /// rediss:// URL) fails with ERR_CONNECTION then.
-    pub async fn open(&self, connect_timeout: Duration) -> Result<(Link, String)> {
-        let t = connect_timeout;
+    /// rediss:// URL) fails with ERR_CONNECTION then; answers are awaited for
+    /// `timeouts.command`.
+    pub async fn open(&self, timeouts: Timeouts) -> Result<(Link, String)> {
+        let t = timeouts.connect;
         match self {
             Topology::Single(client, config, pushes) => {
                 let info = client.get_connection_info();
                 let address = info.addr().to_string();
                 if let Some(pushes) = pushes {
-                    let node = within(t, open_watched(info, pushes.clone())).await?;
+                    let node = within(t, open_watched(info, pushes.clone(), timeouts)).await?;
                     return Ok((Link::Single(node), address));
                 }
                 let m = ConnectionManager::new_with_config(client.clone(), config.clone());
@@ -215,7 +223,7 @@ impl Topology {
                 let info = client.get_connection_info();
                 let address = info.addr().to_string();
                 if let Some(pushes) = pushes {
-                    let node = within(t, open_watched(info, pushes.clone())).await?;
+                    let node = within(t, open_watched(info, pushes.clone(), timeouts)).await?;
                     return Ok((Link::Single(node), address));
                 }
                 let m = ConnectionManager::new_with_config(client, config.clone());
@@ -239,7 +247,11 @@ impl Topology {
 /// socket (`tracking.rs`): RESP3, the server's pushes to `pushes`. Its
 /// driver runs as a task of its own; when it ends (the connection closed),
 /// `pushes` hears of it.
-async fn open_watched(info: &ConnectionInfo, pushes: Pushes) -> RedisResult<Node> {
+async fn open_watched(
+    info: &ConnectionInfo,
+    pushes: Pushes,
+    timeouts: Timeouts,
+) -> RedisResult<Node> {
     let (host, port) = match info.addr() {
         ConnectionAddr::Tcp(host, port) => (host.clone(), *port),
         _ => {
@@ -253,7 +265,12 @@ async fn open_watched(info: &ConnectionInfo, pushes: Pushes) -> RedisResult<Node
     stream.set_nodelay(true)?;
     let watch = Arc::new(SocketWatch::of(&stream));
     let pushes = pushes.watching(Arc::clone(&watch));
-    let config = redis::AsyncConnectionConfig::new().set_push_sender(pushes.clone());
+    // The crate's own response timeout (500 ms) would cut calls shorter
+    // than commandTimeout says.
+    let config = redis::AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(timeouts.connect))
+        .set_response_timeout(Some(timeouts.command))
+        .set_push_sender(pushes.clone());
     let (connection, driver) = MultiplexedConnection::new_with_config(
         info.redis_settings(),
         Watched::new(stream, watch),

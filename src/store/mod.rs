@@ -59,7 +59,7 @@ impl fmt::Debug for Config {
 pub struct Store {
     /// Where the store connects, without credentials.
     pub description: String,
-    pub conn: Connection,
+    pub conn: Arc<Connection>,
     pub keys: Keys,
     pub scripts: Scripts,
     pub(crate) tokens: LockTokens,
