@@ -52,6 +52,11 @@ export declare class AddonStore {
    * it, or its key would be another session's lock key.
    */
   get lockPrefix(): string
+  /**
+   * Whether this store keeps a read cache (`readCache`, and a topology
+   * that allows it): `get`s ask [`cached`](Self::cached) first.
+   */
+  get readCache(): boolean
   /** `'connecting' | 'ready' | 'reconnecting' | 'closed'`. */
   get status(): 'connecting' | 'ready' | 'reconnecting' | 'closed'
   /** Counts since the store was created. */

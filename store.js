@@ -33,7 +33,7 @@ class RedisSessionStore {
   #where = { prefix: '', address: '' }
   /** What lock keys put after the prefix: no session id starts with it. */
   #lockPrefix = ''
-  /** Whether a get may be answered from the read cache (options.readCache). */
+  /** Whether a get may be answered from the read cache (options.readCache, where the topology allows it). */
   #readCache = false
   /**
    * Sessions with a write in flight (set, merge, delete, touch), and how
@@ -59,7 +59,7 @@ class RedisSessionStore {
       },
     }
     this.#lockPrefix = addon.lockPrefix
-    this.#readCache = options.readCache === true
+    this.#readCache = addon.readCache
     if (options.preloadScript) {
       // A failed preload is retried by the first merge (NOSCRIPT loads the
       // scripts), so its failure is not reported here.

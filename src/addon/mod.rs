@@ -173,6 +173,13 @@ impl AddonStore {
         self.inner.keys.lock_prefix().to_owned()
     }
 
+    /// Whether this store keeps a read cache (`readCache`, and a topology
+    /// that allows it): `get`s ask [`cached`](Self::cached) first.
+    #[napi(getter)]
+    pub fn read_cache(&self) -> bool {
+        self.inner.conn.tracking.enabled()
+    }
+
     /// `'connecting' | 'ready' | 'reconnecting' | 'closed'`.
     #[napi(
         getter,
