@@ -260,6 +260,16 @@ describe('the link', () => {
     }
   })
 
+  it('an idle link is kept fresh (pinged): a store idle for 3 s still answers from memory', async () => {
+    const store = redis.store({ readCache: true })
+    const id = newId()
+    await store.set(id, session(id), TTL)
+    await sleep(3000)
+    const before = store.stats().readCache.hits
+    assert.ok(await store.get(id))
+    assert.equal(hitsSince(store, before), 1)
+  })
+
   it('a report handled before the reply it follows (the race of client-side caching) never lets the older text in', async () => {
     // The proxy holds the reader's round (its get), the session is changed
     // meanwhile, and the server's report of that change is handed to the
