@@ -399,10 +399,9 @@ export interface StoreOptions {
    * Answer a `get` of a session this store holds from memory, with no
    * round trip, while the server reports every change to the session keys
    * (`CLIENT TRACKING`, RESP3). Texts are held within
-   * `rememberedTextBytes`. Default `false` for now (README, "Read cache":
-   * the connection it opens is not yet reopened in the background). Not
-   * on a cluster, over TLS or a Unix socket yet, nor where the server
-   * refuses tracking or may evict keys.
+   * `rememberedTextBytes`. Default `false` (README, "Read cache": under
+   * load it costs Redis more than it saves). Not on a cluster yet, nor
+   * where the server refuses tracking or may evict keys.
    */
   readCache?: boolean
 }

@@ -1,8 +1,11 @@
 // TLS with a CA and certificates generated here with openssl; a server that
 // asks for client certificates; an untrusted certificate is refused.
 import assert from 'node:assert/strict'
+import { fork } from 'node:child_process'
 import { readFileSync } from 'node:fs'
 import { after, before, describe, it } from 'node:test'
+import { setTimeout as sleep } from 'node:timers/promises'
+import { fileURLToPath } from 'node:url'
 import { inspect } from 'node:util'
 import { Redis } from 'ioredis'
 import { createRedisSessionStore, newId, rejectsWith, session } from './support/setup.mjs'
@@ -104,6 +107,70 @@ describe('TLS', { skip: serverHasTls() ? false : 'this redis-server was built wi
     })
     await assert.rejects(rogue.get('x'), (e) => ['ERR_CONNECTION', 'ERR_TIMEOUT'].includes(e.code))
     await rogue.close()
+  })
+
+  it('the read cache over TLS: held sessions are answered from memory; a change is reported, and seen by another process as soon as the writer says so', async () => {
+    const tls = { ca: pem('ca.crt') }
+    const url = `rediss://127.0.0.1:${tlsPort}`
+    const store = createRedisSessionStore({ url, tls, readCache: true })
+    const admin = new Redis({ port: server.port, host: '127.0.0.1' })
+    const reader = fork(fileURLToPath(new URL('./support/cache-reader.mjs', import.meta.url)), [url, 'idle', JSON.stringify({ tls })])
+    try {
+      await roundTrip(store)
+      const id = newId()
+      await store.set(id, session(id), 60_000)
+      for (let i = 0; i < 100 && store.stats().readCache.tracking !== 'on'; i++) await store.get(id)
+      assert.equal(store.stats().readCache.tracking, 'on')
+      const hits = store.stats().readCache.hits
+      assert.equal((await store.get(id)).meta.id, id)
+      assert.equal(store.stats().readCache.hits, hits + 1)
+      // Another client's change: once its report came over TLS, the held
+      // text is dropped and the next get reads the change.
+      const reports = store.stats().readCache.invalidations
+      await admin.set(`sess:${id}`, JSON.stringify(session(id, { changed: true })), 'PX', 60_000)
+      for (let i = 0; i < 200 && store.stats().readCache.invalidations === reports; i++) await sleep(5)
+      assert.equal(store.stats().readCache.invalidations, reports + 1)
+      assert.equal((await store.get(id)).data.changed, true)
+      // The stale-read rule of read-cache.test.mjs, over TLS: this store
+      // writes, tells the reader process through a pipe, the reader reads.
+      /** @type {((m: any) => void) | null} */
+      let waiting = null
+      reader.on('message', (m) => waiting?.(m))
+      const next = () => new Promise((resolve) => (waiting = resolve))
+      assert.equal(await next(), 'ready')
+      let stale = 0
+      const rounds = 2000
+      for (let version = 0; version < rounds; version++) {
+        await store.set(id, session(id, { version }), 60_000)
+        reader.send({ id, version })
+        const m = await next()
+        if (m.error) assert.fail(m.error)
+        if (m.version !== version) stale++
+      }
+      reader.send('stop')
+      const { stats } = await next()
+      assert.equal(stale, 0, `${stale} stale reads`)
+      assert.ok(stats.invalidations >= rounds - 1, JSON.stringify(stats))
+    } finally {
+      reader.kill()
+      admin.disconnect()
+      await store.close()
+    }
+  })
+
+  it('the read cache over TLS with client certificates', async () => {
+    const url = `rediss://127.0.0.1:${mutualPort}`
+    const store = createRedisSessionStore({ url, tls: { ca: pem('ca.crt'), cert: pem('client.crt'), key: pem('client.key') }, readCache: true })
+    try {
+      await roundTrip(store)
+      const id = newId()
+      await store.set(id, session(id), 60_000)
+      for (let i = 0; i < 100 && store.stats().readCache.hits === 0; i++) await store.get(id)
+      assert.equal(store.stats().readCache.tracking, 'on')
+      assert.ok(store.stats().readCache.hits > 0)
+    } finally {
+      await store.close()
+    }
   })
 
   it('an ACL user (options.username / password) limited to sess:* and the needed commands, on db 2, over TLS', async () => {

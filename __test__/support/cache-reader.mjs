@@ -1,12 +1,13 @@
 // Store B of the read cache's cross-process test (read-cache.test.mjs), in a
 // process of its own: for each message {id, version}, reads the session and
 // answers with the version it found. With BUSY set, the store's connection
-// also carries a loop of other sessions' sets and gets meanwhile.
+// also carries a loop of other sessions' sets and gets meanwhile. A third
+// argument, JSON, adds options (TLS).
 import { createRequire } from 'node:module'
 
 const { createRedisSessionStore } = createRequire(import.meta.url)('../../store.js')
-const [url, busy] = process.argv.slice(2)
-const store = createRedisSessionStore({ url, readCache: true })
+const [url, busy, more] = process.argv.slice(2)
+const store = createRedisSessionStore({ url, readCache: true, ...(more ? JSON.parse(more) : {}) })
 
 let running = true
 const traffic = []

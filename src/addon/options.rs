@@ -8,8 +8,9 @@ use redis::{ConnectionAddr, ConnectionInfo, IntoConnectionInfo, TlsCertificates}
 
 use crate::errors::{Result, StoreError};
 use crate::limits::MAX_TTL_MS;
-use crate::link::topology::{SentinelTarget, Topology};
-use crate::link::tracking::{Pushes, Tracking};
+use crate::link::tls::Tls;
+use crate::link::topology::{SentinelTarget, Topology, Watch};
+use crate::link::tracking::Tracking;
 use crate::link::Timeouts;
 use crate::store::keys::Keys;
 use crate::store::texts;
@@ -65,10 +66,9 @@ pub struct StoreOptions {
     /// Answer a `get` of a session this store holds from memory, with no
     /// round trip, while the server reports every change to the session keys
     /// (`CLIENT TRACKING`, RESP3). Texts are held within
-    /// `rememberedTextBytes`. Default `false` for now (README, "Read cache":
-    /// the connection it opens is not yet reopened in the background). Not
-    /// on a cluster, over TLS or a Unix socket yet, nor where the server
-    /// refuses tracking or may evict keys.
+    /// `rememberedTextBytes`. Default `false` (README, "Read cache": under
+    /// load it costs Redis more than it saves). Not on a cluster yet, nor
+    /// where the server refuses tracking or may evict keys.
     pub read_cache: Option<bool>,
 }
 
@@ -235,25 +235,32 @@ impl StoreOptions {
         let prefix = o.prefix.as_deref().unwrap_or(DEFAULT_PREFIX);
         // The read cache needs a text budget, and (for now) one link to one
         // server at a time: not a cluster, whose clients open links to new
-        // masters by themselves.
-        // And a plain TCP connection (the store opens it itself, to watch its
-        // socket: `link/tracking.rs`): not TLS, not a Unix socket.
-        let plain_tcp = certs.is_none()
-            && match (&o.url, &o.sentinel) {
-                (_, Some(_)) => true,
-                (Some(url), None) => url.starts_with("redis://"),
-                (None, None) => true,
-            };
-        let tracks = o.read_cache.unwrap_or(false)
-            && remembered_text_bytes > 0
-            && o.cluster.is_none()
-            && plain_tcp;
+        // masters by themselves. The store opens that link itself, over TCP
+        // or TLS, to watch its socket (`link/tracking.rs`).
+        let tracks =
+            o.read_cache.unwrap_or(false) && remembered_text_bytes > 0 && o.cluster.is_none();
         let tracking = Tracking::new(tracks);
-        let pushes = tracks.then(|| tracking.pushes());
+        let speaks_tls = match (&o.url, &o.sentinel) {
+            (_, Some(_)) => certs.is_some(),
+            (Some(url), None) => url.starts_with("rediss://"),
+            (None, None) => false,
+        };
+        let watch = if tracks {
+            let tls = match speaks_tls {
+                true => Some(Tls::new(certs.as_ref()).map_err(|e| bad_tls(&e))?),
+                false => None,
+            };
+            Some(Watch {
+                pushes: tracking.pushes(),
+                tls,
+            })
+        } else {
+            None
+        };
         let (topology, description) = if let Some(c) = &o.cluster {
             cluster_topology(c, o, db, certs, timeouts)?
         } else if let Some(s) = &o.sentinel {
-            sentinel_topology(s, o, db, certs, timeouts, pushes)?
+            sentinel_topology(s, o, db, certs, timeouts, watch)?
         } else {
             let url = o.url.as_deref().unwrap_or(DEFAULT_URL);
             let mut info = data_node("options.url", url, o, db)?;
@@ -276,7 +283,7 @@ impl StoreOptions {
                     redis::Client::open(info.clone()).map_err(|e| bad_url("options.url", &e))?
                 }
             };
-            (Topology::single(client, timeouts, pushes), describe(&info))
+            (Topology::single(client, timeouts, watch), describe(&info))
         };
         let lock_prefix = o.lock_prefix.as_deref().unwrap_or(DEFAULT_LOCK_PREFIX);
         if lock_prefix.is_empty() {
@@ -346,7 +353,7 @@ fn sentinel_topology(
     db: Option<i64>,
     certs: Option<TlsCertificates>,
     timeouts: Timeouts,
-    pushes: Option<Pushes>,
+    watch: Option<Watch>,
 ) -> Result<(Topology, String)> {
     let mut nodes = Vec::with_capacity(s.nodes.len());
     let mut described = Vec::with_capacity(s.nodes.len());
@@ -383,7 +390,7 @@ fn sentinel_topology(
         sentinel_tls,
     };
     let description = format!("sentinel {} of {}", s.master_name, described.join(","));
-    Ok((Topology::sentinel(target, timeouts, pushes)?, description))
+    Ok((Topology::sentinel(target, timeouts, watch)?, description))
 }
 
 /// A data node's connection info: the URL, then `username`, `password` and `db`

@@ -3,12 +3,14 @@
 //! server behind it can do ([`capabilities`]), the Lua scripts the store
 //! runs there ([`scripts`]), every retry and backoff ([`retry`]), and the
 //! server's reports of changed keys that keep the read cache honest
-//! ([`tracking`]).
+//! ([`tracking`]), over a connection the store opens itself, with its own
+//! TLS ([`tls`]).
 
 pub mod capabilities;
 pub mod connection;
 pub mod retry;
 pub mod scripts;
+pub mod tls;
 pub mod topology;
 pub mod tracking;
 

@@ -24,6 +24,7 @@ use redis::{
 use crate::errors::{Code, Result, StoreError};
 use crate::link::capabilities::Capabilities;
 use crate::link::retry;
+use crate::link::tls::Tls;
 use crate::link::tracking::{Pushes, SocketWatch, Watched};
 
 /// A store's two timeouts: `connectTimeout`, for establishing a connection,
@@ -39,18 +40,25 @@ pub struct Timeouts {
 // its variants does not matter.
 #[allow(clippy::large_enum_variant)]
 pub enum Topology {
-    /// The client, its manager's settings, and where the server's pushes go
-    /// when the store tracks keys (then the store opens the connection
-    /// itself, to watch its socket: `tracking.rs`).
-    Single(redis::Client, ConnectionManagerConfig, Option<Pushes>),
+    /// The client, its manager's settings, and, when the store tracks keys,
+    /// how it opens the connection itself (to watch its socket: `tracking.rs`).
+    Single(redis::Client, ConnectionManagerConfig, Option<Watch>),
     /// The client, and the first seed node's address.
     Cluster(ClusterClient, String),
     /// The sentinels are asked for the master each time a link opens.
     Sentinel(
         tokio::sync::Mutex<SentinelClient>,
         ConnectionManagerConfig,
-        Option<Pushes>,
+        Option<Watch>,
     ),
+}
+
+/// What the store needs to open the read cache's connection itself: where
+/// the server's pushes go, and the TLS for a `rediss://` server (`tls.rs`).
+#[derive(Clone)]
+pub struct Watch {
+    pub pushes: Pushes,
+    pub tls: Option<Tls>,
 }
 
 /// The sentinels and what the store needs of the master they name.
@@ -68,25 +76,20 @@ pub struct SentinelTarget {
     pub sentinel_tls: bool,
 }
 
-/// A single server's (or a Sentinel master's) connection manager settings;
-/// `pushes`: where the server's pushes go (a RESP3 link that tracks keys).
-fn manager_config(timeouts: Timeouts, pushes: Option<Pushes>) -> ConnectionManagerConfig {
-    let config = ConnectionManagerConfig::new()
+/// A single server's (or a Sentinel master's) connection manager settings.
+fn manager_config(timeouts: Timeouts) -> ConnectionManagerConfig {
+    ConnectionManagerConfig::new()
         .set_connection_timeout(Some(timeouts.connect))
         .set_response_timeout(Some(timeouts.command))
         .set_number_of_retries(retry::RECONNECT_RETRIES)
         .set_min_delay(retry::RECONNECT_MIN_DELAY)
-        .set_max_delay(retry::RECONNECT_MAX_DELAY);
-    match pushes {
-        Some(pushes) => config.set_push_sender(pushes),
-        None => config,
-    }
+        .set_max_delay(retry::RECONNECT_MAX_DELAY)
 }
 
 impl Topology {
-    /// One server; `pushes` for a client that speaks RESP3 and tracks keys.
-    pub fn single(client: redis::Client, timeouts: Timeouts, pushes: Option<Pushes>) -> Topology {
-        Topology::Single(client, manager_config(timeouts, None), pushes)
+    /// One server; `watch` for a store that tracks keys.
+    pub fn single(client: redis::Client, timeouts: Timeouts, watch: Option<Watch>) -> Topology {
+        Topology::Single(client, manager_config(timeouts), watch)
     }
 
     /// A Redis Cluster reached through seed `nodes`.
@@ -117,16 +120,16 @@ impl Topology {
         Ok(Topology::Cluster(client, seed))
     }
 
-    /// The master the sentinels of `t` name; `pushes` as for [`single`](Self::single).
+    /// The master the sentinels of `t` name; `watch` as for [`single`](Self::single).
     pub fn sentinel(
         t: SentinelTarget,
         timeouts: Timeouts,
-        pushes: Option<Pushes>,
+        watch: Option<Watch>,
     ) -> Result<Topology> {
         let mut b = SentinelClientBuilder::new(t.nodes, &t.master_name, SentinelServerType::Master)
             .map_err(|e| StoreError::from_redis(e, false))?
             .set_client_to_redis_db(t.db);
-        if pushes.is_some() {
+        if watch.is_some() {
             b = b.set_client_to_redis_protocol(redis::ProtocolVersion::RESP3);
         }
         if let Some(u) = &t.username {
@@ -160,8 +163,8 @@ impl Topology {
         })?;
         Ok(Topology::Sentinel(
             tokio::sync::Mutex::new(client),
-            manager_config(timeouts, None),
-            pushes,
+            manager_config(timeouts),
+            watch,
         ))
     }
 
@@ -203,11 +206,11 @@ impl Topology {
     pub async fn open(&self, timeouts: Timeouts) -> Result<(Link, String)> {
         let t = timeouts.connect;
         match self {
-            Topology::Single(client, config, pushes) => {
+            Topology::Single(client, config, watch) => {
                 let info = client.get_connection_info();
                 let address = info.addr().to_string();
-                if let Some(pushes) = pushes {
-                    let node = within(t, open_watched(info, pushes.clone(), timeouts)).await?;
+                if let Some(watch) = watch {
+                    let node = within(t, open_watched(info, watch, timeouts)).await?;
                     return Ok((Link::Single(node), address));
                 }
                 let m = ConnectionManager::new_with_config(client.clone(), config.clone());
@@ -217,13 +220,13 @@ impl Topology {
                 Link::Cluster(within(t, client.get_async_connection()).await?),
                 seed.clone(),
             )),
-            Topology::Sentinel(sentinel, config, pushes) => {
+            Topology::Sentinel(sentinel, config, watch) => {
                 let lookup = async { sentinel.lock().await.async_get_client().await };
                 let client = within(t, lookup).await?;
                 let info = client.get_connection_info();
                 let address = info.addr().to_string();
-                if let Some(pushes) = pushes {
-                    let node = within(t, open_watched(info, pushes.clone(), timeouts)).await?;
+                if let Some(watch) = watch {
+                    let node = within(t, open_watched(info, watch, timeouts)).await?;
                     return Ok((Link::Single(node), address));
                 }
                 let m = ConnectionManager::new_with_config(client, config.clone());
@@ -243,40 +246,56 @@ impl Topology {
     }
 }
 
-/// A connection the store opens itself to a plain TCP server, watching its
-/// socket (`tracking.rs`): RESP3, the server's pushes to `pushes`. Its
-/// driver runs as a task of its own; when it ends (the connection closed),
-/// `pushes` hears of it.
+/// A connection the store opens itself, over TCP or TLS, watching its
+/// socket (`tracking.rs`): RESP3, the server's pushes to `watch.pushes`.
+/// Over TLS the watch wraps the TLS stream: its reader is done only when
+/// the TLS layer holds nothing it decrypted, and the socket asked is the TCP
+/// one beneath. The driver runs as a task of its own; when it ends (the
+/// connection closed), the pushes hear of it.
 async fn open_watched(
     info: &ConnectionInfo,
-    pushes: Pushes,
+    watch: &Watch,
     timeouts: Timeouts,
 ) -> RedisResult<Node> {
-    let (host, port) = match info.addr() {
-        ConnectionAddr::Tcp(host, port) => (host.clone(), *port),
-        _ => {
-            return Err(RedisError::from((
-                redis::ErrorKind::InvalidClientConfig,
-                "the read cache needs a plain TCP connection",
-            )))
-        }
+    let (host, port, tls) = match info.addr() {
+        ConnectionAddr::Tcp(host, port) => (host, *port, None),
+        ConnectionAddr::TcpTls { host, port, .. } => match &watch.tls {
+            Some(tls) => (host, *port, Some(tls)),
+            None => return Err(not_watchable()),
+        },
+        _ => return Err(not_watchable()),
     };
     let stream = tokio::net::TcpStream::connect((host.as_str(), port)).await?;
     stream.set_nodelay(true)?;
-    let watch = Arc::new(SocketWatch::of(&stream));
-    let pushes = pushes.watching(Arc::clone(&watch));
+    let socket = Arc::new(SocketWatch::of(&stream));
+    let pushes = watch.pushes.watching(Arc::clone(&socket));
+    match tls {
+        None => over(info, Watched::new(stream, socket), pushes, timeouts).await,
+        Some(tls) => {
+            let stream = tls.connect(host, stream).await?;
+            over(info, Watched::new(stream, socket), pushes, timeouts).await
+        }
+    }
+}
+
+/// The multiplexed connection over `stream`, and its driver's task.
+async fn over<S>(
+    info: &ConnectionInfo,
+    stream: S,
+    pushes: Pushes,
+    timeouts: Timeouts,
+) -> RedisResult<Node>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+{
     // The crate's own response timeout (500 ms) would cut calls shorter
     // than commandTimeout says.
     let config = redis::AsyncConnectionConfig::new()
         .set_connection_timeout(Some(timeouts.connect))
         .set_response_timeout(Some(timeouts.command))
         .set_push_sender(pushes.clone());
-    let (connection, driver) = MultiplexedConnection::new_with_config(
-        info.redis_settings(),
-        Watched::new(stream, watch),
-        config,
-    )
-    .await?;
+    let (connection, driver) =
+        MultiplexedConnection::new_with_config(info.redis_settings(), stream, config).await?;
     tokio::spawn(async move {
         driver.await;
         // The connection is gone: whatever the driver said, say it once more.
@@ -286,6 +305,13 @@ async fn open_watched(
         });
     });
     Ok(Node::Watched(connection))
+}
+
+fn not_watchable() -> RedisError {
+    RedisError::from((
+        redis::ErrorKind::InvalidClientConfig,
+        "the read cache needs a TCP connection, plain or TLS",
+    ))
 }
 
 /// `connecting`, given up after `connect_timeout`.
