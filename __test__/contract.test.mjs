@@ -2,7 +2,7 @@
 import assert from 'node:assert/strict'
 import { describe, it } from 'node:test'
 import { setTimeout as sleep } from 'node:timers/promises'
-import { newId, session, useRedis } from './support/setup.mjs'
+import { newId, onCluster, session, useRedis } from './support/setup.mjs'
 
 const redis = useRedis()
 const COOKIE_TTL = 86_400_000
@@ -29,72 +29,94 @@ async function lockWithRetry(store, id, { ttl = 5000, retries = 10, base = 50 } 
   return false
 }
 
-describe('a session through relay-session', () => {
-  it('new session: set; then merges of dirty paths; logout removes the user id', async () => {
-    const store = redis.store()
-    const id = newId()
-    await store.set(id, session(id, { userId: 42, cart: [] }), COOKIE_TTL)
-    await store.merge(id, { 'data.user.name': 'Pascal' }, COOKIE_TTL)
-    await store.merge(id, { 'data.cart': [1, 2, 3], 'meta.expiresAt': 1763899999999 }, COOKIE_TTL)
-    await store.merge(id, { 'data.userId': undefined }, COOKIE_TTL)
-    const s = await store.get(id)
-    assert.equal(s.data.user.name, 'Pascal')
-    assert.deepEqual(s.data.cart, [1, 2, 3])
-    assert.equal(s.meta.expiresAt, 1763899999999)
-    assert.ok(!('userId' in s.data))
-    assert.deepEqual(s.data.flags, { beta: true }) // untouched
-  })
+// relay-session's calls hold with the read cache off and on (on a cluster
+// the cache stands aside: `readCache`).
+for (const readCache of [false, true]) {
+  const cache = readCache ? ' (read cache on)' : ''
+  describe(`a session through relay-session${cache}`, () => {
+    it('new session: set; then merges of dirty paths; logout removes the user id', async () => {
+      const store = redis.store({ readCache })
+      const id = newId()
+      await store.set(id, session(id, { userId: 42, cart: [] }), COOKIE_TTL)
+      await store.merge(id, { 'data.user.name': 'Pascal' }, COOKIE_TTL)
+      await store.merge(id, { 'data.cart': [1, 2, 3], 'meta.expiresAt': 1763899999999 }, COOKIE_TTL)
+      await store.merge(id, { 'data.userId': undefined }, COOKIE_TTL)
+      const s = await store.get(id)
+      assert.equal(s.data.user.name, 'Pascal')
+      assert.deepEqual(s.data.cart, [1, 2, 3])
+      assert.equal(s.meta.expiresAt, 1763899999999)
+      assert.ok(!('userId' in s.data))
+      assert.deepEqual(s.data.flags, { beta: true }) // untouched
+    })
 
-  it('rotation: set the new id, then the old one redirects for the grace period only', async () => {
-    const store = redis.store()
-    const oldId = newId()
-    await store.set(oldId, session(oldId, { userId: 1 }), COOKIE_TTL)
-    const newSessionId = newId()
-    const copy = await store.get(oldId)
-    copy.meta.id = newSessionId
-    await store.set(newSessionId, copy, COOKIE_TTL)
-    await store.merge(oldId, { data: null, meta: { redirectTo: newSessionId } }, GRACE)
+    it('rotation: set the new id, then the old one redirects for the grace period only', async () => {
+      const store = redis.store({ readCache })
+      const oldId = newId()
+      await store.set(oldId, session(oldId, { userId: 1 }), COOKIE_TTL)
+      const newSessionId = newId()
+      const copy = await store.get(oldId)
+      copy.meta.id = newSessionId
+      await store.set(newSessionId, copy, COOKIE_TTL)
+      await store.merge(oldId, { data: null, meta: { redirectTo: newSessionId } }, GRACE)
 
-    assert.deepEqual(await store.get(oldId), { data: null, meta: { redirectTo: newSessionId } })
-    const pttl = await redis.admin.pttl(`sess:${oldId}`)
-    assert.ok(pttl > 0 && pttl <= GRACE, `old id ttl ${pttl}`)
-    const loaded = await load(store, oldId)
-    assert.equal(loaded.id, newSessionId)
-    assert.equal(loaded.hops, 1)
-    assert.equal(loaded.session.data.userId, 1)
-  })
+      assert.deepEqual(await store.get(oldId), { data: null, meta: { redirectTo: newSessionId } })
+      const pttl = await redis.admin.pttl(`sess:${oldId}`)
+      assert.ok(pttl > 0 && pttl <= GRACE, `old id ttl ${pttl}`)
+      const loaded = await load(store, oldId)
+      assert.equal(loaded.id, newSessionId)
+      assert.equal(loaded.hops, 1)
+      assert.equal(loaded.session.data.userId, 1)
+    })
 
-  it('a chain of rotations is followed, and shortcut with a merge on the older id', async () => {
-    const store = redis.store()
-    const [a, b, c] = [newId(), newId(), newId()]
-    await store.set(c, session(c), COOKIE_TTL)
-    await store.set(b, { data: null, meta: { redirectTo: c } }, GRACE)
-    await store.set(a, { data: null, meta: { redirectTo: b } }, GRACE)
-    assert.equal((await load(store, a)).hops, 2)
-    await store.merge(a, { 'meta.redirectTo': c }, GRACE)
-    const loaded = await load(store, a)
-    assert.equal(loaded.id, c)
-    assert.equal(loaded.hops, 1)
-  })
+    it('a chain of rotations is followed, and shortcut with a merge on the older id', async () => {
+      const store = redis.store({ readCache })
+      const [a, b, c] = [newId(), newId(), newId()]
+      await store.set(c, session(c), COOKIE_TTL)
+      await store.set(b, { data: null, meta: { redirectTo: c } }, GRACE)
+      await store.set(a, { data: null, meta: { redirectTo: b } }, GRACE)
+      assert.equal((await load(store, a)).hops, 2)
+      await store.merge(a, { 'meta.redirectTo': c }, GRACE)
+      const loaded = await load(store, a)
+      assert.equal(loaded.id, c)
+      assert.equal(loaded.hops, 1)
+    })
 
-  it('the shortcut on an id that has expired creates nothing', async () => {
-    const store = redis.store()
-    const [a, c] = [newId(), newId()]
-    await store.set(a, { data: null, meta: { redirectTo: c } }, 30)
-    await sleep(60)
-    await store.merge(a, { 'meta.redirectTo': c }, GRACE)
-    assert.equal(await redis.admin.exists(`sess:${a}`), 0)
-    assert.equal(await store.get(a), null)
-  })
+    it('the shortcut on an id that has expired creates nothing', async () => {
+      const store = redis.store({ readCache })
+      const [a, c] = [newId(), newId()]
+      await store.set(a, { data: null, meta: { redirectTo: c } }, 30)
+      await sleep(60)
+      await store.merge(a, { 'meta.redirectTo': c }, GRACE)
+      assert.equal(await redis.admin.exists(`sess:${a}`), 0)
+      assert.equal(await store.get(a), null)
+    })
 
-  it('destroy: delete', async () => {
-    const store = redis.store()
-    const id = newId()
-    await store.set(id, session(id), COOKIE_TTL)
-    await store.delete(id)
-    assert.equal(await store.get(id), null)
+    it('destroy: delete', async () => {
+      const store = redis.store({ readCache })
+      const id = newId()
+      await store.set(id, session(id), COOKIE_TTL)
+      await store.delete(id)
+      assert.equal(await store.get(id), null)
+    })
+
+    if (readCache) {
+      it('the read cache answers where the topology allows it; on a cluster it stands aside', async () => {
+        const store = redis.store({ readCache: true })
+        const id = newId()
+        await store.set(id, session(id), COOKIE_TTL)
+        for (let i = 0; i < 3; i++) assert.equal((await store.get(id)).meta.id, id)
+        const c = store.stats().readCache
+        if (onCluster) {
+          assert.equal(c.tracking, 'off')
+          assert.equal(c.hits, 0)
+        } else {
+          assert.equal(c.tracking, 'on')
+          assert.ok(c.hits >= 2, `${c.hits} hits`)
+        }
+      })
+    }
   })
-})
+}
 
 describe('locking as relay-session does it', () => {
   it('the lock retry loop with linear backoff gets the lock once the owner unlocks', async () => {
