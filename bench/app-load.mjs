@@ -75,6 +75,14 @@ function addCpu(pid, byKind) {
 
 const admin = new Redis({ host: '127.0.0.1', port: cfg.redisPort })
 const redisCpu = () => redisCpuSeconds(admin)
+/** Redis's INFO commandstats: calls and µs of CPU by command, so far. */
+async function commandStats() {
+  const stats = {}
+  for (const m of (await admin.info('commandstats')).matchAll(/^cmdstat_([^:]+):calls=(\d+),usec=(\d+)/gm)) {
+    stats[m[1]] = { calls: Number(m[2]), usec: Number(m[3]) }
+  }
+  return stats
+}
 
 let measuring = false
 let stop = false
@@ -108,6 +116,7 @@ const users = Array.from({ length: cfg.clients }, user)
 await sleep(cfg.warmup * 1000)
 const cpu0 = appCpu(cfg.serverPid)
 const redis0 = await redisCpu()
+const commands0 = await commandStats()
 const t0 = performance.now()
 measuring = true
 await sleep(cfg.seconds * 1000)
@@ -115,6 +124,7 @@ measuring = false
 const elapsed = (performance.now() - t0) / 1000
 const cpu1 = appCpu(cfg.serverPid)
 const redis1 = await redisCpu()
+const commands1 = await commandStats()
 stop = true
 await Promise.all(users)
 admin.disconnect()
@@ -135,5 +145,12 @@ process.stdout.write(
     addon: perRequest(cpu1.addon - cpu0.addon),
     other: perRequest(cpu1.other - cpu0.other),
     redis: perRequest(redis1 - redis0),
+    // Per request: calls and µs of each command (INFO commandstats).
+    commands: Object.fromEntries(
+      Object.entries(commands1).map(([cmd, { calls, usec }]) => {
+        const before = commands0[cmd] ?? { calls: 0, usec: 0 }
+        return [cmd, { calls: (calls - before.calls) / count, usec: (usec - before.usec) / count }]
+      }),
+    ),
   })}\n`,
 )

@@ -3,7 +3,9 @@
 // An Express 5 app behind the relay-session stand-in (session-middleware.mjs)
 // with one of these stores: this one ("store"), this one with a subscriber
 // on its tracing channel ("store-traced": a span's worth of work per event),
-// another built checkout of it ("baseline", from APP_BASELINE), the 1.x
+// another built checkout of it ("baseline", from APP_BASELINE), this one with
+// the read cache ("store-cache"), without it ("store-nocache") or with it
+// answering every hit at once, even while a batch is out ("store-eager"), the 1.x
 // adapter on ioredis with auto-pipelining ("js-auto"), JSON text in a Map
 // ("map": what the app costs with a store that does no I/O but hands out a
 // fresh object, as every store must), or the objects themselves in a Map
@@ -161,6 +163,17 @@ async function serve() {
     })
   }
 
+  /**
+   * The read cache without its busy rule (a bench-only variant, for the
+   * README's "Read cache"): every get of a held session is answered at once,
+   * even while a batch is out.
+   */
+  function createEagerStore(url) {
+    const { Batcher } = createRequire(import.meta.url)('../lib/batcher.js')
+    Object.defineProperty(Batcher.prototype, 'busy', { get: () => false })
+    return createRedisSessionStore({ url, readCache: true })
+  }
+
   const store =
     kind === 'store' || kind === 'store-traced'
       ? createRedisSessionStore({ url })
@@ -168,6 +181,8 @@ async function serve() {
         ? createRedisSessionStore({ url, readCache: true })
       : kind === 'store-nocache'
         ? createRedisSessionStore({ url, readCache: false })
+      : kind === 'store-eager'
+        ? createEagerStore(url)
       : kind === 'baseline'
         ? createRequire(import.meta.url)(path.resolve(process.env.APP_BASELINE, 'store.js')).createRedisSessionStore({ url })
         : kind === 'js-auto'

@@ -12,7 +12,8 @@
 //   with 32 clients; the Redis stores only; '' for none),
 //   APP_SECONDS (4, after 1 s of warm-up), APP_STORES (store,js-auto,map,zero;
 //   also store-traced: with a tracing subscriber, store-cache and
-//   store-nocache: this store with readCache true and false, and baseline:
+//   store-nocache: this store with readCache true and false, store-eager:
+//   with the cache answering at once while a batch is out, and baseline:
 //   the build
 //   in APP_BASELINE, another built checkout of this package),
 //   APP_SERVER (a key of harness/servers.mjs: redis-8.6, valkey-9.1, …;
@@ -152,6 +153,27 @@ for (const c of cells) {
         `${f0(m.main)} / ${f0(m.addon)} / ${f0(m.other)} | ${SHARED(store) ? m.redis.toFixed(1) : '–'} | ${m.errors} | ${m.corruptCarts} |` +
         (BASE ? ` ${store.startsWith('store') ? vsBaseline(c, store) : ''} |` : ''),
     )
+  }
+}
+// Where each store's Redis CPU goes (INFO commandstats): per request, the
+// calls and µs of each command, means over the runs of a cell.
+lines.push('', 'Redis commands per request (INFO commandstats; calls, µs), means over the runs:', '', '| size | clients | store | commands |', '|---|---|---|---|')
+for (const c of cells) {
+  for (const store of storesOf(c.processes).filter(SHARED)) {
+    const rs = runs.filter((r) => r.size === c.size && r.clients === c.clients && r.processes === c.processes && r.store === store)
+    const sum = {}
+    for (const r of rs) {
+      for (const [cmd, v] of Object.entries(r.commands ?? {})) {
+        sum[cmd] ??= { calls: 0, usec: 0 }
+        sum[cmd].calls += v.calls / rs.length
+        sum[cmd].usec += v.usec / rs.length
+      }
+    }
+    const shown = Object.entries(sum)
+      .filter(([cmd, v]) => v.calls >= 0.01 && !/^(info|client\|setinfo|hello)$/.test(cmd))
+      .sort((a, b) => b[1].usec - a[1].usec)
+      .map(([cmd, v]) => `${cmd} ${v.calls.toFixed(2)}, ${v.usec.toFixed(2)}`)
+    lines.push(`| ${c.size / 1024} KB | ${c.clients}${c.processes > 1 ? ` on ${c.processes} processes` : ''} | ${store} | ${shown.join('; ')} |`)
   }
 }
 const table = lines.join('\n')
