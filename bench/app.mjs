@@ -172,7 +172,7 @@ for (const c of cells) {
     const shown = Object.entries(sum)
       .filter(([cmd, v]) => v.calls >= 0.01 && !/^(info|client\|setinfo|hello)$/.test(cmd))
       .sort((a, b) => b[1].usec - a[1].usec)
-      .map(([cmd, v]) => `${cmd} ${v.calls.toFixed(2)}, ${v.usec.toFixed(2)}`)
+      .map(([cmd, v]) => `${cmd.replaceAll('|', '\\|')} ${v.calls.toFixed(2)}, ${v.usec.toFixed(2)}`)
     lines.push(`| ${c.size / 1024} KB | ${c.clients}${c.processes > 1 ? ` on ${c.processes} processes` : ''} | ${store} | ${shown.join('; ')} |`)
   }
 }
