@@ -1,4 +1,4 @@
-// The read cache (readCache: true; off by default for now): a get of a session this store
+// The read cache (readCache: true; off by default): a get of a session this store
 // holds is answered from memory while the server reports changes to the
 // session keys. Each rule of the README's "Read cache" has a test here.
 import assert from 'node:assert/strict'
@@ -160,9 +160,10 @@ describe('a get of a session this store holds', () => {
   })
 })
 
-// The rule the README states: once the writer's call resolved, a store told
-// so reads the new text, idle or busy. The reader serves a text only when its
-// socket has nothing unread and its connection's task handled all it read.
+// The rule the README states: once the writer's call resolved, a store in
+// another process told so reads the new text, idle or busy. The reader
+// serves a text only when its socket has nothing unread and its connection's
+// task handled all it read; while a batch of it is out, its gets ask Redis.
 describe("another store's writes", () => {
   for (const busy of ['idle', 'busy']) {
     it(`are seen by a store in another process as soon as the writer says so: 0 stale reads in ${ROUNDS.toLocaleString('en')} rounds (${busy})`, async () => {
