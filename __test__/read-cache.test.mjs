@@ -2,14 +2,13 @@
 // holds is answered from memory while the server reports changes to the
 // session keys. Each rule of the README's "Read cache" has a test here.
 import assert from 'node:assert/strict'
-import { fork } from 'node:child_process'
 import { describe, it } from 'node:test'
 import { setTimeout as sleep } from 'node:timers/promises'
-import { fileURLToPath } from 'node:url'
 import { Redis } from 'ioredis'
 import { startProxy } from '../harness/proxy.mjs'
 import { startRedis } from '../harness/redis-server.mjs'
 import { createRedisSessionStore, newId, rejectsWith, session, useRedis } from './support/setup.mjs'
+import { staleReads } from './support/stale-reads.mjs'
 
 const redis = useRedis()
 const TTL = 60_000
@@ -168,35 +167,11 @@ describe("another store's writes", () => {
   for (const busy of ['idle', 'busy']) {
     it(`are seen by a store in another process as soon as the writer says so: 0 stale reads in ${ROUNDS.toLocaleString('en')} rounds (${busy})`, async () => {
       const writer = redis.store({ readCache: true })
-      const reader = fork(fileURLToPath(new URL('./support/cache-reader.mjs', import.meta.url)), [redis.server.url, busy])
-      /** @type {((m: any) => void) | null} */
-      let waiting = null
-      reader.on('message', (m) => waiting?.(m))
-      const next = () => new Promise((resolve) => (waiting = resolve))
-      try {
-        assert.equal(await next(), 'ready')
-        const id = newId()
-        let stale = 0
-        for (let version = 0; version < ROUNDS; version++) {
-          // The write resolves here, then the reader is told (a pipe), then it reads.
-          await writer.set(id, session(id, { version }), TTL)
-          reader.send({ id, version })
-          const m = await next()
-          if (m.error) assert.fail(m.error)
-          if (m.version !== version) {
-            stale++
-            if (process.env.CACHE_DEBUG) console.log('stale', version, m.version, m.hit ? 'hit' : 'miss')
-          }
-        }
-        reader.send('stop')
-        const { stats } = await next()
-        assert.equal(stale, 0, `${stale} stale reads`)
-        // The reader held the text between rounds: each read after a write
-        // found it dropped by the server's report, not served.
-        assert.ok(stats.invalidations >= ROUNDS - 1, JSON.stringify(stats))
-      } finally {
-        reader.kill()
-      }
+      const { stale, stats } = await staleReads(writer, { url: redis.server.url, busy, rounds: ROUNDS })
+      assert.equal(stale, 0, `${stale} stale reads`)
+      // The reader held the text between rounds: each read after a write
+      // found it dropped by the server's report, not served.
+      assert.ok(stats.invalidations >= ROUNDS - 1, JSON.stringify(stats))
     })
   }
 })

@@ -1,16 +1,15 @@
 // TLS with a CA and certificates generated here with openssl; a server that
 // asks for client certificates; an untrusted certificate is refused.
 import assert from 'node:assert/strict'
-import { fork } from 'node:child_process'
 import { readFileSync } from 'node:fs'
 import { after, before, describe, it } from 'node:test'
 import { setTimeout as sleep } from 'node:timers/promises'
-import { fileURLToPath } from 'node:url'
 import { inspect } from 'node:util'
 import { Redis } from 'ioredis'
 import { createRedisSessionStore, newId, rejectsWith, session } from './support/setup.mjs'
 import { freePort, serverHasTls, startRedis } from '../harness/redis-server.mjs'
 import { certificates } from '../harness/certs.mjs'
+import { staleReads } from './support/stale-reads.mjs'
 
 const certs = certificates()
 const { file, pem, makeCa, makeCert } = certs
@@ -114,7 +113,6 @@ describe('TLS', { skip: serverHasTls() ? false : 'this redis-server was built wi
     const url = `rediss://127.0.0.1:${tlsPort}`
     const store = createRedisSessionStore({ url, tls, readCache: true })
     const admin = new Redis({ port: server.port, host: '127.0.0.1' })
-    const reader = fork(fileURLToPath(new URL('./support/cache-reader.mjs', import.meta.url)), [url, 'idle', JSON.stringify({ tls })])
     try {
       await roundTrip(store)
       const id = newId()
@@ -133,26 +131,11 @@ describe('TLS', { skip: serverHasTls() ? false : 'this redis-server was built wi
       assert.equal((await store.get(id)).data.changed, true)
       // The stale-read rule of read-cache.test.mjs, over TLS: this store
       // writes, tells the reader process through a pipe, the reader reads.
-      /** @type {((m: any) => void) | null} */
-      let waiting = null
-      reader.on('message', (m) => waiting?.(m))
-      const next = () => new Promise((resolve) => (waiting = resolve))
-      assert.equal(await next(), 'ready')
-      let stale = 0
       const rounds = 2000
-      for (let version = 0; version < rounds; version++) {
-        await store.set(id, session(id, { version }), 60_000)
-        reader.send({ id, version })
-        const m = await next()
-        if (m.error) assert.fail(m.error)
-        if (m.version !== version) stale++
-      }
-      reader.send('stop')
-      const { stats } = await next()
+      const { stale, stats } = await staleReads(store, { url, busy: 'idle', rounds, options: { tls } })
       assert.equal(stale, 0, `${stale} stale reads`)
       assert.ok(stats.invalidations >= rounds - 1, JSON.stringify(stats))
     } finally {
-      reader.kill()
       admin.disconnect()
       await store.close()
     }
