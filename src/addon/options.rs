@@ -240,16 +240,17 @@ impl StoreOptions {
         let tracks =
             o.read_cache.unwrap_or(false) && remembered_text_bytes > 0 && o.cluster.is_none();
         let tracking = Tracking::new(tracks);
-        let speaks_tls = match (&o.url, &o.sentinel) {
-            (_, Some(_)) => certs.is_some(),
-            (Some(url), None) => url.starts_with("rediss://"),
-            (None, None) => false,
-        };
         let watch = if tracks {
-            let tls = match speaks_tls {
-                true => Some(Tls::new(certs.as_ref()).map_err(|e| bad_tls(&e))?),
-                false => None,
+            // TLS where the store's other links speak it: a rediss:// URL,
+            // or a Sentinel's data nodes with options.tls.
+            let speaks_tls = match (&o.url, &o.sentinel) {
+                (_, Some(_)) => certs.is_some(),
+                (Some(url), None) => url.starts_with("rediss://"),
+                (None, None) => false,
             };
+            let tls = speaks_tls
+                .then(|| Tls::new(certs.as_ref()).map_err(|e| bad_tls(&e)))
+                .transpose()?;
             Some(Watch {
                 pushes: tracking.pushes(),
                 tls,

@@ -49,9 +49,9 @@ pub struct Connection {
     /// This connection, for the background reopen (`revive`).
     me: Weak<Connection>,
     topology: Topology,
+    /// Connecting, and each answer; a whole call is bounded by their sum
+    /// (`call_bound`).
     timeouts: Timeouts,
-    /// Bound on a whole call: establishing the link, then the answer.
-    call_timeout: Duration,
     state: Mutex<State>,
     /// Held while a link is being opened, so that one call opens it.
     opening: tokio::sync::Mutex<()>,
@@ -140,7 +140,6 @@ impl Connection {
         Arc::new_cyclic(|me| Connection {
             me: me.clone(),
             timeouts,
-            call_timeout: timeouts.connect + timeouts.command,
             state: Mutex::new(State::Idle),
             opening: tokio::sync::Mutex::new(()),
             open_failed: Mutex::new(None),
@@ -187,12 +186,12 @@ impl Connection {
 
     /// How long a call may take: establishing the link, then the answers.
     pub fn call_bound(&self) -> Duration {
-        self.call_timeout
+        self.timeouts.connect + self.timeouts.command
     }
 
     /// The error of a call that ran out of its bound.
     pub fn timeout(&self) -> StoreError {
-        StoreError::timeout(self.call_timeout.as_millis() as u64)
+        StoreError::timeout(self.call_bound().as_millis() as u64)
     }
 
     /// Whether commands of one pipeline may run out of order (Redis Cluster).
@@ -394,7 +393,7 @@ impl Connection {
             old.store(true, Ordering::Release);
         }
         let (link, tracking) = (link.clone(), Arc::clone(&self.tracking));
-        let (closing, bound) = (Arc::clone(&self.closing), self.call_timeout);
+        let (closing, bound) = (Arc::clone(&self.closing), self.call_bound());
         tokio::spawn(async move {
             while !closing.load(Ordering::Acquire) && !stop.load(Ordering::Acquire) {
                 let quiet = tracking.quiet_for();
@@ -463,7 +462,7 @@ impl Connection {
                 let Some(conn) = me.upgrade() else {
                     break;
                 };
-                let bound = conn.call_timeout;
+                let bound = conn.call_bound();
                 let opened = !conn.closing.load(Ordering::Acquire)
                     && matches!(tokio::time::timeout(bound, conn.link()).await, Ok(Ok(_)));
                 if opened || conn.closing.load(Ordering::Acquire) {
