@@ -240,7 +240,11 @@ describe('the link', () => {
     const store = redis.store({ readCache: true })
     const id = newId()
     await store.set(id, session(id), TTL)
-    await sleep(3000)
+    // The link is pinged 0.5 s after its last answer, so every 0.5 s from
+    // the set's: a get at 3 s exactly would meet the sixth ping's reply not
+    // read yet, and a get that finds bytes unread asks the server. 3.25 s is
+    // between two pings.
+    await sleep(3250)
     const before = store.stats().readCache.hits
     assert.ok(await store.get(id))
     assert.equal(hitsSince(store, before), 1)
