@@ -53,6 +53,12 @@ export declare class AddonStore {
    */
   get lockPrefix(): string
   /**
+   * What users' index keys put after the prefix, when the store keeps
+   * them (`userIdPath`): a session id may not start with it, or its key
+   * would be a user's index key. Null without `userIdPath`.
+   */
+  get userPrefix(): string | null
+  /**
    * Whether this store keeps a read cache (`readCache`, and a topology
    * that allows it): `get`s ask [`cached`](Self::cached) first.
    */
@@ -82,6 +88,13 @@ export declare class AddonStore {
    * `cursor`: its session ids, their count, or its keys removed.
    */
   walkPage(node: string, cursor: string, count: number, walk: Walk): Promise<ScanPage>
+  /** The ids of the live sessions of user `user` (`userIdPath`). */
+  userSessions(user: string): Promise<string[]>
+  /**
+   * Ends every live session of user `user` but `except`; resolves with
+   * how many it ended.
+   */
+  endUserSessions(user: string, except?: string | undefined | null): Promise<number>
   /** The commands the store sends for its compare-and-writes here. */
   compareCommands(): Promise<CompareCommands>
   /**
@@ -404,6 +417,20 @@ export interface StoreOptions {
    * where the server refuses tracking or may evict keys.
    */
   readCache?: boolean
+  /**
+   * Where a session holds its user's id, as a dot-path (`'data.userId'`):
+   * every `set`, `merge` and `touch` then keeps an index of each user's
+   * session ids, for `userSessions()` and `destroyUserSessions()` (README,
+   * "Log out everywhere"). The value there is the user's id if it is a
+   * non-empty string or a number. Default: none, and no index is kept.
+   */
+  userIdPath?: string
+  /**
+   * Users' index keys are `<prefix><userPrefix><userId>`; a session id may
+   * not start with it while `userIdPath` is set. Default `'user:'`; must
+   * not be empty, and neither it nor `lockPrefix` may start the other.
+   */
+  userPrefix?: string
 }
 
 /** What `store.stats()` returns: counts since the store was created. */

@@ -22,7 +22,7 @@ export type { ClusterOptions, SentinelOptions, StoreStats, OpCounts, CodeCounts,
 export type StoreStatus = 'connecting' | 'ready' | 'reconnecting' | 'closed'
 
 /** The ops the tracing channel and the stats name (the ops of src/store/ops.rs, and the admin calls). */
-export type CallOp = keyof OpCounts | 'ping' | 'length' | 'clear'
+export type CallOp = keyof OpCounts | 'ping' | 'length' | 'clear' | 'userSessions' | 'destroyUserSessions'
 
 /**
  * The context of an event of the `relay-session-redis:call` TracingChannel
@@ -115,6 +115,17 @@ export interface RedisSessionStore {
   length(): Promise<number>
   /** Removes every session and lock under the prefix, a page at a time; how many keys it removed. */
   clear(): Promise<number>
+  /**
+   * The ids of a user's live sessions: those that exist and hold `userId` at
+   * `userIdPath` now (README, "Log out everywhere"). Needs `userIdPath`.
+   */
+  userSessions(userId: string | number): Promise<string[]>
+  /**
+   * Ends every live session of a user but `options.except`; how many it
+   * ended. Each is deleted only if unchanged since it was found to hold the
+   * user. Needs `userIdPath`.
+   */
+  destroyUserSessions(userId: string | number, options?: { except?: string }): Promise<number>
   /** Checks the server's settings for sessions. */
   doctor(): Promise<DoctorReport>
   /** Waits for calls in flight, then closes the connection; later calls reject with ERR_CLOSED. */

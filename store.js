@@ -9,7 +9,7 @@
 
 const { AddonStore, MAX_MERGE_PATHS, MAX_PATH_SEGMENTS, MAX_TTL_MS, MAX_PADDING, MAX_SCAN_COUNT, OpKind } = require('./lib/addon.js')
 const { RedisSessionStoreError, fromAddon, invalid } = require('./lib/errors.js')
-const { WALK_COUNT, checkId, checkTtl, describe, mergePairs, parseSession, scanCount, stringify } = require('./lib/args.js')
+const { WALK_COUNT, checkId, checkTtl, checkUserId, describe, exceptOption, mergePairs, parseSession, scanCount, stringify } = require('./lib/args.js')
 const { checkOptions, isIoredis, optionsFromIoredis } = require('./lib/options.js')
 const { Batcher, onOutcomes } = require('./lib/batcher.js')
 const { traced, trace } = require('./lib/tracing.js')
@@ -31,8 +31,10 @@ class RedisSessionStore {
   #closed = false
   /** The key prefix and the server, for tracing. */
   #where = { prefix: '', address: '' }
-  /** What lock keys put after the prefix: no session id starts with it. */
-  #lockPrefix = ''
+  /** What lock keys (and, with userIdPath, users' index keys) put after the prefix: no session id starts with one. @type {string[]} */
+  #idPrefixes = []
+  /** Whether the store keeps users' indexes (options.userIdPath). */
+  #users = false
   /** Whether a get may be answered from the read cache (options.readCache, where the topology allows it). */
   #readCache = false
   /**
@@ -58,7 +60,9 @@ class RedisSessionStore {
         return addon.address
       },
     }
-    this.#lockPrefix = addon.lockPrefix
+    const userPrefix = addon.userPrefix
+    this.#idPrefixes = userPrefix == null ? [addon.lockPrefix] : [addon.lockPrefix, userPrefix]
+    this.#users = userPrefix != null
     this.#readCache = addon.readCache
     if (options.preloadScript) {
       // A failed preload is retried by the first merge (NOSCRIPT loads the
@@ -118,7 +122,7 @@ class RedisSessionStore {
   /** @param {string} sessionId */
   async #get(sessionId) {
     this.#checkOpen()
-    checkId(sessionId, this.#lockPrefix)
+    checkId(sessionId, this.#idPrefixes)
     // Answered from memory when the read cache holds the session: no
     // crossing, no round trip. Not while a batch of this store is out (the
     // app is busy): then the get joins the next batch, as answering at once
@@ -151,7 +155,7 @@ class RedisSessionStore {
   /** @param {string} sessionId @param {SessionStoreData} data @param {number} ttlMs */
   async #set(sessionId, data, ttlMs) {
     this.#checkOpen()
-    checkId(sessionId, this.#lockPrefix)
+    checkId(sessionId, this.#idPrefixes)
     if (typeof data !== 'object' || data === null || Array.isArray(data)) {
       throw invalid(`data must be an object, got ${describe(data)}`)
     }
@@ -188,7 +192,7 @@ class RedisSessionStore {
   /** @param {string} sessionId @param {Record<string, unknown>} paths @param {number} ttlMs */
   async #merge(sessionId, paths, ttlMs) {
     this.#checkOpen()
-    checkId(sessionId, this.#lockPrefix)
+    checkId(sessionId, this.#idPrefixes)
     const pairs = mergePairs(paths)
     const ttl = checkTtl(ttlMs)
     const [b, p] = this.#batcher.enqueue(MERGE, sessionId, ttl, pairs.length)
@@ -246,7 +250,7 @@ class RedisSessionStore {
   /** @param {number} kind @param {unknown} sessionId @param {unknown} ttlMs */
   async #queueSimple(kind, sessionId, ttlMs) {
     this.#checkOpen()
-    checkId(sessionId, this.#lockPrefix)
+    checkId(sessionId, this.#idPrefixes)
     const ttl = ttlMs === NO_TTL ? 0 : checkTtl(ttlMs)
     const id = /** @type {string} */ (sessionId)
     const [b, p] = this.#batcher.enqueue(kind, id, ttl, 0)
@@ -293,6 +297,51 @@ class RedisSessionStore {
     } catch (e) {
       throw fromAddon(e)
     }
+  }
+
+  /**
+   * The ids of the live sessions of a user (options.userIdPath names where a
+   * session holds its user's id): every session that exists and holds this
+   * id there now, read from the user's index. Bounded like every call.
+   * @param {string | number} userId
+   * @returns {Promise<string[]>}
+   */
+  userSessions(userId) {
+    return traced() ? trace('userSessions', this.#where, () => this.#userSessions(userId)) : this.#userSessions(userId)
+  }
+
+  /** @param {unknown} userId */
+  async #userSessions(userId) {
+    const user = this.#checkUser(userId)
+    return this.#admin(() => this.#addon.userSessions(user))
+  }
+
+  /**
+   * Ends every live session of a user but `options.except` (the current
+   * one, say): "log out everywhere". Each is deleted only if unchanged since
+   * it was found to hold the user. Resolves with how many it ended.
+   * @param {string | number} userId
+   * @param {{except?: string}} [options]
+   * @returns {Promise<number>}
+   */
+  destroyUserSessions(userId, options) {
+    return traced() ? trace('destroyUserSessions', this.#where, () => this.#destroyUserSessions(userId, options)) : this.#destroyUserSessions(userId, options)
+  }
+
+  /** @param {unknown} userId @param {unknown} options */
+  async #destroyUserSessions(userId, options) {
+    const user = this.#checkUser(userId)
+    const except = exceptOption(options, this.#idPrefixes)
+    return this.#admin(() => this.#addon.endUserSessions(user, except))
+  }
+
+  /** A user id as the index keys it, or ERR_INVALID_ARG. @param {unknown} userId */
+  #checkUser(userId) {
+    this.#checkOpen()
+    if (!this.#users) {
+      throw invalid('the store keeps no index of users: create it with the userIdPath option')
+    }
+    return checkUserId(userId)
   }
 
   /**

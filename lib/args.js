@@ -75,19 +75,63 @@ function describe(v) {
 
 /**
  * A session id: a non-empty, well-formed string that does not start with the
- * store's lock prefix (the key of id `lock:x` would be the lock key of `x`).
- * @param {unknown} id @param {string} lockPrefix
+ * store's lock prefix (the key of id `lock:x` would be the lock key of `x`)
+ * nor, with userIdPath, its user prefix (`user:x` would be user x's index).
+ * @param {unknown} id @param {string[]} prefixes the lock prefix, then the user prefix if any
+ * @param {string} [name] what the caller called the argument
  */
-function checkId(id, lockPrefix) {
+function checkId(id, prefixes, name = 'sessionId') {
   if (typeof id !== 'string' || id.length === 0) {
-    throw invalid(`sessionId must be a non-empty string, got ${typeof id === 'string' ? 'an empty string' : describe(id)}`)
+    throw invalid(`${name} must be a non-empty string, got ${typeof id === 'string' ? 'an empty string' : describe(id)}`)
   }
   if (LONE_SURROGATE.test(id)) {
-    throw invalid('sessionId must be a well-formed string: it holds a lone surrogate (\\ud800-\\udfff)')
+    throw invalid(`${name} must be a well-formed string: it holds a lone surrogate (\\ud800-\\udfff)`)
   }
-  if (id.startsWith(lockPrefix)) {
-    throw invalid(`sessionId must not start with the lock prefix ${JSON.stringify(lockPrefix)}: its key would be the lock key of another session`)
+  for (let i = 0; i < prefixes.length; i++) {
+    if (id.startsWith(prefixes[i])) {
+      throw invalid(
+        i === 0
+          ? `${name} must not start with the lock prefix ${JSON.stringify(prefixes[i])}: its key would be the lock key of another session`
+          : `${name} must not start with the user prefix ${JSON.stringify(prefixes[i])}: its key would be the index key of a user`,
+      )
+    }
   }
+}
+
+/**
+ * A user's id as sessions hold it at userIdPath: a non-empty, well-formed
+ * string, or a finite number (indexed as String(n), as JSON writes it).
+ * @param {unknown} userId
+ * @returns {string}
+ */
+function checkUserId(userId) {
+  if (typeof userId === 'number' && Number.isFinite(userId)) return String(userId)
+  if (typeof userId !== 'string' || userId.length === 0) {
+    throw invalid(`userId must be a non-empty string or a finite number, got ${typeof userId === 'string' ? 'an empty string' : describe(userId)}`)
+  }
+  if (LONE_SURROGATE.test(userId)) {
+    throw invalid('userId must be a well-formed string: it holds a lone surrogate (\\ud800-\\udfff)')
+  }
+  return userId
+}
+
+/**
+ * destroyUserSessions' options: the session id to keep, if any.
+ * @param {unknown} options @param {string[]} prefixes
+ * @returns {string | undefined}
+ */
+function exceptOption(options, prefixes) {
+  if (options === undefined) return undefined
+  if (options === null || typeof options !== 'object' || Array.isArray(options)) {
+    throw invalid(`options must be an object, got ${describe(options)}`)
+  }
+  for (const key of Object.keys(options)) {
+    if (key !== 'except') throw invalid(`options.${key} is not an option of destroyUserSessions (it takes except)`)
+  }
+  const except = /** @type {{except?: unknown}} */ (options).except
+  if (except === undefined) return undefined
+  checkId(except, prefixes, 'options.except')
+  return /** @type {string} */ (except)
 }
 
 /**
@@ -203,4 +247,4 @@ function scanCount(options, method) {
   return count
 }
 
-module.exports = { LONE_SURROGATE, WALK_COUNT, checkObject, checkId, checkTtl, describe, isPlainObject, mergePairs, parseSession, scanCount, stringify }
+module.exports = { LONE_SURROGATE, WALK_COUNT, checkObject, checkId, checkTtl, checkUserId, describe, exceptOption, isPlainObject, mergePairs, parseSession, scanCount, stringify }

@@ -55,7 +55,10 @@ export function useRedis(opts) {
     const keys = ctx.cluster
       ? (await Promise.all(ctx.admin.nodes('master').map((n) => n.keys('*')))).flat().sort()
       : (await ctx.admin.keys('*')).sort()
-    const values = await Promise.all(keys.map((k) => ctx.admin.get(k)))
+    // Strings by value; other keys (users' indexes) by their DUMP.
+    const value = async (/** @type {string} */ k) =>
+      (await ctx.admin.type(k)) === 'string' ? ctx.admin.get(k) : (await ctx.admin.dumpBuffer(k))?.toString('hex')
+    const values = await Promise.all(keys.map(value))
     return Object.fromEntries(keys.map((k, i) => [k, values[i]]))
   }
   return ctx

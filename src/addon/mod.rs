@@ -173,6 +173,14 @@ impl AddonStore {
         self.inner.keys.lock_prefix().to_owned()
     }
 
+    /// What users' index keys put after the prefix, when the store keeps
+    /// them (`userIdPath`): a session id may not start with it, or its key
+    /// would be a user's index key. Null without `userIdPath`.
+    #[napi(getter)]
+    pub fn user_prefix(&self) -> Option<String> {
+        self.inner.keys.user_prefix().map(str::to_owned)
+    }
+
     /// Whether this store keeps a read cache (`readCache`, and a topology
     /// that allows it): `get`s ask [`cached`](Self::cached) first.
     #[napi(getter)]
@@ -253,6 +261,34 @@ impl AddonStore {
                 Walk::Clear => store.clear_page(&node, &cursor, count, deadline).await?,
             };
             Ok(page.into())
+        })
+    }
+
+    /// The ids of the live sessions of user `user` (`userIdPath`).
+    #[napi(ts_return_type = "Promise<string[]>")]
+    pub fn user_sessions<'env>(
+        &self,
+        env: &'env Env,
+        user: String,
+    ) -> Result<PromiseRaw<'env, Vec<String>>> {
+        self.admin(env, move |store, deadline| async move {
+            store.user_sessions(&user, deadline).await
+        })
+    }
+
+    /// Ends every live session of user `user` but `except`; resolves with
+    /// how many it ended.
+    #[napi(ts_return_type = "Promise<number>")]
+    pub fn end_user_sessions<'env>(
+        &self,
+        env: &'env Env,
+        user: String,
+        except: Option<String>,
+    ) -> Result<PromiseRaw<'env, u32>> {
+        self.admin(env, move |store, deadline| async move {
+            store
+                .end_user_sessions(&user, except.as_deref(), deadline)
+                .await
         })
     }
 

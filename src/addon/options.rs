@@ -14,11 +14,15 @@ use crate::link::tracking::Tracking;
 use crate::link::Timeouts;
 use crate::store::keys::Keys;
 use crate::store::texts;
+use crate::store::users::Users;
 use crate::store::Config;
 
 pub const DEFAULT_URL: &str = "redis://127.0.0.1:6379";
 pub const DEFAULT_PREFIX: &str = "sess:";
 pub const DEFAULT_LOCK_PREFIX: &str = "lock:";
+pub const DEFAULT_USER_PREFIX: &str = "user:";
+/// The longest `userIdPath`, in segments.
+pub const MAX_USER_ID_PATH_SEGMENTS: usize = 32;
 pub const DEFAULT_CONNECT_TIMEOUT_MS: u64 = 1000;
 pub const DEFAULT_COMMAND_TIMEOUT_MS: u64 = 1000;
 /// Upper bound for both timeouts: one hour.
@@ -70,6 +74,16 @@ pub struct StoreOptions {
     /// load it costs Redis more than it saves). Not on a cluster yet, nor
     /// where the server refuses tracking or may evict keys.
     pub read_cache: Option<bool>,
+    /// Where a session holds its user's id, as a dot-path (`'data.userId'`):
+    /// every `set`, `merge` and `touch` then keeps an index of each user's
+    /// session ids, for `userSessions()` and `destroyUserSessions()` (README,
+    /// "Log out everywhere"). The value there is the user's id if it is a
+    /// non-empty string or a number. Default: none, and no index is kept.
+    pub user_id_path: Option<String>,
+    /// Users' index keys are `<prefix><userPrefix><userId>`; a session id may
+    /// not start with it while `userIdPath` is set. Default `'user:'`; must
+    /// not be empty, and neither it nor `lockPrefix` may start the other.
+    pub user_prefix: Option<String>,
 }
 
 /// Redis Cluster.
@@ -141,6 +155,8 @@ checked_fields!(StoreOptions {
     command_timeout: "number",
     remembered_text_bytes: "number",
     read_cache: "boolean",
+    user_id_path: "string",
+    user_prefix: "string",
 });
 checked_fields!(ClusterOptions { nodes: "urls" });
 checked_fields!(SentinelOptions {
@@ -292,15 +308,55 @@ impl StoreOptions {
                 "options.lockPrefix must not be empty: lock keys would equal session keys",
             ));
         }
+        let mut keys = Keys::new(prefix, lock_prefix);
+        let users = match &o.user_id_path {
+            Some(path) => {
+                check_user_id_path(path)?;
+                let user_prefix = o.user_prefix.as_deref().unwrap_or(DEFAULT_USER_PREFIX);
+                check_user_prefix(user_prefix, lock_prefix)?;
+                keys = keys.with_users(user_prefix);
+                Some(Users::new(path))
+            }
+            None => None,
+        };
         Ok(Config {
             description,
             topology,
-            keys: Keys::new(prefix, lock_prefix),
+            keys,
             timeouts,
             remembered_text_bytes,
             tracking,
+            users,
         })
     }
+}
+
+/// A dot-path of 1 to `MAX_USER_ID_PATH_SEGMENTS` non-empty segments.
+fn check_user_id_path(path: &str) -> Result<()> {
+    let segments = path.split('.').count();
+    if path.split('.').any(str::is_empty) || segments > MAX_USER_ID_PATH_SEGMENTS {
+        return Err(StoreError::invalid_arg(format!(
+            "options.userIdPath must be a dot-path such as 'data.userId', of 1 to {MAX_USER_ID_PATH_SEGMENTS} non-empty segments"
+        )));
+    }
+    Ok(())
+}
+
+/// Index keys must differ from every lock key: `<prefix><lockPrefix><id>` and
+/// `<prefix><userPrefix><user>` are never the same key when neither
+/// sub-prefix starts the other.
+fn check_user_prefix(user_prefix: &str, lock_prefix: &str) -> Result<()> {
+    if user_prefix.is_empty() {
+        return Err(StoreError::invalid_arg(
+            "options.userPrefix must not be empty: index keys would equal session keys",
+        ));
+    }
+    if user_prefix.starts_with(lock_prefix) || lock_prefix.starts_with(user_prefix) {
+        return Err(StoreError::invalid_arg(
+            "options.userPrefix and options.lockPrefix must not start one another: index keys could equal lock keys",
+        ));
+    }
+    Ok(())
 }
 
 fn cluster_topology(

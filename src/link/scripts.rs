@@ -12,12 +12,15 @@ pub const MERGE_LUA: &str = include_str!("../../lua/merge.lua");
 pub const COMPARE_AND_SET_LUA: &str = include_str!("../../lua/swap.lua");
 /// Compare-and-delete of a lock key.
 pub const UNLOCK_LUA: &str = include_str!("../../lua/unlock.lua");
+/// A user's index of session ids (`userIdPath`): add an entry, prune.
+pub const USERS_LUA: &str = include_str!("../../lua/users.lua");
 
 /// The scripts, with their SHA1s computed once.
 pub struct Scripts {
     merge: Script,
     compare_and_set: Script,
     unlock: Script,
+    users: Script,
 }
 
 impl Default for Scripts {
@@ -26,6 +29,7 @@ impl Default for Scripts {
             merge: Script::new(MERGE_LUA),
             compare_and_set: Script::new(COMPARE_AND_SET_LUA),
             unlock: Script::new(UNLOCK_LUA),
+            users: Script::new(USERS_LUA),
         }
     }
 }
@@ -46,11 +50,16 @@ impl Scripts {
         self.unlock.get_hash()
     }
 
+    /// SHA1 of `lua/users.lua`, a user's index.
+    pub fn users(&self) -> &str {
+        self.users.get_hash()
+    }
+
     /// `SCRIPT LOAD` of every script, as one pipeline; any error reply in
     /// its answer means the scripts are not loaded.
     pub fn load(&self) -> Pipeline {
         let mut pipe = redis::pipe();
-        for lua in [MERGE_LUA, COMPARE_AND_SET_LUA, UNLOCK_LUA] {
+        for lua in [MERGE_LUA, COMPARE_AND_SET_LUA, UNLOCK_LUA, USERS_LUA] {
             pipe.cmd("SCRIPT").arg("LOAD").arg(lua);
         }
         pipe
@@ -74,7 +83,7 @@ mod tests {
     #[test]
     fn scripts_pass_keys_only_through_keys() {
         // Cluster routing needs every key in KEYS; the scripts never build one.
-        for lua in [MERGE_LUA, COMPARE_AND_SET_LUA, UNLOCK_LUA] {
+        for lua in [MERGE_LUA, COMPARE_AND_SET_LUA, UNLOCK_LUA, USERS_LUA] {
             assert!(lua.contains("KEYS[1]"));
             assert!(!lua.contains("KEYS[2]"));
         }

@@ -467,6 +467,33 @@ fn find_element(s: &[u8], p: usize, idx: u64) -> Result<Element> {
     }
 }
 
+/// The value at the path `segs` (object keys, or array indexes as
+/// JavaScript reads them) in a text known to be UTF-8 holding one JSON
+/// object: its JSON text, or None when the path holds nothing. Reads only up
+/// to the value, as a merge's splice does.
+pub fn value_at<'s>(s: &'s [u8], segs: &[&str]) -> Result<Option<&'s [u8]>> {
+    let mut p = skip_ws(s, 0);
+    for seg in segs {
+        match s.get(p) {
+            Some(b'{') => match find_member(s, p, seg.as_bytes())?.0 {
+                Some(m) => p = m.value_start,
+                None => return Ok(None),
+            },
+            Some(b'[') => {
+                let Some(idx) = array_index(seg) else {
+                    return Ok(None);
+                };
+                match find_element(s, p, idx)? {
+                    Element::Found(start, _) => p = start,
+                    Element::Missing { .. } => return Ok(None),
+                }
+            }
+            _ => return Ok(None),
+        }
+    }
+    Ok(Some(&s[p..skip_value(s, p)]))
+}
+
 /// The index a segment names in an array, as JavaScript reads it.
 fn array_index(seg: &str) -> Option<u64> {
     let b = seg.as_bytes();

@@ -40,12 +40,14 @@ use crate::link::Ready;
 use crate::merge::splice::SpliceError;
 use crate::merge::splicer::{self, Spliced};
 use crate::store::locks::new_token;
+use crate::store::ops::ttl_ms;
 use crate::store::ops::{
     push_commands, push_compare_and_set, push_delete_session, push_read, Kind, Op, Outcome,
 };
-use crate::store::replies::decode_replies;
+use crate::store::replies::{decode_replies, describe_reply};
 use crate::store::stats::{MergeStep, Release};
 use crate::store::texts::{Remembered, Ticket};
+use crate::store::users::push_index_add;
 use crate::store::Store;
 
 /// Where an op's outcomes go as soon as they settle: to `addon/crossing.rs`,
@@ -69,6 +71,9 @@ enum Step {
         new: Vec<u8>,
         remembered: bool,
     },
+    /// With `userIdPath`: add the session to `user`'s index, then `then`
+    /// (the write that leaves the session naming the user: `users.rs`).
+    Index { user: String, then: Box<Step> },
     /// Merge: the paths are being spliced into `old` on the splicer's
     /// threads; then `CompareAndSet`.
     Splicing {
@@ -87,11 +92,15 @@ struct Pending {
     conflicts: u32,
     /// A merge backing off after a conflict waits until then.
     not_before: Option<Instant>,
+    /// The op's next write is already in its user's index (`Step::Index`).
+    indexed: bool,
 }
 
 enum Next {
     Finished(Outcome),
     Then(Step),
+    /// The session is in its user's index: now the write.
+    Indexed(Step),
     /// The server refused a native command: the step runs again by script.
     Refused(NativeCommand, Step),
     /// Another writer changed the text. `Some(len)`: the text the splice
@@ -175,6 +184,7 @@ impl<'a> Batch<'a> {
                 step: None,
                 conflicts: 0,
                 not_before: None,
+                indexed: false,
             })
             .collect();
         let mut scripts_loaded = false;
@@ -249,7 +259,8 @@ impl<'a> Batch<'a> {
     /// may go (the second value) or a splice ends.
     fn next_round(&self, todo: &mut Vec<Pending>) -> (Vec<(Pending, Step)>, Instant) {
         let now = Instant::now();
-        let ordered = self.store.conn.is_cluster();
+        // With users' indexes a set or a touch may take rounds too.
+        let ordered = self.store.conn.is_cluster() || self.store.users.is_some();
         let mut round = Vec::with_capacity(todo.len());
         let mut waiting = Vec::new();
         let mut busy: HashSet<&str> = HashSet::new();
@@ -272,8 +283,12 @@ impl<'a> Batch<'a> {
                 continue;
             }
             // A merge's first step is chosen now, after the ops before it.
+            // With users' indexes a touch is a merge of no paths: its
+            // compare-and-set moves the expiry of the text whose user it
+            // indexed, never of one that changed user meanwhile.
             let step = p.step.take().unwrap_or_else(|| match op.kind {
                 Kind::Merge => self.first_merge_step(p.op),
+                Kind::Touch if self.store.users.is_some() => self.first_merge_step(p.op),
                 _ => Step::Commands,
             });
             if let Step::Splicing { .. } = step {
@@ -282,6 +297,11 @@ impl<'a> Batch<'a> {
                 waiting.push(p);
                 continue;
             }
+            let step = if p.indexed {
+                step
+            } else {
+                self.index_first(op, step)
+            };
             round.push((p, step));
         }
         *todo = waiting;
@@ -340,7 +360,13 @@ impl<'a> Batch<'a> {
             let op = &self.ops[pending.op];
             match self.advance(pending.op, step, token, r, &ready.capabilities, keep) {
                 Next::Finished(outcome) => done.push((pending.op, outcome)),
+                Next::Indexed(step) => {
+                    pending.indexed = true;
+                    pending.step = Some(step);
+                    todo.push(pending);
+                }
                 Next::Then(step) => {
+                    pending.indexed = false;
                     pending.step = Some(step);
                     todo.push(pending);
                 }
@@ -351,9 +377,12 @@ impl<'a> Batch<'a> {
                 }
                 Next::Conflict(text_len) => {
                     pending.conflicts += 1;
+                    pending.indexed = false;
                     // The script pads arrays too: that counts as its work.
-                    let script_fits =
-                        text_len.is_some_and(|len| splice_work(len, &op.args) <= SCRIPT_WORK);
+                    // With users' indexes a merge never goes to the script:
+                    // its result's user must be indexed before it is written.
+                    let script_fits = self.store.users.is_none()
+                        && text_len.is_some_and(|len| splice_work(len, &op.args) <= SCRIPT_WORK);
                     if script_fits {
                         pending.step = Some(Step::Script);
                     } else {
@@ -384,7 +413,7 @@ impl<'a> Batch<'a> {
         let keeps = |kind| matches!(kind, Kind::Get | Kind::Set | Kind::Merge);
         let tracked = round
             .iter()
-            .any(|(p, _)| keeps(self.ops[p.op].kind))
+            .any(|(p, step)| keeps(self.ops[p.op].kind) && !matches!(step, Step::Index { .. }))
             .then(|| self.store.conn.tracking.round_command())
             .flatten()
             .map(|cmd| {
@@ -406,7 +435,7 @@ impl<'a> Batch<'a> {
             // or a merge keeps what it found or wrote, a set or a delete only
             // drops the text (no ticket, no copy of the set's).
             let ticket = match (op.kind, &step) {
-                (_, Step::Read) => None,
+                (_, Step::Read | Step::Index { .. }) => None,
                 (Kind::Get | Kind::Merge, _) => Some(self.store.texts.begin(&op.id)),
                 (Kind::Set | Kind::Delete | Kind::Touch, _) if caches => {
                     Some(self.store.texts.begin(&op.id))
@@ -463,6 +492,10 @@ impl<'a> Batch<'a> {
                     push_read(&mut pipe, op, &self.store.keys);
                     Ok(1)
                 }
+                Step::Index { user, .. } => {
+                    push_index_add(&mut pipe, self.store, user, &op.id, ttl_ms(op.ttl));
+                    Ok(1)
+                }
                 Step::CompareAndSet { old, new, .. } => {
                     push_compare_and_set(&mut pipe, op, &self.store.keys, how, old, new);
                     Ok(1)
@@ -492,6 +525,28 @@ impl<'a> Batch<'a> {
             }
         }
         (pipe, planned, tracked)
+    }
+
+    /// With `userIdPath`, a write that leaves the session naming a user (a
+    /// set, a compare-and-set) is preceded by its addition to that user's
+    /// index (`users.rs`); other steps go as they are.
+    fn index_first(&self, op: &Op, step: Step) -> Step {
+        let Some(users) = &self.store.users else {
+            return step;
+        };
+        let user = match (&step, op.kind) {
+            // store.js checked that a set's text is the JSON of one object.
+            (Step::Commands, Kind::Set) => users.user_of(op.args[0].as_bytes()),
+            (Step::CompareAndSet { new, .. }, _) => users.user_of(new),
+            _ => None,
+        };
+        match user {
+            Some(user) => Step::Index {
+                user,
+                then: Box::new(step),
+            },
+            None => step,
+        }
     }
 
     /// A merge starts with the compare-and-set when this store has the session's
@@ -618,6 +673,19 @@ impl<'a> Batch<'a> {
         };
         match step {
             Step::Splicing { .. } => Next::Finished(Outcome::Failed(splicing_planned())),
+            Step::Index { then, .. } => match replies.first() {
+                Some(Value::Int(_)) => Next::Indexed(*then),
+                Some(Value::ServerError(e)) => Next::Finished(Outcome::Failed(
+                    StoreError::from_reply(e, self.store.conn.is_cluster()),
+                )),
+                other => Next::Finished(Outcome::Failed(StoreError::new(
+                    Code::Redis,
+                    format!(
+                        "unexpected reply to the index's script: {}",
+                        describe_reply(other)
+                    ),
+                ))),
+            },
             Step::Script if replies.first() == Some(&Value::Int(-1)) => {
                 Next::Conflict(None) // the script declined: the text grew past its budget
             }
@@ -645,8 +713,11 @@ impl<'a> Batch<'a> {
             }
             Step::Read => match replies.first_mut().map(std::mem::take) {
                 Some(Value::Nil) => {
-                    stats.merge_step(MergeStep::Missing);
                     self.store.texts.forget(&op.id);
+                    if op.kind == Kind::Touch {
+                        return Next::Finished(Outcome::Bool(false)); // no session to touch
+                    }
+                    stats.merge_step(MergeStep::Missing);
                     Next::Finished(Outcome::Done) // no session: nothing to merge
                 }
                 Some(Value::BulkString(old)) => {
@@ -670,24 +741,36 @@ impl<'a> Batch<'a> {
                 remembered,
             } => match compare_and_set_result(replies.first()) {
                 Some(true) => {
-                    let native = capabilities.compare_and_set != CompareAndSetBy::Script;
-                    stats.merge_step(MergeStep::Written { remembered, native });
+                    let merge = op.kind == Kind::Merge;
+                    if merge {
+                        let native = capabilities.compare_and_set != CompareAndSetBy::Script;
+                        stats.merge_step(MergeStep::Written { remembered, native });
+                    }
                     if let Some(ticket) = keep.ticket {
                         let until = keep.servable_from.map(|t| t + ttl_of(op));
                         self.store
                             .texts
                             .keep(&op.id, ticket, Arc::new(new), true, until);
                     }
-                    Next::Finished(Outcome::Done)
+                    Next::Finished(if merge {
+                        Outcome::Done
+                    } else {
+                        Outcome::Bool(true) // a touch (`userIdPath`)
+                    })
                 }
                 Some(false) => {
                     self.end(op, keep);
                     self.store.texts.forget(&op.id);
+                    let merge = op.kind == Kind::Merge;
                     if remembered {
-                        stats.merge_step(MergeStep::Stale);
+                        if merge {
+                            stats.merge_step(MergeStep::Stale);
+                        }
                         Next::Then(Step::Read) // the remembered text was out of date
                     } else {
-                        stats.merge_step(MergeStep::Conflict);
+                        if merge {
+                            stats.merge_step(MergeStep::Conflict);
+                        }
                         Next::Conflict(Some(old.len()))
                     }
                 }

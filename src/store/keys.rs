@@ -1,10 +1,16 @@
 //! The key layout shared with the JavaScript adapter:
 //! `<prefix><id>` holds the session, `<prefix><lockPrefix><id>` its lock.
+//! With `userIdPath`, `<prefix><userPrefix><userId>` is a user's index of
+//! session ids (`users.rs`). Neither sub-prefix starts the other
+//! (`addon/options.rs`) and no session id starts with either (`lib/args.js`),
+//! so no two kinds of key can be the same key.
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Keys {
     prefix: String,
     lock_prefix: String,
+    /// With `userIdPath` only.
+    user_prefix: Option<String>,
 }
 
 impl Keys {
@@ -12,7 +18,29 @@ impl Keys {
         Keys {
             prefix: prefix.to_owned(),
             lock_prefix: lock_prefix.to_owned(),
+            user_prefix: None,
         }
+    }
+
+    /// The layout with users' index keys under `user_prefix`.
+    pub fn with_users(mut self, user_prefix: &str) -> Self {
+        self.user_prefix = Some(user_prefix.to_owned());
+        self
+    }
+
+    /// What index keys put after the prefix, when the store keeps them.
+    pub fn user_prefix(&self) -> Option<&str> {
+        self.user_prefix.as_deref()
+    }
+
+    /// The key of `user`'s index of session ids.
+    pub fn user_index(&self, user: &str) -> String {
+        let sub = self.user_prefix.as_deref().unwrap_or_default();
+        let mut k = String::with_capacity(self.prefix.len() + sub.len() + user.len());
+        k.push_str(&self.prefix);
+        k.push_str(sub);
+        k.push_str(user);
+        k
     }
 
     pub fn prefix(&self) -> &str {
@@ -44,12 +72,17 @@ impl Keys {
         p
     }
 
-    /// The session id a key holds; None for a lock key, or a key outside
-    /// the prefix.
+    /// The session id a key holds; None for a lock key, a user's index
+    /// key, or a key outside the prefix.
     pub fn id_of<'k>(&self, key: &'k [u8]) -> Option<&'k str> {
         let rest = key.strip_prefix(self.prefix.as_bytes())?;
         if rest.starts_with(self.lock_prefix.as_bytes()) {
             return None;
+        }
+        if let Some(user_prefix) = &self.user_prefix {
+            if rest.starts_with(user_prefix.as_bytes()) {
+                return None;
+            }
         }
         std::str::from_utf8(rest).ok().filter(|id| !id.is_empty())
     }
@@ -92,6 +125,18 @@ mod tests {
         assert_eq!(k.id_of(b"other:abc"), None);
         assert_eq!(k.id_of(b"sess:"), None);
         assert_eq!(k.id_of(&[b's', b'e', b's', b's', b':', 0xff]), None);
+    }
+
+    #[test]
+    fn index_keys_are_not_sessions() {
+        let k = Keys::new("sess:", "lock:").with_users("user:");
+        assert_eq!(k.user_index("42"), "sess:user:42");
+        assert_eq!(k.id_of(b"sess:user:42"), None);
+        assert_eq!(k.id_of(b"sess:abc"), Some("abc"));
+        assert_eq!(
+            Keys::new("sess:", "lock:").id_of(b"sess:user:42"),
+            Some("user:42")
+        );
     }
 
     #[test]

@@ -12,6 +12,7 @@ pub mod ops;
 pub mod replies;
 pub mod stats;
 pub mod texts;
+pub mod users;
 
 use std::fmt;
 use std::sync::Arc;
@@ -29,6 +30,7 @@ use locks::LockTokens;
 use ops::{ttl_ms, Kind, Op, Outcome};
 use stats::Stats;
 use texts::Texts;
+use users::Users;
 
 /// A store's checked options (`addon/options.rs` builds it).
 pub struct Config {
@@ -41,6 +43,9 @@ pub struct Config {
     /// The server's reports of changed keys, for the read cache (given to
     /// the topology's clients as their push sender).
     pub tracking: Arc<Tracking>,
+    /// Where a session names its user (`userIdPath`), when the store keeps
+    /// each user's index of session ids.
+    pub users: Option<Users>,
 }
 
 impl fmt::Debug for Config {
@@ -52,6 +57,7 @@ impl fmt::Debug for Config {
             .field("timeouts", &self.timeouts)
             .field("remembered_text_bytes", &self.remembered_text_bytes)
             .field("tracking", &self.tracking.state())
+            .field("users", &self.users)
             .finish()
     }
 }
@@ -65,6 +71,8 @@ pub struct Store {
     pub(crate) tokens: LockTokens,
     pub(crate) texts: Arc<Texts>,
     pub stats: Stats,
+    /// With `userIdPath`: where a session names its user.
+    pub users: Option<Users>,
 }
 
 /// The server's reports, turned from keys into the session ids of the texts.
@@ -102,6 +110,7 @@ impl Store {
             tokens: LockTokens::default(),
             texts,
             stats: Stats::default(),
+            users: config.users,
         }
     }
 

@@ -1,0 +1,252 @@
+// "Log out everywhere" (README): with userIdPath, every set, merge and touch
+// keeps an index of each user's session ids; userSessions() lists a user's
+// live sessions and destroyUserSessions() ends them. Single server here, a
+// 3-master cluster under npm run test:cluster.
+import assert from 'node:assert/strict'
+import { setTimeout as sleep } from 'node:timers/promises'
+import { before, describe, it } from 'node:test'
+import { newId, rejectsWith, useRedis } from './support/setup.mjs'
+
+const redis = useRedis()
+const TTL = 600_000
+// Short timeouts: an index entry's bound is the session's ttl plus the call
+// bound (connectTimeout + commandTimeout), so the expiry tests wait less.
+const TIMEOUTS = { connectTimeout: 250, commandTimeout: 250 }
+const SLACK = TIMEOUTS.connectTimeout + TIMEOUTS.commandTimeout
+
+const masters = () => (redis.cluster ? redis.admin.nodes('master') : [redis.admin])
+
+/** Every key under `pattern` on every master. */
+async function keys(pattern) {
+  return (await Promise.all(masters().map((n) => n.keys(pattern)))).flat().sort()
+}
+
+/** A session of relay-session's shape, for `user` (none: logged out). */
+const sessionOf = (id, user, extra = {}) => ({
+  data: { ...(user === undefined ? {} : { userId: user }), cart: [], ...extra },
+  meta: { id, createdAt: 1763812345678, expiresAt: 1763812345678 + 86400000 },
+})
+
+/** The user a stored session holds at data.userId, read with the admin client. */
+async function storedUser(id) {
+  const text = await redis.admin.get(`sess:${id}`)
+  return text === null ? undefined : JSON.parse(text).data?.userId
+}
+
+const sorted = (a) => [...a].sort()
+
+describe(`userIdPath: each user's sessions${redis.cluster ? ' (cluster)' : ''}`, () => {
+  let store
+  before(async () => {
+    await redis.ready()
+    store = redis.store({ userIdPath: 'data.userId', ...TIMEOUTS })
+  })
+
+  it('lists the sessions a set, a merge or a parent replaced gave the user, and no other', async () => {
+    const u = `u-${newId()}`
+    const [a, b, c, d] = [newId(), newId(), newId(), newId()]
+    await store.set(a, sessionOf(a, u), TTL)
+    await store.set(b, sessionOf(b, undefined), TTL)
+    await store.merge(b, { 'data.userId': u }, TTL) // login without rotation
+    await store.set(c, sessionOf(c, undefined), TTL)
+    await store.merge(c, { data: { userId: u, cart: [1] } }, TTL) // data replaced
+    await store.set(d, sessionOf(d, 'someone else'), TTL)
+    assert.deepEqual(sorted(await store.userSessions(u)), sorted([a, b, c]))
+    assert.deepEqual(await store.userSessions('someone else'), [d])
+    assert.deepEqual(await store.userSessions(`nobody-${newId()}`), [])
+  })
+
+  it('a number is the user String(n) names', async () => {
+    const n = Math.floor(Math.random() * 1e12)
+    const id = newId()
+    await store.set(id, sessionOf(id, n), TTL)
+    assert.deepEqual(await store.userSessions(n), [id])
+    assert.deepEqual(await store.userSessions(String(n)), [id])
+  })
+
+  it('logout (the path removed), a change of user, a delete and an expiry leave the list at once', async () => {
+    const u = `u-${newId()}`
+    const [a, b, c, d, e] = [newId(), newId(), newId(), newId(), newId()]
+    for (const id of [a, b, c, d, e]) await store.set(id, sessionOf(id, u), TTL)
+    await store.merge(a, { 'data.userId': undefined }, TTL)
+    await store.merge(b, { 'data.userId': 'another' }, TTL)
+    await store.merge(c, { data: { cart: [] } }, TTL)
+    await store.delete(d)
+    await redis.admin.pexpire(`sess:${e}`, 1)
+    await sleep(20)
+    assert.deepEqual(await store.userSessions(u), [])
+  })
+
+  it('rotation, as relay-session does it, leaves only the new id, with no help from the app', async () => {
+    const u = `u-${newId()}`
+    const [old, fresh] = [newId(), newId()]
+    await store.set(old, sessionOf(old, u), TTL)
+    // rotateId(): set(newId, fullCopy), then the old id becomes a redirect for a grace period.
+    await store.set(fresh, sessionOf(fresh, u, { cart: [1] }), TTL)
+    await store.merge(old, { data: null, meta: { redirectTo: fresh } }, 5000)
+    assert.deepEqual(await store.userSessions(u), [fresh])
+  })
+
+  it('destroyUserSessions ends every session of the user but the one named, and says how many', async () => {
+    const u = `u-${newId()}`
+    const ids = Array.from({ length: 5 }, () => newId())
+    const other = newId()
+    for (const id of ids) await store.set(id, sessionOf(id, u), TTL)
+    await store.set(other, sessionOf(other, 'bystander'), TTL)
+    assert.equal(await store.destroyUserSessions(u, { except: ids[0] }), 4)
+    assert.deepEqual(await store.userSessions(u), [ids[0]])
+    for (const id of ids.slice(1)) assert.equal(await store.get(id), null)
+    assert.notEqual(await store.get(ids[0]), null)
+    assert.equal(await storedUser(other), 'bystander')
+    assert.equal(await store.destroyUserSessions(u), 1)
+    assert.deepEqual(await store.userSessions(u), [])
+    assert.equal(await store.destroyUserSessions(u), 0)
+  })
+
+  it('a session the user left before it was ended is not ended', async () => {
+    const u = `u-${newId()}`
+    const id = newId()
+    await store.set(id, sessionOf(id, u), TTL)
+    await store.merge(id, { 'data.userId': 'next user' }, TTL)
+    assert.equal(await store.destroyUserSessions(u), 0)
+    assert.equal(await storedUser(id), 'next user')
+  })
+
+  it('a touch or a merge that extends a session extends its index entry: still listed past the first ttl', async () => {
+    const u = `u-${newId()}`
+    const [a, b] = [newId(), newId()]
+    await store.set(a, sessionOf(a, u), 300)
+    await store.set(b, sessionOf(b, u), 300)
+    assert.equal(await store.touch(a, 60_000), true)
+    await store.merge(b, { 'data.cart': [2] }, 60_000)
+    await sleep(300 + SLACK + 300)
+    assert.deepEqual(sorted(await store.userSessions(u)), sorted([a, b]))
+    assert.equal(await store.destroyUserSessions(u), 2)
+  })
+
+  it('a touch of a missing session creates nothing and says so', async () => {
+    const id = newId()
+    assert.equal(await store.touch(id, 60_000), false)
+    assert.equal(await redis.admin.exists(`sess:${id}`), 0)
+  })
+
+  it('an index expires by itself once its sessions have, with no call needed', async () => {
+    const u = `u-${newId()}`
+    const ids = [newId(), newId(), newId()]
+    for (const id of ids) await store.set(id, sessionOf(id, u), 200)
+    assert.equal(await redis.admin.exists(`sess:user:${u}`), 1)
+    const pttl = await redis.admin.pttl(`sess:user:${u}`)
+    assert.ok(pttl > 0 && pttl <= 200 + SLACK, `the index expires with its last bound (pttl ${pttl})`)
+    await sleep(200 + SLACK + 100)
+    assert.equal(await redis.admin.exists(`sess:user:${u}`), 0)
+  })
+
+  it('the admin calls count no index key as a session; clear() removes them', async () => {
+    const s = redis.store({ prefix: `adm${newId().slice(-8)}:`, userIdPath: 'data.userId', ...TIMEOUTS })
+    const ids = [newId(), newId()]
+    for (const id of ids) await s.set(id, sessionOf(id, 'u1'), TTL)
+    assert.equal(await s.length(), 2)
+    const listed = []
+    for await (const id of s.ids()) listed.push(id)
+    assert.deepEqual(sorted(listed), sorted(ids))
+    assert.equal(await s.clear(), 3) // two sessions and the index of u1
+    assert.deepEqual(await s.userSessions('u1'), [])
+  })
+
+  it('without userIdPath nothing but the session is written, and the calls are refused', async () => {
+    const prefix = `plain${newId().slice(-8)}:`
+    const plain = redis.store({ prefix })
+    const id = newId()
+    await plain.set(id, sessionOf(id, 'u1'), TTL)
+    await plain.merge(id, { 'data.userId': 'u2' }, TTL)
+    await plain.touch(id, TTL)
+    assert.deepEqual(await keys(`${prefix}*`), [`${prefix}${id}`])
+    await rejectsWith(plain.userSessions('u1'), 'ERR_INVALID_ARG', 'userIdPath')
+    await rejectsWith(plain.destroyUserSessions('u1'), 'ERR_INVALID_ARG', 'userIdPath')
+    // Without the option an id may start with "user:".
+    await plain.set('user:x', sessionOf('user:x', 'u1'), TTL)
+    assert.equal(await plain.length(), 2)
+  })
+})
+
+describe('userIdPath: bad input is refused and changes nothing', () => {
+  let store
+  before(async () => {
+    await redis.ready()
+    store = redis.store({ userIdPath: 'data.userId', ...TIMEOUTS })
+  })
+
+  it('ids that would be index keys are refused by every call', async () => {
+    const before = await redis.snapshot()
+    const id = 'user:42'
+    await assert.rejects(store.set(id, sessionOf(id, '42'), TTL), { code: 'ERR_INVALID_ARG', message: /user prefix "user:"/ })
+    await assert.rejects(store.merge(id, { 'data.x': 1 }, TTL), { code: 'ERR_INVALID_ARG' })
+    await assert.rejects(store.get(id), { code: 'ERR_INVALID_ARG' })
+    await assert.rejects(store.delete(id), { code: 'ERR_INVALID_ARG' })
+    await assert.rejects(store.touch(id, TTL), { code: 'ERR_INVALID_ARG' })
+    await assert.rejects(store.lock(id, TTL), { code: 'ERR_INVALID_ARG' })
+    assert.deepEqual(await redis.snapshot(), before)
+  })
+
+  it('bad user ids and options are refused before anything is sent', async () => {
+    const u = `u-${newId()}`
+    const ids = [newId(), newId()]
+    for (const id of ids) await store.set(id, sessionOf(id, u), TTL)
+    const before = await redis.snapshot()
+    for (const bad of ['', null, undefined, {}, [], NaN, Infinity, true, '\ud800']) {
+      await rejectsWith(store.userSessions(/** @type {any} */ (bad)), 'ERR_INVALID_ARG', 'userId')
+      await rejectsWith(store.destroyUserSessions(/** @type {any} */ (bad)), 'ERR_INVALID_ARG', 'userId')
+    }
+    for (const bad of [null, 'x', [], { except: 1 }, { except: '' }, { except: 'user:1' }, { keep: ids[0] }]) {
+      await rejectsWith(store.destroyUserSessions(u, /** @type {any} */ (bad)), 'ERR_INVALID_ARG')
+    }
+    assert.deepEqual(await redis.snapshot(), before)
+    assert.deepEqual(sorted(await store.userSessions(u)), sorted(ids))
+  })
+
+  it('bad userIdPath and userPrefix options are refused', () => {
+    const url = redis.cluster ? undefined : redis.server.url
+    const where = url ? { url } : { cluster: { nodes: redis.cluster.urls } }
+    const refused = (options, part) =>
+      assert.throws(
+        () => redis.store({ ...where, ...options }),
+        (e) => e.code === 'ERR_INVALID_ARG' && e.message.includes(part),
+      )
+    refused({ userIdPath: '' }, 'userIdPath')
+    refused({ userIdPath: 'data..userId' }, 'userIdPath')
+    refused({ userIdPath: Array(33).fill('a').join('.') }, 'userIdPath')
+    refused({ userIdPath: 42 }, 'userIdPath')
+    refused({ userIdPath: 'data.userId', userPrefix: '' }, 'userPrefix')
+    refused({ userIdPath: 'data.userId', userPrefix: 'lock:users:' }, 'userPrefix')
+    refused({ userIdPath: 'data.userId', userPrefix: 'lo', lockPrefix: 'lock:' }, 'userPrefix')
+  })
+})
+
+describe(`userIdPath: one user with 1,000 sessions${redis.cluster ? ' (cluster)' : ''}`, () => {
+  it('lists and ends them within the call bound, no command over 5 ms on the server', async (t) => {
+    await redis.ready()
+    const store = redis.store({ userIdPath: 'data.userId' })
+    const u = `many-${newId()}`
+    const ids = Array.from({ length: 1000 }, () => newId())
+    const big = 'x'.repeat(1024)
+    await Promise.all(ids.map((id) => store.set(id, sessionOf(id, u, { note: big }), TTL)))
+    for (const node of masters()) {
+      await node.config('SET', 'slowlog-log-slower-than', '5000')
+      await node.slowlog('RESET')
+    }
+    const t0 = performance.now()
+    const listed = await store.userSessions(u)
+    const listMs = performance.now() - t0
+    assert.deepEqual(sorted(listed), sorted(ids))
+    const t1 = performance.now()
+    assert.equal(await store.destroyUserSessions(u, { except: ids[0] }), 999)
+    const endMs = performance.now() - t1
+    const slow = (await Promise.all(masters().map((n) => n.slowlog('GET', 128)))).flat()
+    for (const node of masters()) await node.config('SET', 'slowlog-log-slower-than', '10000')
+    assert.deepEqual(slow, [], 'no command took 5 ms or more')
+    // Each resolved, so each ended within the call bound (connectTimeout +
+    // commandTimeout): a call that reaches it rejects with ERR_TIMEOUT.
+    t.diagnostic(`1,000 sessions of 1 KB: listed in ${listMs.toFixed(0)} ms, ended in ${endMs.toFixed(0)} ms`)
+    assert.deepEqual(await store.userSessions(u), [ids[0]])
+  })
+})

@@ -1,0 +1,317 @@
+//! A user's sessions (`userIdPath`): which user a session's text names, the
+//! index of each user's session ids that the writes keep (`lua/users.lua`,
+//! a sorted set under `<prefix><userPrefix><userId>`), and the calls that
+//! list a user's sessions and end them.
+//!
+//! **No live session is ever missing from its user's index**, on one server,
+//! Sentinel or a cluster (where the index and the session are on different
+//! slots, and no command can hold both):
+//! - A write that leaves a session naming a user (a set, a merge's
+//!   compare-and-set, a touch) first adds the id to that user's index, with a
+//!   bound of the server's now + the ttl + the call bound, and writes the
+//!   session only once the server has answered that (`batch.rs`,
+//!   `Step::Index`). The write is sent within the call bound, so the session
+//!   expires before the bound; a later write that extends it adds again
+//!   first, and the bound only grows.
+//! - An entry leaves the index only once its bound has passed, on the
+//!   server's clock, inside the script (`ZRANGEBYSCORE … (now`, then `ZREM`,
+//!   atomically): by then no session it stood for can be alive.
+//!
+//! **No dead id is ever returned**: the calls read each entry's session and
+//! keep only those that exist and name the user now. An entry of a session
+//! that ended, was rotated away or logged out stays until its bound passes
+//! (at most a ttl and a call bound), skipped meanwhile: removing it earlier
+//! could race a write that adds it back before its session is written. The
+//! index key expires with its highest bound, so no index outlives the
+//! sessions written to it, with no event needed.
+//!
+//! Ending compares and deletes each session against the text it read
+//! (`lua/unlock.lua`, a compare-and-delete), so a session that changed user
+//! in between is not ended; one that changed otherwise is read again.
+
+use std::collections::HashSet;
+use std::time::Instant;
+
+use redis::{Pipeline, Value};
+
+use crate::errors::{Result, StoreError};
+use crate::link::scripts::{evalsha, is_noscript};
+use crate::merge::splice::{validate, value_at};
+use crate::store::replies::describe_reply;
+use crate::store::Store;
+
+/// Index entries read per `ZSCAN` page, and sessions read or ended per
+/// round: each command stays short whatever a user holds.
+const PAGE: usize = 1000;
+
+/// Where a session names its user.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Users {
+    segments: Vec<String>,
+}
+
+impl Users {
+    /// `path`: a dot-path such as `data.userId`, checked by `addon/options.rs`.
+    pub fn new(path: &str) -> Users {
+        Users {
+            segments: path.split('.').map(str::to_owned).collect(),
+        }
+    }
+
+    /// The user a session's text names: the string or number at the path
+    /// (a number as its JSON text, as `String(n)` writes it); None for
+    /// anything else, or nothing. `text` is known to be UTF-8 holding one
+    /// JSON object.
+    pub fn user_of(&self, text: &[u8]) -> Option<String> {
+        let segs: Vec<&str> = self.segments.iter().map(String::as_str).collect();
+        let value = value_at(text, &segs).ok()??;
+        match value.first()? {
+            b'"' => serde_json::from_slice::<String>(value)
+                .ok()
+                .filter(|u| !u.is_empty()),
+            b'-' | b'0'..=b'9' => std::str::from_utf8(value).ok().map(str::to_owned),
+            _ => None,
+        }
+    }
+
+    /// The user a text read from the server names, once it is checked.
+    fn user_of_read(&self, text: &[u8]) -> Option<String> {
+        validate(text).ok()?;
+        self.user_of(text)
+    }
+}
+
+/// The ms an index entry's bound is past the session's ttl: the call bound.
+pub fn index_slack_ms(store: &Store) -> u64 {
+    store.conn.call_bound().as_millis() as u64
+}
+
+/// Appends the addition of session `id` to `user`'s index, for a write of
+/// ttl `ttl_ms`.
+pub fn push_index_add(pipe: &mut Pipeline, store: &Store, user: &str, id: &str, ttl_ms: u64) {
+    evalsha(pipe, store.scripts.users(), store.keys.user_index(user))
+        .arg("add")
+        .arg(id)
+        .arg(ttl_ms + index_slack_ms(store));
+}
+
+impl Store {
+    fn users_or_refuse(&self) -> Result<&Users> {
+        self.users.as_ref().ok_or_else(|| {
+            StoreError::invalid_arg("the store keeps no index of users: set the userIdPath option")
+        })
+    }
+
+    /// Runs `pipe`; after NOSCRIPT (a restart or `SCRIPT FLUSH`), loads the
+    /// scripts and runs it once more.
+    async fn exec_scripted(&self, pipe: &Pipeline, deadline: Instant) -> Result<Vec<Value>> {
+        let replies = self.conn.exec(pipe, deadline).await?;
+        if !replies.iter().any(is_noscript) {
+            return Ok(replies);
+        }
+        self.load_scripts(deadline).await?;
+        self.conn.exec(pipe, deadline).await
+    }
+
+    /// The ids of `user`'s live sessions, each with the text it was found
+    /// with: every entry of the index, each session read and kept if it
+    /// names the user.
+    async fn live_sessions(&self, user: &str, deadline: Instant) -> Result<Vec<(String, Vec<u8>)>> {
+        let users = self.users_or_refuse()?;
+        let key = self.keys.user_index(user);
+        let cluster = self.conn.is_cluster();
+        let mut prune = redis::pipe();
+        prune.ignore_errors();
+        evalsha(&mut prune, self.scripts.users(), key.clone()).arg("prune");
+        if let Some(Value::ServerError(e)) = self.exec_scripted(&prune, deadline).await?.first() {
+            return Err(StoreError::from_reply(e, cluster));
+        }
+        let mut seen = HashSet::new();
+        let mut live = Vec::new();
+        let mut cursor = String::from("0");
+        loop {
+            let mut scan = redis::pipe();
+            scan.ignore_errors();
+            scan.cmd("ZSCAN")
+                .arg(&key)
+                .arg(&cursor)
+                .arg("COUNT")
+                .arg(PAGE);
+            let reply = self.conn.exec(&scan, deadline).await?.pop();
+            let (next, ids) = zscan_reply(reply, cluster)?;
+            let ids: Vec<String> = ids
+                .into_iter()
+                .filter(|id| seen.insert(id.clone()))
+                .collect();
+            live.extend(self.read_live(users, user, ids, deadline).await?);
+            if next == "0" {
+                return Ok(live);
+            }
+            cursor = next;
+        }
+    }
+
+    /// Of the sessions `ids`, those that exist and name `user`, with their texts.
+    async fn read_live(
+        &self,
+        users: &Users,
+        user: &str,
+        ids: Vec<String>,
+        deadline: Instant,
+    ) -> Result<Vec<(String, Vec<u8>)>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        pipe.ignore_errors();
+        for id in &ids {
+            pipe.cmd("GET").arg(self.keys.session(id));
+        }
+        let replies = self.conn.exec(&pipe, deadline).await?;
+        let mut live = Vec::new();
+        for (id, reply) in ids.into_iter().zip(replies) {
+            match reply {
+                Value::BulkString(text) => {
+                    if users.user_of_read(&text).as_deref() == Some(user) {
+                        live.push((id, text));
+                    }
+                }
+                Value::Nil => {}
+                Value::ServerError(e) => {
+                    return Err(StoreError::from_reply(&e, self.conn.is_cluster()))
+                }
+                other => {
+                    return Err(StoreError::new(
+                        crate::errors::Code::Redis,
+                        format!("unexpected reply to GET: {}", describe_reply(Some(&other))),
+                    ))
+                }
+            }
+        }
+        Ok(live)
+    }
+
+    /// The ids of `user`'s live sessions.
+    pub async fn user_sessions(&self, user: &str, deadline: Instant) -> Result<Vec<String>> {
+        let live = self.live_sessions(user, deadline).await?;
+        Ok(live.into_iter().map(|(id, _)| id).collect())
+    }
+
+    /// Ends every live session of `user` but `except`; how many it ended.
+    pub async fn end_user_sessions(
+        &self,
+        user: &str,
+        except: Option<&str>,
+        deadline: Instant,
+    ) -> Result<u32> {
+        let users = self.users_or_refuse()?;
+        let cluster = self.conn.is_cluster();
+        let mut todo: Vec<(String, Vec<u8>)> = self
+            .live_sessions(user, deadline)
+            .await?
+            .into_iter()
+            .filter(|(id, _)| Some(id.as_str()) != except)
+            .collect();
+        let mut ended = 0u32;
+        while !todo.is_empty() {
+            let rest = todo.split_off(todo.len().min(PAGE));
+            let mut pipe = redis::pipe();
+            pipe.ignore_errors();
+            for (id, text) in &todo {
+                evalsha(&mut pipe, self.scripts.unlock(), self.keys.session(id)).arg(&text[..]);
+            }
+            let replies = self.exec_scripted(&pipe, deadline).await?;
+            let mut changed = Vec::new();
+            for ((id, _), reply) in todo.drain(..).zip(replies) {
+                match reply {
+                    Value::Int(1) => {
+                        self.texts.forget(&id);
+                        self.tokens.forget(&id);
+                        ended += 1;
+                    }
+                    // Written since it was read: read again below.
+                    Value::Int(_) => changed.push(id),
+                    Value::ServerError(e) => return Err(StoreError::from_reply(&e, cluster)),
+                    other => {
+                        return Err(StoreError::new(
+                            crate::errors::Code::Redis,
+                            format!(
+                                "unexpected reply to a compare-and-delete: {}",
+                                describe_reply(Some(&other))
+                            ),
+                        ))
+                    }
+                }
+            }
+            todo = rest;
+            todo.extend(self.read_live(users, user, changed, deadline).await?);
+        }
+        Ok(ended)
+    }
+}
+
+/// `ZSCAN`'s reply: the next cursor and the members (the scores left out).
+fn zscan_reply(reply: Option<Value>, cluster: bool) -> Result<(String, Vec<String>)> {
+    let unexpected = |v: Option<&Value>| {
+        StoreError::new(
+            crate::errors::Code::Redis,
+            format!("unexpected reply to ZSCAN: {}", describe_reply(v)),
+        )
+    };
+    match reply {
+        Some(Value::Array(parts)) if parts.len() == 2 => {
+            let mut parts = parts.into_iter();
+            let (Some(Value::BulkString(next)), Some(Value::Array(entries))) =
+                (parts.next(), parts.next())
+            else {
+                return Err(unexpected(None));
+            };
+            let ids = entries
+                .into_iter()
+                .step_by(2)
+                .filter_map(|m| match m {
+                    Value::BulkString(m) => String::from_utf8(m).ok(),
+                    _ => None,
+                })
+                .collect();
+            Ok((String::from_utf8_lossy(&next).into_owned(), ids))
+        }
+        Some(Value::ServerError(e)) => Err(StoreError::from_reply(&e, cluster)),
+        other => Err(unexpected(other.as_ref())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_user_is_a_string_or_a_number_at_the_path() {
+        let u = Users::new("data.userId");
+        let of = |t: &str| u.user_of(t.as_bytes());
+        assert_eq!(
+            of(r#"{"data":{"userId":"ada"},"meta":{}}"#),
+            Some("ada".into())
+        );
+        assert_eq!(of(r#"{"data":{"userId":42}}"#), Some("42".into()));
+        assert_eq!(
+            of(r#"{"data":{"userId":"a\"b\u00e9"}}"#),
+            Some("a\"bé".into())
+        );
+        assert_eq!(of(r#"{"data":{"userId":""}}"#), None);
+        assert_eq!(of(r#"{"data":{"userId":null}}"#), None);
+        assert_eq!(of(r#"{"data":{"userId":{"id":1}}}"#), None);
+        assert_eq!(of(r#"{"data":{}}"#), None);
+        assert_eq!(of(r#"{"data":null,"meta":{"redirectTo":"x"}}"#), None);
+        // JSON.parse keeps the last of duplicate keys.
+        assert_eq!(
+            of(r#"{"data":{"userId":"a","userId":"b"}}"#),
+            Some("b".into())
+        );
+        let deep = Users::new("data.users.1");
+        assert_eq!(
+            deep.user_of(br#"{"data":{"users":["a","b"]}}"#),
+            Some("b".into())
+        );
+    }
+}
