@@ -110,6 +110,7 @@ async function examine(addon) {
   checks.push(attempt('scripts', () => scriptsCheck(facts)))
   checks.push(attempt('readCache', () => readCacheCheck(addon, facts, answers.trackingMax)))
   checks.push(attempt('sessions', () => sessionsCheck(addon, answer(answers.sessions), facts.infos)))
+  if (addon.userPrefix != null) checks.push(attempt('users', () => usersCheck(addon, answer(answers.sessions))))
   return { ok: checks.every((c) => c.level !== 'fail'), checks }
 }
 
@@ -398,12 +399,15 @@ function replicationCheck(at, info, min) {
  * @param {AddonStore} addon
  * @param {string[]} masters
  * @param {(to: string, ...args: string[]) => Promise<any>} query
- * @returns {Promise<{count: number, complete: boolean, sizes: number[], sizeRefused: string}>}
+ * @returns {Promise<Counted>}
  */
 async function countSessions(addon, masters, query) {
   const started = Date.now()
   /** @type {[string, string][]} node and id */
   const sampled = []
+  /** @type {[string, string][]} node and user, of users' index keys (userIdPath) */
+  const sampledUsers = []
+  let users = 0
   const walks = await Promise.all(
     masters.map(async (node) => {
       let count = 0
@@ -411,7 +415,9 @@ async function countSessions(addon, masters, query) {
       do {
         const page = await addon.walkPage(node, cursor, PAGE, sampled.length < SAMPLES ? 'ids' : 'count')
         count += page.count
+        users += page.userCount
         for (const id of page.ids) if (sampled.length < SAMPLES) sampled.push([node, id])
+        for (const user of page.users) if (sampledUsers.length < SAMPLES) sampledUsers.push([node, user])
         cursor = page.cursor
         if (Date.now() - started > COUNT_BUDGET_MS && cursor !== '0') return { count, complete: false }
       } while (cursor !== '0')
@@ -419,19 +425,49 @@ async function countSessions(addon, masters, query) {
     }),
   )
   const usages = await Promise.all(sampled.map(([node, id]) => query(node, 'MEMORY', 'USAGE', addon.prefix + id)))
-  const refused = usages.find(isError)
+  const indexKey = (/** @type {string} */ user) => addon.prefix + addon.userPrefix + user
+  const [indexUsages, indexEntries] = await Promise.all([
+    Promise.all(sampledUsers.map(([node, user]) => query(node, 'MEMORY', 'USAGE', indexKey(user)))),
+    Promise.all(sampledUsers.map(([node, user]) => query(node, 'ZCARD', indexKey(user)))),
+  ])
+  const refused = usages.find(isError) ?? indexUsages.find(isError)
   return {
     count: walks.reduce((n, w) => n + w.count, 0),
     complete: walks.every((w) => w.complete),
     sizes: usages.filter((u) => typeof u === 'number'),
     sizeRefused: refused ? errorText(refused) : '',
+    users,
+    indexSizes: indexUsages.filter((u) => typeof u === 'number'),
+    indexEntries: indexEntries.filter((u) => typeof u === 'number'),
   }
+}
+
+/** @typedef {{count: number, complete: boolean, sizes: number[], sizeRefused: string, users: number, indexSizes: number[], indexEntries: number[]}} Counted */
+
+/**
+ * The users' indexes line (userIdPath): how many, and the entries and
+ * memory of a few.
+ * @param {AddonStore} addon
+ * @param {Counted} found
+ */
+function usersCheck(addon, { complete, sizeRefused, users, indexSizes, indexEntries }) {
+  const under = JSON.stringify(addon.prefix + addon.userPrefix)
+  const counted = `${complete ? '' : 'at least '}${users.toLocaleString('en-US')} user index${users === 1 ? '' : 'es'} under ${under} (userIdPath)`
+  if (sizeRefused || indexSizes.length === 0) return check('ok', 'users', `${counted}.`)
+  const mean = (/** @type {number[]} */ a) => a.reduce((x, y) => x + y, 0) / a.length
+  const each = mean(indexSizes)
+  const entries = indexEntries.length ? `, ${mean(indexEntries).toFixed(1)} entries` : ''
+  return check(
+    'ok',
+    'users',
+    `${counted}; an index takes about ${size(Math.round(each))}${entries} (MEMORY USAGE and ZCARD of ${indexSizes.length}), about ${size(Math.round(each * users))} in all. Entries of ended sessions leave once their ttl has passed.`,
+  )
 }
 
 /**
  * The sessions line.
  * @param {AddonStore} addon
- * @param {{count: number, complete: boolean, sizes: number[], sizeRefused: string}} found
+ * @param {Counted} found
  * @param {[string, Record<string, string>][]} infos
  */
 function sessionsCheck(addon, { count, complete, sizes, sizeRefused }, infos) {

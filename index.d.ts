@@ -345,6 +345,13 @@ export interface ScanPage {
    * removed (`clear()`).
    */
   count: number
+  /**
+   * The users whose index keys the page held (`userIdPath`; when ids
+   * are asked for).
+   */
+  users: Array<string>
+  /** How many index keys the page held (not counted by `clear()`'s walk). */
+  userCount: number
 }
 
 /** Redis Sentinel. */
@@ -448,6 +455,7 @@ export interface StoreStats {
   merges: MergeCounts
   locks: LockCounts
   readCache: ReadCacheCounts
+  users: UserCounts
   /**
    * Times the store was connected again after losing its connection (a
    * restart, a failover).
@@ -468,6 +476,23 @@ export interface TlsOptions {
   cert?: string
   /** The client certificate's private key. */
   key?: string
+}
+
+/** The users' indexes (`userIdPath`; all 0 without it). */
+export interface UserCounts {
+  /**
+   * Writes whose session was added to (or renewed in) its user's index
+   * before it was written.
+   */
+  indexed: number
+  /** `userSessions()` calls, and how many of them failed. */
+  lists: number
+  listErrors: number
+  /** `destroyUserSessions()` calls, and how many of them failed. */
+  ends: number
+  endErrors: number
+  /** Sessions `destroyUserSessions()` ended. */
+  ended: number
 }
 
 /**

@@ -13,10 +13,11 @@ import type {
   LockCounts,
   Latency,
   OpLatencies,
+  UserCounts,
   ErrorCode as NativeErrorCode,
 } from './index'
 
-export type { ClusterOptions, SentinelOptions, StoreStats, OpCounts, CodeCounts, GetCounts, MergeCounts, LockCounts, Latency, OpLatencies }
+export type { ClusterOptions, SentinelOptions, StoreStats, OpCounts, CodeCounts, GetCounts, MergeCounts, LockCounts, Latency, OpLatencies, UserCounts }
 
 /** Where a store stands (`store.status`). */
 export type StoreStatus = 'connecting' | 'ready' | 'reconnecting' | 'closed'
@@ -48,7 +49,7 @@ export interface CallContext {
 
 /** One check of the doctor. */
 export interface DoctorCheck {
-  /** 'server', 'memory', 'persistence', 'replication', 'acl', 'latency', 'cluster', 'scripts', 'readCache', 'sessions'. */
+  /** 'server', 'memory', 'persistence', 'replication', 'acl', 'latency', 'cluster', 'scripts', 'readCache', 'sessions', 'users' (with userIdPath). */
   name: string
   /** ok (✓), warn (⚠) or fail (✗). */
   level: 'ok' | 'warn' | 'fail'

@@ -141,6 +141,40 @@ describe(`userIdPath: each user's sessions${redis.cluster ? ' (cluster)' : ''}`,
     assert.equal(await redis.admin.exists(`sess:user:${u}`), 0)
   })
 
+  it('stats() counts the indexed writes, the calls, their failures and the sessions ended', async () => {
+    const s = redis.store({ userIdPath: 'data.userId', ...TIMEOUTS })
+    const u = `u-${newId()}`
+    const [a, b, c] = [newId(), newId(), newId()]
+    await s.set(a, sessionOf(a, u), TTL)
+    await s.set(b, sessionOf(b, u), TTL)
+    await s.set(c, sessionOf(c, undefined), TTL) // names no user: not indexed
+    await s.merge(a, { 'data.cart': [1] }, TTL)
+    await s.userSessions(u)
+    await s.destroyUserSessions(u)
+    await s.close()
+    await rejectsWith(s.userSessions(u), 'ERR_CLOSED')
+    assert.deepEqual(s.stats().users, { indexed: 3, lists: 1, listErrors: 0, ends: 1, endErrors: 0, ended: 2 })
+  })
+
+  it('the doctor counts the indexes, samples their size, and checks the commands they send', async () => {
+    const prefix = `doc${newId().slice(-8)}:`
+    const s = redis.store({ prefix, userIdPath: 'data.userId', ...TIMEOUTS })
+    for (let i = 0; i < 3; i++) {
+      for (let j = 0; j <= i; j++) {
+        const id = newId()
+        await s.set(id, sessionOf(id, `user-${i}`), TTL)
+      }
+    }
+    const report = await s.doctor()
+    const users = report.checks.find((c) => c.name === 'users')
+    assert.equal(users?.level, 'ok', users?.message)
+    assert.match(users.message, new RegExp(`^3 user indexes under "${prefix}user:" \\(userIdPath\\); an index takes about .*, 2\\.0 entries \\(MEMORY USAGE and ZCARD of 3\\)`))
+    assert.match(report.checks.find((c) => c.name === 'sessions').message, /^6 sessions under/)
+    assert.equal(report.checks.find((c) => c.name === 'acl').level, 'ok')
+    const plain = await redis.store({ prefix, ...TIMEOUTS }).doctor()
+    assert.equal(plain.checks.find((c) => c.name === 'users'), undefined)
+  })
+
   it('the admin calls count no index key as a session; clear() removes them', async () => {
     const s = redis.store({ prefix: `adm${newId().slice(-8)}:`, userIdPath: 'data.userId', ...TIMEOUTS })
     const ids = [newId(), newId()]
@@ -166,6 +200,89 @@ describe(`userIdPath: each user's sessions${redis.cluster ? ' (cluster)' : ''}`,
     // Without the option an id may start with "user:".
     await plain.set('user:x', sessionOf('user:x', 'u1'), TTL)
     assert.equal(await plain.length(), 2)
+  })
+})
+
+describe(`userIdPath: 10,000 users on a short ttl${redis.cluster ? ' (cluster)' : ''}`, () => {
+  it('leaves no index key once every session has expired, with no call made meanwhile', async (t) => {
+    await redis.ready()
+    const prefix = `exp${newId().slice(-8)}:`
+    const store = redis.store({ prefix, userIdPath: 'data.userId', ...TIMEOUTS })
+    const used = async () => {
+      const infos = await Promise.all(masters().map((n) => n.info('memory')))
+      return infos.reduce((sum, info) => sum + Number(/used_memory:(\d+)/.exec(info)[1]), 0)
+    }
+    const count = async (pattern) => {
+      let n = 0
+      for (const node of masters()) {
+        let cursor = '0'
+        do {
+          const [next, found] = await node.scan(cursor, 'MATCH', pattern, 'COUNT', 1000)
+          n += found.length
+          cursor = next
+        } while (cursor !== '0')
+      }
+      return n
+    }
+    const before = await used()
+    const USERS = 10_000
+    const TTL_SHORT = 500
+    for (let i = 0; i < USERS; i += 1000) {
+      await Promise.all(
+        Array.from({ length: 1000 }, (_, j) => {
+          const id = newId()
+          return store.set(id, sessionOf(id, `user-${i + j}`), TTL_SHORT)
+        }),
+      )
+    }
+    const full = await used()
+    assert.equal(await count(`${prefix}user:*`), USERS)
+    await sleep(TTL_SHORT + SLACK + 500)
+    assert.equal(await count(`${prefix}user:*`), 0, 'no index key remains')
+    assert.equal(await count(`${prefix}*`), 0, 'no key at all remains')
+    // Keys that expired are freed by the server's expiry cycle; give it a moment to finish.
+    await sleep(500)
+    const after = await used()
+    t.diagnostic(
+      `${USERS} users: used_memory ${(before / 1e6).toFixed(2)} MB before, ${(full / 1e6).toFixed(2)} MB with the sessions and their indexes, ${(after / 1e6).toFixed(2)} MB after expiry`,
+    )
+  })
+})
+
+describe('userIdPath: a user the ACL refuses sorted sets', { skip: redis.cluster ? 'ACL users are set on one server here' : false }, () => {
+  it('a write that cannot index its session fails and writes nothing; the doctor names the command', async () => {
+    await redis.ready()
+    await redis.admin.acl('SETUSER', 'nozset', 'on', '>nozset-pw', '~*', '+@all', '-zadd')
+    const store = redis.store({ userIdPath: 'data.userId', username: 'nozset', password: 'nozset-pw', ...TIMEOUTS })
+    const id = newId()
+    const err = await rejectsWith(store.set(id, sessionOf(id, 'u1'), TTL), 'ERR_REDIS')
+    assert.doesNotMatch(err.message, /nozset-pw/)
+    assert.equal(await redis.admin.exists(`sess:${id}`), 0, 'nothing was written')
+    // A session that names no user needs no index.
+    await store.set(id, sessionOf(id, undefined), TTL)
+    await rejectsWith(store.merge(id, { 'data.userId': 'u1' }, TTL), 'ERR_REDIS')
+    assert.equal(await storedUser(id), undefined, 'the merge changed nothing')
+    const acl = (await store.doctor()).checks.find((c) => c.name === 'acl')
+    assert.equal(acl.level, 'fail')
+    assert.match(acl.message, /zadd/)
+  })
+})
+
+describe('userIdPath: scripts the server lost', () => {
+  it('after SCRIPT FLUSH, a write still indexes its session before it is written, and the calls still work', async () => {
+    await redis.ready()
+    const store = redis.store({ userIdPath: 'data.userId', ...TIMEOUTS })
+    const u = `u-${newId()}`
+    const [a, b] = [newId(), newId()]
+    await store.set(a, sessionOf(a, u), TTL)
+    for (const node of masters()) await node.script('FLUSH')
+    await store.set(b, sessionOf(b, u), TTL)
+    for (const node of masters()) await node.script('FLUSH')
+    await store.merge(a, { 'data.cart': [3] }, TTL)
+    for (const node of masters()) await node.script('FLUSH')
+    assert.deepEqual(sorted(await store.userSessions(u)), sorted([a, b]))
+    for (const node of masters()) await node.script('FLUSH')
+    assert.equal(await store.destroyUserSessions(u), 2)
   })
 })
 

@@ -166,6 +166,7 @@ pub struct StoreStats {
     pub merges: MergeCounts,
     pub locks: LockCounts,
     pub read_cache: ReadCacheCounts,
+    pub users: UserCounts,
     /// Times the store was connected again after losing its connection (a
     /// restart, a failover).
     pub reconnects: f64,
@@ -174,6 +175,22 @@ pub struct StoreStats {
     pub latency: OpLatencies,
     /// The upper bounds, in ms, of the latency buckets.
     pub latency_bounds_ms: Vec<f64>,
+}
+
+/// The users' indexes (`userIdPath`; all 0 without it).
+#[napi(object)]
+pub struct UserCounts {
+    /// Writes whose session was added to (or renewed in) its user's index
+    /// before it was written.
+    pub indexed: f64,
+    /// `userSessions()` calls, and how many of them failed.
+    pub lists: f64,
+    pub list_errors: f64,
+    /// `destroyUserSessions()` calls, and how many of them failed.
+    pub ends: f64,
+    pub end_errors: f64,
+    /// Sessions `destroyUserSessions()` ended.
+    pub ended: f64,
 }
 
 /// What `store.stats()` returns now.
@@ -218,6 +235,17 @@ pub fn snapshot(store: &Store) -> StoreStats {
                 flushes: load(&c.flushes),
                 texts: store.texts.count() as f64,
                 bytes: store.texts.bytes() as f64,
+            }
+        },
+        users: {
+            let u = &s.users;
+            UserCounts {
+                indexed: load(&u.indexed),
+                lists: load(&u.lists),
+                list_errors: load(&u.list_errors),
+                ends: load(&u.ends),
+                end_errors: load(&u.end_errors),
+                ended: load(&u.ended),
             }
         },
         reconnects: store.conn.reconnects() as f64,

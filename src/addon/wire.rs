@@ -95,6 +95,11 @@ pub struct ScanPage {
     /// How many session ids the page held (`length()`), or how many keys it
     /// removed (`clear()`).
     pub count: u32,
+    /// The users whose index keys the page held (`userIdPath`; when ids
+    /// are asked for).
+    pub users: Vec<String>,
+    /// How many index keys the page held (not counted by `clear()`'s walk).
+    pub user_count: u32,
 }
 
 impl From<admin::ScanPage> for ScanPage {
@@ -103,6 +108,8 @@ impl From<admin::ScanPage> for ScanPage {
             cursor: p.cursor,
             ids: p.ids,
             count: p.count,
+            users: p.users,
+            user_count: p.user_count,
         }
     }
 }

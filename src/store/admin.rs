@@ -28,6 +28,10 @@ pub struct ScanPage {
     /// How many session ids the page held (`length()`), or how many keys it
     /// removed (`clear()`).
     pub count: u32,
+    /// The users whose index keys the page held (when ids are asked for).
+    pub users: Vec<String>,
+    /// How many index keys the page held.
+    pub user_count: u32,
 }
 
 impl ScanPage {
@@ -36,6 +40,8 @@ impl ScanPage {
             cursor,
             ids: Vec::new(),
             count: 0,
+            users: Vec::new(),
+            user_count: 0,
         }
     }
 }
@@ -229,10 +235,17 @@ impl Store {
     ) -> Result<ScanPage> {
         let (cursor, keys) = self.scan_keys(node, from, count, deadline).await?;
         let mut page = ScanPage::empty(cursor);
-        for id in keys.iter().filter_map(|k| self.keys.id_of(k)) {
-            page.count += 1;
-            if want_ids {
-                page.ids.push(id.to_owned());
+        for k in &keys {
+            if let Some(id) = self.keys.id_of(k) {
+                page.count += 1;
+                if want_ids {
+                    page.ids.push(id.to_owned());
+                }
+            } else if let Some(user) = self.keys.user_of_index(k) {
+                page.user_count += 1;
+                if want_ids {
+                    page.users.push(user.to_owned());
+                }
             }
         }
         Ok(page)
@@ -429,6 +442,26 @@ impl Store {
             &["SCAN", "0", "MATCH", &pattern, "COUNT", "1"],
         ));
         probes.push(probe("unlink", false, &["UNLINK", &key]));
+        if self.users.is_some() {
+            // What the users' indexes send, themselves or in `lua/users.lua`
+            // (scripts' commands meet the ACL too), on an index no user has.
+            let index = self.keys.user_index(&name);
+            probes.extend([
+                probe("zscan", true, &["ZSCAN", &index, "0"]),
+                probe("zadd", true, &["ZADD", &index, "XX", "0", "x"]),
+                probe("zrem", true, &["ZREM", &index, "x"]),
+                probe("zscore", true, &["ZSCORE", &index, "x"]),
+                probe("zcard", true, &["ZCARD", &index]),
+                probe("zrange", true, &["ZRANGE", &index, "-1", "-1"]),
+                probe(
+                    "zrangebyscore",
+                    true,
+                    &["ZRANGEBYSCORE", &index, "-inf", "0"],
+                ),
+                probe("pexpireat", true, &["PEXPIREAT", &index, "1"]),
+                probe("time", true, &["TIME"]),
+            ]);
+        }
         probes
     }
 }

@@ -361,6 +361,7 @@ impl<'a> Batch<'a> {
             match self.advance(pending.op, step, token, r, &ready.capabilities, keep) {
                 Next::Finished(outcome) => done.push((pending.op, outcome)),
                 Next::Indexed(step) => {
+                    self.store.stats.indexed();
                     pending.indexed = true;
                     pending.step = Some(step);
                     todo.push(pending);

@@ -87,6 +87,14 @@ impl Keys {
         std::str::from_utf8(rest).ok().filter(|id| !id.is_empty())
     }
 
+    /// The user whose index a key is; None for any other key, or without
+    /// `userIdPath`.
+    pub fn user_of_index<'k>(&self, key: &'k [u8]) -> Option<&'k str> {
+        let rest = key.strip_prefix(self.prefix.as_bytes())?;
+        let user = rest.strip_prefix(self.user_prefix.as_deref()?.as_bytes())?;
+        std::str::from_utf8(user).ok().filter(|u| !u.is_empty())
+    }
+
     pub fn lock(&self, id: &str) -> String {
         let mut k = String::with_capacity(self.prefix.len() + self.lock_prefix.len() + id.len());
         k.push_str(&self.prefix);
@@ -132,6 +140,12 @@ mod tests {
         let k = Keys::new("sess:", "lock:").with_users("user:");
         assert_eq!(k.user_index("42"), "sess:user:42");
         assert_eq!(k.id_of(b"sess:user:42"), None);
+        assert_eq!(k.user_of_index(b"sess:user:42"), Some("42"));
+        assert_eq!(k.user_of_index(b"sess:abc"), None);
+        assert_eq!(
+            Keys::new("sess:", "lock:").user_of_index(b"sess:user:42"),
+            None
+        );
         assert_eq!(k.id_of(b"sess:abc"), Some("abc"));
         assert_eq!(
             Keys::new("sess:", "lock:").id_of(b"sess:user:42"),

@@ -125,6 +125,21 @@ pub enum MergeStep {
     Missing,
 }
 
+/// The users' indexes (`userIdPath`) and the calls on them.
+#[derive(Default)]
+pub struct UserCounters {
+    /// Sessions added to (or renewed in) a user's index before their write.
+    pub indexed: AtomicU64,
+    /// `userSessions()` calls settled, and those that failed.
+    pub lists: AtomicU64,
+    pub list_errors: AtomicU64,
+    /// `destroyUserSessions()` calls settled, and those that failed.
+    pub ends: AtomicU64,
+    pub end_errors: AtomicU64,
+    /// Sessions `destroyUserSessions()` ended.
+    pub ended: AtomicU64,
+}
+
 /// How an unlock went, for the counters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Release {
@@ -150,6 +165,7 @@ pub struct Stats {
     pub released: AtomicU64,
     pub other_holder: AtomicU64,
     pub not_held: AtomicU64,
+    pub users: UserCounters,
     in_flight: AtomicI64,
 }
 
@@ -168,6 +184,7 @@ impl Default for Stats {
             released: AtomicU64::new(0),
             other_holder: AtomicU64::new(0),
             not_held: AtomicU64::new(0),
+            users: UserCounters::default(),
             in_flight: AtomicI64::new(0),
         }
     }
@@ -247,6 +264,27 @@ impl Stats {
             Release::Released => &self.released,
             Release::OtherHolder => &self.other_holder,
         });
+    }
+
+    /// A write's session was added to its user's index.
+    pub fn indexed(&self) {
+        add(&self.users.indexed);
+    }
+
+    /// A `userSessions()` (`end`: `destroyUserSessions()`) settled: how
+    /// many sessions it ended, or its error.
+    pub fn user_call(&self, end: bool, result: std::result::Result<u32, Code>) {
+        let u = &self.users;
+        add(if end { &u.ends } else { &u.lists });
+        match result {
+            Ok(ended) => {
+                u.ended.fetch_add(u64::from(ended), Relaxed);
+            }
+            Err(code) => {
+                add(if end { &u.end_errors } else { &u.list_errors });
+                add(&self.codes[code as usize]);
+            }
+        }
     }
 
     /// An unlock found no lock this store took: nothing was sent.

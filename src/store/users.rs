@@ -193,12 +193,26 @@ impl Store {
 
     /// The ids of `user`'s live sessions.
     pub async fn user_sessions(&self, user: &str, deadline: Instant) -> Result<Vec<String>> {
-        let live = self.live_sessions(user, deadline).await?;
-        Ok(live.into_iter().map(|(id, _)| id).collect())
+        let live = self.live_sessions(user, deadline).await;
+        self.stats
+            .user_call(false, live.as_ref().map(|_| 0).map_err(|e| e.code));
+        Ok(live?.into_iter().map(|(id, _)| id).collect())
     }
 
     /// Ends every live session of `user` but `except`; how many it ended.
     pub async fn end_user_sessions(
+        &self,
+        user: &str,
+        except: Option<&str>,
+        deadline: Instant,
+    ) -> Result<u32> {
+        let ended = self.end_sessions(user, except, deadline).await;
+        self.stats
+            .user_call(true, ended.as_ref().copied().map_err(|e| e.code));
+        ended
+    }
+
+    async fn end_sessions(
         &self,
         user: &str,
         except: Option<&str>,
