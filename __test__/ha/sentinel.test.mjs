@@ -106,6 +106,10 @@ describe('Redis Sentinel', () => {
     const store = createRedisSessionStore({ sentinel: { nodes: ha.urls, masterName: 'mymaster' }, commandTimeout: 500 })
     // A store with the read cache holds the session across the switch.
     const cached = createRedisSessionStore({ sentinel: { nodes: ha.urls, masterName: 'mymaster' }, commandTimeout: 500, readCache: true })
+    // A store with users' indexes finds a user's sessions across the switch.
+    const users = createRedisSessionStore({ sentinel: { nodes: ha.urls, masterName: 'mymaster' }, commandTimeout: 500, userIdPath: 'data.userId' })
+    const logins = ['ha-u1', 'ha-u2', 'ha-u3']
+    for (const login of logins) await users.set(login, session(login, { userId: 'ha-user' }), 600_000)
     const id = ids[0]
     await store.merge(id, { 'data.before': 1 }, 600_000)
     assert.equal((await cached.get(id)).data.before, 1)
@@ -151,7 +155,14 @@ describe('Redis Sentinel', () => {
     while (got === null && Date.now() - t0 < 20_000) got = await cached.get(id).catch(() => sleep(50).then(() => null))
     assert.equal(got?.data.after, 2)
     assert.ok(cached.stats().readCache.flushes >= 2, JSON.stringify(cached.stats().readCache))
-    await Promise.all([store.close(), cached.close()])
+    // The index moved with the sessions: listed, and ended, on the new master.
+    let listed = null
+    while (listed === null && Date.now() - t0 < 20_000) listed = await users.userSessions('ha-user').catch(() => sleep(50).then(() => null))
+    assert.deepEqual(listed?.sort(), logins)
+    await users.set('ha-u4', session('ha-u4', { userId: 'ha-user' }), 600_000)
+    assert.equal(await users.destroyUserSessions('ha-user', { except: 'ha-u1' }), 3)
+    assert.deepEqual(await users.userSessions('ha-user'), ['ha-u1'])
+    await Promise.all([store.close(), cached.close(), users.close()])
   })
 })
 
