@@ -103,6 +103,21 @@ describe(`userIdPath: each user's sessions${redis.cluster ? ' (cluster)' : ''}`,
     assert.equal(await store.destroyUserSessions(u), 0)
   })
 
+  it("the README's password change: every other device ends, the current one stays under a new id", async () => {
+    const u = `u-${newId()}`
+    const [laptop, phone, tablet] = [newId(), newId(), newId()]
+    for (const id of [laptop, phone, tablet]) await store.set(id, sessionOf(id, u), TTL)
+    assert.equal(await store.destroyUserSessions(u, { except: laptop }), 2)
+    // rotateId() on the laptop: the copy under a new id, the old id a redirect.
+    const rotated = newId()
+    await store.set(rotated, sessionOf(rotated, u), TTL)
+    await store.merge(laptop, { data: null, meta: { redirectTo: rotated } }, 5000)
+    assert.deepEqual(await store.userSessions(u), [rotated])
+    assert.equal(await store.get(phone), null)
+    assert.equal(await store.get(tablet), null)
+    assert.equal((await store.get(laptop)).meta.redirectTo, rotated)
+  })
+
   it('a session the user left before it was ended is not ended', async () => {
     const u = `u-${newId()}`
     const id = newId()

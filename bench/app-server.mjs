@@ -5,7 +5,8 @@
 // on its tracing channel ("store-traced": a span's worth of work per event),
 // another built checkout of it ("baseline", from APP_BASELINE), this one with
 // the read cache ("store-cache"), without it ("store-nocache") or with it
-// answering every hit at once, even while a batch is out ("store-eager"), the 1.x
+// answering every hit at once, even while a batch is out ("store-eager"), with
+// users' indexes (userIdPath: "store-users"), the 1.x
 // adapter on ioredis with auto-pipelining ("js-auto"), JSON text in a Map
 // ("map": what the app costs with a store that does no I/O but hands out a
 // fresh object, as every store must), or the objects themselves in a Map
@@ -181,6 +182,8 @@ async function serve() {
         ? createRedisSessionStore({ url, readCache: true })
       : kind === 'store-nocache'
         ? createRedisSessionStore({ url, readCache: false })
+      : kind === 'store-users'
+        ? createRedisSessionStore({ url, userIdPath: 'data.userId' })
       : kind === 'store-eager'
         ? createEagerStore(url)
       : kind === 'baseline'
@@ -247,7 +250,9 @@ async function serve() {
     const s = req.session
     if (s.fresh) await s.save()
     await s.rotateId()
-    s.set('userId', 48213)
+    // One of 10,000 users (five digits, as before), so that each user's
+    // index holds a few sessions, as an app's do.
+    s.set('userId', 10000 + Math.floor(Math.random() * 10000))
     await s.save()
     res.json({ ok: true })
   })

@@ -13,7 +13,8 @@
 //   APP_SECONDS (4, after 1 s of warm-up), APP_STORES (store,js-auto,map,zero;
 //   also store-traced: with a tracing subscriber, store-cache and
 //   store-nocache: this store with readCache true and false, store-eager:
-//   with the cache answering at once while a batch is out, and baseline:
+//   with the cache answering at once while a batch is out, store-users:
+//   with userIdPath (users' indexes), and baseline:
 //   the build
 //   in APP_BASELINE, another built checkout of this package),
 //   APP_SERVER (a key of harness/servers.mjs: redis-8.6, valkey-9.1, …;
