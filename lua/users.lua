@@ -5,8 +5,9 @@
 -- passed are removed here, at most 100 a call (their sessions have expired).
 -- KEYS[1]  the user's index key
 -- ARGV[1]  'add': ARGV[2] the session id, ARGV[3] its ttl plus the call
---          bound, in ms (the session is written after this, within the call
---          bound, so it expires before the bound written here).
+--          bound plus a headroom, in ms (the session is written after this,
+--          within the call bound, so it expires before the bound written
+--          here; the headroom spares later writes a renewal: store/users.rs).
 --          'prune': only the removal of passed entries.
 -- Replies with how many entries the index holds.
 local t = redis.call('TIME')

@@ -282,6 +282,10 @@ impl Store {
             // The server reports no change of this store's own to it: the
             // texts held go (the page's and every other: clear() removes all).
             self.texts.flush();
+            // Nor are the users' index bounds it wrote (`users.rs`) still there.
+            if let Some(users) = &self.users {
+                users.forget_all();
+            }
             let replies = replies?;
             let refused = replies.iter().find_map(|r| match r {
                 Value::ServerError(e) => Some(e.clone()),

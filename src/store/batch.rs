@@ -47,7 +47,7 @@ use crate::store::ops::{
 use crate::store::replies::{decode_replies, describe_reply};
 use crate::store::stats::{MergeStep, Release};
 use crate::store::texts::{Remembered, Ticket};
-use crate::store::users::push_index_add;
+use crate::store::users::{index_slack_ms, push_index_add};
 use crate::store::Store;
 
 /// Where an op's outcomes go as soon as they settle: to `addon/crossing.rs`,
@@ -73,7 +73,12 @@ enum Step {
     },
     /// With `userIdPath`: add the session to `user`'s index, then `then`
     /// (the write that leaves the session naming the user: `users.rs`).
-    Index { user: String, then: Box<Step> },
+    /// `planned`: when the step was planned, before it was sent.
+    Index {
+        user: String,
+        then: Box<Step>,
+        planned: Instant,
+    },
     /// Merge: the paths are being spliced into `old` on the splicer's
     /// threads; then `CompareAndSet`.
     Splicing {
@@ -535,16 +540,23 @@ impl<'a> Batch<'a> {
         let Some(users) = &self.store.users else {
             return step;
         };
+        let ttl = ttl_ms(op.ttl);
         let user = match (&step, op.kind) {
             // store.js checked that a set's text is the JSON of one object.
             (Step::Commands, Kind::Set) => users.user_of(op.args[0].as_bytes()),
-            (Step::CompareAndSet { new, .. }, _) => users.user_of(new),
+            // A merge or a touch of a session this store indexed lately
+            // under the same user, with a bound past this write's, needs no
+            // new entry (`users.rs`, "Renewals"). A set always adds one.
+            (Step::CompareAndSet { new, .. }, _) => users
+                .user_of(new)
+                .filter(|user| !users.covers(&op.id, user, ttl, index_slack_ms(self.store))),
             _ => None,
         };
         match user {
             Some(user) => Step::Index {
                 user,
                 then: Box::new(step),
+                planned: Instant::now(),
             },
             None => step,
         }
@@ -674,8 +686,19 @@ impl<'a> Batch<'a> {
         };
         match step {
             Step::Splicing { .. } => Next::Finished(Outcome::Failed(splicing_planned())),
-            Step::Index { then, .. } => match replies.first() {
-                Some(Value::Int(_)) => Next::Indexed(*then),
+            Step::Index {
+                then,
+                user,
+                planned,
+            } => match replies.first() {
+                Some(Value::Int(_)) => {
+                    let ttl = ttl_ms(op.ttl);
+                    let users = self.store.users.as_ref();
+                    if let Some(users) = users {
+                        users.indexed(&op.id, &user, planned, ttl, index_slack_ms(self.store));
+                    }
+                    Next::Indexed(*then)
+                }
                 Some(Value::ServerError(e)) => Next::Finished(Outcome::Failed(
                     StoreError::from_reply(e, self.store.conn.is_cluster()),
                 )),

@@ -25,12 +25,22 @@
 //! index key expires with its highest bound, so no index outlives the
 //! sessions written to it, with no event needed.
 //!
+//! **Renewals.** Each entry's bound has headroom past the write's: an eighth
+//! of its ttl. A store remembers the bounds it wrote lately (`Recent`), and a
+//! merge or a touch of a session it indexed under the same user needs no new
+//! entry while the bound it remembers (counted from before the addition was
+//! sent, so never later than the server's) is past the bound that write would
+//! need. So most writes of a logged-in session cost nothing more; a set
+//! (a new session) always adds. The headroom is also how long an index may
+//! outlive its last session.
+//!
 //! Ending compares and deletes each session against the text it read
 //! (`lua/unlock.lua`, a compare-and-delete), so a session that changed user
 //! in between is not ended; one that changed otherwise is read again.
 
-use std::collections::HashSet;
-use std::time::Instant;
+use std::collections::{HashMap, HashSet};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use redis::{Pipeline, Value};
 
@@ -44,10 +54,29 @@ use crate::store::Store;
 /// round: each command stays short whatever a user holds.
 const PAGE: usize = 1000;
 
-/// Where a session names its user.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Sessions whose index bounds a store remembers at most; past it, it
+/// forgets them all (a forgotten one is only added again).
+const RECENT_MAX: usize = 65_536;
+
+/// An entry's headroom past the bound a write needs: an eighth of its ttl.
+fn headroom_ms(ttl_ms: u64) -> u64 {
+    ttl_ms / 8
+}
+
+/// Where a session names its user, and the index bounds this store wrote
+/// lately.
+#[derive(Debug)]
 pub struct Users {
     segments: Vec<String>,
+    recent: Mutex<HashMap<String, Recent>>,
+}
+
+/// The bound this store last wrote for a session: its user, and an instant
+/// no later than the bound on the server.
+#[derive(Debug)]
+struct Recent {
+    user: String,
+    until: Instant,
 }
 
 impl Users {
@@ -55,7 +84,43 @@ impl Users {
     pub fn new(path: &str) -> Users {
         Users {
             segments: path.split('.').map(str::to_owned).collect(),
+            recent: Mutex::new(HashMap::new()),
         }
+    }
+
+    fn recent(&self) -> std::sync::MutexGuard<'_, HashMap<String, Recent>> {
+        self.recent.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether session `id` is in `user`'s index with a bound past what a
+    /// write of ttl `ttl_ms` sent now needs (its ttl and `slack_ms`).
+    pub fn covers(&self, id: &str, user: &str, ttl_ms: u64, slack_ms: u64) -> bool {
+        let needed = Instant::now() + Duration::from_millis(ttl_ms + slack_ms);
+        self.recent()
+            .get(id)
+            .is_some_and(|r| r.user == user && r.until >= needed)
+    }
+
+    /// Session `id` was added to `user`'s index by a step planned at
+    /// `planned`, for a write of ttl `ttl_ms`.
+    pub fn indexed(&self, id: &str, user: &str, planned: Instant, ttl_ms: u64, slack_ms: u64) {
+        let until = planned + Duration::from_millis(ttl_ms + slack_ms + headroom_ms(ttl_ms));
+        let mut recent = self.recent();
+        if recent.len() >= RECENT_MAX && !recent.contains_key(id) {
+            recent.clear();
+        }
+        recent.insert(
+            id.to_owned(),
+            Recent {
+                user: user.to_owned(),
+                until,
+            },
+        );
+    }
+
+    /// Forgets every bound (after `clear()`, which removes the indexes).
+    pub fn forget_all(&self) {
+        self.recent().clear();
     }
 
     /// The user a session's text names: the string or number at the path
@@ -92,7 +157,7 @@ pub fn push_index_add(pipe: &mut Pipeline, store: &Store, user: &str, id: &str, 
     evalsha(pipe, store.scripts.users(), store.keys.user_index(user))
         .arg("add")
         .arg(id)
-        .arg(ttl_ms + index_slack_ms(store));
+        .arg(ttl_ms + index_slack_ms(store) + headroom_ms(ttl_ms));
 }
 
 impl Store {
