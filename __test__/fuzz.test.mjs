@@ -9,25 +9,14 @@ import { createJsAdapter } from '../harness/js-adapter.mjs'
 import { applyToText, applyToValue } from './support/merge-oracles.mjs'
 import { MERGE_SOURCE, scriptArgs } from '../harness/scripts.mjs'
 import { newId, useRedis } from './support/setup.mjs'
+import { seeded } from './support/random.mjs'
 
 const CASES = Number(process.env.FUZZ_CASES ?? 5000)
 const SEED = Number(process.env.FUZZ_SEED ?? 0x5e5510)
 
 const redis = useRedis()
 
-function rng(seed) {
-  let a = seed >>> 0
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0
-    let t = a
-    t = Math.imul(t ^ (t >>> 15), t | 1)
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61)
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296
-  }
-}
-const rnd = rng(SEED)
-const int = (n) => Math.floor(rnd() * n)
-const pick = (a) => a[int(a.length)]
+const { rnd, int, pick } = seeded(SEED)
 const chance = (p) => rnd() < p
 
 const KEYS = ['a', 'b', 'c', '{', 'k]', 'user', 'cart', 'name', 'id', '0', '1', '10', '__proto__', 'constructor', 'é', '😀', 'k"q', 'sl/ash', 'back\\s', 'tab\t', 'ctl\u0001', '', 'Ünï', '日本']

@@ -8,6 +8,7 @@
 import assert from 'node:assert/strict'
 import { it } from 'node:test'
 import { newId, useRedis } from './support/setup.mjs'
+import { seeded } from './support/random.mjs'
 
 const ROUNDS = Number(process.env.USERS_FUZZ_ROUNDS ?? 40)
 const SEED = Number(process.env.USERS_FUZZ_SEED ?? 0x10905)
@@ -18,19 +19,7 @@ const TTLS = [150, 400, 60_000, 60_000, 60_000]
 const redis = useRedis()
 const masters = () => (redis.cluster ? redis.admin.nodes('master') : [redis.admin])
 
-function rng(seed) {
-  let a = seed >>> 0
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0
-    let t = a
-    t = Math.imul(t ^ (t >>> 15), t | 1)
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61)
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296
-  }
-}
-const rnd = rng(SEED)
-const int = (n) => Math.floor(rnd() * n)
-const pick = (a) => a[int(a.length)]
+const { int, pick } = seeded(SEED)
 
 const sessionOf = (id, user) => ({
   data: { ...(user === undefined ? {} : { userId: user }), cart: [int(100)] },
