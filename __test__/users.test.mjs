@@ -204,6 +204,19 @@ describe(`userIdPath: each user's sessions${redis.cluster ? ' (cluster)' : ''}`,
     assert.deepEqual(await s.userSessions('u1'), [])
   })
 
+  it("a store's own clear() forgets the bounds it wrote: a session that outlived it is indexed again by its next merge", async () => {
+    const prefix = `clr${newId().slice(-8)}:`
+    const s = redis.store({ prefix, userIdPath: 'data.userId', ...TIMEOUTS })
+    const id = newId()
+    const text = JSON.stringify(sessionOf(id, 'u1'))
+    await s.set(id, sessionOf(id, 'u1'), TTL)
+    await s.clear()
+    // The session outlives the clear (written again behind the store's back).
+    await redis.admin.set(`${prefix}${id}`, text, 'PX', TTL)
+    await s.merge(id, { 'data.cart': [1] }, TTL)
+    assert.deepEqual(await s.userSessions('u1'), [id])
+  })
+
   it('without userIdPath nothing but the session is written, and the calls are refused', async () => {
     const prefix = `plain${newId().slice(-8)}:`
     const plain = redis.store({ prefix })
