@@ -7,7 +7,7 @@
 // USERS_FUZZ_ROUNDS and USERS_FUZZ_SEED change the run.
 import assert from 'node:assert/strict'
 import { it } from 'node:test'
-import { newId, useRedis } from './support/setup.mjs'
+import { newId, onCluster, useRedis } from './support/setup.mjs'
 import { seeded } from './support/random.mjs'
 
 const ROUNDS = Number(process.env.USERS_FUZZ_ROUNDS ?? 40)
@@ -44,7 +44,7 @@ async function truth() {
   return byUser
 }
 
-it(`users' index: ${ROUNDS} rounds of ${OPS} concurrent ops from 4 stores${redis.cluster ? ' (cluster)' : ''}`, async (t) => {
+it(`users' index: ${ROUNDS} rounds of ${OPS} concurrent ops from 4 stores${onCluster ? ' (cluster)' : ''}`, async (t) => {
   await redis.ready()
   const stores = Array.from({ length: 4 }, () => redis.store({ prefix: 'ufz:', userIdPath: 'data.userId' }))
   /** Ids this run wrote, to draw from (some expired or ended since). */

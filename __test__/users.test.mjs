@@ -5,7 +5,7 @@
 import assert from 'node:assert/strict'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { before, describe, it } from 'node:test'
-import { newId, rejectsWith, useRedis } from './support/setup.mjs'
+import { newId, onCluster, rejectsWith, useRedis } from './support/setup.mjs'
 
 const redis = useRedis()
 const TTL = 600_000
@@ -35,7 +35,7 @@ async function storedUser(id) {
 
 const sorted = (a) => [...a].sort()
 
-describe(`userIdPath: each user's sessions${redis.cluster ? ' (cluster)' : ''}`, () => {
+describe(`userIdPath: each user's sessions${onCluster ? ' (cluster)' : ''}`, () => {
   let store
   before(async () => {
     await redis.ready()
@@ -233,7 +233,7 @@ describe(`userIdPath: each user's sessions${redis.cluster ? ' (cluster)' : ''}`,
   })
 })
 
-describe(`userIdPath: 10,000 users on a short ttl${redis.cluster ? ' (cluster)' : ''}`, () => {
+describe(`userIdPath: 10,000 users on a short ttl${onCluster ? ' (cluster)' : ''}`, () => {
   it('leaves no index key once every session has expired, with no call made meanwhile', async (t) => {
     await redis.ready()
     const prefix = `exp${newId().slice(-8)}:`
@@ -279,7 +279,7 @@ describe(`userIdPath: 10,000 users on a short ttl${redis.cluster ? ' (cluster)' 
   })
 })
 
-describe('userIdPath: a user the ACL refuses sorted sets', { skip: redis.cluster ? 'ACL users are set on one server here' : false }, () => {
+describe('userIdPath: a user the ACL refuses sorted sets', { skip: onCluster ? 'ACL users are set on one server here' : false }, () => {
   it('a write that cannot index its session fails and writes nothing; the doctor names the command', async () => {
     await redis.ready()
     await redis.admin.acl('SETUSER', 'nozset', 'on', '>nozset-pw', '~*', '+@all', '-zadd')
@@ -369,7 +369,7 @@ describe('userIdPath: bad input is refused and changes nothing', () => {
   })
 })
 
-describe(`userIdPath: one user with 1,000 sessions${redis.cluster ? ' (cluster)' : ''}`, () => {
+describe(`userIdPath: one user with 1,000 sessions${onCluster ? ' (cluster)' : ''}`, () => {
   it('lists and ends them within the call bound, no command over 5 ms on the server', async (t) => {
     await redis.ready()
     const store = redis.store({ userIdPath: 'data.userId' })
