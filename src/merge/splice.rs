@@ -471,9 +471,9 @@ fn find_element(s: &[u8], p: usize, idx: u64) -> Result<Element> {
 /// JavaScript reads them) in a text known to be UTF-8 holding one JSON
 /// object: its JSON text, or None when the path holds nothing. Reads only up
 /// to the value, as a merge's splice does.
-pub fn value_at<'s>(s: &'s [u8], segs: &[&str]) -> Result<Option<&'s [u8]>> {
+pub fn value_at<'s>(s: &'s [u8], segs: &[impl AsRef<str>]) -> Result<Option<&'s [u8]>> {
     let mut p = skip_ws(s, 0);
-    for seg in segs {
+    for seg in segs.iter().map(AsRef::as_ref) {
         match s.get(p) {
             Some(b'{') => match find_member(s, p, seg.as_bytes())?.0 {
                 Some(m) => p = m.value_start,

@@ -66,9 +66,10 @@ fn cursor(text: &str) -> Result<u64> {
         .map_err(|_| StoreError::invalid_arg("cursor must be a cursor a previous page returned"))
 }
 
-/// `SCAN`'s reply: the next cursor and the keys (`cluster`: from a cluster
-/// client, for the error's code).
-fn scan_reply(v: Value, cluster: bool) -> Result<(String, Vec<Vec<u8>>)> {
+/// `SCAN`'s reply (and `ZSCAN`'s, whose array holds members and scores):
+/// the next cursor and the keys (`cluster`: from a cluster client, for the
+/// error's code).
+pub(crate) fn scan_reply(v: Value, cluster: bool) -> Result<(String, Vec<Vec<u8>>)> {
     let unexpected = |v: &Value| {
         StoreError::new(
             Code::Redis,

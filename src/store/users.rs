@@ -47,6 +47,7 @@ use redis::{Pipeline, Value};
 use crate::errors::{Result, StoreError};
 use crate::link::scripts::{evalsha, is_noscript};
 use crate::merge::splice::{validate, value_at};
+use crate::store::admin::scan_reply;
 use crate::store::replies::describe_reply;
 use crate::store::Store;
 
@@ -128,8 +129,7 @@ impl Users {
     /// anything else, or nothing. `text` is known to be UTF-8 holding one
     /// JSON object.
     pub fn user_of(&self, text: &[u8]) -> Option<String> {
-        let segs: Vec<&str> = self.segments.iter().map(String::as_str).collect();
-        let value = value_at(text, &segs).ok()??;
+        let value = value_at(text, &self.segments).ok()??;
         match value.first()? {
             b'"' => serde_json::from_slice::<String>(value)
                 .ok()
@@ -203,9 +203,12 @@ impl Store {
                 .arg("COUNT")
                 .arg(PAGE);
             let reply = self.conn.exec(&scan, deadline).await?.pop();
-            let (next, ids) = zscan_reply(reply, cluster)?;
-            let ids: Vec<String> = ids
+            let (next, entries) = scan_reply(reply.unwrap_or(Value::Nil), cluster)?;
+            // Members and scores alternate; the scores are left out.
+            let ids: Vec<String> = entries
                 .into_iter()
+                .step_by(2)
+                .filter_map(|m| String::from_utf8(m).ok())
                 .filter(|id| seen.insert(id.clone()))
                 .collect();
             live.extend(self.read_live(users, user, ids, deadline).await?);
@@ -326,37 +329,6 @@ impl Store {
             todo.extend(self.read_live(users, user, changed, deadline).await?);
         }
         Ok(ended)
-    }
-}
-
-/// `ZSCAN`'s reply: the next cursor and the members (the scores left out).
-fn zscan_reply(reply: Option<Value>, cluster: bool) -> Result<(String, Vec<String>)> {
-    let unexpected = |v: Option<&Value>| {
-        StoreError::new(
-            crate::errors::Code::Redis,
-            format!("unexpected reply to ZSCAN: {}", describe_reply(v)),
-        )
-    };
-    match reply {
-        Some(Value::Array(parts)) if parts.len() == 2 => {
-            let mut parts = parts.into_iter();
-            let (Some(Value::BulkString(next)), Some(Value::Array(entries))) =
-                (parts.next(), parts.next())
-            else {
-                return Err(unexpected(None));
-            };
-            let ids = entries
-                .into_iter()
-                .step_by(2)
-                .filter_map(|m| match m {
-                    Value::BulkString(m) => String::from_utf8(m).ok(),
-                    _ => None,
-                })
-                .collect();
-            Ok((String::from_utf8_lossy(&next).into_owned(), ids))
-        }
-        Some(Value::ServerError(e)) => Err(StoreError::from_reply(&e, cluster)),
-        other => Err(unexpected(other.as_ref())),
     }
 }
 
