@@ -1,14 +1,19 @@
 #!/usr/bin/env node
-// `npm run build:release`: the binary of npm/linux-x64-gnu/, built against a
-// glibc 2.17 baseline (what RHEL 7, Amazon Linux 2 and Debian 9 and later
-// ship) with cargo-zigbuild and zig, so that it loads where a binary linked
-// against this machine's glibc would fail with "GLIBC_2.34 not found". zig
-// comes from PyPI's ziglang wheel (pip download), cargo-zigbuild from
-// the crates registry (cargo install), both once into .toolchains/; nothing is
-// installed system-wide. Then checks with `objdump -T` that no symbol needs
-// a glibc newer than 2.17.
+// `npm run build:release [-- <platform>...]`: the binaries of the platform
+// packages (npm/<platform>/) that this machine can build, cross-compiled with
+// cargo-zigbuild and zig: Linux x64 and arm64 against a glibc 2.17 baseline
+// (what RHEL 7, Amazon Linux 2 and Debian 9 and later ship, so the binary
+// loads where one linked against this machine's glibc would fail with
+// "GLIBC_2.34 not found"), and Linux x64 and arm64 with musl (Alpine). zig comes from
+// PyPI's ziglang wheel (pip download), cargo-zigbuild from the crates
+// registry (cargo install), both once into .toolchains/; each target's Rust
+// standard library with `rustup target add`. Nothing is installed
+// system-wide. Each binary is checked before it is copied (checkBinary): its
+// format and architecture, that it is a shared object with no interpreter,
+// that it links only the C library's own parts, and for glibc that no symbol
+// needs a glibc newer than 2.17. Prints one row per binary.
 import { execFileSync } from 'node:child_process'
-import { copyFileSync, existsSync, mkdtempSync, rmSync } from 'node:fs'
+import { copyFileSync, existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import path from 'node:path'
 import { fileURLToPath } from 'node:url'
@@ -18,23 +23,102 @@ const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..')
 const tools = path.join(root, '.toolchains')
 const ZIG = '0.17.1'
 const ZIGBUILD = '0.24.1'
-/** The newest glibc the binary may need. */
+/** The newest glibc a Linux glibc binary may need. */
 export const GLIBC_BASELINE = '2.17'
-const TARGET = 'x86_64-unknown-linux-gnu'
-const BINARY = 'relay-session-redis.linux-x64-gnu.node'
+const pkg = JSON.parse(readFileSync(path.join(root, 'package.json'), 'utf8'))
+const BINARY_NAME = pkg.napi.binaryName
 
-/** The newest GLIBC_x.y version a binary's dynamic symbols name. */
-export function newestGlibc(file) {
-  const symbols = execFileSync('objdump', ['-T', file], { encoding: 'utf8', maxBuffer: 64 << 20 })
-  const versions = [...symbols.matchAll(/GLIBC_(\d+)\.(\d+)/g)].map((m) => [Number(m[1]), Number(m[2])])
-  versions.sort((a, b) => a[0] - b[0] || a[1] - b[1])
-  const [major, minor] = versions.at(-1) ?? [0, 0]
-  return `${major}.${minor}`
+/**
+ * napi-rs's name for a Rust target triple: the npm/<platform>/ folder and the
+ * `<binaryName>.<platform>.node` file (linux-arm64-gnu, darwin-x64, ...).
+ */
+export function platformOf(triple) {
+  const [arch, , os, abi] = triple.split('-')
+  const cpu = { x86_64: 'x64', aarch64: 'arm64' }[arch] ?? arch
+  if (os === 'darwin') return `darwin-${cpu}`
+  if (os === 'windows') return `win32-${cpu}-${abi}`
+  return `${os}-${cpu}-${abi}`
 }
+
+/** Every target of package.json's napi.targets (the workflow builds them all), with how it is built here. */
+export const TARGETS = pkg.napi.targets.map((/** @type {string} */ triple) => {
+  const platform = platformOf(triple)
+  const [arch, , os, abi] = triple.split('-')
+  return {
+    triple,
+    platform,
+    binary: `${BINARY_NAME}.${platform}.node`,
+    arch,
+    os,
+    libc: os === 'linux' ? (abi === 'musl' ? 'musl' : 'glibc') : null,
+    // What `napi build -x --target` is given: glibc targets carry the baseline.
+    buildTarget: os === 'linux' && abi === 'gnu' ? `${triple}.${GLIBC_BASELINE}` : triple,
+    // Built by the workflow only: Windows needs the MSVC linker and libraries;
+    // macOS needs Apple's SDK, since the TLS stack's trust store is the
+    // keychain (rustls-native-certs links the Security and CoreFoundation
+    // frameworks, which zig does not ship: "unable to find system framework").
+    here: os === 'linux',
+  }
+})
 
 const newer = (a, b) => {
   const [x, y] = [a, b].map((v) => v.split('.').map(Number))
   return x[0] > y[0] || (x[0] === y[0] && x[1] > y[1])
+}
+
+const readelf = (flags, file) => execFileSync('readelf', ['-W', flags, file], { encoding: 'utf8', maxBuffer: 64 << 20 })
+
+/** The newest GLIBC_x.y version an ELF binary needs ('none' if it needs none). */
+export function newestGlibc(file) {
+  const versions = [...readelf('-V', file).matchAll(/Name: GLIBC_(\d+\.\d+)/g)].map((m) => m[1])
+  versions.sort((a, b) => (newer(a, b) ? 1 : newer(b, a) ? -1 : 0))
+  return versions.at(-1) ?? 'none'
+}
+
+/** What an ELF shared object is: its machine, its interpreter (if any) and the libraries it names. */
+function inspectElf(file) {
+  const header = readelf('-h', file)
+  return {
+    format: /Class:\s+(\S+)/.exec(header)?.[1],
+    type: /Type:\s+(\S+)/.exec(header)?.[1],
+    machine: /Machine:\s+(.+)/.exec(header)?.[1].trim(),
+    interpreter: /Requesting program interpreter: ([^\]]+)/.exec(readelf('-l', file))?.[1] ?? null,
+    needed: [...readelf('-d', file).matchAll(/\(NEEDED\)\s+Shared library: \[([^\]]+)\]/g)].map((m) => m[1]),
+  }
+}
+
+const ELF_MACHINE = { x86_64: 'Advanced Micro Devices X86-64', aarch64: 'AArch64' }
+// What a binary may link: the C library's own parts, nothing a user must install.
+const GLIBC_LIBS = new Set(['libc.so.6', 'libm.so.6', 'libpthread.so.0', 'libdl.so.2', 'librt.so.1', 'libgcc_s.so.1', 'ld-linux-x86-64.so.2', 'ld-linux-aarch64.so.1'])
+// musl's loader takes every name beginning with libc. (and libm., libpthread., ...) as itself.
+const MUSL_LIBS = new Set(['libc.so'])
+
+/**
+ * Checks the built binary of `target`; throws naming what is wrong. Returns
+ * one line of what was checked: format and machine, libc (newest glibc
+ * symbol, or musl), the libraries it names.
+ */
+export function checkBinary(file, target) {
+  const name = path.basename(file)
+  const problems = []
+  const info = inspectElf(file)
+  if (info.format !== 'ELF64') problems.push(`class ${info.format}`)
+  if (info.machine !== ELF_MACHINE[target.arch]) problems.push(`machine ${info.machine}`)
+  if (info.type !== 'DYN') problems.push(`type ${info.type}`)
+  if (info.interpreter) problems.push(`interpreter ${info.interpreter}`)
+  const glibc = newestGlibc(file)
+  let libc
+  if (target.libc === 'glibc') {
+    for (const lib of info.needed) if (!GLIBC_LIBS.has(lib)) problems.push(`links ${lib}`)
+    if (glibc === 'none' || newer(glibc, GLIBC_BASELINE)) problems.push(`newest glibc symbol GLIBC_${glibc}, baseline ${GLIBC_BASELINE}`)
+    libc = `glibc, newest symbol GLIBC_${glibc}`
+  } else {
+    for (const lib of info.needed) if (!MUSL_LIBS.has(lib)) problems.push(`links ${lib}`)
+    if (glibc !== 'none') problems.push(`needs GLIBC_${glibc}`)
+    libc = 'musl (no glibc version)'
+  }
+  if (problems.length) throw new Error(`${name}: ${problems.join('; ')}`)
+  return `${info.format} ${info.machine}, ${info.type}, no interpreter; ${libc}; links ${info.needed.join(' ')}`
 }
 
 function zigDir() {
@@ -59,22 +143,41 @@ function zigbuildDir() {
   return bin
 }
 
+/** Adds the Rust standard library of each of `triples` that the toolchain lacks. */
+function rustTargets(triples) {
+  const installed = new Set(execFileSync('rustup', ['target', 'list', '--installed'], { encoding: 'utf8' }).split('\n'))
+  const lacking = triples.filter((t) => !installed.has(t))
+  if (lacking.length) execFileSync('rustup', ['target', 'add', ...lacking], { stdio: 'inherit' })
+}
+
 if (process.argv[1] === fileURLToPath(import.meta.url)) {
-  const PATH = [zigbuildDir(), zigDir(), process.env.PATH].join(path.delimiter)
-  const out = mkdtempSync(path.join(tmpdir(), 'rsr-release-'))
-  try {
-    const napi = path.join(root, 'node_modules', '.bin', 'napi')
-    execFileSync(napi, ['build', '--platform', '--release', '--no-const-enum', '-x', '--target', `${TARGET}.${GLIBC_BASELINE}`, '--output-dir', out], {
-      cwd: root,
-      stdio: 'inherit',
-      env: { ...process.env, PATH },
-    })
-    const built = path.join(out, BINARY)
-    const glibc = newestGlibc(built)
-    if (newer(glibc, GLIBC_BASELINE)) throw new Error(`${BINARY} needs GLIBC_${glibc}, newer than the ${GLIBC_BASELINE} baseline`)
-    copyFileSync(built, path.join(root, 'npm', 'linux-x64-gnu', BINARY))
-    console.log(`npm/linux-x64-gnu/${BINARY}: newest glibc symbol GLIBC_${glibc} (baseline ${GLIBC_BASELINE})`)
-  } finally {
-    rmSync(out, { recursive: true, force: true })
+  const asked = process.argv.slice(2)
+  const unknown = asked.filter((p) => !TARGETS.some((t) => t.platform === p && t.here))
+  if (unknown.length) {
+    console.error(`not built here: ${unknown.join(', ')}; this machine builds ${TARGETS.filter((t) => t.here).map((t) => t.platform).join(', ')}`)
+    process.exit(2)
   }
+  const targets = TARGETS.filter((t) => t.here && (asked.length === 0 || asked.includes(t.platform)))
+  const PATH = [zigbuildDir(), zigDir(), process.env.PATH].join(path.delimiter)
+  rustTargets(targets.map((t) => t.triple))
+  const napi = path.join(root, 'node_modules', '.bin', 'napi')
+  const rows = []
+  for (const target of targets) {
+    const out = mkdtempSync(path.join(tmpdir(), 'rsr-release-'))
+    const t0 = Date.now()
+    try {
+      execFileSync(napi, ['build', '--platform', '--release', '--no-const-enum', '-x', '--target', target.buildTarget, '--output-dir', out], {
+        cwd: root,
+        stdio: 'inherit',
+        env: { ...process.env, PATH },
+      })
+      const built = path.join(out, target.binary)
+      const checked = checkBinary(built, target)
+      copyFileSync(built, path.join(root, 'npm', target.platform, target.binary))
+      rows.push(`| ${target.platform} | ${((Date.now() - t0) / 1000).toFixed(0)} s | ${checked} |`)
+    } finally {
+      rmSync(out, { recursive: true, force: true })
+    }
+  }
+  console.log(['| npm/<platform>/ | build | checked |', '|---|---|---|', ...rows].join('\n'))
 }
