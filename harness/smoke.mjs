@@ -9,7 +9,9 @@
 // REDIS_TLS_CA (a PEM file), the round trip over TLS (rustls with ring's
 // assembly for the CPU). Prints one line of JSON: `ok`, the
 // runtime's CPU, the .node the process mapped, and the failures; exits 1 on
-// any failure.
+// any failure. `merges` says how the merge was written: by the server's own
+// compare-and-set (`native`, Redis 8.4+: the digest computed here must match
+// the server's) or by swap.lua.
 import { readFileSync } from 'node:fs'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { createRequire } from 'node:module'
@@ -90,9 +92,10 @@ async function overTls() {
     await tls.close()
   }
 }
+const { native, remembered, readThenSwap, conflicts } = store.stats().merges
 let binary = null
 try {
   binary = readFileSync('/proc/self/maps', 'utf8').split('\n').find((l) => l.endsWith('.node'))?.split('/').at(-1) ?? null
 } catch {}
-console.log(JSON.stringify({ ok: failures.length === 0, arch: process.arch, binary, tls: Boolean(process.env.REDIS_TLS_URL), loadMs, ms: Date.now() - t0, failures }))
+console.log(JSON.stringify({ ok: failures.length === 0, arch: process.arch, binary, tls: Boolean(process.env.REDIS_TLS_URL), merges: { native, remembered, readThenSwap, conflicts }, loadMs, ms: Date.now() - t0, failures }))
 process.exitCode = failures.length === 0 ? 0 : 1

