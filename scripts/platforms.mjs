@@ -29,7 +29,7 @@
 // apt-get download from a private list, unpacked with dpkg -x). Prints a
 // table with each run's time; exits 1 on a failure.
 import { execFileSync, spawnSync } from 'node:child_process'
-import { cpSync, existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync, symlinkSync, writeFileSync } from 'node:fs'
+import { cpSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import path from 'node:path'
 import { fileURLToPath } from 'node:url'
@@ -44,30 +44,41 @@ const dir = path.join(root, '.runtimes', 'platforms')
 // A musllinux wheel that bundles Alpine's libstdc++ and libgcc_s.
 const MUSL_CXX_WHEEL = 'kiwisolver==1.5.1'
 const smoke = path.join(root, 'harness', 'smoke.mjs')
+// What the roots are made of, by folder: Debian packages (name:arch/suite).
+const DEBS = {
+  qemu: ['qemu-user-static/bookworm'],
+  'glibc-arm64': ['libc6-arm64-cross/bookworm', 'libstdc++6-arm64-cross/bookworm', 'libgcc-s1-arm64-cross/bookworm'],
+  'musl-x64': ['musl:amd64/trixie'],
+  'musl-arm64': ['musl:arm64/trixie'],
+  // Not run: the oldest musl the musl binaries are checked against (symbols only).
+  'musl-1.2.3-x64': ['musl:amd64/bookworm'],
+  'musl-1.2.3-arm64': ['musl:arm64/bookworm'],
+}
+/** The musl the binaries must need nothing beyond: 1.2.3, Alpine 3.16 and 3.17's. */
+const MUSL_BASELINE = '1.2.3'
 
 /** The emulator and the roots the foreign runtimes run in, got once into .runtimes/platforms/. */
 function emulationRoots() {
   const ready = path.join(dir, 'roots', '.ready')
+  const made = JSON.stringify({ DEBS, MUSL_CXX_WHEEL })
   const roots = {
     qemu: path.join(dir, 'roots', 'qemu', 'usr', 'bin', 'qemu-aarch64-static'),
     glibcArm64: path.join(dir, 'roots', 'glibc-arm64', 'usr', 'aarch64-linux-gnu'),
     muslX64: path.join(dir, 'roots', 'musl-x64', 'usr', 'lib', 'x86_64-linux-musl'),
     muslArm64: path.join(dir, 'roots', 'musl-arm64'),
+    muslBaseline: {
+      x86_64: path.join(dir, 'roots', `musl-${MUSL_BASELINE}-x64`, 'lib', 'x86_64-linux-musl', 'libc.so'),
+      aarch64: path.join(dir, 'roots', `musl-${MUSL_BASELINE}-arm64`, 'lib', 'aarch64-linux-musl', 'libc.so'),
+    },
   }
-  if (existsSync(ready)) return roots
+  if (existsSync(ready) && readFileSync(ready, 'utf8') === made) return roots
   rmSync(path.join(dir, 'roots'), { recursive: true, force: true })
   const work = mkdtempSync(path.join(tmpdir(), 'rsr-platforms-'))
   try {
     const mirror = debianMirror()
-    const debs = {
-      qemu: ['qemu-user-static/bookworm'],
-      'glibc-arm64': ['libc6-arm64-cross/bookworm', 'libstdc++6-arm64-cross/bookworm', 'libgcc-s1-arm64-cross/bookworm'],
-      'musl-x64': ['musl:amd64/trixie'],
-      'musl-arm64': ['musl:arm64/trixie'],
-    }
     const sources = [`deb ${DEBIAN_KEYRING} ${mirror} bookworm main`, `deb ${DEBIAN_KEYRING} ${mirror} trixie main`]
     withPrivateApt(work, sources, (apt) => {
-      for (const [name, packages] of Object.entries(debs)) {
+      for (const [name, packages] of Object.entries(DEBS)) {
         const into = path.join(work, name)
         mkdirSync(into)
         execFileSync('apt-get', [...apt, 'download', '-qq', ...packages], { cwd: into, stdio: 'inherit' })
@@ -91,7 +102,7 @@ function emulationRoots() {
     writeFileSync(path.join(m, 'etc', 'ld-musl-aarch64.path'), '/usr/lib/aarch64-linux-musl\n')
     mkdirSync(path.join(m, 'usr', 'bin'), { recursive: true })
     writeFileSync(path.join(m, 'usr', 'bin', 'ldd'), '#!/bin/sh\nexec /lib/ld-musl-aarch64.so.1 --list "$@"\n', { mode: 0o755 })
-    writeFileSync(ready, '')
+    writeFileSync(ready, made)
   } finally {
     rmSync(work, { recursive: true, force: true })
   }
@@ -107,6 +118,23 @@ const modules = npmPackagesOnce('platforms', {
 }, { foreign: true })
 const roots = emulationRoots()
 console.log(`runtimes and roots ready in ${((Date.now() - fetching) / 1000).toFixed(1)} s (fetched once into .runtimes/platforms/)`)
+
+/**
+ * The symbols `binary` needs that musl's `libc` does not define: strong
+ * undefined symbols (a weak one may be absent), but napi's, which the addon
+ * looks up in the running program (napi's dyn-symbols).
+ */
+function muslLacks(binary, libc) {
+  const symbols = (file) => execFileSync('readelf', ['-W', '--dyn-syms', file], { encoding: 'utf8', maxBuffer: 64 << 20 })
+    .split('\n')
+    .map((l) => l.trim().split(/\s+/))
+    .filter((f) => f.length >= 8 && /^\d+:$/.test(f[0]))
+  const defined = new Set(symbols(libc).filter((f) => f[6] !== 'UND').map((f) => f[7].replace(/@.*/, '')))
+  return symbols(binary)
+    .filter((f) => f[6] === 'UND' && f[4] !== 'WEAK' && f[7] && !f[7].startsWith('napi_'))
+    .map((f) => f[7].replace(/@.*/, ''))
+    .filter((name) => !defined.has(name))
+}
 
 /** How each platform's binary is run here: the command before the script, its environment, and how. */
 const RUNS = {
@@ -164,6 +192,11 @@ try {
     if (!existsSync(binary)) throw new Error(`npm/${target.platform}/${target.binary} is missing: run npm run build:release first`)
     try {
       console.log(`${target.binary}: ${checkBinary(binary, target)}`)
+      if (target.libc === 'musl') {
+        const lacking = muslLacks(binary, roots.muslBaseline[target.arch])
+        if (lacking.length) throw new Error(`needs ${lacking.join(', ')}, which musl ${MUSL_BASELINE} does not define`)
+        console.log(`${target.binary}: every symbol it needs (but napi's) is defined by musl ${MUSL_BASELINE}`)
+      }
     } catch (err) {
       failed = true
       rows.push(`| ${target.platform} | ${run.how} | | FAIL: not run, ${err.message} | | |`)
