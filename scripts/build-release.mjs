@@ -13,7 +13,7 @@
 // that it links only the C library's own parts, and for glibc that no symbol
 // needs a glibc newer than 2.17. Prints one row per binary.
 import { execFileSync } from 'node:child_process'
-import { copyFileSync, existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs'
+import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import path from 'node:path'
 import { fileURLToPath } from 'node:url'
@@ -28,27 +28,19 @@ export const GLIBC_BASELINE = '2.17'
 const pkg = JSON.parse(readFileSync(path.join(root, 'package.json'), 'utf8'))
 const BINARY_NAME = pkg.napi.binaryName
 
-/**
- * napi-rs's name for a Rust target triple: the npm/<platform>/ folder and the
- * `<binaryName>.<platform>.node` file (linux-arm64-gnu, darwin-x64, ...).
- */
-export function platformOf(triple) {
-  const [arch, , os, abi] = triple.split('-')
-  const cpu = { x86_64: 'x64', aarch64: 'arm64' }[arch] ?? arch
-  if (os === 'darwin') return `darwin-${cpu}`
-  if (os === 'windows') return `win32-${cpu}-${abi}`
-  return `${os}-${cpu}-${abi}`
-}
-
 /** Every target of package.json's napi.targets (the workflow builds them all), with how it is built here. */
 export const TARGETS = pkg.napi.targets.map((/** @type {string} */ triple) => {
-  const platform = platformOf(triple)
   const [arch, , os, abi] = triple.split('-')
+  // npm's name for the CPU, and napi-rs's for the platform: the npm/<platform>/
+  // folder and the `<binaryName>.<platform>.node` file.
+  const cpu = { x86_64: 'x64', aarch64: 'arm64' }[arch] ?? arch
+  const platform = os === 'darwin' ? `darwin-${cpu}` : os === 'windows' ? `win32-${cpu}-${abi}` : `${os}-${cpu}-${abi}`
   return {
     triple,
     platform,
     binary: `${BINARY_NAME}.${platform}.node`,
     arch,
+    cpu,
     os,
     libc: os === 'linux' ? (abi === 'musl' ? 'musl' : 'glibc') : null,
     // What `napi build -x --target` is given: glibc targets carry the baseline.
@@ -120,6 +112,13 @@ export function checkBinary(file, target) {
   }
   if (problems.length) throw new Error(`${name}: ${problems.join('; ')}`)
   return `${info.format} ${info.machine}, ${info.type}, no interpreter; ${libc}; links ${info.needed.join(' ')}`
+}
+
+/** The main package as `npm pack` makes it (what npm publishes), unpacked into `dest`; `work` keeps the tarball. */
+export function unpackedPackage(dest, work) {
+  const tgz = execFileSync('npm', ['pack', '--pack-destination', work], { cwd: root, encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] }).trim().split('\n').at(-1)
+  mkdirSync(dest, { recursive: true })
+  execFileSync('tar', ['-xzf', path.join(work, String(tgz)), '-C', dest, '--strip-components=1'])
 }
 
 function zigDir() {

@@ -20,7 +20,7 @@ import path from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { freePort, startRedis } from '../harness/redis-server.mjs'
-import { checkBinary, TARGETS } from './build-release.mjs'
+import { checkBinary, TARGETS, unpackedPackage } from './build-release.mjs'
 import { npmToolOnce } from '../harness/tools.mjs'
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..')
@@ -91,9 +91,7 @@ try {
     // The main package as npm packs it, with the platform packages beside it,
     // napi.targets narrowed to the ones built here (the workflow has them all).
     const stage = path.join(work, 'stage')
-    mkdirSync(stage)
-    const tgz = sh('npm', ['pack', '--pack-destination', work], { cwd: root }).trim().split('\n').at(-1)
-    sh('tar', ['-xzf', path.join(work, String(tgz)), '-C', stage, '--strip-components=1'])
+    unpackedPackage(stage, work)
     for (const target of HERE) cpSync(path.join(root, 'npm', target.platform), path.join(stage, 'npm', target.platform), { recursive: true })
     const staged = JSON.parse(readFileSync(path.join(stage, 'package.json'), 'utf8'))
     staged.napi.targets = HERE.map((t) => t.triple)
@@ -114,7 +112,7 @@ try {
   })
 
   for (const target of HERE) {
-    const [os, cpu, libc] = [target.os, { x86_64: 'x64', aarch64: 'arm64' }[target.arch], target.libc]
+    const { os, cpu, libc } = target
     await step(`npm install --os ${os} --cpu ${cpu} --libc ${libc}: relay-session-redis-${target.platform} and no other`, () => {
       const app = path.join(work, `app-${target.platform}`)
       mkdirSync(app)

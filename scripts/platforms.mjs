@@ -39,7 +39,7 @@ import { certificates } from '../harness/certs.mjs'
 import { findRedisServer, freePort, startRedis } from '../harness/redis-server.mjs'
 import { describeServer, serverBinary } from '../harness/servers.mjs'
 import { DEBIAN_KEYRING, debianMirror, npmPackagesOnce, RUNTIME_VERSIONS, unpackWheel, withPrivateApt } from '../harness/tools.mjs'
-import { checkBinary, TARGETS } from './build-release.mjs'
+import { checkBinary, TARGETS, unpackedPackage } from './build-release.mjs'
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..')
 const dir = path.join(root, '.runtimes', 'platforms')
@@ -184,10 +184,8 @@ const rows = []
 let failed = false
 try {
   // The main package as npm publishes it.
-  const tgz = execFileSync('npm', ['pack', '--pack-destination', work], { cwd: root, encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] }).trim().split('\n').at(-1)
   const main = path.join(work, 'main')
-  mkdirSync(main)
-  execFileSync('tar', ['-xzf', path.join(work, String(tgz)), '-C', main, '--strip-components=1'])
+  unpackedPackage(main, work)
   for (const target of TARGETS.filter((t) => t.here)) {
     const run = RUNS[target.platform]
     const binary = path.join(root, 'npm', target.platform, target.binary)
@@ -217,9 +215,8 @@ try {
       try {
         out = JSON.parse(r.stdout.trim().split('\n').at(-1) ?? '')
       } catch {}
-      const arch = { x86_64: 'x64', aarch64: 'arm64' }[target.arch]
       const merge = out?.merges ?? {}
-      const ok = r.status === 0 && out?.ok === true && out.arch === arch && out.binary === target.binary && out.tls === true && merge.native === native && merge.conflicts === 0
+      const ok = r.status === 0 && out?.ok === true && out.arch === target.cpu && out.binary === target.binary && out.tls === true && merge.native === native && merge.conflicts === 0
       if (!ok) {
         failed = true
         console.error(`${target.platform} on ${name}: exit ${r.status ?? r.signal}\n${r.stdout}${r.stderr}`)
