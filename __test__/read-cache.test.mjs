@@ -159,6 +159,43 @@ describe('a get of a session this store holds', () => {
   })
 })
 
+// With userIdPath too: ending a user's sessions takes back the tickets of
+// reads in flight, as a delete does, so a read that crossed the ending never
+// keeps the ended session (a security hole before: "log out everywhere"
+// failed in the process that did it).
+describe('with userIdPath', () => {
+  it('a session ended by destroyUserSessions is never served again, whatever get was in flight', async () => {
+    const store = redis.store({ readCache: true, userIdPath: 'data.userId' })
+    const other = redis.store({ userIdPath: 'data.userId' })
+    await tracking(store)
+    const rounds = Number(process.env.ENDED_ROUNDS ?? 300)
+    let served = 0
+    for (let round = 0; round < rounds; round++) {
+      const user = `u-${newId()}`
+      const ids = [newId(), newId(), newId()]
+      // Written by another store: this one reads them, so its gets cross.
+      for (const id of ids) await other.set(id, { ...session(id), data: { userId: user } }, TTL)
+      let ending = true
+      const ended = store.destroyUserSessions(user).finally(() => (ending = false))
+      // Gets of the sessions in flight throughout the call, each round trip
+      // landing somewhere between its reads and its compare-and-deletes.
+      const reads = ids.map(async (id) => {
+        while (ending) {
+          await store.get(id)
+          await new Promise(setImmediate)
+        }
+      })
+      assert.equal(await ended, ids.length)
+      await Promise.all(reads)
+      for (const id of ids) {
+        assert.equal(await redis.admin.exists(`sess:${id}`), 0)
+        if ((await store.get(id)) !== null) served++
+      }
+    }
+    assert.equal(served, 0, `${served} ended sessions served from memory`)
+  })
+})
+
 // The rule the README states: once the writer's call resolved, a store in
 // another process told so reads the new text, idle or busy. The reader
 // serves a text only when its socket has nothing unread and its connection's

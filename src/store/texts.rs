@@ -238,6 +238,17 @@ impl Texts {
         }
     }
 
+    /// This store ended the session `id` itself, outside a batch (a
+    /// compare-and-delete of `destroyUserSessions`): its text goes, and so
+    /// does its ticket, so that a read in flight whose reply crossed the
+    /// ending keeps nothing (the server reports no change of this store's
+    /// own to it: NOLOOP).
+    pub fn ended(&self, id: &str) {
+        let mut inner = self.inner();
+        inner.remove(id);
+        inner.tickets.remove(id);
+    }
+
     /// Anything may have changed: every text and ticket goes.
     pub fn flush(&self) {
         let mut inner = self.inner();

@@ -307,7 +307,8 @@ impl Store {
             for ((id, _), reply) in todo.drain(..).zip(replies) {
                 match reply {
                     Value::Int(1) => {
-                        self.texts.forget(&id);
+                        // Takes back a read's ticket too, as a delete does.
+                        self.texts.ended(&id);
                         self.tokens.forget(&id);
                         ended += 1;
                     }
