@@ -12,6 +12,8 @@ pub mod ops;
 pub mod replies;
 pub mod stats;
 pub mod texts;
+#[cfg(test)]
+mod texts_model;
 pub mod users;
 
 use std::fmt;
