@@ -64,6 +64,32 @@ describe(`userIdPath: each user's sessions${onCluster ? ' (cluster)' : ''}`, () 
     assert.deepEqual(await store.userSessions(String(n)), [id])
   })
 
+  it('a number another writer spelled otherwise (7.0, 1E3, 1e+20 as 1.x wrote it, -0) is the user JavaScript reads', async () => {
+    // Written by another client as its JSON text, then merged by this store.
+    const spelled = [
+      ['7.0', 7],
+      ['1E3', 1000],
+      ['1e+20', 1e20],
+      ['-0', 0],
+      ['2.50', 2.5],
+    ]
+    const ids = []
+    for (const [json, user] of spelled) {
+      const id = newId()
+      ids.push(id)
+      const tag = `${newId().slice(-8)}`
+      await redis.admin.set(`sess:${id}`, `{"data":{"userId":${json},"tag":"${tag}"},"meta":{"id":"${id}"}}`, 'PX', TTL)
+      await store.merge(id, { 'data.seen': 1 }, TTL)
+      const listed = await store.userSessions(user)
+      assert.ok(listed.includes(id), `${json}: userSessions(${user}) lists it`)
+      assert.ok((await store.userSessions(String(user))).includes(id))
+      // The merge changed only its path: the number is as it was written.
+      assert.match(await redis.admin.get(`sess:${id}`), new RegExp(`"userId":${json.replace('+', '\\+')},`))
+    }
+    assert.equal(await store.destroyUserSessions(1000), 1)
+    assert.equal(await redis.admin.exists(`sess:${ids[1]}`), 0)
+  })
+
   it('logout (the path removed), a change of user, a delete and an expiry leave the list at once', async () => {
     const u = `u-${newId()}`
     const [a, b, c, d, e] = [newId(), newId(), newId(), newId(), newId()]

@@ -125,16 +125,17 @@ impl Users {
     }
 
     /// The user a session's text names: the string or number at the path
-    /// (a number as its JSON text, as `String(n)` writes it); None for
-    /// anything else, or nothing. `text` is known to be UTF-8 holding one
-    /// JSON object.
+    /// (a number as JavaScript reads it and `String(n)` writes it, however
+    /// its JSON text spells it: `7.0`, `1E3` and `-0` are `7`, `1000` and
+    /// `0`); None for anything else, or nothing. `text` is known to be UTF-8
+    /// holding one JSON object.
     pub fn user_of(&self, text: &[u8]) -> Option<String> {
         let value = value_at(text, &self.segments).ok()??;
         match value.first()? {
             b'"' => serde_json::from_slice::<String>(value)
                 .ok()
                 .filter(|u| !u.is_empty()),
-            b'-' | b'0'..=b'9' => std::str::from_utf8(value).ok().map(str::to_owned),
+            b'-' | b'0'..=b'9' => js_number_text(value),
             _ => None,
         }
     }
@@ -144,6 +145,16 @@ impl Users {
         validate(text).ok()?;
         self.user_of(text)
     }
+}
+
+/// `String(n)` of the number a JSON number's text holds, as `JSON.parse`
+/// reads it (the nearest double); None if it is not one, or not finite (a
+/// number too large for a double: `JSON.parse` gives Infinity, which is no
+/// user id, as `checkUserId` refuses it).
+fn js_number_text(json: &[u8]) -> Option<String> {
+    let n: f64 = std::str::from_utf8(json).ok()?.parse().ok()?;
+    n.is_finite()
+        .then(|| ryu_js::Buffer::new().format_finite(n).to_owned())
 }
 
 /// The ms an index entry's bound is past the session's ttl: the call bound.
@@ -346,6 +357,24 @@ mod tests {
             Some("ada".into())
         );
         assert_eq!(of(r#"{"data":{"userId":42}}"#), Some("42".into()));
+        // A number as JavaScript reads it, however another writer spelled it
+        // (1.x's cjson writes 1e20 as 1e+20).
+        for (json, user) in [
+            ("7.0", "7"),
+            ("1E3", "1000"),
+            ("1e+20", "100000000000000000000"),
+            ("1e21", "1e+21"),
+            ("-0", "0"),
+            ("-0.0", "0"),
+            ("0.1", "0.1"),
+            ("1.5e-7", "1.5e-7"),
+            ("9007199254740993", "9007199254740992"),
+            ("-12.50", "-12.5"),
+        ] {
+            let text = format!(r#"{{"data":{{"userId":{json}}}}}"#);
+            assert_eq!(of(&text), Some(user.into()), "{json}");
+        }
+        assert_eq!(of(r#"{"data":{"userId":1e999}}"#), None);
         assert_eq!(
             of(r#"{"data":{"userId":"a\"b\u00e9"}}"#),
             Some("a\"bé".into())
