@@ -165,6 +165,26 @@ describe(`userIdPath: each user's sessions${onCluster ? ' (cluster)' : ''}`, () 
     assert.equal(await store.destroyUserSessions(u), 2)
   })
 
+  it('every passed entry is removed by the next call, however many; a write removes up to 100', async () => {
+    const u = `u-${newId()}`
+    const key = `sess:user:${u}`
+    const live = newId()
+    await store.set(live, sessionOf(live, u), TTL)
+    // 2,500 entries whose bound has passed (their sessions are long gone).
+    const past = Date.now() - 60_000
+    const dead = Array.from({ length: 2500 }, () => newId())
+    for (let i = 0; i < dead.length; i += 500) {
+      await redis.admin.zadd(key, ...dead.slice(i, i + 500).flatMap((id) => [past, id]))
+    }
+    // A write (another session's login) removes 100 of them.
+    const other = newId()
+    await store.set(other, sessionOf(other, u), TTL)
+    assert.equal(await redis.admin.zcard(key), 2 + 2500 - 100)
+    // The next call removes the rest, and lists the live ones.
+    assert.deepEqual(sorted(await store.userSessions(u)), sorted([live, other]))
+    assert.equal(await redis.admin.zcard(key), 2)
+  })
+
   it('a touch of a missing session creates nothing and says so', async () => {
     const id = newId()
     assert.equal(await store.touch(id, 60_000), false)

@@ -2,19 +2,28 @@
 -- are session ids and whose scores bound, in ms of the server's clock, when
 -- each session expires. The key expires with its highest score, so an index
 -- never outlives the bound of its last session. Entries whose bound has
--- passed are removed here, at most 100 a call (their sessions have expired).
+-- passed are removed here (their sessions have expired): at most 100 by an
+-- 'add', at most 1,000 by a 'prune', so that no call holds the server long.
 -- KEYS[1]  the user's index key
 -- ARGV[1]  'add': ARGV[2] the session id, ARGV[3] its ttl plus the call
 --          bound plus a headroom, in ms (the session is written after this,
 --          within the call bound, so it expires before the bound written
 --          here; the headroom spares later writes a renewal: store/users.rs).
 --          'prune': only the removal of passed entries.
--- Replies with how many entries the index holds.
+-- Replies with how many entries the index holds ('add'), or (a 'prune')
+-- 1 when passed entries remain beyond those removed, to prune again, else 0.
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local passed = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. now, 'LIMIT', 0, 100)
+local limit = 100
+if ARGV[1] == 'prune' then
+  limit = 1000
+end
+local passed = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. now, 'LIMIT', 0, limit)
 if #passed > 0 then
   redis.call('ZREM', KEYS[1], unpack(passed))
+end
+if ARGV[1] == 'prune' then
+  return #redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. now, 'LIMIT', 0, 1)
 end
 if ARGV[1] == 'add' then
   local bound = now + tonumber(ARGV[3])

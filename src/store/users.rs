@@ -196,11 +196,25 @@ impl Store {
         let users = self.users_or_refuse()?;
         let key = self.keys.user_index(user);
         let cluster = self.conn.is_cluster();
+        // Every passed entry goes, 1,000 a call, before the index is read.
         let mut prune = redis::pipe();
         prune.ignore_errors();
         evalsha(&mut prune, self.scripts.users(), key.clone()).arg("prune");
-        if let Some(Value::ServerError(e)) = self.exec_scripted(&prune, deadline).await?.first() {
-            return Err(StoreError::from_reply(e, cluster));
+        loop {
+            match self.exec_scripted(&prune, deadline).await?.first() {
+                Some(Value::Int(0)) => break,
+                Some(Value::Int(_)) => continue, // more passed entries
+                Some(Value::ServerError(e)) => return Err(StoreError::from_reply(e, cluster)),
+                other => {
+                    return Err(StoreError::new(
+                        crate::errors::Code::Redis,
+                        format!(
+                            "unexpected reply to the index's script: {}",
+                            describe_reply(other)
+                        ),
+                    ))
+                }
+            }
         }
         let mut seen = HashSet::new();
         let mut live = Vec::new();
