@@ -196,7 +196,10 @@ function readCacheCheck(addon, facts, max) {
   if (state === 'evicting') {
     return check('warn', 'readCache', `readCache: true, but the server may evict keys (maxmemory-policy ${info.maxmemory_policy ?? 'unknown'}): the cache stands aside, as an eviction the store's own write causes is not reported to it. maxmemory-policy noeviction (or no maxmemory) lets it answer gets.`)
   }
-  return check('ok', 'readCache', `on (tracking ${state}): gets of held sessions are answered from memory. ${table}.`)
+  if (state === 'crowded') {
+    return check('warn', 'readCache', `readCache: true, but the server's tracking table holds more than half its limit, or INFO is refused: the cache stands aside, as a key the server drops from a full table while running the store's own command is not reported to it. ${table}. Raise tracking-table-max-keys (0: no limit), or grant +info.`)
+  }
+  return check('ok', 'readCache', `on (tracking ${state}): gets of held sessions are answered from memory; what no server reports (SWAPDB, an eviction or a table drop during the store's own command, a maxmemory set at run time) is looked for every 0.5 s. ${table}.`)
 }
 
 /** A check's answer, or the failure a check reports as a warning. @param {{value?: any, error?: unknown}} r */

@@ -310,10 +310,12 @@ export interface ReadCacheCounts {
    * a connection was lost); `'refused'` (the server or its ACL refused
    * `CLIENT TRACKING`: every `get` goes to Redis); `'evicting'` (the
    * server has a `maxmemory` and a policy that evicts, or would not say:
-   * every `get` goes to Redis); `'off'` (`readCache` not `true`,
+   * every `get` goes to Redis); `'crowded'` (the server's tracking table
+   * holds more than half its `tracking-table-max-keys`, or `INFO` is
+   * refused: every `get` goes to Redis); `'off'` (`readCache` not `true`,
    * `rememberedTextBytes: 0`, a cluster, TLS or a Unix socket).
    */
-  tracking: 'on' | 'starting' | 'refused' | 'evicting' | 'off'
+  tracking: 'on' | 'starting' | 'refused' | 'evicting' | 'crowded' | 'off'
   /** `get`s answered from memory, with no round trip. */
   hits: number
   /** `get`s that went to Redis while tracking was on. */

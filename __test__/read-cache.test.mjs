@@ -321,6 +321,103 @@ describe('the link', () => {
   })
 })
 
+/** Waits until `cond()` holds, asking every 20 ms; fails after `ms` (a deadline for an event, not a measure of time). */
+async function until(cond, ms, what) {
+  const deadline = Date.now() + ms
+  while (!(await cond())) {
+    if (Date.now() > deadline) throw new Error(`not within ${ms} ms: ${what}`)
+    await sleep(20)
+  }
+}
+
+// Events no server reports to the store (or to any client): the store asks
+// every heartbeat (0.5 s), and drops its texts or stands aside when it sees
+// one. The deadlines below are generous bounds for that look, not timings.
+describe('what the server does not report', () => {
+  it('a SWAPDB: every text goes at the next look, and the swapped-in session is read', async () => {
+    const store = redis.store({ readCache: true })
+    const id = newId()
+    await store.set(id, session(id, { db: 0 }), TTL)
+    const before = store.stats().readCache.hits
+    assert.equal((await store.get(id)).data.db, 0)
+    assert.equal(hitsSince(store, before), 1)
+    const db1 = new Redis({ port: redis.server.port, host: '127.0.0.1', db: 1 })
+    try {
+      await db1.set(`sess:${id}`, JSON.stringify(session(id, { db: 1 })), 'PX', TTL)
+      const flushes = store.stats().readCache.flushes
+      await redis.admin.swapdb(0, 1)
+      await until(() => store.stats().readCache.flushes > flushes, 5000, 'the store saw the SWAPDB')
+      assert.equal((await store.get(id)).data.db, 1)
+      // And once more, back: the count moved again.
+      await store.get(id)
+      const again = store.stats().readCache.flushes
+      await redis.admin.swapdb(0, 1)
+      await until(() => store.stats().readCache.flushes > again, 5000, 'the store saw the second SWAPDB')
+      assert.equal((await store.get(id)).data.db, 0)
+    } finally {
+      await db1.flushdb()
+      db1.disconnect()
+    }
+  })
+
+  it('a maxmemory set at run time: the store stands aside, and what its own writes evicted before it looked is not served', async () => {
+    const server = await startRedis({ args: ['--maxmemory-policy', 'allkeys-lru'] })
+    const store = createRedisSessionStore({ url: server.url, rememberedTextBytes: 64 << 20, readCache: true })
+    const admin = new Redis({ port: server.port, host: '127.0.0.1' })
+    try {
+      const big = (id) => session(id, { pad: 'x'.repeat(20_000) })
+      const ids = Array.from({ length: 100 }, newId)
+      for (const id of ids) await store.set(id, big(id), TTL)
+      assert.equal(store.stats().readCache.tracking, 'on')
+      const used = Number((await admin.info('memory')).match(/used_memory:(\d+)/)[1])
+      await admin.config('SET', 'maxmemory', String(used + (1 << 20)))
+      // The store's own writes evict at once, before its next look.
+      const more = Array.from({ length: 200 }, newId)
+      for (const id of more) await store.set(id, big(id), TTL)
+      assert.ok(Number((await admin.info('stats')).match(/evicted_keys:(\d+)/)[1]) > 0, 'keys were evicted')
+      await until(() => store.stats().readCache.tracking === 'evicting', 5000, "the store saw the server's maxmemory")
+      const hits = store.stats().readCache.hits
+      for (const id of [...ids, ...more]) {
+        const stored = await admin.get(`sess:${id}`)
+        const got = await store.get(id)
+        assert.equal(got === null ? null : got.meta.id, stored === null ? null : id)
+      }
+      assert.equal(store.stats().readCache.hits, hits, 'no get answered from memory')
+    } finally {
+      admin.disconnect()
+      await store.close()
+      await server.stop()
+    }
+  })
+
+  it('a tracking table past half its limit: the store stands aside, and keys the server dropped unreported are not served', async () => {
+    const server = await startRedis({ args: ['--tracking-table-max-keys', '10'] })
+    const store = createRedisSessionStore({ url: server.url, readCache: true })
+    const admin = new Redis({ port: server.port, host: '127.0.0.1' })
+    try {
+      const ids = Array.from({ length: 50 }, newId)
+      for (const id of ids) await store.set(id, session(id, { v: 1 }), TTL)
+      for (const id of ids) await store.get(id)
+      await until(() => store.stats().readCache.tracking === 'crowded', 5000, 'the store saw the crowded table')
+      for (const id of ids) await admin.set(`sess:${id}`, JSON.stringify(session(id, { v: 2 })), 'PX', TTL)
+      let stale = 0
+      for (const id of ids) if ((await store.get(id)).data.v !== 2) stale++
+      assert.equal(stale, 0)
+      // Room again (no limit): the store answers from memory again.
+      await admin.config('SET', 'tracking-table-max-keys', '0')
+      await until(() => store.stats().readCache.tracking === 'on', 5000, 'the store came back')
+      await store.get(ids[0])
+      const hits = store.stats().readCache.hits
+      assert.equal((await store.get(ids[0])).data.v, 2)
+      assert.equal(store.stats().readCache.hits, hits + 1)
+    } finally {
+      admin.disconnect()
+      await store.close()
+      await server.stop()
+    }
+  })
+})
+
 describe('where the server does not track', () => {
   it('a user the ACL refuses CLIENT TRACKING: every get goes to Redis, as without the cache', async () => {
     await redis.admin.call('ACL', 'SETUSER', 'notrack', 'on', '>pw', '~*', '+@all', '-client|tracking')

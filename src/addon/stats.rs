@@ -132,9 +132,11 @@ pub struct ReadCacheCounts {
     /// a connection was lost); `'refused'` (the server or its ACL refused
     /// `CLIENT TRACKING`: every `get` goes to Redis); `'evicting'` (the
     /// server has a `maxmemory` and a policy that evicts, or would not say:
-    /// every `get` goes to Redis); `'off'` (`readCache` not `true`,
+    /// every `get` goes to Redis); `'crowded'` (the server's tracking table
+    /// holds more than half its `tracking-table-max-keys`, or `INFO` is
+    /// refused: every `get` goes to Redis); `'off'` (`readCache` not `true`,
     /// `rememberedTextBytes: 0`, a cluster, TLS or a Unix socket).
-    #[napi(ts_type = "'on' | 'starting' | 'refused' | 'evicting' | 'off'")]
+    #[napi(ts_type = "'on' | 'starting' | 'refused' | 'evicting' | 'crowded' | 'off'")]
     pub tracking: String,
     /// `get`s answered from memory, with no round trip.
     pub hits: f64,
@@ -224,8 +226,8 @@ pub fn snapshot(store: &Store) -> StoreStats {
         read_cache: {
             let c = &store.texts.counts;
             ReadCacheCounts {
-                tracking: if store.conn.tracking.stands_aside() {
-                    "evicting".to_owned()
+                tracking: if let Some(why) = store.conn.tracking.aside() {
+                    why.to_owned()
                 } else {
                     store.conn.tracking.state().as_str().to_owned()
                 },

@@ -16,7 +16,7 @@ use crate::errors::{Result, StoreError};
 use crate::link::capabilities::{Capabilities, NativeCommand};
 use crate::link::retry::Revive;
 use crate::link::topology::{is_lost, Link, Route, Timeouts, Topology};
-use crate::link::tracking::{eviction_question, may_evict, Tracking, TrackingState, HEARTBEAT};
+use crate::link::tracking::{watch_question, Tracking, TrackingState, HEARTBEAT};
 
 /// The link calls use now.
 struct Open {
@@ -278,10 +278,10 @@ impl Connection {
                 let capabilities = link.capabilities().await?;
                 if self.tracking.state() != TrackingState::Off {
                     let replies = link
-                        .exec(&eviction_question())
+                        .exec(&watch_question())
                         .await
                         .map_err(|e| StoreError::from_redis(e, false))?;
-                    self.tracking.server_may_evict(may_evict(&replies));
+                    self.tracking.watched(&replies);
                 }
                 Ok::<_, StoreError>((link, address, capabilities))
             };
@@ -375,9 +375,12 @@ impl Connection {
         }
     }
 
-    /// Pings link while it tracks and nothing else made it answer for
-    /// [`HEARTBEAT`], so that the read cache may go on answering `get`s (a
-    /// link must have answered lately: `tracking.rs`); the last link's
+    /// Asks the watch's question ([`watch_question`]) on link every
+    /// [`HEARTBEAT`] while the store caches, busy or idle: what the server
+    /// does not report (a SWAPDB, an eviction or a tracking-table drop
+    /// during the store's own command, a `maxmemory` set at run time) is
+    /// seen within a heartbeat, and the answer keeps an idle link fresh (a
+    /// link must have answered lately: `tracking.rs`). The last link's
     /// heartbeat stops.
     fn beat(&self, link: &Link) {
         if self.tracking.state() == TrackingState::Off {
@@ -395,23 +398,19 @@ impl Connection {
         let (link, tracking) = (link.clone(), Arc::clone(&self.tracking));
         let (closing, bound) = (Arc::clone(&self.closing), self.call_bound());
         tokio::spawn(async move {
+            let question = watch_question();
             while !closing.load(Ordering::Acquire) && !stop.load(Ordering::Acquire) {
-                let quiet = tracking.quiet_for();
-                if quiet < HEARTBEAT {
-                    tokio::time::sleep(HEARTBEAT - quiet).await;
+                tokio::time::sleep(HEARTBEAT).await;
+                if stop.load(Ordering::Acquire) || tracking.state() == TrackingState::Refused {
                     continue;
                 }
-                if tracking.state() != TrackingState::On {
-                    tokio::time::sleep(HEARTBEAT).await;
-                    continue;
-                }
-                match tokio::time::timeout(bound, link.ping()).await {
-                    Ok(Ok(())) => tracking.heard(),
-                    // Gone silent or lost: the calls find out and reconnect.
-                    _ => {
-                        tracking.lost();
-                        tokio::time::sleep(HEARTBEAT).await;
+                match tokio::time::timeout(bound, link.exec(&question)).await {
+                    Ok(Ok(replies)) => {
+                        tracking.watched(&replies);
+                        tracking.heard();
                     }
+                    // Gone silent or lost: the calls find out and reconnect.
+                    _ => tracking.lost(),
                 }
             }
         });

@@ -26,8 +26,12 @@
 //! A connection can also go silent without breaking (a partition, a server
 //! stopped): reports would stop, and nothing would say so. So a text is
 //! served only while the link answered within [`FRESH_FOR`]: an answer comes
-//! after every report the server sent before it, on the same connection. An
-//! idle link is pinged every [`HEARTBEAT`] to stay fresh.
+//! after every report the server sent before it, on the same connection. The
+//! store asks the link the watch's question ([`watch_question`]) every
+//! [`HEARTBEAT`], which keeps an idle link fresh and finds what no report
+//! says (a SWAPDB, an eviction or a tracking-table drop caused by the
+//! store's own command, a `maxmemory` set at run time): see
+//! [`Tracking::watched`].
 //!
 //! And a report may have arrived without being handled yet: the connection's
 //! task reads it on a runtime thread, while the `get` that should see it runs
@@ -101,6 +105,14 @@ pub struct Tracking {
     /// `noeviction`, or unknown): an eviction the store's own write caused is
     /// not reported to it (NOLOOP), so the cache answers no `get`.
     may_evict: AtomicBool,
+    /// The server's tracking table is past half its limit, or the server
+    /// would not say (`INFO` refused): a key the server drops from a full
+    /// table while running the store's own command is not reported to it
+    /// (NOLOOP), so the cache answers no `get`.
+    crowded: AtomicBool,
+    /// What the watch counted at its last look (SWAPDB calls, keys
+    /// evicted): a change means texts may be stale with no report.
+    counted: Mutex<Counted>,
     listener: OnceLock<Arc<dyn Invalidations>>,
     /// When the link last answered, in ms after `since`.
     heard_ms: AtomicU64,
@@ -221,7 +233,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
 /// How long after the link's last answer the cache may still answer `get`s:
 /// the longest a change can go unreported on a connection that went silent.
 pub const FRESH_FOR: Duration = Duration::from_millis(1500);
-/// An idle link that tracks is pinged this long after its last answer.
+/// How often the store asks its link the watch's question (`connection.rs`).
 pub const HEARTBEAT: Duration = Duration::from_millis(500);
 
 /// The push sender a link's clients are given: it hands invalidations to the
@@ -275,6 +287,8 @@ impl Tracking {
         Arc::new(Tracking {
             state: AtomicU8::new(if enabled { 1 } else { 0 }),
             may_evict: AtomicBool::new(false),
+            crowded: AtomicBool::new(false),
+            counted: Mutex::new(Counted::default()),
             listener: OnceLock::new(),
             heard_ms: AtomicU64::new(0),
             since: Instant::now(),
@@ -335,15 +349,50 @@ impl Tracking {
         TrackingState::from_u8(self.state.load(Ordering::Acquire))
     }
 
-    /// What the link's server said of evictions when the link opened (see
-    /// [`eviction_question`]).
-    pub fn server_may_evict(&self, evicts: bool) {
-        self.may_evict.store(evicts, Ordering::Release);
+    /// What the link's server answered the watch's question
+    /// ([`watch_question`]), when the link opened and every [`HEARTBEAT`]
+    /// since: whether the cache must stand aside, and whether what it holds
+    /// may have gone stale with no report (a SWAPDB, an eviction), in which
+    /// case every text goes. Standing aside drops them too: they are not
+    /// served again when the cache comes back.
+    pub fn watched(&self, replies: &[Value]) {
+        let seen = Seen::of(replies);
+        let was_aside = self.stands_aside();
+        self.may_evict.store(seen.may_evict, Ordering::Release);
+        self.crowded.store(seen.crowded, Ordering::Release);
+        let changed = {
+            let mut counted = self.counted.lock().unwrap_or_else(|p| p.into_inner());
+            let changed = counted.changed(&seen.counted);
+            *counted = seen.counted;
+            changed
+        };
+        if changed || (!was_aside && self.stands_aside()) {
+            self.flush();
+        }
     }
 
-    /// Whether the cache stands aside because the server may evict keys.
+    /// Every text goes (the link stays as it is).
+    fn flush(&self) {
+        if let Some(listener) = self.listener.get() {
+            listener.everything();
+        }
+    }
+
+    /// Whether the cache stands aside: the server may evict keys, or its
+    /// tracking table is crowded.
     pub fn stands_aside(&self) -> bool {
-        self.may_evict.load(Ordering::Acquire)
+        self.aside().is_some()
+    }
+
+    /// Why the cache stands aside (`stats().readCache.tracking`), if it does.
+    pub fn aside(&self) -> Option<&'static str> {
+        if self.may_evict.load(Ordering::Acquire) {
+            Some("evicting")
+        } else if self.crowded.load(Ordering::Acquire) {
+            Some("crowded")
+        } else {
+            None
+        }
     }
 
     fn set(&self, from: TrackingState, to: TrackingState) {
@@ -415,33 +464,119 @@ impl Tracking {
     }
 }
 
-/// Asked when a link that tracks opens: `CONFIG GET maxmemory` and
-/// `maxmemory-policy`.
-pub fn eviction_question() -> redis::Pipeline {
+/// Asked when a link that caches opens, and every [`HEARTBEAT`] after
+/// (`connection.rs`): what the server says of evictions (`CONFIG GET
+/// maxmemory`, `maxmemory-policy`), its tracking table's limit (`CONFIG GET
+/// tracking-table-max-keys`), and what it counts (`INFO stats`:
+/// `tracking_total_keys`, `evicted_keys`; `INFO commandstats`: SWAPDB's
+/// calls). These are the events a server does not report to the store that
+/// caused them, or at all (`Seen`).
+pub fn watch_question() -> redis::Pipeline {
     let mut pipe = redis::pipe();
     pipe.ignore_errors();
     pipe.cmd("CONFIG").arg("GET").arg("maxmemory");
     pipe.cmd("CONFIG").arg("GET").arg("maxmemory-policy");
+    pipe.cmd("CONFIG").arg("GET").arg("tracking-table-max-keys");
+    pipe.cmd("INFO").arg("stats");
+    pipe.cmd("INFO").arg("commandstats");
     pipe
 }
 
-/// Whether the replies to [`eviction_question`] leave room for an eviction:
+/// What the watch counts: a change between two looks means texts may be
+/// stale with no report. None: the server would not say.
+#[derive(Debug, Default, Clone, PartialEq)]
+struct Counted {
+    /// SWAPDB's calls (no server here reports a SWAPDB to the clients that
+    /// track the keys it swaps).
+    swapdb: Option<u64>,
+    /// Keys evicted (an eviction during the store's own command is not
+    /// reported to it).
+    evicted: Option<u64>,
+}
+
+impl Counted {
+    /// Whether something counted changed since `self`.
+    fn changed(&self, now: &Counted) -> bool {
+        let moved = |a: Option<u64>, b: Option<u64>| matches!((a, b), (Some(a), Some(b)) if a != b);
+        moved(self.swapdb, now.swapdb) || moved(self.evicted, now.evicted)
+    }
+}
+
+/// The replies to [`watch_question`], read.
+#[derive(Debug)]
+struct Seen {
+    may_evict: bool,
+    crowded: bool,
+    counted: Counted,
+}
+
+impl Seen {
+    fn of(replies: &[Value]) -> Seen {
+        let limit = config_value(replies.get(2)).and_then(|v| v.parse::<u64>().ok());
+        let stats = info_text(replies.get(3));
+        let commands = info_text(replies.get(4));
+        let tracked = stats
+            .as_deref()
+            .and_then(|t| info_field(t, "tracking_total_keys"));
+        Seen {
+            may_evict: may_evict(replies),
+            // Past half the limit (0: none), or not known.
+            crowded: match (limit, tracked) {
+                (Some(0), Some(_)) => false,
+                (Some(limit), Some(tracked)) => tracked.saturating_mul(2) > limit,
+                _ => true,
+            } || commands.is_none(),
+            counted: Counted {
+                // A server never asked for SWAPDB lists no line for it.
+                swapdb: commands.as_deref().map(|t| {
+                    t.lines()
+                        .find_map(|l| l.strip_prefix("cmdstat_swapdb:calls="))
+                        .and_then(|rest| rest.split(',').next()?.parse().ok())
+                        .unwrap_or(0)
+                }),
+                evicted: stats.as_deref().and_then(|t| info_field(t, "evicted_keys")),
+            },
+        }
+    }
+}
+
+/// The value of a `CONFIG GET` reply (RESP3 map or RESP2 array).
+fn config_value(reply: Option<&Value>) -> Option<String> {
+    let v = match reply? {
+        Value::Map(pairs) => pairs.first().map(|(_, v)| v)?,
+        Value::Array(items) => items.get(1)?,
+        _ => return None,
+    };
+    match v {
+        Value::BulkString(b) => Some(String::from_utf8_lossy(b).into_owned()),
+        Value::SimpleString(s) => Some(s.clone()),
+        _ => None,
+    }
+}
+
+/// The text of an `INFO` reply (a verbatim string in RESP3).
+fn info_text(reply: Option<&Value>) -> Option<String> {
+    match reply? {
+        Value::BulkString(b) => Some(String::from_utf8_lossy(b).into_owned()),
+        Value::VerbatimString { text, .. } => Some(text.clone()),
+        Value::SimpleString(s) => Some(s.clone()),
+        _ => None,
+    }
+}
+
+/// A number field of an `INFO` text.
+fn info_field(text: &str, name: &str) -> Option<u64> {
+    text.lines().find_map(|line| {
+        let (key, value) = line.split_once(':')?;
+        (key == name).then(|| value.trim().parse().ok()).flatten()
+    })
+}
+
+/// Whether the replies to [`watch_question`] leave room for an eviction:
 /// a memory limit with an evicting policy, or replies that do not say (an
 /// ACL without CONFIG).
-pub fn may_evict(replies: &[Value]) -> bool {
-    let value = |reply: Option<&Value>| -> Option<String> {
-        let v = match reply? {
-            Value::Map(pairs) => pairs.first().map(|(_, v)| v)?,
-            Value::Array(items) => items.get(1)?,
-            _ => return None,
-        };
-        match v {
-            Value::BulkString(b) => Some(String::from_utf8_lossy(b).into_owned()),
-            Value::SimpleString(s) => Some(s.clone()),
-            _ => None,
-        }
-    };
-    match (value(replies.first()), value(replies.get(1))) {
+fn may_evict(replies: &[Value]) -> bool {
+    match (config_value(replies.first()), config_value(replies.get(1))) {
         (Some(limit), _) if limit == "0" => false,
         (Some(_), Some(policy)) => policy != "noeviction",
         _ => true,
@@ -513,6 +648,74 @@ mod tests {
         assert!(!ask("1000", "noeviction"));
         assert!(ask("1000", "volatile-lru"));
         assert!(may_evict(&[Value::Nil, Value::Nil]));
+    }
+
+    /// Replies to the watch's question.
+    fn replies(
+        maxmemory: &str,
+        table: &str,
+        tracked: u64,
+        evicted: u64,
+        swapdb: Option<u64>,
+    ) -> Vec<Value> {
+        let pair = |k: &str, v: &str| {
+            Value::Map(vec![(
+                Value::BulkString(k.as_bytes().to_vec()),
+                Value::BulkString(v.as_bytes().to_vec()),
+            )])
+        };
+        let stats =
+            format!("# Stats\r\nevicted_keys:{evicted}\r\ntracking_total_keys:{tracked}\r\n");
+        let commands = match swapdb {
+            Some(n) => format!("# Commandstats\r\ncmdstat_get:calls=9,usec=1\r\ncmdstat_swapdb:calls={n},usec=3,usec_per_call=1.00\r\n"),
+            None => "# Commandstats\r\ncmdstat_get:calls=9,usec=1\r\n".to_owned(),
+        };
+        vec![
+            pair("maxmemory", maxmemory),
+            pair("maxmemory-policy", "allkeys-lru"),
+            pair("tracking-table-max-keys", table),
+            Value::VerbatimString {
+                format: redis::VerbatimFormat::Text,
+                text: stats,
+            },
+            Value::BulkString(commands.into_bytes()),
+        ]
+    }
+
+    #[test]
+    fn the_watch_stands_aside_and_flushes_on_what_no_report_says() {
+        let t = Tracking::new(true);
+        let heard = Arc::new(Heard::default());
+        t.listen(heard.clone());
+        let flushes = || heard.0.lock().unwrap().iter().filter(|k| *k == "*").count();
+        t.watched(&replies("0", "1000", 10, 0, None));
+        assert_eq!((t.aside(), flushes()), (None, 0));
+        // SWAPDB called since (no line: never called): everything goes.
+        t.watched(&replies("0", "1000", 10, 0, Some(1)));
+        assert_eq!((t.aside(), flushes()), (None, 1));
+        t.watched(&replies("0", "1000", 10, 0, Some(1)));
+        assert_eq!(flushes(), 1, "nothing changed");
+        t.watched(&replies("0", "1000", 10, 0, Some(2)));
+        assert_eq!(flushes(), 2);
+        // Keys evicted since the last look.
+        t.watched(&replies("0", "1000", 10, 5, Some(2)));
+        assert_eq!(flushes(), 3);
+        // A maxmemory set at run time: aside, and the texts go.
+        t.watched(&replies("1mb", "1000", 10, 5, Some(2)));
+        assert_eq!((t.aside(), flushes()), (Some("evicting"), 4));
+        t.watched(&replies("0", "1000", 10, 5, Some(2)));
+        assert_eq!((t.aside(), flushes()), (None, 4));
+        // The tracking table past half its limit (0: no limit).
+        t.watched(&replies("0", "1000", 501, 5, Some(2)));
+        assert_eq!((t.aside(), flushes()), (Some("crowded"), 5));
+        t.watched(&replies("0", "0", 5001, 5, Some(2)));
+        assert_eq!(t.aside(), None);
+        // A server that will not say (INFO refused) is crowded.
+        let mut refused = replies("0", "0", 1, 5, Some(2));
+        refused[3] = Value::Nil;
+        refused[4] = Value::Nil;
+        t.watched(&refused);
+        assert_eq!(t.aside(), Some("crowded"));
     }
 
     #[test]
