@@ -5,7 +5,8 @@
 import assert from 'node:assert/strict'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { before, describe, it } from 'node:test'
-import { newId, onCluster, rejectsWith, useRedis } from './support/setup.mjs'
+import { startProxy } from '../harness/proxy.mjs'
+import { createRedisSessionStore, newId, onCluster, rejectsWith, useRedis } from './support/setup.mjs'
 
 const redis = useRedis()
 const TTL = 600_000
@@ -341,6 +342,55 @@ describe('userIdPath: a user the ACL refuses sorted sets', { skip: onCluster ? '
     const acl = (await store.doctor()).checks.find((c) => c.name === 'acl')
     assert.equal(acl.level, 'fail')
     assert.match(acl.message, /zadd/)
+  })
+})
+
+// A write held on the wire past its call bound is rejected ERR_TIMEOUT and
+// may still be applied later (README, "Faults"): it must not outlive its
+// index entry, or the session lives unlisted and survives
+// destroyUserSessions. The write expires at a time on the server's clock
+// tied to its entry (PXAT), so however late it lands, it ends first.
+describe('userIdPath: a write applied after its call bound', { skip: onCluster ? 'a proxy in front of one server' : false }, () => {
+  it('never outlives its index entry: a set or a merge held 4 s on the wire, with a 2 s ttl and a 1 s call bound', async () => {
+    await redis.ready()
+    const proxy = await startProxy(redis.server.port)
+    const store = createRedisSessionStore({ url: proxy.url, userIdPath: 'data.userId', connectTimeout: 500, commandTimeout: 500 })
+    const ttl = 2000
+    try {
+      for (const how of ['set', 'merge']) {
+        const u = `u-${newId()}`
+        const id = newId()
+        if (how === 'merge') await store.set(id, sessionOf(id, u), ttl) // indexed: the merge renews without a new entry
+        // Hold the write of the session (not the index's script) for 4 s.
+        const key = `sess:${id}`
+        const before = proxy.heldSent
+        proxy.holdSent = (data) => {
+          const text = data.toString('latin1')
+          return text.includes(key) && !text.includes(`sess:user:`) && /\r\n(SET|EVALSHA)\r\n/i.test(text) ? 4000 : 0
+        }
+        const write = how === 'set' ? store.set(id, sessionOf(id, u, { v: 2 }), ttl) : store.merge(id, { 'data.v': 2 }, ttl)
+        await rejectsWith(write, 'ERR_TIMEOUT')
+        proxy.holdSent = () => 0
+        // Wait for the held write to reach the server (an event, with a deadline).
+        for (let i = 0; proxy.heldSent === before; i++) {
+          if (i > 500) throw new Error('the held write never went through')
+          await sleep(20)
+        }
+        await store.ping() // behind it on the same connection: the server has run it
+        // Wherever the session lives, an entry of its user outlives it.
+        const [[, pttl], [, score], [, time]] = await redis.admin.multi().pttl(key).zscore(`sess:user:${u}`, id).time().exec()
+        const now = Number(time[0]) * 1000 + Math.floor(Number(time[1]) / 1000)
+        if (pttl > 0) {
+          assert.ok(score !== null && Number(score) >= now + pttl, `${how}: the session lives ${pttl} ms, its entry ends at ${score === null ? 'none' : Number(score) - now} ms`)
+          assert.ok((await store.userSessions(u)).includes(id), `${how}: listed while it lives`)
+        }
+        assert.equal(await store.destroyUserSessions(u), pttl > 0 ? 1 : 0)
+        assert.equal(await redis.admin.exists(key), 0, `${how}: nothing of the user outlives destroyUserSessions`)
+      }
+    } finally {
+      await store.close()
+      await proxy.stop()
+    }
   })
 })
 

@@ -114,7 +114,7 @@ async function ceiling(port, cells) {
       get: [['GET', 'sess:ceiling']],
       lone: [['GET', 'sess:ceiling']],
       set: [['SET', 'sess:ceiling', text, 'PX', '86400000']],
-      merge: [['GET', 'sess:ceiling'], ['EVALSHA', swapSha, '1', 'sess:ceiling', text, text, '86400000']],
+      merge: [['GET', 'sess:ceiling'], ['EVALSHA', swapSha, '1', 'sess:ceiling', text, text, '86400000', 'PX']],
       lock: [['SET', 'sess:lock:ceiling', 'token', 'NX', 'PX', '5000'], ['EVALSHA', unlockSha, '1', 'sess:lock:ceiling', 'other']],
     }
     for (const { op, inflight } of cells.filter((c) => c.size === size)) {

@@ -1,8 +1,10 @@
 // A TCP proxy on a free loopback port in front of a server, for the timing
-// tests: what the client sends goes through at once; what the server answers
-// is held for `delayMs` (changeable at any time), in order. `sent` collects
-// what clients sent (as latin1 text) when it is an array, and `sentAt` when
-// (Date.now()); `rewrite` changes what the server answers.
+// tests: what the client sends goes through at once, unless `holdSent` says
+// to hold a chunk for some ms (it and what follows it stay in order); what
+// the server answers is held for `delayMs` (changeable at any time), in
+// order. `sent` collects what clients sent (as latin1 text) when it is an
+// array, and `sentAt` when (Date.now()); `rewrite` changes what the server
+// answers; `heldSent` counts the chunks held that have gone through since.
 import net from 'node:net'
 
 /** @param {number} upstreamPort */
@@ -18,6 +20,9 @@ export function startProxy(upstreamPort) {
     sentAt: null,
     /** @type {(data: Buffer) => Buffer} */
     rewrite: (data) => data,
+    /** Ms to hold a chunk the client sent (0: none). @type {(data: Buffer) => number} */
+    holdSent: (_data) => 0,
+    heldSent: 0,
     async stop() {
       for (const s of sockets) s.destroy()
       await new Promise((resolve) => server.close(resolve))
@@ -39,10 +44,26 @@ export function startProxy(upstreamPort) {
       }
       if (queue.length > 0) timer = setTimeout(pump, queue[0].due - Date.now())
     }
+    /** What the client sent that waits behind a held chunk. @type {{due: number, data: Buffer, held: boolean}[]} */
+    const outbox = []
+    let outTimer = null
+    const pumpOut = () => {
+      outTimer = null
+      while (outbox.length > 0 && outbox[0].due <= Date.now()) {
+        const { data, held } = /** @type {{data: Buffer, held: boolean}} */ (outbox.shift())
+        if (upstream.writable) upstream.write(data)
+        if (held) proxy.heldSent++
+      }
+      if (outbox.length > 0) outTimer = setTimeout(pumpOut, outbox[0].due - Date.now())
+    }
     client.on('data', (d) => {
       proxy.sent?.push(d.toString('latin1'))
       proxy.sentAt?.push(Date.now())
-      upstream.write(d)
+      const hold = proxy.holdSent(d)
+      if (hold === 0 && outbox.length === 0) return upstream.write(d)
+      const due = Math.max(Date.now() + hold, outbox.at(-1)?.due ?? 0)
+      outbox.push({ due, data: d, held: hold > 0 })
+      if (outTimer === null) pumpOut()
     })
     upstream.on('data', (data) => {
       const due = Math.max(Date.now() + proxy.delayMs, queue.at(-1)?.due ?? 0)

@@ -10,8 +10,10 @@
 --          within the call bound, so it expires before the bound written
 --          here; the headroom spares later writes a renewal: store/users.rs).
 --          'prune': only the removal of passed entries.
--- Replies with how many entries the index holds ('add'), or (a 'prune')
--- 1 when passed entries remain beyond those removed, to prune again, else 0.
+-- Replies (an 'add') with the server's clock when it added the entry, in ms:
+-- the write after it expires at that time plus its ttl (PXAT), so that it
+-- ends before the entry however late it is applied; or (a 'prune') 1 when
+-- passed entries remain beyond those removed, to prune again, else 0.
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local limit = 100
@@ -36,4 +38,4 @@ local last = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')
 if last[2] then
   redis.call('PEXPIREAT', KEYS[1], last[2])
 end
-return redis.call('ZCARD', KEYS[1])
+return now

@@ -49,6 +49,28 @@ pub enum CompareAndDeleteBy {
 pub struct Capabilities {
     pub compare_and_set: CompareAndSetBy,
     pub compare_and_delete: CompareAndDeleteBy,
+    /// The server takes an absolute expiry (`SET … PXAT`: Redis ≥ 6.2, every
+    /// Valkey), so a write can end no later than its user's index entry
+    /// however late it is applied (`store/users.rs`).
+    pub expire_at: bool,
+}
+
+/// When a written key expires: `PX` ms from when the server applies the
+/// write, or `PXAT` a time on the server's clock (ms since the epoch).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expiry {
+    In(u64),
+    At(u64),
+}
+
+impl Expiry {
+    /// The option and its value, as `SET` takes them.
+    pub fn option(self) -> (&'static str, u64) {
+        match self {
+            Expiry::In(ms) => ("PX", ms),
+            Expiry::At(ms) => ("PXAT", ms),
+        }
+    }
 }
 
 /// A command of the server's own that the store sends in place of a script,
@@ -66,26 +88,24 @@ impl Capabilities {
     pub const SCRIPTS: Capabilities = Capabilities {
         compare_and_set: CompareAndSetBy::Script,
         compare_and_delete: CompareAndDeleteBy::Script,
+        expire_at: false,
     };
 
     /// The commands of server `name` ("redis", "valkey") at `version` ("8.6.3").
     pub fn of(name: &str, version: &str) -> Capabilities {
         let mut parts = version.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
         let v = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
-        match name {
-            "redis" if v >= (8, 4) => Capabilities {
-                compare_and_set: CompareAndSetBy::Digest,
-                compare_and_delete: CompareAndDeleteBy::DelEx,
-            },
-            "valkey" if v >= (9, 0) => Capabilities {
-                compare_and_set: CompareAndSetBy::Equal,
-                compare_and_delete: CompareAndDeleteBy::DelIfEq,
-            },
-            "valkey" if v >= (8, 1) => Capabilities {
-                compare_and_set: CompareAndSetBy::Equal,
-                compare_and_delete: CompareAndDeleteBy::Script,
-            },
-            _ => Capabilities::SCRIPTS,
+        let expire_at = name == "valkey" || (name == "redis" && v >= (6, 2));
+        let (compare_and_set, compare_and_delete) = match name {
+            "redis" if v >= (8, 4) => (CompareAndSetBy::Digest, CompareAndDeleteBy::DelEx),
+            "valkey" if v >= (9, 0) => (CompareAndSetBy::Equal, CompareAndDeleteBy::DelIfEq),
+            "valkey" if v >= (8, 1) => (CompareAndSetBy::Equal, CompareAndDeleteBy::Script),
+            _ => (CompareAndSetBy::Script, CompareAndDeleteBy::Script),
+        };
+        Capabilities {
+            compare_and_set,
+            compare_and_delete,
+            expire_at,
         }
     }
 
@@ -131,6 +151,7 @@ impl Capabilities {
         Capabilities {
             compare_and_set,
             compare_and_delete,
+            expire_at: self.expire_at && other.expire_at,
         }
     }
 
@@ -148,7 +169,8 @@ impl Capabilities {
         }
     }
 
-    /// Appends the compare-and-set of `key` from `old` to `new` with `ttl` ms;
+    /// Appends the compare-and-set of `key` from `old` to `new`, expiring
+    /// as `expiry` says (`At` only where [`expire_at`](Self::expire_at));
     /// `script` is swap.lua's SHA. Its reply goes to [`swapped`].
     pub fn push_compare_and_set(
         &self,
@@ -156,20 +178,25 @@ impl Capabilities {
         key: String,
         old: &[u8],
         new: &[u8],
-        ttl: u64,
+        expiry: Expiry,
         script: &str,
     ) {
+        let (option, ms) = expiry.option();
         match self.compare_and_set {
             CompareAndSetBy::Script => {
-                evalsha(pipe, script, key).arg(old).arg(new).arg(ttl);
+                evalsha(pipe, script, key)
+                    .arg(old)
+                    .arg(new)
+                    .arg(ms)
+                    .arg(option);
             }
             CompareAndSetBy::Equal => {
                 let cmd = pipe.cmd("SET").arg(key).arg(new);
-                cmd.arg("IFEQ").arg(old).arg("PX").arg(ttl);
+                cmd.arg("IFEQ").arg(old).arg(option).arg(ms);
             }
             CompareAndSetBy::Digest => {
                 let cmd = pipe.cmd("SET").arg(key).arg(new);
-                cmd.arg("IFDEQ").arg(digest(old)).arg("PX").arg(ttl);
+                cmd.arg("IFDEQ").arg(digest(old)).arg(option).arg(ms);
             }
         }
     }
@@ -367,12 +394,24 @@ mod tests {
             r86.lowest(v91),
             Capabilities {
                 compare_and_set: CompareAndSetBy::Equal,
-                compare_and_delete: CompareAndDeleteBy::Script
+                compare_and_delete: CompareAndDeleteBy::Script,
+                expire_at: true,
             }
         );
         assert_eq!(v91.lowest(v81), v81);
-        assert_eq!(r86.lowest(r70), Capabilities::SCRIPTS);
-        assert_eq!(r70.lowest(r86), Capabilities::SCRIPTS);
+        let scripts_with_pxat = Capabilities {
+            expire_at: true,
+            ..Capabilities::SCRIPTS
+        };
+        assert_eq!(r86.lowest(r70), scripts_with_pxat);
+        assert_eq!(r70.lowest(r86), scripts_with_pxat);
+        // PXAT: Redis 6.2 and later, every Valkey; not what a server that
+        // would not say runs.
+        assert!(!Capabilities::of("redis", "6.0.16").expire_at);
+        assert!(Capabilities::of("redis", "6.2.0").expire_at);
+        assert!(Capabilities::of("valkey", "8.0.1").expire_at);
+        assert!(!r70.lowest(Capabilities::of("redis", "6.0.16")).expire_at);
+        assert!(!Capabilities::SCRIPTS.expire_at);
         assert_eq!(
             r86.without(NativeCommand::CompareAndDelete)
                 .compare_and_delete,

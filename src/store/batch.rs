@@ -32,7 +32,7 @@ use tokio::sync::oneshot;
 use crate::errors::{Code, StoreError};
 use crate::limits::{MAX_PADDING, SCRIPT_WORK};
 use crate::link::capabilities::{
-    compare_and_set_result, is_refusal, Capabilities, CompareAndSetBy, NativeCommand,
+    compare_and_set_result, is_refusal, Capabilities, CompareAndSetBy, Expiry, NativeCommand,
 };
 use crate::link::retry::conflict_backoff;
 use crate::link::scripts::is_noscript;
@@ -47,7 +47,7 @@ use crate::store::ops::{
 use crate::store::replies::{decode_replies, describe_reply};
 use crate::store::stats::{MergeStep, Release};
 use crate::store::texts::{Remembered, Ticket};
-use crate::store::users::{index_slack_ms, push_index_add};
+use crate::store::users::{index_slack_ms, push_index_add, ServerClock};
 use crate::store::Store;
 
 /// Where an op's outcomes go as soon as they settle: to `addon/crossing.rs`,
@@ -99,13 +99,18 @@ struct Pending {
     not_before: Option<Instant>,
     /// The op's next write is already in its user's index (`Step::Index`).
     indexed: bool,
+    /// The server's clock when the index entry that covers the op's next
+    /// write was written: the write expires by it (`PXAT`), so that it never
+    /// outlives the entry, however late it is applied (`users.rs`).
+    expires: Option<ServerClock>,
 }
 
 enum Next {
     Finished(Outcome),
     Then(Step),
-    /// The session is in its user's index: now the write.
-    Indexed(Step),
+    /// The session is in its user's index, added at this time on the
+    /// server's clock: now the write.
+    Indexed(Step, ServerClock),
     /// The server refused a native command: the step runs again by script.
     Refused(NativeCommand, Step),
     /// Another writer changed the text. `Some(len)`: the text the splice
@@ -190,6 +195,7 @@ impl<'a> Batch<'a> {
                 conflicts: 0,
                 not_before: None,
                 indexed: false,
+                expires: None,
             })
             .collect();
         let mut scripts_loaded = false;
@@ -305,7 +311,7 @@ impl<'a> Batch<'a> {
             let step = if p.indexed {
                 step
             } else {
-                self.index_first(op, step)
+                self.index_first(op, step, &mut p.expires)
             };
             round.push((p, step));
         }
@@ -365,14 +371,16 @@ impl<'a> Batch<'a> {
             let op = &self.ops[pending.op];
             match self.advance(pending.op, step, token, r, &ready.capabilities, keep) {
                 Next::Finished(outcome) => done.push((pending.op, outcome)),
-                Next::Indexed(step) => {
+                Next::Indexed(step, clock) => {
                     self.store.stats.indexed();
                     pending.indexed = true;
+                    pending.expires = Some(clock);
                     pending.step = Some(step);
                     todo.push(pending);
                 }
                 Next::Then(step) => {
                     pending.indexed = false;
+                    pending.expires = None;
                     pending.step = Some(step);
                     todo.push(pending);
                 }
@@ -384,6 +392,7 @@ impl<'a> Batch<'a> {
                 Next::Conflict(text_len) => {
                     pending.conflicts += 1;
                     pending.indexed = false;
+                    pending.expires = None;
                     // The script pads arrays too: that counts as its work.
                     // With users' indexes a merge never goes to the script:
                     // its result's user must be indexed before it is written.
@@ -453,6 +462,14 @@ impl<'a> Batch<'a> {
                 _ => None,
             };
             let how = (capabilities, scripts);
+            // A write covered by an index entry ends by the entry's clock.
+            let ttl = ttl_ms(op.ttl);
+            let expiry = match pending.expires {
+                Some(clock) if capabilities.expire_at => {
+                    Expiry::At(clock.expiry_at(Instant::now(), ttl))
+                }
+                _ => Expiry::In(ttl),
+            };
             // In a tracked round, the reads and writes whose texts the cache
             // keeps ask the server to report the key's changes (`CLIENT
             // CACHING YES`: the mode is OPTIN), and read its ttl.
@@ -461,14 +478,14 @@ impl<'a> Batch<'a> {
                 Step::Commands if op.kind == Kind::Get && tracked.is_some() => {
                     pipe.cmd("CLIENT").arg("CACHING").arg("YES");
                     first += 1;
-                    push_commands(&mut pipe, op, &self.store.keys, how, None);
+                    push_commands(&mut pipe, op, &self.store.keys, how, None, expiry);
                     pipe.cmd("PTTL").arg(self.store.keys.session(&op.id));
                     Ok(2)
                 }
                 Step::Commands if op.kind == Kind::Set && tracked.is_some() => {
                     let key = self.store.keys.session(&op.id);
                     let (at, n) = track_write(&mut pipe, &mut first, &key, |pipe| {
-                        push_commands(pipe, op, &self.store.keys, how, None)
+                        push_commands(pipe, op, &self.store.keys, how, None, expiry)
                     });
                     exec = Some(at);
                     Ok(n)
@@ -476,7 +493,8 @@ impl<'a> Batch<'a> {
                 Step::CompareAndSet { old, new, .. } if tracked.is_some() => {
                     let key = self.store.keys.session(&op.id);
                     let (at, n) = track_write(&mut pipe, &mut first, &key, |pipe| {
-                        push_compare_and_set(pipe, op, &self.store.keys, how, old, new);
+                        let texts = (&old[..], &new[..]);
+                        push_compare_and_set(pipe, op, &self.store.keys, how, texts, expiry);
                         1
                     });
                     exec = Some(at);
@@ -489,6 +507,7 @@ impl<'a> Batch<'a> {
                     &self.store.keys,
                     how,
                     token.as_deref(),
+                    expiry,
                 )),
                 Step::DeleteSession => {
                     push_delete_session(&mut pipe, op, &self.store.keys);
@@ -503,7 +522,8 @@ impl<'a> Batch<'a> {
                     Ok(1)
                 }
                 Step::CompareAndSet { old, new, .. } => {
-                    push_compare_and_set(&mut pipe, op, &self.store.keys, how, old, new);
+                    let texts = (&old[..], &new[..]);
+                    push_compare_and_set(&mut pipe, op, &self.store.keys, how, texts, expiry);
                     Ok(1)
                 }
                 // Never planned: a splicing merge waits for its splice.
@@ -535,8 +555,9 @@ impl<'a> Batch<'a> {
 
     /// With `userIdPath`, a write that leaves the session naming a user (a
     /// set, a compare-and-set) is preceded by its addition to that user's
-    /// index (`users.rs`); other steps go as they are.
-    fn index_first(&self, op: &Op, step: Step) -> Step {
+    /// index (`users.rs`), unless an entry this store wrote lately covers it
+    /// (then `expires` is that entry's clock); other steps go as they are.
+    fn index_first(&self, op: &Op, step: Step, expires: &mut Option<ServerClock>) -> Step {
         let Some(users) = &self.store.users else {
             return step;
         };
@@ -547,9 +568,10 @@ impl<'a> Batch<'a> {
             // A merge or a touch of a session this store indexed lately
             // under the same user, with a bound past this write's, needs no
             // new entry (`users.rs`, "Renewals"). A set always adds one.
-            (Step::CompareAndSet { new, .. }, _) => users
-                .user_of(new)
-                .filter(|user| !users.covers(&op.id, user, ttl, index_slack_ms(self.store))),
+            (Step::CompareAndSet { new, .. }, _) => users.user_of(new).filter(|user| {
+                *expires = users.covering(&op.id, user, ttl, index_slack_ms(self.store));
+                expires.is_none()
+            }),
             _ => None,
         };
         match user {
@@ -691,13 +713,18 @@ impl<'a> Batch<'a> {
                 user,
                 planned,
             } => match replies.first() {
-                Some(Value::Int(_)) => {
+                // The server's clock when it added the entry.
+                Some(Value::Int(server_ms)) => {
+                    let clock = ServerClock {
+                        server_ms: (*server_ms).max(0) as u64,
+                        local: planned,
+                    };
                     let ttl = ttl_ms(op.ttl);
                     let users = self.store.users.as_ref();
                     if let Some(users) = users {
-                        users.indexed(&op.id, &user, planned, ttl, index_slack_ms(self.store));
+                        users.indexed(&op.id, &user, clock, ttl, index_slack_ms(self.store));
                     }
-                    Next::Indexed(*then)
+                    Next::Indexed(*then, clock)
                 }
                 Some(Value::ServerError(e)) => Next::Finished(Outcome::Failed(
                     StoreError::from_reply(e, self.store.conn.is_cluster()),

@@ -6,7 +6,7 @@ use redis::Pipeline;
 
 use crate::errors::StoreError;
 use crate::limits::{script_max_bytes, MAX_PADDING};
-use crate::link::capabilities::Capabilities;
+use crate::link::capabilities::{Capabilities, Expiry};
 use crate::link::scripts::{evalsha, Scripts};
 use crate::store::keys::Keys;
 
@@ -92,35 +92,36 @@ pub fn push_read(pipe: &mut Pipeline, op: &Op, keys: &Keys) {
 }
 
 /// A merge's second step: write the spliced text if the stored one is
-/// unchanged, the way `capabilities` says.
+/// unchanged, the way `capabilities` says, expiring as `expiry` says.
 pub fn push_compare_and_set(
     pipe: &mut Pipeline,
     op: &Op,
     keys: &Keys,
     (capabilities, scripts): (&Capabilities, &Scripts),
-    old: &[u8],
-    new: &[u8],
+    (old, new): (&[u8], &[u8]),
+    expiry: Expiry,
 ) {
-    let ttl = ttl_ms(op.ttl);
     capabilities.push_compare_and_set(
         pipe,
         keys.session(&op.id),
         old,
         new,
-        ttl,
+        expiry,
         scripts.compare_and_set(),
     );
 }
 
 /// Appends op's commands to `pipe` (for Merge: the server-side script);
 /// returns how many it appended. `token` is the lock token for Lock (the new
-/// one) and Unlock (the remembered one).
+/// one) and Unlock (the remembered one); `expiry`, a set's (others expire
+/// their ttl from when they are applied).
 pub fn push_commands(
     pipe: &mut Pipeline,
     op: &Op,
     keys: &Keys,
     (capabilities, scripts): (&Capabilities, &Scripts),
     token: Option<&str>,
+    expiry: Expiry,
 ) -> usize {
     match op.kind {
         Kind::Get => {
@@ -128,12 +129,12 @@ pub fn push_commands(
             1
         }
         Kind::Set => {
-            let ttl = ttl_ms(op.ttl);
+            let (option, ms) = expiry.option();
             pipe.cmd("SET")
                 .arg(keys.session(&op.id))
                 .arg(&op.args[0])
-                .arg("PX")
-                .arg(ttl);
+                .arg(option)
+                .arg(ms);
             1
         }
         Kind::Delete => {

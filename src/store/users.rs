@@ -10,9 +10,20 @@
 //!   compare-and-set, a touch) first adds the id to that user's index, with a
 //!   bound of the server's now + the ttl + the call bound, and writes the
 //!   session only once the server has answered that (`batch.rs`,
-//!   `Step::Index`). The write is sent within the call bound, so the session
-//!   expires before the bound; a later write that extends it adds again
-//!   first, and the bound only grows.
+//!   `Step::Index`). The write is sent within the call bound, and it
+//!   expires at a time on the server's clock (`PXAT`: the script's clock
+//!   plus the time since plus the ttl, [`ServerClock`]), so the session
+//!   expires before the bound however late the write is applied (one held
+//!   on the wire past its call bound, rejected `ERR_TIMEOUT`, then applied:
+//!   its expiry may already have passed). A later write that extends it adds
+//!   again first, and the bound only grows. On a cluster the entry's
+//!   clock is the index's master's and `PXAT` is read by the session's:
+//!   the expiry is at most the entry's clock + ttl + headroom, so clocks
+//!   that differ by less than the call bound still end the session first.
+//!   On a server without `PXAT`
+//!   (Redis 6.0, or one that would not say which it is) the write expires
+//!   its ttl after it is applied: a write applied after its call bound can
+//!   then outlive its entry.
 //! - An entry leaves the index only once its bound has passed, on the
 //!   server's clock, inside the script (`ZRANGEBYSCORE … (now`, then `ZREM`,
 //!   atomically): by then no session it stood for can be alive.
@@ -72,12 +83,35 @@ pub struct Users {
     recent: Mutex<HashMap<String, Recent>>,
 }
 
-/// The bound this store last wrote for a session: its user, and an instant
-/// no later than the bound on the server.
+/// The bound this store last wrote for a session: its user, an instant no
+/// later than the bound on the server, and the server's clock when it wrote it.
 #[derive(Debug)]
 struct Recent {
     user: String,
     until: Instant,
+    clock: ServerClock,
+}
+
+/// A time on the server's clock (ms since the epoch) and a local instant no
+/// later than it: the server's clock at a later local instant is at most
+/// `server_ms` plus the time since `local` (an upper bound, off by the round
+/// trip it was read in).
+#[derive(Debug, Clone, Copy)]
+pub struct ServerClock {
+    pub server_ms: u64,
+    pub local: Instant,
+}
+
+impl ServerClock {
+    /// When a write of ttl `ttl_ms` sent at `now` expires on the server's
+    /// clock (`PXAT`): never earlier than its ttl from when it is applied
+    /// on time, never later than the index entry the clock came with, however
+    /// late it is applied (the entry's bound is past this while the entry
+    /// covers the write: [`Users::covering`]).
+    pub fn expiry_at(self, now: Instant, ttl_ms: u64) -> u64 {
+        let since = now.saturating_duration_since(self.local).as_millis() as u64;
+        self.server_ms + since + ttl_ms
+    }
 }
 
 impl Users {
@@ -94,18 +128,27 @@ impl Users {
     }
 
     /// Whether session `id` is in `user`'s index with a bound past what a
-    /// write of ttl `ttl_ms` sent now needs (its ttl and `slack_ms`).
-    pub fn covers(&self, id: &str, user: &str, ttl_ms: u64, slack_ms: u64) -> bool {
+    /// write of ttl `ttl_ms` sent now needs (its ttl and `slack_ms`): the
+    /// server's clock when that entry was written, if it is.
+    pub fn covering(
+        &self,
+        id: &str,
+        user: &str,
+        ttl_ms: u64,
+        slack_ms: u64,
+    ) -> Option<ServerClock> {
         let needed = Instant::now() + Duration::from_millis(ttl_ms + slack_ms);
         self.recent()
             .get(id)
-            .is_some_and(|r| r.user == user && r.until >= needed)
+            .filter(|r| r.user == user && r.until >= needed)
+            .map(|r| r.clock)
     }
 
     /// Session `id` was added to `user`'s index by a step planned at
-    /// `planned`, for a write of ttl `ttl_ms`.
-    pub fn indexed(&self, id: &str, user: &str, planned: Instant, ttl_ms: u64, slack_ms: u64) {
-        let until = planned + Duration::from_millis(ttl_ms + slack_ms + headroom_ms(ttl_ms));
+    /// `clock.local`, which the server ran at `clock.server_ms`, for a write
+    /// of ttl `ttl_ms`.
+    pub fn indexed(&self, id: &str, user: &str, clock: ServerClock, ttl_ms: u64, slack_ms: u64) {
+        let until = clock.local + Duration::from_millis(ttl_ms + slack_ms + headroom_ms(ttl_ms));
         let mut recent = self.recent();
         if recent.len() >= RECENT_MAX && !recent.contains_key(id) {
             recent.clear();
@@ -115,6 +158,7 @@ impl Users {
             Recent {
                 user: user.to_owned(),
                 until,
+                clock,
             },
         );
     }
