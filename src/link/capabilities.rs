@@ -411,7 +411,6 @@ mod tests {
         assert!(Capabilities::of("redis", "6.2.0").expire_at);
         assert!(Capabilities::of("valkey", "8.0.1").expire_at);
         assert!(!r70.lowest(Capabilities::of("redis", "6.0.16")).expire_at);
-        assert!(!Capabilities::SCRIPTS.expire_at);
         assert_eq!(
             r86.without(NativeCommand::CompareAndDelete)
                 .compare_and_delete,

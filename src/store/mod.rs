@@ -6,10 +6,13 @@
 
 pub mod admin;
 pub mod batch;
+#[cfg(test)]
+mod batch_model;
 pub mod keys;
 pub mod locks;
 pub mod ops;
 pub mod replies;
+pub mod rounds;
 pub mod stats;
 pub mod texts;
 #[cfg(test)]
@@ -18,7 +21,7 @@ pub mod users;
 
 use std::fmt;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use redis::Value;
 
@@ -29,7 +32,6 @@ use crate::link::tracking::{Invalidations, Tracking};
 use crate::link::{Connection, Timeouts};
 use keys::Keys;
 use locks::LockTokens;
-use ops::{ttl_ms, Kind, Op, Outcome};
 use stats::Stats;
 use texts::Texts;
 use users::Users;
@@ -78,9 +80,15 @@ pub struct Store {
 }
 
 /// The server's reports, turned from keys into the session ids of the texts.
-struct Reports {
+pub(crate) struct Reports {
     texts: Arc<Texts>,
     keys: Keys,
+}
+
+impl Reports {
+    pub(crate) fn new(texts: Arc<Texts>, keys: Keys) -> Reports {
+        Reports { texts, keys }
+    }
 }
 
 impl Invalidations for Reports {
@@ -100,10 +108,10 @@ impl Invalidations for Reports {
 impl Store {
     pub fn new(config: Config) -> Store {
         let texts = Arc::new(Texts::new(config.remembered_text_bytes));
-        config.tracking.listen(Arc::new(Reports {
-            texts: Arc::clone(&texts),
-            keys: config.keys.clone(),
-        }));
+        config.tracking.listen(Arc::new(Reports::new(
+            Arc::clone(&texts),
+            config.keys.clone(),
+        )));
         Store {
             description: config.description,
             conn: Connection::new(config.topology, config.timeouts, config.tracking),
@@ -129,31 +137,6 @@ impl Store {
 
     pub async fn close(&self) {
         self.conn.close().await;
-    }
-
-    /// After a round could not be sent or answered: a lock's `SET NX` may
-    /// still have been applied, so its token is kept for a later `unlock()`.
-    pub(crate) fn after_failed_send(&self, op: &Op, token: Option<String>) {
-        if let (Kind::Lock, Some(token)) = (op.kind, token) {
-            let ttl = ttl_ms(op.ttl);
-            self.tokens
-                .remember_unconfirmed(&op.id, token, Duration::from_millis(ttl));
-        }
-    }
-
-    /// Keeps the lock tokens in step with what Redis answered.
-    pub(crate) fn settle(&self, op: &Op, token: Option<String>, outcome: Outcome) -> Outcome {
-        match (op.kind, &outcome, token) {
-            (Kind::Lock, Outcome::Bool(true), Some(token)) => {
-                let ttl = ttl_ms(op.ttl);
-                self.tokens
-                    .remember(&op.id, token, Duration::from_millis(ttl));
-            }
-            (Kind::Unlock, Outcome::Done, Some(token)) => self.tokens.forget_if(&op.id, &token),
-            (Kind::Delete, Outcome::Done, _) => self.tokens.forget(&op.id),
-            _ => {}
-        }
-        outcome
     }
 
     /// `SCRIPT LOAD` of the scripts; used by `preloadScript` and after NOSCRIPT.

@@ -56,9 +56,10 @@ use std::time::{Duration, Instant};
 use redis::{Pipeline, Value};
 
 use crate::errors::{Result, StoreError};
-use crate::link::scripts::{evalsha, is_noscript};
+use crate::link::scripts::{evalsha, is_noscript, Scripts};
 use crate::merge::splice::{validate, value_at};
 use crate::store::admin::scan_reply;
+use crate::store::keys::Keys;
 use crate::store::replies::describe_reply;
 use crate::store::Store;
 
@@ -128,7 +129,7 @@ impl Users {
     }
 
     /// Whether session `id` is in `user`'s index with a bound past what a
-    /// write of ttl `ttl_ms` sent now needs (its ttl and `slack_ms`): the
+    /// write of ttl `ttl_ms` sent at `now` needs (its ttl and `slack_ms`): the
     /// server's clock when that entry was written, if it is.
     pub fn covering(
         &self,
@@ -136,8 +137,9 @@ impl Users {
         user: &str,
         ttl_ms: u64,
         slack_ms: u64,
+        now: Instant,
     ) -> Option<ServerClock> {
-        let needed = Instant::now() + Duration::from_millis(ttl_ms + slack_ms);
+        let needed = now + Duration::from_millis(ttl_ms + slack_ms);
         self.recent()
             .get(id)
             .filter(|r| r.user == user && r.until >= needed)
@@ -201,18 +203,20 @@ fn js_number_text(json: &[u8]) -> Option<String> {
         .then(|| ryu_js::Buffer::new().format_finite(n).to_owned())
 }
 
-/// The ms an index entry's bound is past the session's ttl: the call bound.
-pub fn index_slack_ms(store: &Store) -> u64 {
-    store.conn.call_bound().as_millis() as u64
-}
-
 /// Appends the addition of session `id` to `user`'s index, for a write of
-/// ttl `ttl_ms`.
-pub fn push_index_add(pipe: &mut Pipeline, store: &Store, user: &str, id: &str, ttl_ms: u64) {
-    evalsha(pipe, store.scripts.users(), store.keys.user_index(user))
+/// ttl `ttl_ms` sent within `slack_ms` (the call bound).
+pub fn push_index_add(
+    pipe: &mut Pipeline,
+    (scripts, keys): (&Scripts, &Keys),
+    slack_ms: u64,
+    user: &str,
+    id: &str,
+    ttl_ms: u64,
+) {
+    evalsha(pipe, scripts.users(), keys.user_index(user))
         .arg("add")
         .arg(id)
-        .arg(ttl_ms + index_slack_ms(store) + headroom_ms(ttl_ms));
+        .arg(ttl_ms + slack_ms + headroom_ms(ttl_ms));
 }
 
 impl Store {
