@@ -55,12 +55,30 @@ for (const v of versions) {
     const skipped = num('skipped') + (out.match(/# SKIP/g) ?? []).length
     if (r.status !== 0) {
       ok = false
-      console.log(out.split('\n').filter((l) => /not ok|error:|Error/.test(l)).slice(0, 40).join('\n'))
+      console.log(failures(out))
     }
     counts.push(`${s.name} ${pass} passed${fail ? `, ${fail} failed` : ''}${skipped ? `, ${skipped} skipped` : ''}`)
     console.log(counts.at(-1))
   }
   rows.push({ version: v.name, server, result: `${ok ? 'pass' : 'FAIL'}: ${counts.join('; ')}` })
+}
+
+/**
+ * Each failed test of a node:test run with its diagnostic block (the
+ * assertion's message, expected and actual), up to 40 lines each, for at most
+ * 10 failures.
+ * @param {string} out
+ */
+function failures(out) {
+  const lines = out.split('\n')
+  const shown = []
+  for (let i = 0; i < lines.length && shown.length < 10; i++) {
+    if (!/^\s*not ok/.test(lines[i])) continue
+    let end = i + 1
+    while (end < lines.length && end - i < 40 && !/^\s*\.\.\.$/.test(lines[end])) end++
+    shown.push(lines.slice(i, end).join('\n'))
+  }
+  return shown.join('\n')
 }
 
 console.log('\n| server | version | result |\n|---|---|---|')
