@@ -110,7 +110,7 @@ async function examine(addon) {
   checks.push(attempt('scripts', () => scriptsCheck(facts)))
   checks.push(attempt('readCache', () => readCacheCheck(addon, facts, answers.trackingMax)))
   checks.push(attempt('sessions', () => sessionsCheck(addon, answer(answers.sessions), facts.infos)))
-  if (addon.userPrefix != null) checks.push(attempt('users', () => usersCheck(addon, answer(answers.sessions))))
+  if (addon.userPrefix != null) checks.push(attempt('users', () => usersCheck(addon, answer(answers.sessions), facts.infos)))
   return { ok: checks.every((c) => c.level !== 'fail'), checks }
 }
 
@@ -449,13 +449,23 @@ async function countSessions(addon, masters, query) {
 
 /**
  * The users' indexes line (userIdPath): how many, and the entries and
- * memory of a few.
+ * memory of a few; a warning on a server without SET … PXAT.
  * @param {AddonStore} addon
  * @param {Counted} found
+ * @param {[string, Record<string, string>][]} infos
  */
-function usersCheck(addon, { complete, sizeRefused, users, indexSizes, indexEntries }) {
+function usersCheck(addon, { complete, sizeRefused, users, indexSizes, indexEntries }, infos) {
   const under = JSON.stringify(addon.prefix + addon.userPrefix)
   const counted = `${complete ? '' : 'at least '}${users.toLocaleString('en-US')} user index${users === 1 ? '' : 'es'} under ${under} (userIdPath)`
+  // A write ends before its index entry by SET … PXAT (Redis 6.2+, Valkey).
+  const before62 = (/** @type {string} */ v) => {
+    const [major = 0, minor = 0] = v.split('.').map(Number)
+    return major * 100 + minor < 602
+  }
+  const old = infos.map(([, f]) => f).find((f) => f.redis_version && !f.valkey_version && f.server_name !== 'valkey' && before62(f.redis_version))
+  if (old) {
+    return check('warn', 'users', `${counted}; Redis ${old.redis_version} has no SET … PXAT, so a write applied after its call bound (held on the network, rejected ERR_TIMEOUT) can outlive its index entry, unlisted and not ended by destroyUserSessions. Redis 6.2 or later (or Valkey) ends it first.`)
+  }
   if (sizeRefused || indexSizes.length === 0) return check('ok', 'users', `${counted}.`)
   const mean = (/** @type {number[]} */ a) => a.reduce((x, y) => x + y, 0) / a.length
   const each = mean(indexSizes)
