@@ -11,7 +11,7 @@
 //! - The background ping that revives a lost single-server connection
 //!   ([`Revive`], used by `connection.rs`).
 //! - A merge's compare-and-set that found the text changed by another writer
-//!   ([`conflict_backoff`], used by `store/batch.rs`).
+//!   ([`conflict_backoff`], used by `store/rounds.rs`).
 
 use std::collections::hash_map::RandomState;
 use std::hash::BuildHasher;

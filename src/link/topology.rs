@@ -407,7 +407,7 @@ impl Link {
             Link::Single(m) => pipe.query_async::<Vec<Value>>(&mut m.clone()).await,
             // Keys of one pipeline live on different masters: each command
             // goes on its own, all at once. A batch never holds two commands
-            // on one key in a round (batch.rs), so their order does not matter.
+            // on one key in a round (rounds.rs), so their order does not matter.
             Link::Cluster(c) => {
                 let calls = pipe.cmd_iter().map(|cmd| {
                     let mut c = c.clone();

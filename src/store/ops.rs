@@ -139,14 +139,14 @@ pub fn push_commands(
         }
         Kind::Delete => {
             // The lock first; the session in a second step, only once this
-            // succeeded (batch.rs), so a refused DEL (an ACL without the lock
+            // succeeded (rounds.rs), so a refused DEL (an ACL without the lock
             // keys) leaves the session in place. Single-key commands, each on
             // its own cluster slot.
             pipe.cmd("DEL").arg(keys.lock(&op.id));
             1
         }
         // The merge the server does (`lua/merge.lua`), when the splice here
-        // cannot (batch.rs: Step::Script).
+        // cannot (rounds.rs: Step::Script).
         Kind::Merge => {
             let ttl = ttl_ms(op.ttl);
             evalsha(pipe, scripts.merge(), keys.session(&op.id))

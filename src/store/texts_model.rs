@@ -247,7 +247,7 @@ impl Model {
         self.next_version
     }
 
-    /// This store plans an op and sends it, as `batch.rs` does: a ticket for
+    /// This store plans an op and sends it, as `rounds.rs` does: a ticket for
     /// every op whose reply the cache may keep.
     fn plan(&mut self) {
         let id = self.rng.pick(&IDS);
@@ -366,7 +366,7 @@ impl Model {
         }
     }
 
-    /// An op's task handles its reply, as `batch.rs` (and, for an ending,
+    /// An op's task handles its reply, as `rounds.rs` (and, for an ending,
     /// `users.rs`) does.
     fn handle(&mut self) {
         if self.received.is_empty() {

@@ -9,7 +9,7 @@
 //! - A write that leaves a session naming a user (a set, a merge's
 //!   compare-and-set, a touch) first adds the id to that user's index, with a
 //!   bound of the server's now + the ttl + the call bound, and writes the
-//!   session only once the server has answered that (`batch.rs`,
+//!   session only once the server has answered that (`rounds.rs`,
 //!   `Step::Index`). The write is sent within the call bound, and it
 //!   expires at a time on the server's clock (`PXAT`: the script's clock
 //!   plus the time since plus the ttl, [`ServerClock`]), so the session
