@@ -196,6 +196,9 @@ function readCacheCheck(addon, facts, max) {
   if (state === 'evicting') {
     return check('warn', 'readCache', `readCache: true, but the server may evict keys (maxmemory-policy ${info.maxmemory_policy ?? 'unknown'}): the cache stands aside, as an eviction the store's own write causes is not reported to it. maxmemory-policy noeviction (or no maxmemory) lets it answer gets.`)
   }
+  if (state === 'unsupported') {
+    return check('warn', 'readCache', `readCache: true, but this Redis (before 6.2) sends the report of a script's own write inside the reply of the transaction around it, which the store cannot read: the cache stands aside and every get goes to Redis. Redis 6.2 or later (or Valkey) lets it answer gets.`)
+  }
   if (state === 'crowded') {
     return check('warn', 'readCache', `readCache: true, but the server's tracking table holds more than half its limit, or INFO is refused: the cache stands aside, as a key the server drops from a full table while running the store's own command is not reported to it. ${table}. Raise tracking-table-max-keys (0: no limit), or grant +info.`)
   }

@@ -134,9 +134,13 @@ pub struct ReadCacheCounts {
     /// server has a `maxmemory` and a policy that evicts, or would not say:
     /// every `get` goes to Redis); `'crowded'` (the server's tracking table
     /// holds more than half its `tracking-table-max-keys`, or `INFO` is
-    /// refused: every `get` goes to Redis); `'off'` (`readCache` not `true`,
+    /// refused: every `get` goes to Redis); `'unsupported'` (Redis before
+    /// 6.2, whose reports of a script's own writes can land inside a
+    /// transaction's reply: every `get` goes to Redis); `'off'` (`readCache` not `true`,
     /// `rememberedTextBytes: 0`, a cluster, TLS or a Unix socket).
-    #[napi(ts_type = "'on' | 'starting' | 'refused' | 'evicting' | 'crowded' | 'off'")]
+    #[napi(
+        ts_type = "'on' | 'starting' | 'refused' | 'evicting' | 'crowded' | 'unsupported' | 'off'"
+    )]
     pub tracking: String,
     /// `get`s answered from memory, with no round trip.
     pub hits: f64,

@@ -278,7 +278,7 @@ impl Connection {
                 let capabilities = link.capabilities().await?;
                 if self.tracking.state() != TrackingState::Off {
                     let replies = link
-                        .exec(&watch_question())
+                        .exec(&watch_question(true))
                         .await
                         .map_err(|e| StoreError::from_redis(e, false))?;
                     self.tracking.watched(&replies);
@@ -398,7 +398,7 @@ impl Connection {
         let (link, tracking) = (link.clone(), Arc::clone(&self.tracking));
         let (closing, bound) = (Arc::clone(&self.closing), self.call_bound());
         tokio::spawn(async move {
-            let question = watch_question();
+            let question = watch_question(false);
             while !closing.load(Ordering::Acquire) && !stop.load(Ordering::Acquire) {
                 tokio::time::sleep(HEARTBEAT).await;
                 if stop.load(Ordering::Acquire) || tracking.state() == TrackingState::Refused {

@@ -110,6 +110,11 @@ pub struct Tracking {
     /// table while running the store's own command is not reported to it
     /// (NOLOOP), so the cache answers no `get`.
     crowded: AtomicBool,
+    /// The server is Redis before 6.2, which sends the report of a script's
+    /// own write inside the reply of the transaction around it (NOLOOP does
+    /// not hold for scripts there): a tracked merge's reply would not parse,
+    /// so the cache stands aside. Learned when the link opens.
+    unsupported: AtomicBool,
     /// What the watch counted at its last look (SWAPDB calls, keys
     /// evicted): a change means texts may be stale with no report.
     counted: Mutex<Counted>,
@@ -288,6 +293,7 @@ impl Tracking {
             state: AtomicU8::new(if enabled { 1 } else { 0 }),
             may_evict: AtomicBool::new(false),
             crowded: AtomicBool::new(false),
+            unsupported: AtomicBool::new(false),
             counted: Mutex::new(Counted::default()),
             listener: OnceLock::new(),
             heard_ms: AtomicU64::new(0),
@@ -360,6 +366,9 @@ impl Tracking {
         let was_aside = self.stands_aside();
         self.may_evict.store(seen.may_evict, Ordering::Release);
         self.crowded.store(seen.crowded, Ordering::Release);
+        if let Some(unsupported) = seen.unsupported {
+            self.unsupported.store(unsupported, Ordering::Release);
+        }
         let changed = {
             let mut counted = self.counted.lock().unwrap_or_else(|p| p.into_inner());
             let changed = counted.changed(&seen.counted);
@@ -386,7 +395,9 @@ impl Tracking {
 
     /// Why the cache stands aside (`stats().readCache.tracking`), if it does.
     pub fn aside(&self) -> Option<&'static str> {
-        if self.may_evict.load(Ordering::Acquire) {
+        if self.unsupported.load(Ordering::Acquire) {
+            Some("unsupported")
+        } else if self.may_evict.load(Ordering::Acquire) {
             Some("evicting")
         } else if self.crowded.load(Ordering::Acquire) {
             Some("crowded")
@@ -470,8 +481,9 @@ impl Tracking {
 /// tracking-table-max-keys`), and what it counts (`INFO stats`:
 /// `tracking_total_keys`, `evicted_keys`; `INFO commandstats`: SWAPDB's
 /// calls). These are the events a server does not report to the store that
-/// caused them, or at all (`Seen`).
-pub fn watch_question() -> redis::Pipeline {
+/// caused them, or at all (`Seen`). When the link opens (`opening`), also
+/// `INFO server`: which server it is.
+pub fn watch_question(opening: bool) -> redis::Pipeline {
     let mut pipe = redis::pipe();
     pipe.ignore_errors();
     pipe.cmd("CONFIG").arg("GET").arg("maxmemory");
@@ -479,6 +491,9 @@ pub fn watch_question() -> redis::Pipeline {
     pipe.cmd("CONFIG").arg("GET").arg("tracking-table-max-keys");
     pipe.cmd("INFO").arg("stats");
     pipe.cmd("INFO").arg("commandstats");
+    if opening {
+        pipe.cmd("INFO").arg("server");
+    }
     pipe
 }
 
@@ -507,6 +522,8 @@ impl Counted {
 struct Seen {
     may_evict: bool,
     crowded: bool,
+    /// Redis before 6.2 (None: not asked, or not said).
+    unsupported: Option<bool>,
     counted: Counted,
 }
 
@@ -518,7 +535,25 @@ impl Seen {
         let tracked = stats
             .as_deref()
             .and_then(|t| info_field(t, "tracking_total_keys"));
+        let server = info_text(replies.get(5));
         Seen {
+            unsupported: server.as_deref().map(|t| {
+                let field = |name: &str| {
+                    t.lines()
+                        .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+                        .map(str::trim)
+                };
+                let valkey =
+                    field("server_name") == Some("valkey") || field("valkey_version").is_some();
+                let mut version = field("redis_version").unwrap_or("0").split('.');
+                let mut part = || {
+                    version
+                        .next()
+                        .and_then(|p| p.parse::<u32>().ok())
+                        .unwrap_or(0)
+                };
+                !valkey && (part(), part()) < (6, 2)
+            }),
             may_evict: may_evict(replies),
             // Past half the limit (0: none), or not known.
             crowded: match (limit, tracked) {
@@ -716,6 +751,24 @@ mod tests {
         refused[4] = Value::Nil;
         t.watched(&refused);
         assert_eq!(t.aside(), Some("crowded"));
+        // Redis before 6.2, told when the link opens: aside until the next
+        // link says otherwise (the heartbeat's question does not ask).
+        let server = |version: &str, name: &str| {
+            let mut r = replies("0", "0", 1, 5, Some(2));
+            r.push(Value::BulkString(
+                format!("# Server\r\nredis_version:{version}\r\nserver_name:{name}\r\n")
+                    .into_bytes(),
+            ));
+            r
+        };
+        t.watched(&server("6.0.16", "redis"));
+        assert_eq!(t.aside(), Some("unsupported"));
+        t.watched(&replies("0", "0", 1, 5, Some(2)));
+        assert_eq!(t.aside(), Some("unsupported"));
+        t.watched(&server("6.2.0", "redis"));
+        assert_eq!(t.aside(), None);
+        t.watched(&server("7.2.4", "valkey"));
+        assert_eq!(t.aside(), None);
     }
 
     #[test]
