@@ -221,6 +221,42 @@ describe("another store's writes", answers, () => {
       assert.ok(stats.invalidations >= ROUNDS - 1, JSON.stringify(stats))
     })
   }
+
+  // What holds for every other writer (README, "Read cache"): its change is
+  // seen once the server's report of it has come, which it always does. The
+  // reader holds the session, the writer changes it, the reader waits for
+  // the report (its invalidations counter, with a deadline: an event, not a
+  // time) and then reads the change, never the text it held.
+  it('from any kind of writer are reported, and read once the report has come', async () => {
+    const reader = redis.store({ readCache: true, userIdPath: 'data.userId' })
+    const plain = redis.store({ readCache: false, userIdPath: 'data.userId' })
+    const other = redis.store({ readCache: true, userIdPath: 'data.userId' })
+    const key = (id) => `sess:${id}`
+    const text = (id, v) => JSON.stringify({ ...session(id, { v }), data: { v, userId: `w-${id}` } })
+    /** @type {[string, (id: string) => Promise<unknown>, number | null][]} */
+    const writers = [
+      ['a plain SET', (id) => redis.admin.set(key(id), text(id, 2), 'PX', TTL), 2],
+      ['an EVAL that sets', (id) => redis.admin.eval("return redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])", 1, key(id), text(id, 2), TTL), 2],
+      ['a DEL', (id) => redis.admin.del(key(id)), null],
+      ['an EVAL that deletes', (id) => redis.admin.eval("return redis.call('DEL', KEYS[1])", 1, key(id)), null],
+      ['a store without the cache merging', (id) => plain.merge(id, { 'data.v': 2 }, TTL), 2],
+      ["a caching store's delete", (id) => other.delete(id), null],
+      ["a caching store's destroyUserSessions", (id) => other.destroyUserSessions(`w-${id}`), null],
+    ]
+    for (const [name, write, expected] of writers) {
+      const id = newId()
+      await plain.set(id, JSON.parse(text(id, 1)), TTL) // in its user's index too
+      await reader.get(id) // read: held, and tracked
+      const before = reader.stats().readCache.hits
+      assert.equal((await reader.get(id)).data.v, 1)
+      assert.equal(reader.stats().readCache.hits, before + 1, `${name}: held before the write`)
+      const reports = reader.stats().readCache.invalidations
+      await write(id)
+      await until(() => reader.stats().readCache.invalidations > reports, 5000, `${name}: reported`)
+      const got = await reader.get(id)
+      assert.equal(got === null ? null : got.data.v, expected, name)
+    }
+  })
 })
 
 describe('the link', answers, () => {
