@@ -4,7 +4,7 @@ import assert from 'node:assert/strict'
 import { after, before, describe, it } from 'node:test'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { createRedisSessionStore, msUntilSuccess, session } from '../support/setup.mjs'
-import { startCluster } from '../../harness/cluster.mjs'
+import { cli, startCluster } from '../../harness/cluster.mjs'
 
 let cluster
 let admin
@@ -60,9 +60,34 @@ describe('Redis Cluster', () => {
     await store.close()
   })
 
-  it('merges during a resharding (slots moving between masters) lose nothing', async (t) => {
+  it('merges during a resharding (slots moving between masters) lose nothing, and no call of any kind fails', async (t) => {
     const store = createRedisSessionStore({ cluster: { nodes: cluster.urls }, commandTimeout: 5000 })
     const load = mergeLoad(store)
+    // Beside the merges, every other kind of call, users' indexes included,
+    // on sessions of their own, with the same 5 s commandTimeout.
+    const other = createRedisSessionStore({ cluster: { nodes: cluster.urls }, userIdPath: 'data.userId', commandTimeout: 5000 })
+    let mixing = true
+    const mixedFailures = []
+    let mixed = 0
+    const mixedLoops = Array.from({ length: 8 }, async (_, i) => {
+      for (let n = 0; mixing; n++) {
+        const id = `mixed-${i}-${n % 40}`
+        mixed++
+        try {
+          switch (n % 7) {
+            case 0: await other.set(id, { ...session(id), data: { userId: `mixer-${i}` } }, 600_000); break
+            case 1: await other.get(id); break
+            case 2: await other.merge(id, { 'data.n': n }, 600_000); break
+            case 3: await other.lock(id, 5000); break
+            case 4: await other.isLocked(id); break
+            case 5: await other.unlock(id); break
+            default: await other.userSessions(`mixer-${i}`)
+          }
+        } catch (e) {
+          mixedFailures.push(`${['set', 'get', 'merge', 'lock', 'isLocked', 'unlock', 'userSessions'][n % 7]}: ${e.code}: ${e.message}`)
+        }
+      }
+    })
     await sleep(300)
     const [a, b, c] = cluster.nodes.map((n) => n.port)
     const t0 = Date.now()
@@ -72,8 +97,17 @@ describe('Redis Cluster', () => {
     const reshardMs = Date.now() - t0
     await sleep(300)
     await load.stop()
+    mixing = false
+    await Promise.all(mixedLoops)
+    await other.close()
     t.diagnostic(`${load.count()} merges during ${reshardMs} ms of resharding (6,500 slots moved), ${load.failures.length} failed`)
+    // No call fails on a slot being moved. Some (a userSessions, a get: about
+    // 1 in 200 here, with 64dc1fc too) get no answer within commandTimeout
+    // while the reshard runs: README, "Redis Cluster" (open work).
+    const timedOut = mixedFailures.filter((f) => f.includes('ERR_TIMEOUT'))
+    t.diagnostic(`${mixed} other calls (set, get, merge, lock, isLocked, unlock, userSessions) meanwhile, ${mixedFailures.length} failed, ${timedOut.length} of them timed out`)
     assert.deepEqual(load.failures.slice(0, 5), [])
+    assert.deepEqual(mixedFailures.filter((f) => !f.includes('ERR_TIMEOUT')).slice(0, 5), [])
     let checked = 0
     for (const id of ids) {
       const stored = await store.get(id)
@@ -84,6 +118,56 @@ describe('Redis Cluster', () => {
       assert.equal(stored.data.user.name, 'Ada', 'a path nobody merged changed')
     }
     t.diagnostic(`${checked} acknowledged paths all present`)
+    await store.close()
+  })
+
+  // While a slot moves, its old master answers ASK for the keys already
+  // moved, and the new one serves them only right after ASKING on the same
+  // connection. Many calls at once on such keys must all be served: the
+  // ASKING of one may not be spent on another's command.
+  it('a slot half-moved (MIGRATING, IMPORTING, its keys moved) serves every kind of call from 8 concurrent loops', async (t) => {
+    const store = createRedisSessionStore({ cluster: { nodes: cluster.urls } })
+    const ids8 = Array.from({ length: 8 }, (_, i) => `{moving}-${i}`)
+    for (const id of ids8) await store.set(id, session(id), 600_000)
+    const slot = await admin.cluster('KEYSLOT', `sess:${ids8[0]}`)
+    const slots = await admin.cluster('SLOTS')
+    const ownerPort = slots.find(([from, to]) => slot >= from && slot <= to)[2][1]
+    const from = cluster.nodes.find((n) => n.port === ownerPort)
+    const to = cluster.nodes.find((n) => n.port !== ownerPort)
+    const idOf = async (node) => (await cli(['-p', String(node.port), 'cluster', 'myid'])).trim()
+    const [fromId, toId] = [await idOf(from), await idOf(to)]
+    await cli(['-p', String(to.port), 'cluster', 'setslot', String(slot), 'importing', fromId])
+    await cli(['-p', String(from.port), 'cluster', 'setslot', String(slot), 'migrating', toId])
+    // Every key but one moves; the one left is still served by the old master.
+    for (const id of ids8.slice(1)) {
+      await cli(['-p', String(from.port), 'migrate', '127.0.0.1', String(to.port), `sess:${id}`, '0', '5000'])
+    }
+    const failures = []
+    let calls = 0
+    const loops = ids8.map(async (id, i) => {
+      for (let n = 0; n < 150; n++) {
+        calls++
+        try {
+          switch (n % 6) {
+            case 0: assert.ok(await store.get(id)); break
+            case 1: await store.merge(id, { [`data.l${i}`]: n }, 600_000); break
+            case 2: await store.touch(id, 600_000); break
+            case 3: assert.equal(await store.lock(id, 5000), true); break
+            case 4: assert.equal(await store.isLocked(id), true); break
+            default: await store.unlock(id)
+          }
+        } catch (e) {
+          failures.push(`${e.code ?? e.name}: ${e.message}`)
+        }
+      }
+    })
+    await Promise.all(loops)
+    t.diagnostic(`${calls} calls on a half-moved slot, ${failures.length} failed`)
+    // The move ends: the last key, then the slot.
+    await cli(['-p', String(from.port), 'migrate', '127.0.0.1', String(to.port), `sess:${ids8[0]}`, '0', '5000'])
+    for (const node of cluster.nodes) await cli(['-p', String(node.port), 'cluster', 'setslot', String(slot), 'node', toId])
+    assert.deepEqual(failures.slice(0, 5), [])
+    for (const [i, id] of ids8.entries()) assert.equal((await store.get(id)).data[`l${i}`], 145)
     await store.close()
   })
 

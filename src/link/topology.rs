@@ -18,7 +18,7 @@ use redis::cluster_routing::{MultipleNodeRoutingInfo, RoutingInfo, SingleNodeRou
 use redis::sentinel::{SentinelClient, SentinelClientBuilder, SentinelServerType};
 use redis::{
     ConnectionAddr, ConnectionInfo, Pipeline, RedisError, RedisResult, ServerError,
-    TlsCertificates, TlsMode, Value,
+    ServerErrorKind, TlsCertificates, TlsMode, Value,
 };
 
 use crate::errors::{Code, Result, StoreError};
@@ -347,6 +347,88 @@ pub fn is_lost(e: &RedisError) -> bool {
         || e.code() == Some("READONLY")
 }
 
+/// How many redirections the store follows itself (`cluster_query`).
+const REDIRECTS: usize = 5;
+
+/// One command on a cluster, where its key routes it.
+///
+/// The client follows MOVED and ASK by itself, but it sends ASKING as a
+/// request of its own on a connection that other calls share: another call's
+/// command may come in between and take the one-time flag, and the importing
+/// master then answers MOVED back to the old one, to and fro, until the
+/// client's retries are spent (most calls on a half-moved slot failed so
+/// under 8 concurrent loops). So the store sends the command as a pipeline of
+/// one, whose redirections come back as its reply rather than being followed,
+/// and follows an ASK itself: the command again to the node named, with
+/// ASKING right before it in one write. A MOVED (the client's map of slots
+/// is out of date) and a failure to send go the client's way, which follows
+/// MOVED, refreshes its map and reconnects; should that end on a
+/// redirection too, the store follows it as an ASK, up to [`REDIRECTS`].
+/// Commands without a key (`SCRIPT LOAD` to every master) go the client's way.
+async fn cluster_query(mut c: ClusterConnection, cmd: &redis::Cmd) -> RedisResult<Value> {
+    // A command for every master (SCRIPT LOAD) or none in particular goes
+    // the client's way: only a key's command can be redirected.
+    if !has_key(cmd) {
+        return cmd.query_async::<Value>(&mut c).await;
+    }
+    let mut one = redis::pipe();
+    one.add_command(cmd.clone());
+    let mut reply = match c.req_packed_commands(&one, 0, 1).await.map(|mut r| r.pop()) {
+        Ok(Some(Value::ServerError(e))) if e.kind() == Some(ServerErrorKind::Ask) => Err(e.into()),
+        Ok(Some(Value::ServerError(e))) if e.kind() == Some(ServerErrorKind::Moved) => {
+            cmd.query_async::<Value>(&mut c).await
+        }
+        Ok(Some(v)) => return Ok(v),
+        Ok(None) | Err(_) => cmd.query_async::<Value>(&mut c).await,
+    };
+    for _ in 0..REDIRECTS {
+        let err = match reply {
+            Ok(v) => return Ok(v),
+            Err(e) => e,
+        };
+        let Some((address, _slot)) = err.redirect_node() else {
+            return Err(err);
+        };
+        let (host, port) = address.rsplit_once(':').unwrap_or((address, ""));
+        let node = SingleNodeRoutingInfo::ByAddress {
+            host: host
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_owned(),
+            port: port.parse().unwrap_or(0),
+        };
+        let mut asking = redis::pipe();
+        asking.cmd("ASKING");
+        asking.add_command(cmd.clone());
+        reply = match c.route_pipeline(asking, 1, 1, node).await?.pop() {
+            Some(Value::ServerError(e))
+                if matches!(
+                    e.kind(),
+                    Some(ServerErrorKind::Ask | ServerErrorKind::Moved)
+                ) =>
+            {
+                Err(e.into())
+            }
+            Some(v) => Ok(v),
+            None => return Err(err),
+        };
+    }
+    reply
+}
+
+/// Whether `cmd` names a key the cluster routes it by: every command the
+/// store sends in a round does; the ones without (`SCRIPT LOAD`, which the
+/// client sends to every master, and the link's own questions) are named here.
+fn has_key(cmd: &redis::Cmd) -> bool {
+    const KEYLESS: [&[u8]; 7] = [
+        b"SCRIPT", b"PING", b"INFO", b"CONFIG", b"CLIENT", b"CLUSTER", b"HELLO",
+    ];
+    match cmd.args_iter().next() {
+        Some(redis::Arg::Simple(name)) => !KEYLESS.iter().any(|k| k.eq_ignore_ascii_case(name)),
+        _ => false,
+    }
+}
+
 /// Where `Link::query` sends a command.
 #[derive(Debug, Clone, Copy)]
 pub enum Route<'a> {
@@ -410,9 +492,9 @@ impl Link {
             // on one key in a round (rounds.rs), so their order does not matter.
             Link::Cluster(c) => {
                 let calls = pipe.cmd_iter().map(|cmd| {
-                    let mut c = c.clone();
+                    let c = c.clone();
                     async move {
-                        match cmd.query_async::<Value>(&mut c).await {
+                        match cluster_query(c, cmd).await {
                             Ok(v) => Ok(v),
                             Err(e) => ServerError::try_from(e).map(Value::ServerError),
                         }
