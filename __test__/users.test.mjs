@@ -5,8 +5,13 @@
 import assert from 'node:assert/strict'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { before, describe, it } from 'node:test'
+import { mkdtempSync, rmSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import path from 'node:path'
+import { Redis } from 'ioredis'
 import { startProxy } from '../harness/proxy.mjs'
-import { createRedisSessionStore, newId, onCluster, rejectsWith, useRedis } from './support/setup.mjs'
+import { startRedis } from '../harness/redis-server.mjs'
+import { createRedisSessionStore, msUntilSuccess, newId, onCluster, rejectsWith, useRedis } from './support/setup.mjs'
 
 const redis = useRedis()
 const TTL = 600_000
@@ -403,6 +408,48 @@ describe('userIdPath: a write applied after its call bound', { skip: onCluster ?
     } finally {
       await store.close()
       await proxy.stop()
+    }
+  })
+})
+
+// A store remembers the index bounds it wrote, so that a renewal can skip
+// the index round. A server that changed (a failover to a replica that
+// missed the last entry, a restart from an older snapshot) may not have the
+// entry: whatever the store learned from the old server is forgotten when
+// its connection is lost or replaced, and the next write indexes again.
+describe('userIdPath: a server that changed', { skip: onCluster ? 'one server restarted in place' : false }, () => {
+  it('forgets the bounds learned from the old one: a session the new server holds without its entry is indexed by its next merge', async () => {
+    const dir = mkdtempSync(path.join(tmpdir(), 'rsr-users-'))
+    const first = await startRedis({ args: ['--dir', dir] })
+    const store = createRedisSessionStore({ url: first.url, userIdPath: 'data.userId', ...TIMEOUTS })
+    let second
+    try {
+      const admin = new Redis({ port: first.port, host: '127.0.0.1' })
+      const u = `u-${newId()}`
+      const id = newId()
+      await store.set(id, sessionOf(id, u), TTL) // indexed; the store remembers the bound
+      // The snapshot the next server starts from has the session but not its
+      // entry (it missed it), while the old server keeps both.
+      const entry = await admin.zrange(`sess:user:${u}`, 0, -1, 'WITHSCORES')
+      await admin.del(`sess:user:${u}`)
+      await admin.save()
+      await admin.zadd(`sess:user:${u}`, entry[1], entry[0])
+      admin.disconnect()
+      await first.stop()
+      second = await startRedis({ port: first.port, args: ['--dir', dir] })
+      const next = new Redis({ port: second.port, host: '127.0.0.1' })
+      assert.equal(await next.exists(`sess:${id}`), 1)
+      assert.equal(await next.exists(`sess:user:${u}`), 0)
+      // The store reconnects by itself; its next merge of the session must index it.
+      await msUntilSuccess(() => store.merge(id, { 'data.seen': 1 }, TTL), 10_000, 50)
+      assert.deepEqual(await store.userSessions(u), [id])
+      assert.equal(await store.destroyUserSessions(u), 1)
+      next.disconnect()
+    } finally {
+      await store.close()
+      await second?.stop()
+      await first.stop()
+      rmSync(dir, { recursive: true, force: true })
     }
   })
 })

@@ -6,7 +6,7 @@
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, Once, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, Once, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
 use redis::{Pipeline, RedisResult, Value};
@@ -77,6 +77,15 @@ pub struct Connection {
     pub tracking: Arc<Tracking>,
     /// Stops the heartbeat of the current link (`tracking.rs`).
     heartbeat: Mutex<Option<Arc<AtomicBool>>>,
+    /// What the store learned from its server and must forget when the
+    /// server may have changed ([`Connection::server_changed`]).
+    learned: OnceLock<Arc<dyn Learned>>,
+}
+
+/// What a store learned from the server behind its link (users' index
+/// bounds, …): forgotten whenever that server may be another one now.
+pub trait Learned: Send + Sync {
+    fn forget(&self);
 }
 
 /// Where a store stands, for readiness probes (`store.status`).
@@ -154,7 +163,28 @@ impl Connection {
             topology,
             tracking,
             heartbeat: Mutex::new(None),
+            learned: OnceLock::new(),
         })
+    }
+
+    /// Where what the store learned from its server is forgotten (set once,
+    /// by the store).
+    pub fn learn_into(&self, learned: Arc<dyn Learned>) {
+        let _ = self.learned.set(learned);
+    }
+
+    /// The one place that says the server behind the link may have changed:
+    /// a new link opened (a failover, a reconnection the store made) or the
+    /// connection was lost (its client may reconnect to another server: a
+    /// restart, a switch behind the same address). The read cache forgets
+    /// its texts (the reports of the old connection are gone with it), and
+    /// the store what it learned ([`Learned`]). Capabilities are learned
+    /// again per link (`unlearn`), and scripts come back after NOSCRIPT.
+    fn server_changed(&self) {
+        self.tracking.lost();
+        if let Some(learned) = self.learned.get() {
+            learned.forget();
+        }
     }
 
     pub fn status(&self) -> Status {
@@ -303,8 +333,8 @@ impl Connection {
                 return Err(StoreError::closed());
             }
             *self.address() = address;
-            // Another connection: what the cache holds was reported on by the last one.
-            self.tracking.lost();
+            // Another connection, perhaps to another server.
+            self.server_changed();
             self.beat(&link);
             *state = State::Ready(Open {
                 link: link.clone(),
@@ -533,7 +563,7 @@ impl Ready<'_> {
             }
             Ok(Err(e)) => {
                 if is_lost(&e) {
-                    conn.tracking.lost();
+                    conn.server_changed();
                     conn.lost.store(true, Ordering::Release);
                     conn.unlearn(self.generation);
                     conn.forget(self.generation);
@@ -557,7 +587,7 @@ impl Ready<'_> {
         let values = self.answered(self.link.exec(pipe)).await?;
         // Only Sentinel acts on it: no scan of the replies otherwise.
         if self.conn.topology.follows_failover() && values.iter().any(is_readonly) {
-            self.conn.tracking.lost();
+            self.conn.server_changed();
             self.conn.forget(self.generation); // a replica now: failover
         }
         Ok(values)

@@ -28,7 +28,7 @@ impl Store {
     pub fn parts(&self) -> Parts<'_> {
         Parts {
             texts: &self.texts,
-            users: self.users.as_ref(),
+            users: self.users.as_deref(),
             tokens: &self.tokens,
             stats: &self.stats,
             keys: &self.keys,

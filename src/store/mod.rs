@@ -76,7 +76,7 @@ pub struct Store {
     pub(crate) texts: Arc<Texts>,
     pub stats: Stats,
     /// With `userIdPath`: where a session names its user.
-    pub users: Option<Users>,
+    pub users: Option<Arc<Users>>,
 }
 
 /// The server's reports, turned from keys into the session ids of the texts.
@@ -105,8 +105,23 @@ impl Invalidations for Reports {
     }
 }
 
+/// What a store forgets when its server may have changed: the users' index
+/// bounds it wrote (the new server may never have had the last renewal).
+struct Learned(Option<Arc<Users>>);
+
+impl crate::link::connection::Learned for Learned {
+    fn forget(&self) {
+        if let Some(users) = &self.0 {
+            users.forget_all();
+        }
+    }
+}
+
 impl Store {
     pub fn new(config: Config) -> Store {
+        let users = config.users.map(Arc::new);
+        let conn = Connection::new(config.topology, config.timeouts, config.tracking.clone());
+        conn.learn_into(Arc::new(Learned(users.clone())));
         let texts = Arc::new(Texts::new(config.remembered_text_bytes));
         config.tracking.listen(Arc::new(Reports::new(
             Arc::clone(&texts),
@@ -114,13 +129,13 @@ impl Store {
         )));
         Store {
             description: config.description,
-            conn: Connection::new(config.topology, config.timeouts, config.tracking),
+            conn,
             keys: config.keys,
             scripts: Scripts::default(),
             tokens: LockTokens::default(),
             texts,
             stats: Stats::default(),
-            users: config.users,
+            users,
         }
     }
 

@@ -221,7 +221,7 @@ pub fn push_index_add(
 
 impl Store {
     fn users_or_refuse(&self) -> Result<&Users> {
-        self.users.as_ref().ok_or_else(|| {
+        self.users.as_deref().ok_or_else(|| {
             StoreError::invalid_arg("the store keeps no index of users: set the userIdPath option")
         })
     }
