@@ -389,14 +389,7 @@ async fn cluster_query(mut c: ClusterConnection, cmd: &redis::Cmd) -> RedisResul
         let Some((address, _slot)) = err.redirect_node() else {
             return Err(err);
         };
-        let (host, port) = address.rsplit_once(':').unwrap_or((address, ""));
-        let node = SingleNodeRoutingInfo::ByAddress {
-            host: host
-                .trim_start_matches('[')
-                .trim_end_matches(']')
-                .to_owned(),
-            port: port.parse().unwrap_or(0),
-        };
+        let node = node_at(address);
         let mut asking = redis::pipe();
         asking.cmd("ASKING");
         asking.add_command(cmd.clone());
@@ -414,6 +407,18 @@ async fn cluster_query(mut c: ClusterConnection, cmd: &redis::Cmd) -> RedisResul
         };
     }
     reply
+}
+
+/// The cluster node at `host:port` (a bracketed IPv6 host too).
+fn node_at(address: &str) -> SingleNodeRoutingInfo {
+    let (host, port) = address.rsplit_once(':').unwrap_or((address, ""));
+    SingleNodeRoutingInfo::ByAddress {
+        host: host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_owned(),
+        port: port.parse().unwrap_or(0),
+    }
 }
 
 /// Whether `cmd` names a key the cluster routes it by: every command the
@@ -531,14 +536,7 @@ impl Link {
                 c.clone().route_command(cmd.clone(), masters).await
             }
             (Link::Cluster(c), Route::ToNode(address)) => {
-                let (host, port) = address.rsplit_once(':').unwrap_or((address, ""));
-                let node = SingleNodeRoutingInfo::ByAddress {
-                    host: host
-                        .trim_start_matches('[')
-                        .trim_end_matches(']')
-                        .to_owned(),
-                    port: port.parse().unwrap_or(0),
-                };
+                let node = node_at(address);
                 c.clone()
                     .route_command(cmd.clone(), RoutingInfo::SingleNode(node))
                     .await

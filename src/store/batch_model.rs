@@ -40,33 +40,13 @@ use crate::link::tracking::{Pushes, Tracking, TrackingState};
 use crate::merge::splice::merge as splice;
 use crate::store::keys::Keys;
 use crate::store::locks::LockTokens;
+use crate::store::model_support::{env_number, seeds, Rng};
 use crate::store::ops::{Kind, Op, Outcome};
 use crate::store::rounds::{Parts, Pending, Round, Rounds};
 use crate::store::stats::Stats;
 use crate::store::texts::Texts;
 use crate::store::users::Users;
 use crate::store::Reports;
-
-/// SplitMix64: seeded and small.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-
-    fn pick<T: Copy>(&mut self, items: &[T]) -> T {
-        items[self.below(items.len() as u64) as usize]
-    }
-}
 
 /// The server's clock at the model's 0 ms.
 const EPOCH_MS: u64 = 1_800_000_000_000;
@@ -1070,20 +1050,10 @@ impl Model {
     }
 }
 
-fn env_number(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
 #[test]
 fn rounds_keep_every_promise_under_any_interleaving() {
     let steps = env_number("BATCH_MODEL_STEPS", 1_500);
-    let seeds: Vec<u64> = match std::env::var("BATCH_MODEL_SEED") {
-        Ok(seed) => vec![seed.parse().expect("BATCH_MODEL_SEED is a number")],
-        Err(_) => (1..=env_number("BATCH_MODEL_SEEDS", 300)).collect(),
-    };
+    let seeds = seeds("BATCH_MODEL", 300);
     let (mut hits, mut outcomes) = (0, 0);
     for seed in seeds {
         let mut model = Model::new(seed);

@@ -10,6 +10,8 @@ pub mod batch;
 mod batch_model;
 pub mod keys;
 pub mod locks;
+#[cfg(test)]
+mod model_support;
 pub mod ops;
 pub mod replies;
 pub mod rounds;

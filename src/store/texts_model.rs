@@ -34,28 +34,8 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::model_support::{env_number, seeds, Rng};
 use super::texts::{Texts, Ticket, DEFAULT_MAX_BYTES};
-
-/// SplitMix64: seeded, small, and enough for choosing steps.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-
-    fn pick<T: Copy>(&mut self, items: &[T]) -> T {
-        items[self.below(items.len() as u64) as usize]
-    }
-}
 
 /// Sessions the model plays with: few, so that ops meet on them.
 const IDS: [&str; 3] = ["a", "b", "c"];
@@ -494,20 +474,10 @@ impl Model {
     }
 }
 
-fn env_number(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
 #[test]
 fn nothing_served_from_memory_differs_from_the_server() {
     let steps = env_number("TEXTS_MODEL_STEPS", 2_000);
-    let seeds: Vec<u64> = match std::env::var("TEXTS_MODEL_SEED") {
-        Ok(seed) => vec![seed.parse().expect("TEXTS_MODEL_SEED is a number")],
-        Err(_) => (1..=env_number("TEXTS_MODEL_SEEDS", 1_000)).collect(),
-    };
+    let seeds = seeds("TEXTS_MODEL", 1_000);
     let mut hits = 0;
     for seed in seeds {
         let mut model = Model::new(seed);
