@@ -885,13 +885,15 @@ impl Model {
     fn tick(&mut self) {
         self.server.now += self.rng.below(8);
         let clock = self.server.clock();
-        let due: Vec<String> = self
+        let mut due: Vec<String> = self
             .server
             .keys
             .iter()
             .filter(|(_, e)| e.expires.is_some_and(|at| at <= clock))
             .map(|(k, _)| k.clone())
             .collect();
+        // In one order whatever the map's: a seed replays the same steps.
+        due.sort();
         for key in due {
             self.server.keys.remove(&key);
             self.server.changed(&key, false);

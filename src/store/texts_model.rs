@@ -322,13 +322,14 @@ impl Model {
     /// every tracking connection is told).
     fn expire(&mut self) {
         let now = self.now;
-        let due: Vec<_> = self
+        let mut due: Vec<_> = self
             .server
             .values
             .iter()
             .filter(|(_, (_, e))| *e <= now)
             .map(|(id, _)| *id)
             .collect();
+        due.sort(); // one order whatever the map's: a seed replays the same steps
         for id in due {
             self.server.values.remove(id);
             self.server.changed_by_other(id, &mut self.wire);
