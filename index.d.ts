@@ -465,6 +465,12 @@ export interface StoreStats {
    * restart, a failover).
    */
   reconnects: number
+  /**
+   * Times the sentinels announced another master (`+promoted-slave`,
+   * `+switch-master`) and the store moved to it at once (0 without
+   * Sentinel).
+   */
+  switches: number
   /** Calls made and not yet settled. */
   inFlight: number
   latency: OpLatencies

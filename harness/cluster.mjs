@@ -108,7 +108,7 @@ export async function startCluster(opts = {}) {
  * the data nodes also listen on a TLS port, replicate over TLS, and the
  * sentinels name them by their TLS ports; everything keeps a plain port for
  * the tests' own checks.
- * @param {{sentinels?: number, downAfterMs?: number, tls?: {file: (name: string) => string}}} [opts]
+ * @param {{sentinels?: number, downAfterMs?: number, failoverTimeoutMs?: number, tls?: {file: (name: string) => string}}} [opts]
  */
 export async function startSentinels(opts = {}) {
   const dir = mkdtempSync(path.join(tmpdir(), 'rsr-sentinel-'))
@@ -151,7 +151,7 @@ export async function startSentinels(opts = {}) {
                `tls-port ${sentinelTlsPort}`, `sentinel announce-port ${sentinelTlsPort}`]
             : []),
           `sentinel down-after-milliseconds mymaster ${opts.downAfterMs ?? 1000}`,
-          'sentinel failover-timeout mymaster 10000',
+          `sentinel failover-timeout mymaster ${opts.failoverTimeoutMs ?? 10000}`,
           'sentinel parallel-syncs mymaster 1',
           '',
         ].join('\n'),
@@ -172,6 +172,25 @@ export async function startSentinels(opts = {}) {
       sentinels,
       dataNode,
       urls: sentinels.map((s) => s.url),
+      /**
+       * Subscribes to `channels` on every sentinel: `heard` lists what they
+       * publish as it comes ({channel, message, at: Date.now()}).
+       */
+      async announcements(channels = ['+failover-state-send-slaveof-noone', '+promoted-slave', '+switch-master', '-failover-abort-slave-timeout']) {
+        const heard = []
+        const subs = sentinels.map((s) => new Redis({ host: '127.0.0.1', port: s.port, lazyConnect: true, maxRetriesPerRequest: 0 }))
+        await Promise.all(subs.map(async (sub) => {
+          await sub.connect()
+          sub.on('message', (channel, message) => heard.push({ channel, message, at: Date.now() }))
+          await sub.subscribe(...channels)
+        }))
+        return {
+          heard,
+          /** When a sentinel first published on `channel`. */
+          first: (channel) => heard.find((h) => h.channel === channel)?.at,
+          stop: () => Promise.allSettled(subs.map((s) => s.quit())),
+        }
+      },
       /** Port of the master the sentinels name now. */
       async masterPort() {
         const out = await cli(['-p', String(sentinels[0].port), 'sentinel', 'get-master-addr-by-name', 'mymaster'])

@@ -176,6 +176,10 @@ pub struct StoreStats {
     /// Times the store was connected again after losing its connection (a
     /// restart, a failover).
     pub reconnects: f64,
+    /// Times the sentinels announced another master (`+promoted-slave`,
+    /// `+switch-master`) and the store moved to it at once (0 without
+    /// Sentinel).
+    pub switches: f64,
     /// Calls made and not yet settled.
     pub in_flight: f64,
     pub latency: OpLatencies,
@@ -255,6 +259,7 @@ pub fn snapshot(store: &Store) -> StoreStats {
             }
         },
         reconnects: store.conn.reconnects() as f64,
+        switches: store.conn.switches() as f64,
         in_flight: s.in_flight() as f64,
         latency: OpLatencies::of(|k| s.latency[k as usize].summary().into()),
         latency_bounds_ms: (0..BUCKETS).map(upper_ms).collect(),

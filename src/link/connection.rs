@@ -12,9 +12,10 @@ use std::time::{Duration, Instant};
 use redis::{Pipeline, RedisResult, Value};
 use tokio::sync::Notify;
 
-use crate::errors::{Result, StoreError};
+use crate::errors::{Code, Result, StoreError};
 use crate::link::capabilities::{Capabilities, NativeCommand};
 use crate::link::retry::Revive;
+use crate::link::sentinel::{self, Announcement, PROMOTION_HOLD};
 use crate::link::topology::{is_lost, Link, Route, Timeouts, Topology};
 use crate::link::tracking::{watch_question, Tracking, TrackingState, HEARTBEAT};
 
@@ -80,6 +81,19 @@ pub struct Connection {
     /// What the store learned from its server and must forget when the
     /// server may have changed ([`Connection::server_changed`]).
     learned: OnceLock<Arc<dyn Learned>>,
+    /// Times the sentinels announced another master and the store moved to it.
+    switches: AtomicU64,
+    /// The newest link given up because the sentinels announced another
+    /// master: a call answered on it (or an older one) after that fails.
+    switched_from: AtomicU64,
+    /// Turns true on `close()`: the sentinels' listeners stop.
+    closed: tokio::sync::watch::Sender<bool>,
+    /// Whether the sentinels' listeners run (`sentinel.rs`).
+    listening: AtomicBool,
+    /// Until when calls wait for a replica's promotion (`announced`).
+    held: Mutex<Option<Instant>>,
+    /// Told when the promotion calls wait for is announced or given up.
+    promoted: Notify,
 }
 
 /// What a store learned from the server behind its link (users' index
@@ -164,6 +178,12 @@ impl Connection {
             tracking,
             heartbeat: Mutex::new(None),
             learned: OnceLock::new(),
+            switches: AtomicU64::new(0),
+            switched_from: AtomicU64::new(0),
+            closed: tokio::sync::watch::channel(false).0,
+            listening: AtomicBool::new(false),
+            held: Mutex::new(None),
+            promoted: Notify::new(),
         })
     }
 
@@ -185,6 +205,112 @@ impl Connection {
         if let Some(learned) = self.learned.get() {
             learned.forget();
         }
+    }
+
+    /// What a sentinel announced about the store's master
+    /// (`sentinel.rs`). A replica about to be promoted: the link to the
+    /// master is given up and calls wait (within their deadlines) for the
+    /// promotion, at most [`PROMOTION_HOLD`]. The master moved: unless the
+    /// link went there already, the link to the old one is given up, the
+    /// next link opens to the new one without asking the sentinels, and the
+    /// server changed. A promotion given up: the calls go on.
+    ///
+    /// A call answered on a link given up here fails: what it wrote may be
+    /// only on the old master, whose data goes when it is demoted.
+    fn announced(&self, said: Announcement<'_>) {
+        let Some(sentinels) = self.topology.sentinels() else {
+            return;
+        };
+        let mut state = self.state();
+        if matches!(*state, State::Closed) {
+            return;
+        }
+        match said {
+            Announcement::Promoting => {
+                *self.held() = Some(Instant::now() + PROMOTION_HOLD);
+                self.give_up_for_switch(&mut state);
+            }
+            Announcement::Aborted => {
+                *self.held() = None;
+                self.promoted.notify_waiters();
+            }
+            Announcement::Moved(host, port) => {
+                *self.held() = None;
+                self.promoted.notify_waiters();
+                if *self.address() == format!("{host}:{port}") || !sentinels.announce(host, port) {
+                    return; // there already, or heard from another sentinel
+                }
+                self.give_up_for_switch(&mut state);
+                self.switches.fetch_add(1, Ordering::AcqRel);
+                drop(state);
+                self.server_changed();
+            }
+        }
+    }
+
+    /// Gives up the link (if any) because the master is changing: calls
+    /// answered on it from now on fail.
+    fn give_up_for_switch(&self, state: &mut State) {
+        if let State::Ready(open) = &*state {
+            self.switched_from
+                .fetch_max(open.generation, Ordering::AcqRel);
+            *state = State::Idle;
+        }
+    }
+
+    /// Until when calls wait for a promotion (`announced`).
+    fn held(&self) -> MutexGuard<'_, Option<Instant>> {
+        self.held
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Waits while a promotion is announced and not done, at most until the
+    /// hold ends. Whether it waited.
+    async fn wait_for_promotion(&self) -> bool {
+        let promoted = self.promoted.notified();
+        tokio::pin!(promoted);
+        promoted.as_mut().enable();
+        let until = match *self.held() {
+            Some(until) if until > Instant::now() => until,
+            Some(_) => {
+                *self.held() = None; // the hold ended: the sentinels are asked
+                return false;
+            }
+            None => return false,
+        };
+        tokio::select! {
+            _ = promoted => {}
+            _ = tokio::time::sleep_until(until.into()) => {}
+        }
+        true
+    }
+
+    /// From the first link on, with Sentinel: what the sentinels announce
+    /// moves the store ([`Connection::announced`]).
+    fn listen(&self) {
+        let Some(sentinels) = self.topology.sentinels() else {
+            return;
+        };
+        if self.listening.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let me = self.me.clone();
+        sentinel::listen(
+            sentinels,
+            self.timeouts.connect,
+            self.closed.subscribe(),
+            Arc::new(move |said| {
+                if let Some(conn) = me.upgrade() {
+                    conn.announced(said);
+                }
+            }),
+        );
+    }
+
+    /// Times the sentinels announced another master and the store moved to it.
+    pub fn switches(&self) -> u64 {
+        self.switches.load(Ordering::Relaxed)
     }
 
     pub fn status(&self) -> Status {
@@ -273,6 +399,9 @@ impl Connection {
                 State::Closed => return Err(StoreError::closed()),
                 State::Idle => None,
             };
+            if unknown.is_none() && self.wait_for_promotion().await {
+                continue;
+            }
             let _opening = self.opening.lock().await;
             let current = match unknown {
                 // Reconnected since it was learned: perhaps to another server.
@@ -303,6 +432,7 @@ impl Connection {
                     }
                 }
             }
+            let switches = self.switches.load(Ordering::Acquire);
             let opened = async {
                 let (link, address) = self.topology.open(self.timeouts).await?;
                 let capabilities = link.capabilities().await?;
@@ -322,15 +452,19 @@ impl Connection {
                     return Err(e);
                 }
             };
+            let mut state = self.state();
+            if matches!(*state, State::Closed) {
+                return Err(StoreError::closed());
+            }
+            let holding = self.held().is_some_and(|until| until > Instant::now());
+            if holding || self.switches.load(Ordering::Acquire) != switches {
+                continue; // the sentinels announced another master meanwhile
+            }
             let generation = self.generation.fetch_add(1, Ordering::AcqRel) + 1;
             if generation > 1 {
                 // A link given up (a failover, a timeout) is open again.
                 self.lost.store(false, Ordering::Release);
                 self.reconnects.fetch_add(1, Ordering::Relaxed);
-            }
-            let mut state = self.state();
-            if matches!(*state, State::Closed) {
-                return Err(StoreError::closed());
             }
             *self.address() = address;
             // Another connection, perhaps to another server.
@@ -341,6 +475,8 @@ impl Connection {
                 generation,
                 capabilities: Some(capabilities),
             });
+            drop(state);
+            self.listen();
             return Ok((link, generation, capabilities));
         }
     }
@@ -532,6 +668,9 @@ impl Connection {
             let _state = self.state();
             self.closing.store(true, Ordering::Release);
         }
+        // Calls waiting for a promotion go on (and finish) now.
+        *self.held() = None;
+        self.promoted.notify_waiters();
         loop {
             let notified = self.idle.notified();
             tokio::pin!(notified);
@@ -543,6 +682,7 @@ impl Connection {
         }
         let link = std::mem::replace(&mut *self.state(), State::Closed);
         drop(link);
+        self.closed.send_replace(true);
         self.tracking.lost();
     }
 }
@@ -556,6 +696,13 @@ impl Ready<'_> {
     async fn answered<T>(&self, call: impl Future<Output = RedisResult<T>>) -> Result<T> {
         let conn = self.conn;
         match tokio::time::timeout_at(self.deadline.into(), call).await {
+            Ok(Ok(_)) if conn.switched_from.load(Ordering::Acquire) >= self.generation => {
+                Err(StoreError::new(
+                    Code::Connection,
+                    "the sentinels announced another master while the call was in flight: \
+                     what it wrote may be only on the old master, which they demote",
+                ))
+            }
             Ok(Ok(value)) => {
                 conn.tracking.heard();
                 conn.answered();

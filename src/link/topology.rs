@@ -15,7 +15,7 @@ use redis::aio::{
 use redis::cluster::{ClusterClient, ClusterClientBuilder};
 use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::{MultipleNodeRoutingInfo, RoutingInfo, SingleNodeRoutingInfo};
-use redis::sentinel::{SentinelClient, SentinelClientBuilder, SentinelServerType};
+use redis::sentinel::{SentinelClientBuilder, SentinelServerType};
 use redis::{
     ConnectionAddr, ConnectionInfo, Pipeline, RedisError, RedisResult, ServerError,
     ServerErrorKind, TlsCertificates, TlsMode, Value,
@@ -24,6 +24,7 @@ use redis::{
 use crate::errors::{Code, Result, StoreError};
 use crate::link::capabilities::Capabilities;
 use crate::link::retry;
+use crate::link::sentinel::{SentinelLogin, Sentinels};
 use crate::link::tls::Tls;
 use crate::link::tracking::{Pushes, SocketWatch, Watched};
 
@@ -45,12 +46,9 @@ pub enum Topology {
     Single(redis::Client, ConnectionManagerConfig, Option<Watch>),
     /// The client, and the first seed node's address.
     Cluster(ClusterClient, String),
-    /// The sentinels are asked for the master each time a link opens.
-    Sentinel(
-        tokio::sync::Mutex<SentinelClient>,
-        ConnectionManagerConfig,
-        Option<Watch>,
-    ),
+    /// The sentinels name the master each time a link opens (`sentinel.rs`).
+    /// The manager's settings and `watch` as for `Single`.
+    Sentinel(Sentinels, ConnectionManagerConfig, Option<Watch>),
 }
 
 /// What the store needs to open the read cache's connection itself: where
@@ -126,9 +124,10 @@ impl Topology {
         timeouts: Timeouts,
         watch: Option<Watch>,
     ) -> Result<Topology> {
-        let mut b = SentinelClientBuilder::new(t.nodes, &t.master_name, SentinelServerType::Master)
-            .map_err(|e| StoreError::from_redis(e, false))?
-            .set_client_to_redis_db(t.db);
+        let mut b =
+            SentinelClientBuilder::new(t.nodes.clone(), &t.master_name, SentinelServerType::Master)
+                .map_err(|e| StoreError::from_redis(e, false))?
+                .set_client_to_redis_db(t.db);
         if watch.is_some() {
             b = b.set_client_to_redis_protocol(redis::ProtocolVersion::RESP3);
         }
@@ -161,11 +160,25 @@ impl Topology {
                 e.detail().unwrap_or(e.category())
             ))
         })?;
+        let login = SentinelLogin {
+            username: t.sentinel_username.as_deref(),
+            password: t.sentinel_password.as_deref(),
+            tls: t.tls.as_ref().filter(|_| t.sentinel_tls),
+        };
+        let sentinels = Sentinels::new(client, t.master_name.clone(), &t.nodes, login)?;
         Ok(Topology::Sentinel(
-            tokio::sync::Mutex::new(client),
+            sentinels,
             manager_config(timeouts),
             watch,
         ))
+    }
+
+    /// The sentinels, with Sentinel.
+    pub fn sentinels(&self) -> Option<&Sentinels> {
+        match self {
+            Topology::Sentinel(s, _, _) => Some(s),
+            _ => None,
+        }
     }
 
     /// Whether commands of one pipeline may run out of order (Redis Cluster).
@@ -220,9 +233,8 @@ impl Topology {
                 Link::Cluster(within(t, client.get_async_connection()).await?),
                 seed.clone(),
             )),
-            Topology::Sentinel(sentinel, config, watch) => {
-                let lookup = async { sentinel.lock().await.async_get_client().await };
-                let client = within(t, lookup).await?;
+            Topology::Sentinel(sentinels, config, watch) => {
+                let client = within(t, sentinels.master()).await?;
                 let info = client.get_connection_info();
                 let address = info.addr().to_string();
                 if let Some(watch) = watch {
