@@ -103,7 +103,8 @@ describe('Redis Cluster', () => {
     t.diagnostic(`${load.count()} merges during ${reshardMs} ms of resharding (6,500 slots moved), ${load.failures.length} failed`)
     // No call fails on a slot being moved. A few (userSessions, a get: 8 to
     // 16 a run here, with 64dc1fc too) get no answer within commandTimeout
-    // while the reshard runs: README, "Redis Cluster" (open work).
+    // while the cluster client's refresh of its slot map stalls: README,
+    // "Redis Cluster".
     const timedOut = mixedFailures.filter((f) => f.includes('ERR_TIMEOUT'))
     t.diagnostic(`${mixed} other calls (set, get, merge, lock, isLocked, unlock, userSessions) meanwhile, ${mixedFailures.length} failed, ${timedOut.length} of them timed out`)
     assert.deepEqual(load.failures.slice(0, 5), [])
