@@ -116,13 +116,34 @@ describe('tracing', () => {
     assert.deepEqual(seen, ['ping', 'isLocked'])
   })
 
-  it('publishes nothing once nobody subscribes', async () => {
-    const { events, stop } = subscribe()
-    stop()
+  it('publishes nothing, and builds no context, once nobody subscribes', async () => {
+    // Watches the channels themselves (their methods shadowed on the
+    // objects, which are the store's too) without subscribing to them.
+    const touched = []
+    const channels = ['start', 'end', 'asyncStart', 'asyncEnd', 'error'].map((name) => diagnosticsChannel.channel(`tracing:relay-session-redis:call:${name}`))
+    const calls = async () => {
+      for (const ch of channels) {
+        ch.publish = () => touched.push(ch.name)
+        ch.runStores = (data, fn, thisArg, ...args) => (touched.push(ch.name), fn.apply(thisArg, args))
+      }
+      try {
+        await store.get(newId())
+        await store.ping()
+      } finally {
+        for (const ch of channels) {
+          delete ch.publish
+          delete ch.runStores
+        }
+      }
+    }
+    // With a subscriber, the watch sees the calls (so that it can see them).
+    const { stop } = subscribe()
+    await calls().finally(stop)
+    assert.ok(touched.length >= 4, touched.join(', '))
+    touched.length = 0
     assert.equal(channel.hasSubscribers, false)
-    await store.get(newId())
-    await store.ping()
-    assert.equal(events.length, 0)
+    await calls()
+    assert.deepEqual(touched, [])
   })
 })
 
