@@ -137,6 +137,9 @@ for (const readCache of [false, true]) {
         const inFlight = Array.from({ length: 300 }, (_, i) => store.merge(id, { [`data.k${i}`]: i }, 60_000))
         server.signal('SIGKILL')
         const results = await allSettleWithin(inFlight, 2000)
+        // The kill comes before the batch leaves: calls were in flight, and
+        // each one that failed says why with a code.
+        assert.ok(results.some((r) => r.status === 'rejected'), 'no call was in flight when the server died')
         for (const c of codes(results)) assert.ok(['ERR_CONNECTION', 'ERR_TIMEOUT'].includes(c), c)
         const again = await startRedis({ port: server.port })
         try {
