@@ -129,8 +129,18 @@ describe('close', () => {
     await store.close() // a second close is harmless
   })
 
-  it('a store that is never used closes at once', async () => {
-    await createRedisSessionStore({ url: redis.server.url }).close()
+  it('a store that is never used closes at once, without connecting', async () => {
+    const connections = async () => Number(/total_connections_received:(\d+)/.exec(await redis.admin.info('stats'))[1])
+    const before = await connections()
+    const store = createRedisSessionStore({ url: redis.server.url })
+    await store.close()
+    assert.equal(store.status, 'closed')
+    assert.equal(await connections(), before)
+    // A store that was used did connect (so that the count can tell).
+    const used = createRedisSessionStore({ url: redis.server.url })
+    await used.ping()
+    await used.close()
+    assert.ok((await connections()) > before)
   })
 })
 
