@@ -780,14 +780,15 @@ mod tests {
         assert!(t.confirmed(&Value::Int(0)));
         assert!(!t.confirmed(&Value::Int(-1)));
         assert_eq!(t.state(), TrackingState::Starting);
-        let refused = redis::ServerError::try_from(redis::RedisError::from((
-            redis::ErrorKind::Server(redis::ServerErrorKind::ResponseError),
-            "NOPERM",
-        )));
-        if let Ok(e) = refused {
-            assert!(!t.confirmed(&Value::ServerError(e)));
-            assert_eq!(t.state(), TrackingState::Refused);
-        }
+        // An ACL without CLIENT TRACKING (this check never ran before: the
+        // error was built in a way that is not a server's).
+        let refused = redis::parse_redis_value(
+            b"-NOPERM User has no permissions to run the 'client|tracking' command\r\n",
+        )
+        .expect("a server's error");
+        assert!(matches!(refused, Value::ServerError(_)));
+        assert!(!t.confirmed(&refused));
+        assert_eq!(t.state(), TrackingState::Refused);
         let off = Tracking::new(false);
         assert!(off.round_command().is_none());
         off.lost();
