@@ -152,6 +152,11 @@ try {
     if (sh(process.execPath, ['esm.mjs'], { cwd: app }).trim() !== 'ok') throw new Error('import failed')
   })
   const deno = path.join(root, '.runtimes', 'runtimes', 'node_modules', '.bin', 'deno')
+  // `npm test` installs Deno first (`npm run test:runtimes`); run alone,
+  // this test says so rather than leave Deno out without a word.
+  if (!existsSync(deno) && process.env.INSTALL_TEST_WITHOUT_DENO !== '1') {
+    throw new Error('Deno is not installed here: run `npm run test:runtimes` first (it installs it), or set INSTALL_TEST_WITHOUT_DENO=1 to leave Deno out')
+  }
   if (existsSync(deno)) {
     await step('Deno: npm:relay-session-redis from the registry, and a store round trip', () => {
       writeFileSync(path.join(work, 'deno.mjs'), `import { createRedisSessionStore } from 'npm:relay-session-redis@${pkg.version}'
