@@ -69,8 +69,25 @@ fn raw(u: &mut Unstructured) -> Result<()> {
 
 /// Keys and segments drawn from one pool, so paths meet existing keys.
 const KEYS: &[&str] = &[
-    "a", "b", "c", "0", "1", "2", "10", "length", "01", "é", "q\"\\", "", "a b", "😀", "\n", "/",
-    "\u{7f}", "4294967295", "100001",
+    "a",
+    "b",
+    "c",
+    "0",
+    "1",
+    "2",
+    "10",
+    "length",
+    "01",
+    "é",
+    "q\"\\",
+    "",
+    "a b",
+    "😀",
+    "\n",
+    "/",
+    "\u{7f}",
+    "4294967295",
+    "100001",
 ];
 
 fn key(u: &mut Unstructured) -> Result<String> {
@@ -126,31 +143,45 @@ fn structured(u: &mut Unstructured) -> Result<()> {
         let segs = (0..u.int_in_range(1..=5)?)
             .map(|_| key(u))
             .collect::<Result<Vec<_>>>()?;
-        let val = if u.ratio(1, 4)? { None } else { Some(value(u, 2)?) };
+        let val = if u.ratio(1, 4)? {
+            None
+        } else {
+            Some(value(u, 2)?)
+        };
         pairs.push(segs.join("."));
         pairs.push(val.as_ref().map_or(String::new(), |v| v.to_string()));
         paths.push((segs, val));
     }
     let mut want = doc.clone();
+    let mut budget = u64::from(MAX_PADDING);
     let refused = paths
         .iter()
-        .try_for_each(|(segs, val)| expected(&mut want, segs, val.clone()));
+        .try_for_each(|(segs, val)| expected(&mut want, segs, val.clone(), &mut budget));
     match (splice::merge(text.as_bytes(), &pairs), refused) {
         (Ok(out), Ok(())) => {
             let got: Value = serde_json::from_slice(&out).unwrap_or_else(|e| {
-                panic!("the merge wrote text that is not JSON ({e}): {}", String::from_utf8_lossy(&out))
+                panic!(
+                    "the merge wrote text that is not JSON ({e}): {}",
+                    String::from_utf8_lossy(&out)
+                )
             });
             assert_eq!(got, want, "stored {text}\npaths {pairs:?}");
             // The store skips the check of a text it spliced: the output
             // must pass it, and a checked splice must match the full one.
-            assert_eq!(splice::validate(&out), Ok(()), "stored {text}\npaths {pairs:?}");
+            assert_eq!(
+                splice::validate(&out),
+                Ok(()),
+                "stored {text}\npaths {pairs:?}"
+            );
             assert_eq!(
                 splice::merge_checked(text.as_bytes(), &pairs, None).as_deref(),
                 Ok(&out[..])
             );
         }
         (Err(SpliceError::BadArg(_)), Err(())) => {}
-        (got, want) => panic!("merge gave {got:?}, the semantics {want:?}; stored {text}, paths {pairs:?}"),
+        (got, want) => {
+            panic!("merge gave {got:?}, the semantics {want:?}; stored {text}, paths {pairs:?}")
+        }
     }
     Ok(())
 }
@@ -158,20 +189,30 @@ fn structured(u: &mut Unstructured) -> Result<()> {
 /// An array index as JavaScript reads a property name: canonical decimal,
 /// below 2^32 - 1.
 fn array_index(seg: &str) -> Option<usize> {
-    let canonical = seg == "0" || (!seg.starts_with('0') && !seg.is_empty() && seg.bytes().all(|b| b.is_ascii_digit()));
+    let canonical = seg == "0"
+        || (!seg.starts_with('0') && !seg.is_empty() && seg.bytes().all(|b| b.is_ascii_digit()));
     if !canonical || seg.len() > 10 {
         return None;
     }
-    seg.parse::<u64>().ok().filter(|&n| n < 4_294_967_295).map(|n| n as usize)
+    seg.parse::<u64>()
+        .ok()
+        .filter(|&n| n < 4_294_967_295)
+        .map(|n| n as usize)
 }
 
 /// The README's merge semantics, applied to a parsed document: segments are
 /// walked from the root; a missing, null or non-container intermediate
 /// becomes {}; an array takes canonical decimal indexes, pads with null when
-/// written past its end (refused beyond MAX_PADDING), and ignores any other
-/// segment; the last segment gets the value, or is removed (an array element
-/// becomes null). Err: the padding is refused.
-fn expected(root: &mut Value, segs: &[String], val: Option<Value>) -> std::result::Result<(), ()> {
+/// written past its end (refused beyond MAX_PADDING for one path, and beyond
+/// MAX_PADDING nulls for all the paths of a merge: `budget` is what is left),
+/// and ignores any other segment; the last segment gets the value, or is
+/// removed (an array element becomes null). Err: the padding is refused.
+fn expected(
+    root: &mut Value,
+    segs: &[String],
+    val: Option<Value>,
+    budget: &mut u64,
+) -> std::result::Result<(), ()> {
     let mut cur = root;
     for (i, seg) in segs.iter().enumerate() {
         let last = i + 1 == segs.len();
@@ -205,6 +246,7 @@ fn expected(root: &mut Value, segs: &[String], val: Option<Value>) -> std::resul
                     if idx - a.len() > MAX_PADDING as usize {
                         return Err(());
                     }
+                    *budget = budget.checked_sub((idx - a.len()) as u64).ok_or(())?;
                     a.resize(idx + 1, Value::Null);
                 }
                 if last {
