@@ -288,6 +288,39 @@ describe('Redis Sentinel: a promotion that does not happen', () => {
   })
 })
 
+describe('Redis Sentinel: a promotion neither done nor given up within the hold', () => {
+  let group
+  before(async () => {
+    // The sentinels give the promotion up only after 15 s; the store holds
+    // its calls 5 s at most.
+    group = await startSentinels({ failoverTimeoutMs: 15_000 })
+  })
+  after(async () => {
+    group?.replica.signal('SIGCONT')
+    await group?.stop()
+  })
+
+  it('calls go on with the master the sentinels name once the hold ends', async () => {
+    // A call bound (1 s + 8 s) longer than the hold.
+    const store = createRedisSessionStore({ sentinel: { nodes: group.urls, masterName: 'mymaster' }, commandTimeout: 8000 })
+    const id = ids[3]
+    await store.set(id, session(id), 600_000)
+    const heard = await group.announcements()
+    for (const s of group.sentinels) {
+      await msUntilSuccess(async () => assert.match(await cli(['-p', String(s.port), 'client', 'list']), / sub=4 /), 10_000, 50)
+    }
+    group.replica.signal('SIGSTOP')
+    assert.equal((await cli(['-p', String(group.sentinels[0].port), 'sentinel', 'failover', 'mymaster'])).trim(), 'OK')
+    await msUntilSuccess(async () => assert.equal(store.status, 'reconnecting'), 10_000, 10)
+    await store.merge(id, { 'data.after': 1 }, 600_000)
+    assert.equal(heard.first('-failover-abort-slave-timeout'), undefined, 'the merge waited for the sentinels to give up')
+    assert.equal(JSON.parse(await cli(['-p', String(group.master.port), 'get', `sess:${id}`])).data.after, 1)
+    assert.equal(store.stats().switches, 0)
+    await heard.stop()
+    await store.close()
+  })
+})
+
 describe('Redis Sentinel with TLS to the data nodes', { skip: serverHasTls() ? false : 'this redis-server was built without TLS' }, () => {
   let tls
   let certs

@@ -265,19 +265,28 @@ impl Connection {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
+    /// Until when calls wait for a promotion, if they wait now; a hold that
+    /// ended is cleared (the sentinels are asked again). One lock of `held`.
+    fn hold(&self) -> Option<Instant> {
+        let mut held = self.held();
+        match *held {
+            Some(until) if until > Instant::now() => Some(until),
+            Some(_) => {
+                *held = None;
+                None
+            }
+            None => None,
+        }
+    }
+
     /// Waits while a promotion is announced and not done, at most until the
     /// hold ends. Whether it waited.
     async fn wait_for_promotion(&self) -> bool {
         let promoted = self.promoted.notified();
         tokio::pin!(promoted);
         promoted.as_mut().enable();
-        let until = match *self.held() {
-            Some(until) if until > Instant::now() => until,
-            Some(_) => {
-                *self.held() = None; // the hold ended: the sentinels are asked
-                return false;
-            }
-            None => return false,
+        let Some(until) = self.hold() else {
+            return false;
         };
         tokio::select! {
             _ = promoted => {}
@@ -456,8 +465,7 @@ impl Connection {
             if matches!(*state, State::Closed) {
                 return Err(StoreError::closed());
             }
-            let holding = self.held().is_some_and(|until| until > Instant::now());
-            if holding || self.switches.load(Ordering::Acquire) != switches {
+            if self.hold().is_some() || self.switches.load(Ordering::Acquire) != switches {
                 continue; // the sentinels announced another master meanwhile
             }
             let generation = self.generation.fetch_add(1, Ordering::AcqRel) + 1;
