@@ -162,11 +162,17 @@ export interface CompareCommands {
  */
 export type ErrorCode = 'ERR_INVALID_ARG' | 'ERR_CONNECTION' | 'ERR_TIMEOUT' | 'ERR_CORRUPT_SESSION' | 'ERR_CLOSED' | 'ERR_AUTH' | 'ERR_REDIS'
 
+/** How long after the link's last answer the read cache may still answer. */
+export declare const FRESH_FOR_MS: number
+
 /** `get` calls that found a session, and that found none. */
 export interface GetCounts {
   hits: number
   misses: number
 }
+
+/** How often a caching store asks its link the watch's question. */
+export declare const HEARTBEAT_MS: number
 
 /**
  * Latencies of one op: from the call to its settling, in a fixed-bucket
@@ -299,6 +305,9 @@ export declare enum OutcomeCode {
   Failed = 5,
 }
 
+/** The longest calls wait for a promotion the sentinels announced. */
+export declare const PROMOTION_HOLD_MS: number
+
 /**
  * The read cache (`readCache`): what it answered, and what the server
  * reported.
@@ -337,6 +346,13 @@ export interface ReadCacheCounts {
   /** Memory they take, as counted against `rememberedTextBytes`. */
   bytes: number
 }
+
+/**
+ * The store's own waits, in ms, for the tests that derive their bounds from
+ * them (the README's Faults and Read cache say what each does): the
+ * longest wait of the background ping that revives a lost connection.
+ */
+export declare const REVIVE_MAX_DELAY_MS: number
 
 /** One page of a walk over the keys under the prefix. */
 export interface ScanPage {

@@ -149,9 +149,10 @@ describe('locking as relay-session does it', () => {
   it('a lock expires by itself when its holder never unlocks', async () => {
     const store = redis.store()
     const id = newId()
-    assert.equal(await store.lock(id, 50), true)
-    assert.equal(await store.lock(id, 50), false)
-    await sleep(80)
+    // Long enough that the second try comes within it on a slow machine.
+    assert.equal(await store.lock(id, 500), true)
+    assert.equal(await store.lock(id, 500), false)
+    await sleep(530)
     assert.equal(await store.isLocked(id), false)
     assert.equal(await store.lock(id, 5000), true)
     await store.unlock(id)

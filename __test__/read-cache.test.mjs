@@ -8,7 +8,7 @@ import { Redis } from 'ioredis'
 import { startProxy } from '../harness/proxy.mjs'
 import { execFileSync } from 'node:child_process'
 import { findRedisServer, startRedis } from '../harness/redis-server.mjs'
-import { createRedisSessionStore, newId, rejectsWith, session, useRedis } from './support/setup.mjs'
+import { FRESH_FOR_MS, createRedisSessionStore, newId, rejectsWith, session, until, useRedis } from './support/setup.mjs'
 import { staleReads } from './support/stale-reads.mjs'
 
 const redis = useRedis()
@@ -112,10 +112,13 @@ describe('a get of a session this store holds', answers, () => {
     const ids = Array.from({ length: 6 }, newId)
     for (const id of ids) await store.set(id, session(id, { v: 1 }), TTL)
     for (const id of ids) await store.get(id)
+    const reported = store.stats().readCache.invalidations
     await redis.admin.del(`sess:${ids[0]}`)
     await redis.admin.pexpire(`sess:${ids[1]}`, 1)
     await redis.admin.set(`sess:${ids[2]}`, JSON.stringify(session(ids[2], { v: 2 })), 'PX', TTL)
-    await sleep(20) // the reports' way back, and the expiry
+    // The three reports (the PEXPIRE's among them) have come back.
+    await until(() => store.stats().readCache.invalidations >= reported + 3, 5000, 'three reports')
+    await until(async () => (await redis.admin.exists(`sess:${ids[1]}`)) === 0, 5000, 'the key expired')
     assert.equal(await store.get(ids[0]), null)
     assert.equal(await store.get(ids[1]), null)
     assert.equal((await store.get(ids[2])).data.v, 2)
@@ -123,8 +126,9 @@ describe('a get of a session this store holds', answers, () => {
     const flushes = store.stats().readCache.flushes
     for (const flush of ['flushdb', 'flushall']) {
       for (const id of ids) await store.set(id, session(id), TTL)
+      const before = store.stats().readCache.flushes
       await redis.admin[flush]()
-      await sleep(20)
+      await until(() => store.stats().readCache.flushes > before, 5000, `the report of ${flush}`)
       for (const id of ids) assert.equal(await store.get(id), null, flush)
     }
     assert.ok(store.stats().readCache.flushes >= flushes + 2)
@@ -141,7 +145,6 @@ describe('a get of a session this store holds', answers, () => {
       const evicted = Number((await admin.info('stats')).match(/evicted_keys:(\d+)/)[1])
       admin.disconnect()
       assert.ok(evicted > 0, 'the server evicted keys')
-      await sleep(20)
       let found = 0
       for (const id of ids) if (await store.get(id)) found++
       assert.equal(found, ids.length - evicted)
@@ -309,7 +312,7 @@ describe('the link', answers, () => {
       await store.set(id, session(id), TTL)
       assert.ok(await store.get(id))
       server.signal('SIGSTOP')
-      await sleep(1600)
+      await sleep(FRESH_FOR_MS + 100) // past FRESH_FOR_MS since the last answer: a lower bound, longer on a slow machine
       await rejectsWith(store.get(id), 'ERR_TIMEOUT')
       server.signal('SIGCONT')
     } finally {
@@ -323,14 +326,20 @@ describe('the link', answers, () => {
     const store = redis.store({ readCache: true })
     const id = newId()
     await store.set(id, session(id), TTL)
-    // The link is pinged 0.5 s after its last answer, so every 0.5 s from
-    // the set's: a get at 3 s exactly would meet the sixth ping's reply not
-    // read yet, and a get that finds bytes unread asks the server. 3.25 s is
-    // between two pings.
-    await sleep(3250)
-    const before = store.stats().readCache.hits
-    assert.ok(await store.get(id))
-    assert.equal(hitsSince(store, before), 1)
+    // Idle for twice FRESH_FOR_MS: without the pings the link would be stale
+    // and a get would go to the server. A get that meets a ping in flight
+    // (its reply not read yet) goes to the server too, rightly, and its
+    // answer makes the link fresh: then the test waits again, as long, and
+    // asks again. On a working store the first get is a hit but for that
+    // chance; on one that does not ping, every get misses.
+    let hit = false
+    for (let attempt = 0; attempt < 4 && !hit; attempt++) {
+      await sleep(2 * FRESH_FOR_MS)
+      const before = store.stats().readCache.hits
+      assert.ok(await store.get(id))
+      hit = hitsSince(store, before) === 1
+    }
+    assert.ok(hit, 'no get after an idle spell was answered from memory')
   })
 
   it('a report handled before the reply it follows (the race of client-side caching) never lets the older text in', async () => {
@@ -367,14 +376,6 @@ describe('the link', answers, () => {
   })
 })
 
-/** Waits until `cond()` holds, asking every 20 ms; fails after `ms` (a deadline for an event, not a measure of time). */
-async function until(cond, ms, what) {
-  const deadline = Date.now() + ms
-  while (!(await cond())) {
-    if (Date.now() > deadline) throw new Error(`not within ${ms} ms: ${what}`)
-    await sleep(20)
-  }
-}
 
 // Events no server reports to the store (or to any client): the store asks
 // every heartbeat (0.5 s), and drops its texts or stands aside when it sees

@@ -3,8 +3,7 @@
 import assert from 'node:assert/strict'
 import diagnosticsChannel from 'node:diagnostics_channel'
 import { describe, it } from 'node:test'
-import { setTimeout as sleep } from 'node:timers/promises'
-import { createRedisSessionStore, msUntilSuccess, newId, onCluster, rejectsWith, session, useRedis } from './support/setup.mjs'
+import { REVIVE_MAX_DELAY_MS, assertWithinBound, createRedisSessionStore, msUntilSuccess, newId, onCluster, rejectsWith, session, until, useRedis } from './support/setup.mjs'
 import { freePort, startRedis } from '../harness/redis-server.mjs'
 import { startProxy } from '../harness/proxy.mjs'
 
@@ -149,13 +148,15 @@ describe('stats()', () => {
     // Replies held back by a proxy keep the calls in flight.
     const proxy = await startProxy(redis.server.port)
     // Gets that go to Redis: not answered by the read cache.
-    const store = createRedisSessionStore({ url: proxy.url, readCache: false })
+    const store = createRedisSessionStore({ url: proxy.url, readCache: false, commandTimeout: 10_000 })
     try {
       await store.set('warm', session('warm'), TTL)
-      proxy.delayMs = 300
+      // What the store sends is held 2 s: no call can settle before that,
+      // so once all 100 have crossed, the count stays at 100 while it is read.
+      proxy.holdSent = () => 2000
       const calls = Array.from({ length: 100 }, () => store.get('warm'))
-      await sleep(100)
-      assert.equal(store.stats().inFlight, 100)
+      await until(() => store.stats().inFlight === 100, 2000, 'the 100 calls counted in flight')
+      assert.equal(proxy.heldSent, 0, 'the calls were still held when counted')
       await Promise.all(calls)
       assert.equal(store.stats().inFlight, 0)
     } finally {
@@ -180,10 +181,11 @@ describe('status and ping()', () => {
 
   it('rejects within the call bound when no server answers, and stays connecting', async () => {
     const port = await freePort()
-    const store = createRedisSessionStore({ url: `redis://127.0.0.1:${port}`, connectTimeout: 200, commandTimeout: 200 })
+    const deadlines = { connectTimeout: 500, commandTimeout: 500 }
+    const store = createRedisSessionStore({ url: `redis://127.0.0.1:${port}`, ...deadlines })
     const t0 = Date.now()
     await rejectsWith(store.ping(), 'ERR_CONNECTION')
-    assert.ok(Date.now() - t0 < 2000)
+    assertWithinBound(Date.now() - t0, deadlines)
     assert.equal(store.status, 'connecting')
     await store.close()
   })
@@ -201,8 +203,7 @@ describe('status and ping()', () => {
         assert.equal(store.status, 'reconnecting')
         server = await startRedis({ port })
         // No call is made from here: only the background reconnect can bring it back.
-        for (let i = 0; i < 250 && store.status !== 'ready'; i++) await sleep(20)
-        assert.equal(store.status, 'ready')
+        await until(() => store.status === 'ready', 4 * (REVIVE_MAX_DELAY_MS + 600), 'the store ready again, by its revive ping')
         assert.equal(store.stats().reconnects, 1)
       } finally {
         await store.close()
@@ -223,8 +224,7 @@ describe('status and ping()', () => {
       assert.equal(store.status, 'reconnecting')
       server = await startRedis({ port })
       await msUntilSuccess(() => store.ping(), 10_000)
-      for (let i = 0; i < 100 && store.status !== 'ready'; i++) await sleep(20)
-      assert.equal(store.status, 'ready')
+      await until(() => store.status === 'ready', 4 * (REVIVE_MAX_DELAY_MS + 600), 'the store ready again')
       assert.equal(store.stats().reconnects, 1)
       const s = store.stats()
       assert.ok(s.errorCodes.ERR_CONNECTION >= 1)

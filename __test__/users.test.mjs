@@ -11,7 +11,7 @@ import path from 'node:path'
 import { Redis } from 'ioredis'
 import { startProxy } from '../harness/proxy.mjs'
 import { startRedis } from '../harness/redis-server.mjs'
-import { createRedisSessionStore, msUntilSuccess, newId, onCluster, rejectsWith, useRedis } from './support/setup.mjs'
+import { createRedisSessionStore, msUntilSuccess, newId, onCluster, rejectsWith, until, useRedis } from './support/setup.mjs'
 
 const redis = useRedis()
 const TTL = 600_000
@@ -105,7 +105,7 @@ describe(`userIdPath: each user's sessions${onCluster ? ' (cluster)' : ''}`, () 
     await store.merge(c, { data: { cart: [] } }, TTL)
     await store.delete(d)
     await redis.admin.pexpire(`sess:${e}`, 1)
-    await sleep(20)
+    await until(async () => (await redis.admin.exists(`sess:${e}`)) === 0, 5000, 'the session expired')
     assert.deepEqual(await store.userSessions(u), [])
   })
 

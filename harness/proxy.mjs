@@ -3,8 +3,10 @@
 // to hold a chunk for some ms (it and what follows it stay in order); what
 // the server answers is held for `delayMs` (changeable at any time), in
 // order. `sent` collects what clients sent (as latin1 text) when it is an
-// array, and `sentAt` when (Date.now()); `rewrite` changes what the server
-// answers; `heldSent` counts the chunks held that have gone through since.
+// array, and `flow` the order of what passed ('sent' for a chunk a client
+// sent, 'answered' for one handed back to it); `rewrite` changes what the
+// server answers; `heldSent` counts the chunks held that have gone through
+// since.
 import net from 'node:net'
 
 /** @param {number} upstreamPort */
@@ -16,8 +18,8 @@ export function startProxy(upstreamPort) {
     delayMs: 0,
     /** @type {string[] | null} */
     sent: null,
-    /** @type {number[] | null} */
-    sentAt: null,
+    /** @type {('sent' | 'answered')[] | null} */
+    flow: null,
     /** @type {(data: Buffer) => Buffer} */
     rewrite: (data) => data,
     /** Ms to hold a chunk the client sent (0: none). @type {(data: Buffer) => number} */
@@ -41,6 +43,7 @@ export function startProxy(upstreamPort) {
       while (queue.length > 0 && queue[0].due <= Date.now()) {
         const { data } = /** @type {{data: Buffer}} */ (queue.shift())
         if (client.writable) client.write(data)
+        proxy.flow?.push('answered')
       }
       if (queue.length > 0) timer = setTimeout(pump, queue[0].due - Date.now())
     }
@@ -58,7 +61,7 @@ export function startProxy(upstreamPort) {
     }
     client.on('data', (d) => {
       proxy.sent?.push(d.toString('latin1'))
-      proxy.sentAt?.push(Date.now())
+      proxy.flow?.push('sent')
       const hold = proxy.holdSent(d)
       if (hold === 0 && outbox.length === 0) return upstream.write(d)
       const due = Math.max(Date.now() + hold, outbox.at(-1)?.due ?? 0)

@@ -109,6 +109,10 @@ describe('Redis Sentinel', () => {
     const lostBefore = before.filter(([, , id, path]) => !(path in stored.get(id))).length
     const lostAfter = afterRecovery.filter(([, , id, path]) => !(path in stored.get(id))).length
     const lostDuring = log.filter(([time, ok, id, path]) => ok && time >= killedAt && time <= lastFail && !(path in stored.get(id))).length
+    // Acknowledged once the old link had failed: by the promoted replica,
+    // as nothing answers from a killed server after its socket's last bytes.
+    const sinceFirstFail = log.filter(([time, ok]) => ok && time > firstFail)
+    const lostSinceFirstFail = sinceFirstFail.filter(([, , id, path]) => !(path in stored.get(id))).length
     const report =
       `master ${oldMaster} -> ${newMaster}; calls failed from ${firstFail - killedAt} ms to ${lastFail - killedAt} ms after the kill ` +
       `(${failed.length} failed calls: ${codes.join(', ')}); acknowledged before the kill: ${before.length}, lost ${lostBefore}; ` +
@@ -118,6 +122,10 @@ describe('Redis Sentinel', () => {
     assert.notEqual(newMaster, oldMaster, 'no failover happened')
     assert.ok(afterRecovery.length > 100, 'the store did not carry on')
     assert.equal(lostAfter, 0)
+    assert.equal(lostSinceFirstFail, 0, `${lostSinceFirstFail} of ${sinceFirstFail.length} merges acknowledged after the first failure lost`)
+    // What the old master acknowledged before it died (lostBefore, and those
+    // of lostDuring its socket still delivered) may be lost: Redis replicates
+    // asynchronously, and the README promises nothing there. Reported only.
     assert.ok(lastFail - killedAt < 15_000, `calls failed for ${lastFail - killedAt} ms`)
     for (const c of codes) assert.ok(['ERR_CONNECTION', 'ERR_TIMEOUT', 'ERR_REDIS'].includes(c), c)
     await store.close()

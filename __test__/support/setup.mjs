@@ -13,6 +13,8 @@ export const onCluster = process.env.TEST_TOPOLOGY === 'cluster'
 
 const require = createRequire(import.meta.url)
 export const { createRedisSessionStore, RedisSessionStoreError, limits } = require('../../store.js')
+/** The store's own waits, in ms (src/addon/wire.rs), for bounds derived from them. */
+export const { REVIVE_MAX_DELAY_MS, FRESH_FOR_MS, HEARTBEAT_MS, PROMOTION_HOLD_MS } = require('../../index.js')
 
 /** Starts a server before the file's tests and stops it after. */
 export function useRedis(opts) {
@@ -73,6 +75,61 @@ export const session = (id, data = {}) => ({
   data: { user: { id: 7, name: 'Ada' }, cart: [], flags: { beta: true }, ...data },
   meta: { id, createdAt: 1763812345678, expiresAt: 1763812345678 + 86400000 },
 })
+
+/**
+ * The call bound of a store made with `options` (README, Faults): every
+ * call settles within `connectTimeout + commandTimeout` of being made. Both
+ * must be given: a test that asserts a bound says which deadlines it set.
+ */
+export function callBound(options) {
+  const { connectTimeout, commandTimeout } = options
+  if (typeof connectTimeout !== 'number' || typeof commandTimeout !== 'number') {
+    throw new Error('callBound: give the store connectTimeout and commandTimeout')
+  }
+  return connectTimeout + commandTimeout
+}
+
+/**
+ * Asserts that `ms` (the time a call took, from before it was made) is
+ * within the call bound of `options`, with a margin of one more bound. The
+ * store's own timer ends the call at the bound; what comes after it is the
+ * runtime waking and the event loop running the rejection. The margin is
+ * safe because a machine that delayed that by a whole bound (at least 1 s
+ * in these tests) would be stalled, not slow: node:test's own timers would
+ * fail first. Anything that waited for something other than the store's
+ * deadline (a queue, a reconnect, a lock) takes the bound again at least.
+ */
+export function assertWithinBound(ms, options, what = 'the call') {
+  assertWithin(ms, callBound(options), 'the call bound (connectTimeout + commandTimeout)', what)
+}
+
+/** As assertWithinBound, for a bound of `bound` ms the store keeps (named by `name`). */
+export function assertWithin(ms, bound, name, what = 'the call') {
+  if (bound < 1000) throw new Error(`assertWithin: a bound under 1 s (${name}) leaves the margin too small`)
+  if (!(ms <= 2 * bound)) throw new Error(`${what} took ${ms} ms: past ${name}, ${bound} ms, with a margin of one more`)
+}
+
+/**
+ * Asserts that a call that rejected with ERR_TIMEOUT took at least its
+ * commandTimeout: the store's timer never ends a call early. A lower bound
+ * holds on any machine (slowness only adds); 1 ms is Date.now()'s rounding.
+ */
+export function assertNotBefore(ms, commandTimeout, what = 'the call') {
+  if (!(ms >= commandTimeout - 1)) throw new Error(`${what} timed out after ${ms} ms, before its commandTimeout of ${commandTimeout} ms`)
+}
+
+/**
+ * Waits until `cond()` holds, asking every 20 ms; fails after `ms`. A
+ * deadline for an event that must come, never a measure of time: on a slow
+ * machine the event comes later and the wait is longer, not the verdict.
+ */
+export async function until(cond, ms, what) {
+  const deadline = Date.now() + ms
+  while (!(await cond())) {
+    if (Date.now() > deadline) throw new Error(`not within ${ms} ms: ${what}`)
+    await sleep(20)
+  }
+}
 
 /**
  * Ms until `call` first succeeds, trying every `everyMs`; once `limitMs` have

@@ -8,6 +8,7 @@ use napi_derive::napi;
 use crate::errors::{for_each_code, Code};
 use crate::limits;
 use crate::link::capabilities::{Capabilities, CompareAndDeleteBy, CompareAndSetBy};
+use crate::link::{retry, sentinel, tracking};
 use crate::store::admin;
 use crate::store::ops::for_each_op;
 
@@ -71,6 +72,21 @@ pub const MAX_PADDING: u32 = limits::MAX_PADDING;
 /// The largest `count` of one page of `ids()`.
 #[napi]
 pub const MAX_SCAN_COUNT: u32 = limits::MAX_SCAN_COUNT;
+
+/// The store's own waits, in ms, for the tests that derive their bounds from
+/// them (the README's Faults and Read cache say what each does): the
+/// longest wait of the background ping that revives a lost connection.
+#[napi]
+pub const REVIVE_MAX_DELAY_MS: u32 = retry::REVIVE_MAX_DELAY.as_millis() as u32;
+/// How long after the link's last answer the read cache may still answer.
+#[napi]
+pub const FRESH_FOR_MS: u32 = tracking::FRESH_FOR.as_millis() as u32;
+/// How often a caching store asks its link the watch's question.
+#[napi]
+pub const HEARTBEAT_MS: u32 = tracking::HEARTBEAT.as_millis() as u32;
+/// The longest calls wait for a promotion the sentinels announced.
+#[napi]
+pub const PROMOTION_HOLD_MS: u32 = sentinel::PROMOTION_HOLD.as_millis() as u32;
 
 /// What a page of a walk over the keys under the prefix does: list the
 /// session ids (`ids()`), count them (`length()`), or remove the keys
