@@ -18,7 +18,7 @@ const { True: TRUE, False: FALSE, Text: TEXT, Null: NULL, Failed: FAILED } = Out
 // of their ops have not settled, and what to tell their store when all have.
 // Outcomes come from Rust through one channel per store, all into
 // `onOutcomes`, which holds no store: a store nobody uses can be collected.
-/** @type {Map<number, {settle: Function[], left: number, done: () => void}>} */
+/** @type {Map<number, {settle: (Function | null)[], left: number, done: () => void}>} */
 const inFlight = new Map()
 let lastBatch = 0
 // The channel from Rust does not keep the process alive; this timer does,
@@ -69,8 +69,14 @@ function settleOutcomes(batches, slots, codes, values) {
     if (b === undefined) continue
     const slot = slots[i]
     const code = codes[i]
-    if (code >= FAILED) b.settle[2 * slot + 1](new Failure(code, values[i] ?? ''))
-    else b.settle[2 * slot](code === TEXT ? values[i] : code === NULL ? null : code === TRUE ? true : code === FALSE ? false : undefined)
+    const resolve = b.settle[2 * slot]
+    // Settled already: an op whose delivery a panic may have cut short is
+    // failed again after it (src/addon/crossing.rs), and counts once.
+    if (resolve === null) continue
+    const reject = /** @type {Function} */ (b.settle[2 * slot + 1])
+    b.settle[2 * slot] = null
+    if (code >= FAILED) reject(new Failure(code, values[i] ?? ''))
+    else resolve(code === TEXT ? values[i] : code === NULL ? null : code === TRUE ? true : code === FALSE ? false : undefined)
     if (--b.left === 0) {
       inFlight.delete(batches[i])
       b.done()
@@ -98,7 +104,7 @@ class Batch {
   /** @type {number[]} */ ttls = []
   /** @type {number[]} */ counts = []
   /** @type {string[]} */ strings = []
-  /** resolve, reject, resolve, reject, … one pair per op @type {Function[]} */ settle = []
+  /** resolve, reject, resolve, reject, … one pair per op (a settled op's resolve is null) @type {(Function | null)[]} */ settle = []
   /** Whether it gathers calls made alone until the turn's check phase. */
   gathering = false
   /** When its first call was made: a call's bound counts from the call, not from the crossing. */
@@ -196,7 +202,7 @@ class Batcher {
       // Refused before anything was sent: every op of the batch fails with it.
       inFlight.delete(id)
       if (inFlight.size === 0) keepAlive.unref()
-      for (let i = 1; i < b.settle.length; i += 2) b.settle[i](e)
+      for (let i = 1; i < b.settle.length; i += 2) /** @type {Function} */ (b.settle[i])(e)
       this.#batchDone()
     }
   }

@@ -125,7 +125,9 @@ impl Runner {
     /// cross through `channel` (whose callback drains `queue`).
     pub fn new(store: &Arc<Store>, queue: Arc<Queue>, channel: Channel) -> Runner {
         let (jobs, mut rx) = mpsc::unbounded_channel::<Job>();
-        let outlet = Arc::new(Outlet { queue, channel });
+        let outlet = Arc::new(Outlet {
+            push: Box::new(move |batch, outcomes| queue.push(&channel, batch, outcomes)),
+        });
         let (store, spawned) = (Arc::clone(store), Arc::clone(&outlet));
         napi::bindgen_prelude::spawn(async move {
             while let Some(job) = rx.recv().await {
@@ -159,11 +161,14 @@ impl Runner {
     }
 }
 
-/// Where a store's outcomes leave for JavaScript.
+/// Where a store's outcomes leave for JavaScript: into its queue, which
+/// crosses through its channel (a unit test collects them instead).
 struct Outlet {
-    queue: Arc<Queue>,
-    channel: Channel,
+    push: Box<Push>,
 }
+
+/// Hands a batch's outcomes (by batch number) on.
+type Push = dyn Fn(u32, Vec<(usize, Outcome)>) + Send + Sync;
 
 impl Outlet {
     /// Counts outcomes of `job` and hands them to JavaScript.
@@ -172,7 +177,7 @@ impl Outlet {
         for (slot, outcome) in &outcomes {
             store.stats.settled(job.ops[*slot].kind, outcome, latency);
         }
-        self.queue.push(&self.channel, job.batch, outcomes);
+        (self.push)(job.batch, outcomes);
     }
 
     /// Fails the ops at `slots` of `job` with `e`.
@@ -182,22 +187,37 @@ impl Outlet {
     }
 }
 
+/// Where an op of a running batch stands, for a panic's aftermath.
+#[derive(Clone, Copy, PartialEq)]
+enum Delivery {
+    Pending,
+    /// Its outcome is being handed out: a panic there may have cut it short.
+    Handing,
+    Delivered,
+}
+
 /// Runs one batch; its outcomes go out through `outlet`. A panic in the
-/// batch fails the ops it had not settled, so no Promise is ever left pending.
+/// batch (or while handing outcomes out) fails every op whose outcome was
+/// not surely delivered, so no Promise is ever left pending; one that may
+/// have been delivered already is settled once all the same (`batcher.js`
+/// ignores an op's second outcome).
 async fn run(store: Arc<Store>, outlet: Arc<Outlet>, job: Job) {
-    let mut settled = vec![false; job.ops.len()];
+    let mut delivery = vec![Delivery::Pending; job.ops.len()];
     let batch = Batch::new(&store, &job.ops, job.deadline);
     let ran = AssertUnwindSafe(batch.run(&mut |outcomes| {
         for (slot, _) in &outcomes {
-            settled[*slot] = true;
+            delivery[*slot] = Delivery::Handing;
         }
         outlet.deliver(&store, &job, outcomes);
+        for d in delivery.iter_mut().filter(|d| **d == Delivery::Handing) {
+            *d = Delivery::Delivered;
+        }
     }))
     .catch_unwind()
     .await;
     if ran.is_err() {
         let e = StoreError::new(Code::Redis, "internal error: the batch stopped");
-        let unsettled = (0..job.ops.len()).filter(|i| !settled[*i]);
+        let unsettled = (0..job.ops.len()).filter(|i| delivery[*i] != Delivery::Delivered);
         outlet.fail(&store, &job, unsettled, e);
     }
 }
@@ -304,6 +324,86 @@ mod tests {
         for b in bad {
             assert_eq!(b.unwrap_err().code, Code::InvalidArg);
         }
+    }
+
+    /// A store on a port nothing listens on: no call reaches a server.
+    fn unreachable_store() -> Arc<Store> {
+        let options = crate::addon::options::StoreOptions {
+            url: Some(s("redis://127.0.0.1:1")),
+            ..Default::default()
+        };
+        Arc::new(Store::new(options.config().unwrap()))
+    }
+
+    fn job(batch: u32, ops: Vec<Op>) -> Job {
+        let now = Instant::now();
+        Job {
+            batch,
+            ops,
+            deadline: now + std::time::Duration::from_secs(2),
+            since: now,
+        }
+    }
+
+    fn op(kind: Kind, id: &str, args: Vec<String>) -> Op {
+        Op {
+            kind,
+            id: s(id),
+            ttl: if kind == Kind::Get { 0.0 } else { 60_000.0 },
+            args,
+        }
+    }
+
+    /// The README's Faults: a panic inside a call rejects it, its
+    /// batch-mates included, and the process goes on. The panic is made on
+    /// purpose inside the batch's task, where it hands its first outcomes
+    /// out and before they leave (the least settled a panic can leave a
+    /// batch): every op fails with the internal error, each exactly once,
+    /// and the next batch on the same runtime runs. (Marked settled before
+    /// they left, as they were until this test, those ops were never
+    /// settled: their Promises stayed pending.)
+    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+    async fn a_panic_in_a_batch_fails_its_unsettled_ops_and_the_next_batch_runs() {
+        let store = unreachable_store();
+        let got: Arc<Mutex<Vec<(u32, usize, Outcome)>>> = Arc::default();
+        let seen = Arc::clone(&got);
+        let panicked = Arc::new(AtomicBool::new(false));
+        let once = Arc::clone(&panicked);
+        let outlet = Arc::new(Outlet {
+            push: Box::new(move |batch, outcomes| {
+                if !once.swap(true, Ordering::SeqCst) {
+                    panic!("a panic made on purpose");
+                }
+                seen.lock()
+                    .unwrap()
+                    .extend(outcomes.into_iter().map(|(slot, o)| (batch, slot, o)));
+            }),
+        });
+        let ops = vec![
+            op(Kind::Unlock, "a", vec![]),
+            op(Kind::Get, "b", vec![]),
+            op(Kind::Set, "c", vec![s("{}")]),
+        ];
+        run(Arc::clone(&store), Arc::clone(&outlet), job(1, ops)).await;
+        assert!(panicked.load(Ordering::SeqCst));
+        let outcomes: Vec<_> = got.lock().unwrap().drain(..).collect();
+        let mut slots: Vec<usize> = outcomes.iter().map(|(_, slot, _)| *slot).collect();
+        slots.sort_unstable();
+        assert_eq!(slots, vec![0, 1, 2], "each op settles once");
+        for (_, _, outcome) in &outcomes {
+            assert!(
+                matches!(outcome, Outcome::Failed(e) if e.code == Code::Redis && e.message == "internal error: the batch stopped"),
+                "{outcome:?}"
+            );
+        }
+        // The runtime and the store go on: the next batch runs to its own
+        // outcome (no server: a connection error).
+        run(store, outlet, job(2, vec![op(Kind::Get, "d", vec![])])).await;
+        let next = got.lock().unwrap().drain(..).collect::<Vec<_>>();
+        assert!(
+            matches!(&next[..], [(2, 0, Outcome::Failed(e))] if e.code == Code::Connection),
+            "{next:?}"
+        );
     }
 
     #[test]
