@@ -7,7 +7,7 @@ import { after, before, describe, it } from 'node:test'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { fileURLToPath } from 'node:url'
 import { Redis } from 'ioredis'
-import { assertWithin, assertWithinBound, createRedisSessionStore, msUntilSuccess, newId, rejectsWith, runNode, session, useRedis } from './support/setup.mjs'
+import { assertWithin, assertWithinBound, callBound, createRedisSessionStore, msUntilSuccess, newId, rejectsWith, runNode, session, until, useRedis } from './support/setup.mjs'
 import { startRedis } from '../harness/redis-server.mjs'
 import { startProxy } from '../harness/proxy.mjs'
 import { MERGE_SOURCE, scriptArgs } from '../harness/scripts.mjs'
@@ -340,6 +340,51 @@ describe('one bound per call, kept', () => {
     sleeper.disconnect()
     assertWithinBound(worst.ms, deadlines, 'the slowest call')
     assert.ok(worst.calls > 16, `${worst.calls} calls`)
+  })
+
+  it('a lock() whose connection broke after sending keeps its token: unlock() releases the lock it took', async () => {
+    proxy.delayMs = 0
+    const store = redis.store({ url: proxy.url, connectTimeout: 1000, commandTimeout: 10_000, readCache: false })
+    const id = newId()
+    const key = `sess:lock:${id}`
+    assert.equal(await store.isLocked(id), false) // connected
+    // The reply is held; once the SET NX has landed, the connection breaks.
+    proxy.delayMs = 3000
+    const lock = timed(store.lock(id, 60_000))
+    await until(async () => (await redis.admin.exists(key)) === 1, 5000, "the lock's SET NX landed")
+    proxy.dropConnections()
+    assert.equal((await lock).code, 'ERR_CONNECTION')
+    proxy.delayMs = 0
+    await msUntilSuccess(() => store.isLocked(id), 5000) // connected again
+    await store.unlock(id)
+    assert.equal(await redis.admin.exists(key), 0, 'the lock taken before the break was not released')
+  })
+
+  it('reads sent after a write that waits (CLIENT PAUSE WRITE) wait on the same connection, and time out with it', async (t) => {
+    const deadlines = { connectTimeout: 1000, commandTimeout: 500 }
+    const store = redis.store({ ...deadlines, readCache: false })
+    const other = redis.store({ readCache: false })
+    const [a, b] = [newId(), newId()]
+    await store.set(b, session(b), 60_000)
+    await other.get(b) // connected
+    try {
+      await redis.admin.call('CLIENT', 'PAUSE', String(4 * callBound(deadlines)), 'WRITE')
+    } catch (e) {
+      return t.skip(`no CLIENT PAUSE WRITE here (Redis before 6.2): ${e.message}`)
+    }
+    try {
+      const write = timed(store.set(a, session(a), 60_000))
+      // The write leaves first, in a batch of its own; the get follows it.
+      await new Promise((resolve) => setImmediate(resolve))
+      const read = timed(store.get(b))
+      const [w, r] = await Promise.all([write, read])
+      assert.equal(w.code, 'ERR_TIMEOUT')
+      assert.equal(r.code, 'ERR_TIMEOUT', 'the read behind the paused write was answered')
+      // The pause holds writes only: the same read on another connection is answered.
+      assert.equal((await other.get(b)).meta.id, b)
+    } finally {
+      await redis.admin.call('CLIENT', 'UNPAUSE')
+    }
   })
 
   it('a lock() that timed out keeps its token: once its SET NX has landed, unlock() releases it', async () => {

@@ -59,6 +59,21 @@ describe('a get of a session this store holds', answers, () => {
     assert.equal(store.stats().gets.hits, 12)
   })
 
+  it('resolves a hit in the same tick: settled before the event loop turns again', async () => {
+    const store = redis.store({ readCache: true })
+    const id = newId()
+    await store.set(id, session(id, { n: 1 }), TTL)
+    const before = store.stats().readCache.hits
+    const order = []
+    setImmediate(() => order.push('next turn'))
+    store.get(id).then((s) => order.push(`get ${s.data.n}`))
+    await new Promise((resolve) => setImmediate(resolve))
+    // An answer that crossed back from Rust comes in a later phase of the
+    // loop, after the check phase's immediates.
+    assert.deepEqual(order, ['get 1', 'next turn'])
+    assert.equal(hitsSince(store, before), 1)
+  })
+
   it('returns the result of this store\'s own write, resolved or still in flight', async () => {
     const store = redis.store({ readCache: true })
     const id = newId()

@@ -191,6 +191,88 @@ describe(`userIdPath: each user's sessions${onCluster ? ' (cluster)' : ''}`, () 
     assert.equal(await redis.admin.zcard(key), 2)
   })
 
+  it('an entry of a session that ended early stays, skipped, until its bound passes; then the next write, or the next call, removes it', async () => {
+    const u = `u-${newId()}`
+    const key = `sess:user:${u}`
+    const [live, early, later] = [newId(), newId(), newId()]
+    await store.set(live, sessionOf(live, u), TTL) // keeps the index key
+    /** The server's clock, in ms, as the scores are. */
+    const serverMs = async () => {
+      const [sec, micro] = await redis.admin.time()
+      return Number(sec) * 1000 + Math.floor(Number(micro) / 1000)
+    }
+    /** Ends `id` early and waits until its entry's bound has passed; `listed`: the user's live sessions. */
+    const endEarly = async (id, listed) => {
+      await store.set(id, sessionOf(id, u), 300)
+      await store.delete(id)
+      assert.notEqual(await redis.admin.zscore(key, id), null, 'the entry left with the session')
+      // Skipped meanwhile, and kept: a write could add it again just before
+      // writing its session.
+      assert.deepEqual(sorted(await store.userSessions(u)), sorted(listed))
+      const bound = Number(await redis.admin.zscore(key, id))
+      assert.ok(Number.isFinite(bound), 'listing removed an entry whose bound had not passed')
+      await until(async () => (await serverMs()) > bound, 300 + SLACK + 5000, "the entry's bound passed")
+    }
+    await endEarly(early, [live])
+    // A write that indexes another session of the user removes it.
+    const other = newId()
+    await store.set(other, sessionOf(other, u), TTL)
+    assert.equal(await redis.admin.zscore(key, early), null, 'the write left the passed entry')
+    // So does the next call on the index.
+    await endEarly(later, [live, other])
+    assert.deepEqual(sorted(await store.userSessions(u)), sorted([live, other]))
+    assert.equal(await redis.admin.zscore(key, later), null, 'userSessions left the passed entry')
+    assert.deepEqual(sorted(await redis.admin.zrange(key, 0, -1)), sorted([live, other]))
+  })
+
+  it('the lock keys of ended sessions expire by themselves', async () => {
+    const u = `u-${newId()}`
+    const ids = [newId(), newId()]
+    for (const id of ids) {
+      await store.set(id, sessionOf(id, u), TTL)
+      assert.equal(await store.lock(id, 500), true)
+    }
+    assert.equal(await store.destroyUserSessions(u), 2)
+    for (const id of ids) {
+      assert.equal(await redis.admin.exists(`sess:${id}`), 0)
+      // Left in place, with the ttl the lock was taken with.
+      const pttl = await redis.admin.pttl(`sess:lock:${id}`)
+      assert.ok(pttl > 0 && pttl <= 500, `lock key of an ended session: pttl ${pttl}`)
+    }
+    await until(async () => (await redis.admin.exists(...ids.map((id) => `sess:lock:${id}`))) === 0, 5000, 'the lock keys expired')
+  })
+
+  // A proxy in front of one server: not a cluster's address.
+  it('a session that changes user while destroyUserSessions runs is left alone; one written otherwise is read again and ended', { skip: onCluster }, async () => {
+    const proxy = await startProxy(redis.server.port)
+    const ender = createRedisSessionStore({ url: proxy.url, userIdPath: 'data.userId', connectTimeout: 1000, commandTimeout: 5000 })
+    try {
+      const u = `u-${newId()}`
+      const [moved, changed] = [newId(), newId()]
+      for (const id of [moved, changed]) await ender.set(id, sessionOf(id, u), TTL)
+      // The compare-and-delete of the sessions it read waits on the wire
+      // until another client has changed both: one to another user, one
+      // otherwise (still this user's).
+      let gated = 0
+      proxy.holdSent = (data) => {
+        const text = data.toString('latin1')
+        if (gated > 0 || !/EVALSHA/i.test(text) || !text.includes(`sess:${moved}`)) return 0
+        gated++
+        return (async () => {
+          await redis.admin.set(`sess:${moved}`, JSON.stringify(sessionOf(moved, 'next user')), 'PX', TTL)
+          await redis.admin.set(`sess:${changed}`, JSON.stringify(sessionOf(changed, u, { cart: [1] })), 'PX', TTL)
+        })()
+      }
+      assert.equal(await ender.destroyUserSessions(u), 1)
+      assert.equal(gated, 1, 'the compare-and-delete was not seen on the wire')
+      assert.equal(await storedUser(moved), 'next user', 'a session of another user was ended')
+      assert.equal(await redis.admin.exists(`sess:${changed}`), 0, 'the changed session of the user was not ended')
+    } finally {
+      await ender.close()
+      await proxy.stop()
+    }
+  })
+
   it('a touch of a missing session creates nothing and says so', async () => {
     const id = newId()
     assert.equal(await store.touch(id, 60_000), false)

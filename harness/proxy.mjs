@@ -1,6 +1,7 @@
 // A TCP proxy on a free loopback port in front of a server, for the timing
 // tests: what the client sends goes through at once, unless `holdSent` says
-// to hold a chunk for some ms (it and what follows it stay in order); what
+// to hold a chunk for some ms, or until a Promise it returns settles (it and
+// what follows it stay in order); what
 // the server answers is held for `delayMs` (changeable at any time), in
 // order. `sent` collects what clients sent (as latin1 text) when it is an
 // array, and `flow` the order of what passed ('sent' for a chunk a client
@@ -22,9 +23,14 @@ export function startProxy(upstreamPort) {
     flow: null,
     /** @type {(data: Buffer) => Buffer} */
     rewrite: (data) => data,
-    /** Ms to hold a chunk the client sent (0: none). @type {(data: Buffer) => number} */
+    /** Ms to hold a chunk the client sent (0: none), or a Promise it waits for. @type {(data: Buffer) => number | Promise<unknown>} */
     holdSent: (_data) => 0,
     heldSent: 0,
+    /** Breaks every connection through the proxy (it goes on listening). */
+    dropConnections() {
+      for (const s of sockets) s.destroy()
+      sockets.clear()
+    },
     async stop() {
       for (const s of sockets) s.destroy()
       await new Promise((resolve) => server.close(resolve))
@@ -47,25 +53,39 @@ export function startProxy(upstreamPort) {
       }
       if (queue.length > 0) timer = setTimeout(pump, queue[0].due - Date.now())
     }
-    /** What the client sent that waits behind a held chunk. @type {{due: number, data: Buffer, held: boolean}[]} */
+    /**
+     * What the client sent that waits behind a held chunk; a gated one waits
+     * for its Promise, whatever its due time.
+     * @type {{due: number, data: Buffer, held: boolean, gated: boolean}[]}
+     */
     const outbox = []
     let outTimer = null
     const pumpOut = () => {
+      if (outTimer !== null) clearTimeout(outTimer)
       outTimer = null
-      while (outbox.length > 0 && outbox[0].due <= Date.now()) {
+      while (outbox.length > 0 && !outbox[0].gated && outbox[0].due <= Date.now()) {
         const { data, held } = /** @type {{data: Buffer, held: boolean}} */ (outbox.shift())
         if (upstream.writable) upstream.write(data)
         if (held) proxy.heldSent++
       }
-      if (outbox.length > 0) outTimer = setTimeout(pumpOut, outbox[0].due - Date.now())
+      if (outbox.length > 0 && !outbox[0].gated) outTimer = setTimeout(pumpOut, outbox[0].due - Date.now())
     }
     client.on('data', (d) => {
       proxy.sent?.push(d.toString('latin1'))
       proxy.flow?.push('sent')
       const hold = proxy.holdSent(d)
       if (hold === 0 && outbox.length === 0) return upstream.write(d)
+      if (typeof hold !== 'number') {
+        const entry = { due: Date.now(), data: d, held: true, gated: true }
+        outbox.push(entry)
+        hold.finally(() => {
+          entry.gated = false
+          pumpOut()
+        })
+        return
+      }
       const due = Math.max(Date.now() + hold, outbox.at(-1)?.due ?? 0)
-      outbox.push({ due, data: d, held: hold > 0 })
+      outbox.push({ due, data: d, held: hold > 0, gated: false })
       if (outTimer === null) pumpOut()
     })
     upstream.on('data', (data) => {
