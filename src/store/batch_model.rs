@@ -1056,6 +1056,9 @@ impl Model {
 fn rounds_keep_every_promise_under_any_interleaving() {
     let steps = env_number("BATCH_MODEL_STEPS", 1_500);
     let seeds = seeds("BATCH_MODEL", 300);
+    // The floors below scale with the run (300 seeds of 1,500 steps: 1,000
+    // hits, 10,000 outcomes), so a shorter run (a mutation run's) holds them.
+    let work = seeds.len() as u64 * steps;
     let (mut hits, mut outcomes) = (0, 0);
     for seed in seeds {
         let mut model = Model::new(seed);
@@ -1073,6 +1076,6 @@ fn rounds_keep_every_promise_under_any_interleaving() {
     eprintln!(
         "batch model: {hits} gets answered from memory and {outcomes} ops settled, each checked"
     );
-    assert!(hits > 1000, "only {hits} gets were answered from memory");
-    assert!(outcomes > 10_000, "only {outcomes} ops succeeded");
+    assert!(hits as u64 > work / 450, "only {hits} gets were answered from memory");
+    assert!(outcomes as u64 > work / 45, "only {outcomes} ops succeeded");
 }

@@ -479,6 +479,9 @@ impl Model {
 fn nothing_served_from_memory_differs_from_the_server() {
     let steps = env_number("TEXTS_MODEL_STEPS", 2_000);
     let seeds = seeds("TEXTS_MODEL", 1_000);
+    // Scales with the run (1,000 seeds of 2,000 steps: 1,000 hits), so a
+    // shorter run (a mutation run's) holds it.
+    let work = seeds.len() as u64 * steps;
     let mut hits = 0;
     for seed in seeds {
         let mut model = Model::new(seed);
@@ -489,5 +492,5 @@ fn nothing_served_from_memory_differs_from_the_server() {
     }
     eprintln!("texts model: {hits} gets answered from memory, each checked");
     // The check is only worth something if the cache answered.
-    assert!(hits > 1000, "only {hits} gets were answered from memory");
+    assert!(hits as u64 > work / 2_000, "only {hits} gets were answered from memory");
 }

@@ -1,0 +1,95 @@
+#!/usr/bin/env node
+// The mutation runs (npm run mutants; not part of npm test, it takes hours):
+// cargo-mutants over the Rust core the tests must guard (src/merge and the
+// store's texts, users' indexes, locks, keys and replies: .cargo/mutants.toml)
+// with the unit and model tests, and Stryker over lib/ with the test files
+// that exercise it (scripts/stryker.config.json). Each run writes its
+// outcomes under mutants.out/ and this prints, per file, the mutants the
+// tests caught and those that survived.
+//
+//   npm run mutants             both runs
+//   npm run mutants -- rust     cargo-mutants only (cargo install cargo-mutants)
+//   npm run mutants -- lib      Stryker only (fetched by npx, pinned here)
+//   npm run mutants -- report   the summary of the last runs
+//
+// The model tests run shorter than in npm test (MUTANTS_BATCH_SEEDS,
+// MUTANTS_TEXTS_SEEDS), as each mutant runs them all.
+import { spawnSync } from 'node:child_process'
+import { existsSync, readFileSync } from 'node:fs'
+import path from 'node:path'
+import { fileURLToPath } from 'node:url'
+
+const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..')
+const out = path.join(root, 'mutants.out')
+/** Stryker 9 is the last line that runs on Node 20. */
+const STRYKER = '@stryker-mutator/core@9.5.1'
+const what = process.argv[2] ?? 'all'
+
+function run(cmd, args, env = {}) {
+  const r = spawnSync(cmd, args, { cwd: root, stdio: 'inherit', env: { ...process.env, ...env } })
+  if (r.error) throw r.error
+  return r.status
+}
+
+if (what === 'all' || what === 'rust') {
+  if (spawnSync('cargo', ['mutants', '--version'], { stdio: 'ignore' }).status !== 0) {
+    console.error('cargo-mutants is not installed: cargo install --locked cargo-mutants')
+    process.exit(1)
+  }
+  // Exit 2 means mutants survived: the report says which.
+  run('cargo', ['mutants', '--output', out], {
+    BATCH_MODEL_SEEDS: process.env.MUTANTS_BATCH_SEEDS ?? '60',
+    TEXTS_MODEL_SEEDS: process.env.MUTANTS_TEXTS_SEEDS ?? '150',
+  })
+}
+if (what === 'all' || what === 'lib') {
+  const status = run('npx', ['--yes', '--package', STRYKER, 'stryker', 'run', 'scripts/stryker.config.json'])
+  // In place: Stryker restores lib/ itself; a run cut short leaves its backup.
+  if (status !== 0) console.error('Stryker failed: if lib/ was left mutated, git checkout lib/')
+}
+report()
+
+function report() {
+  const rows = new Map()
+  const row = (file) => rows.get(file) ?? rows.set(file, { caught: 0, missed: [], timeout: 0, unviable: 0 }).get(file)
+  const rust = path.join(out, 'mutants.out', 'outcomes.json')
+  if (existsSync(rust)) {
+    for (const o of JSON.parse(readFileSync(rust, 'utf8')).outcomes) {
+      if (o.scenario === 'Baseline') continue
+      const m = o.scenario.Mutant
+      const r = row(m.file)
+      const label = `${m.file}:${m.span.start.line}: ${m.name ?? describe(m)}`
+      if (o.summary === 'CaughtMutant') r.caught++
+      else if (o.summary === 'MissedMutant') r.missed.push(label)
+      else if (o.summary === 'Timeout') r.timeout++
+      else r.unviable++
+    }
+  }
+  const lib = path.join(out, 'lib.json')
+  if (existsSync(lib)) {
+    for (const [file, f] of Object.entries(JSON.parse(readFileSync(lib, 'utf8')).files)) {
+      const r = row(file)
+      for (const m of f.mutants) {
+        if (m.status === 'Killed') r.caught++
+        else if (m.status === 'Survived' || m.status === 'NoCoverage') r.missed.push(`${file}:${m.location.start.line}: ${m.mutatorName} ${JSON.stringify(m.replacement ?? '')}`)
+        else if (m.status === 'Timeout') r.timeout++
+        else r.unviable++
+      }
+    }
+  }
+  if (rows.size === 0) return console.log('no mutation run yet')
+  console.log('\nfile                          caught  timeout  missed  score (caught + timeout of viable)')
+  for (const [file, r] of [...rows].sort()) {
+    const viable = r.caught + r.timeout + r.missed.length
+    const score = viable === 0 ? '-' : `${(((r.caught + r.timeout) / viable) * 100).toFixed(1)} %`
+    console.log(`${file.padEnd(30)}${String(r.caught).padStart(6)}${String(r.timeout).padStart(9)}${String(r.missed.length).padStart(8)}  ${score}`)
+  }
+  const missed = [...rows.values()].flatMap((r) => r.missed)
+  if (missed.length > 0) console.log(`\nsurvived:\n${missed.join('\n')}`)
+}
+
+/** A cargo-mutants mutant's description, from its parts. */
+function describe(m) {
+  const fn = m.function?.function_name ?? ''
+  return `${fn}: replace ${m.replacement ?? ''}`.trim()
+}
