@@ -48,10 +48,11 @@ fn string_end(s: &[u8], p: usize) -> Result<usize> {
             return corrupt("control character in a string", q + i);
         }
         q += run;
+        // The jump stops only at a quote, a backslash or the end.
         match s.get(q) {
             None => return corrupt("unterminated string", p),
             Some(b'"') => return Ok(q + 1),
-            Some(b'\\') => match s.get(q + 1) {
+            Some(_) => match s.get(q + 1) {
                 Some(b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't') => q += 2,
                 Some(b'u')
                     if s.len() >= q + 6 && s[q + 2..q + 6].iter().all(u8::is_ascii_hexdigit) =>
@@ -60,8 +61,6 @@ fn string_end(s: &[u8], p: usize) -> Result<usize> {
                 }
                 _ => return corrupt("bad escape", q),
             },
-            Some(&c) if c < 0x20 => return corrupt("control character in a string", q),
-            Some(_) => q += 1,
         }
     }
 }
@@ -769,6 +768,32 @@ mod tests {
             merge(br#"{"a":"\ud800"}"#, &[]).is_ok(),
             "lone surrogates are valid JSON"
         );
+    }
+
+    #[test]
+    fn checks_strings_byte_by_byte() {
+        // Every byte from a space up is a string's own; a control character
+        // is refused where it is, by its byte.
+        let printable: String = (0x20u8..0x7f)
+            .filter(|&b| b != b'"' && b != b'\\')
+            .map(char::from)
+            .collect();
+        let stored = format!(r#"{{"a":"{printable} é"}}"#);
+        assert_eq!(m(&stored, &[("b", "1")]), format!(r#"{{"a":"{printable} é","b":1}}"#));
+        match merge(b"{\"ab\":\"x\x01\"}", &[]) {
+            Err(SpliceError::Corrupt(m)) => {
+                assert!(m.ends_with("control character in a string at byte 9"), "{m}")
+            }
+            other => panic!("{other:?}"),
+        }
+        // \u takes exactly four hex digits, all there.
+        for bad in [r#"{"a":"\u12"}"#, r#"{"a":"\uZZZZ"}"#, r#"{"a":"\u12G4"}"#, r#"{"a":"\u"#] {
+            assert!(
+                matches!(merge(bad.as_bytes(), &[]), Err(SpliceError::Corrupt(_))),
+                "{bad}"
+            );
+        }
+        assert!(merge(br#"{"a":"\u00aF"}"#, &[]).is_ok());
     }
 
     #[test]
