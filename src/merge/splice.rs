@@ -779,15 +779,26 @@ mod tests {
             .map(char::from)
             .collect();
         let stored = format!(r#"{{"a":"{printable} é"}}"#);
-        assert_eq!(m(&stored, &[("b", "1")]), format!(r#"{{"a":"{printable} é","b":1}}"#));
+        assert_eq!(
+            m(&stored, &[("b", "1")]),
+            format!(r#"{{"a":"{printable} é","b":1}}"#)
+        );
         match merge(b"{\"ab\":\"x\x01\"}", &[]) {
             Err(SpliceError::Corrupt(m)) => {
-                assert!(m.ends_with("control character in a string at byte 9"), "{m}")
+                assert!(
+                    m.ends_with("control character in a string at byte 9"),
+                    "{m}"
+                )
             }
             other => panic!("{other:?}"),
         }
         // \u takes exactly four hex digits, all there.
-        for bad in [r#"{"a":"\u12"}"#, r#"{"a":"\uZZZZ"}"#, r#"{"a":"\u12G4"}"#, r#"{"a":"\u"#] {
+        for bad in [
+            r#"{"a":"\u12"}"#,
+            r#"{"a":"\uZZZZ"}"#,
+            r#"{"a":"\u12G4"}"#,
+            r#"{"a":"\u"#,
+        ] {
             assert!(
                 matches!(merge(bad.as_bytes(), &[]), Err(SpliceError::Corrupt(_))),
                 "{bad}"

@@ -1076,6 +1076,9 @@ fn rounds_keep_every_promise_under_any_interleaving() {
     eprintln!(
         "batch model: {hits} gets answered from memory and {outcomes} ops settled, each checked"
     );
-    assert!(hits as u64 > work / 450, "only {hits} gets were answered from memory");
+    assert!(
+        hits as u64 > work / 450,
+        "only {hits} gets were answered from memory"
+    );
     assert!(outcomes as u64 > work / 45, "only {outcomes} ops succeeded");
 }
