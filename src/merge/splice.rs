@@ -808,6 +808,41 @@ mod tests {
     }
 
     #[test]
+    fn skips_values_whose_strings_hold_brackets_and_literals() {
+        // Values before the path are skipped by counting brackets outside
+        // strings: a bracket or an escaped quote inside a string is not one.
+        let stored =
+            r#"{"a":{"s":"}]{[\"","t":[true,false,null,"]"]},"b":[{"c":"}"},["]"]],"n":1}"#;
+        assert_eq!(
+            m(stored, &[("n", "2")]),
+            stored.replace(r#""n":1"#, r#""n":2"#)
+        );
+        assert_eq!(
+            m(stored, &[("b.1.0", "0"), ("a.t.1", "true")]),
+            stored
+                .replace(r#"["]"]"#, "[0]")
+                .replace("[true,false,null", "[true,true,null")
+        );
+        // A literal is whole, and brackets close as they opened.
+        for bad in [
+            r#"{"a":tru}"#,
+            r#"{"a":fals}"#,
+            r#"{"a":nul}"#,
+            r#"{"a":tXyZ}"#,
+            r#"{"a":fXlse}"#,
+            r#"{"a":nXll}"#,
+            r#"{"a":[1}}"#,
+            r#"{"a":{"b":1]}"#,
+            r#"{"a":[}"#,
+        ] {
+            assert!(
+                matches!(merge(bad.as_bytes(), &[]), Err(SpliceError::Corrupt(_))),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
     fn refuses_far_padding() {
         let pairs = vec!["a.100001".to_string(), "1".to_string()];
         assert!(matches!(
@@ -882,9 +917,12 @@ mod tests {
 
     #[test]
     fn refuses_text_that_is_not_utf8_as_get_does() {
+        // The words get gives (store.js), checked here as written.
         assert_eq!(
             merge(b"{\"a\":\"\xff\"}", &[]),
-            Err(SpliceError::Corrupt(not_utf8_message(6)))
+            Err(SpliceError::Corrupt(
+                "stored session is not UTF-8 text (byte 7)".into()
+            ))
         );
     }
 
