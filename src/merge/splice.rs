@@ -732,6 +732,11 @@ mod tests {
             m(r#"{"\u00e9":1,"a\/b":2}"#, &[("é", "3"), ("a/b", "4")]),
             r#"{"\u00e9":3,"a\/b":4}"#
         );
+        // Escapes amid other bytes, a surrogate pair among them.
+        assert_eq!(
+            m(r#"{"x\u00e9y\ud83d\ude00z\tw":1}"#, &[("xéy😀z\tw", "2")]),
+            r#"{"x\u00e9y\ud83d\ude00z\tw":2}"#
+        );
         assert_eq!(
             m(r#"{}"#, &[("q\"\\\n\u{1}", "1")]),
             r#"{"q\"\\\n\u0001":1}"#
