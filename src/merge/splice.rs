@@ -732,6 +732,21 @@ mod tests {
             m(r#"{"\u00e9":1,"a\/b":2}"#, &[("é", "3"), ("a/b", "4")]),
             r#"{"\u00e9":3,"a\/b":4}"#
         );
+        // A key of escapes of each UTF-8 width (one to four bytes: a
+        // surrogate pair) is matched by its code points.
+        assert_eq!(
+            m(
+                r#"{"\u0041\u00e9\u20ac\ud83d\ude00!":1}"#,
+                &[("Aé€😀!", "2")]
+            ),
+            r#"{"\u0041\u00e9\u20ac\ud83d\ude00!":2}"#
+        );
+        // A high surrogate not followed by a low one stays alone (its
+        // three-byte form, which no path spells): nothing matches it.
+        assert_eq!(
+            m(r#"{"\ud83d\u0041":1,"\ud83d":2}"#, &[("A", "3")]),
+            r#"{"\ud83d\u0041":1,"\ud83d":2,"A":3}"#
+        );
         // Escapes amid other bytes, a surrogate pair among them.
         assert_eq!(
             m(r#"{"x\u00e9y\ud83d\ude00z\tw":1}"#, &[("xéy😀z\tw", "2")]),
