@@ -119,6 +119,15 @@ export function assertNotBefore(ms, commandTimeout, what = 'the call') {
 }
 
 /**
+ * How long one Redis command may take before it holds the server "long":
+ * Redis serves every app instance one command at a time, so a command that
+ * took a quarter of the default commandTimeout (1 s) would put other
+ * instances' calls at risk of timing out. A bound from that deadline, not
+ * from this machine's speed.
+ */
+export const LONG_COMMAND_MS = 1000 / 4
+
+/**
  * Waits until `cond()` holds, asking every 20 ms; fails after `ms`. A
  * deadline for an event that must come, never a measure of time: on a slow
  * machine the event comes later and the wait is longer, not the verdict.
