@@ -872,6 +872,26 @@ mod tests {
     }
 
     #[test]
+    fn array_indexes_end_where_javascripts_do() {
+        // 4294967294 (2^32 - 2, ten digits) is the last index: far past the
+        // padding limit. From 4294967295 a segment names a property, which
+        // JSON.stringify leaves out of an array: nothing changes.
+        for (seg, index) in [
+            ("4294967294", true),
+            ("4294967295", false),
+            ("10000000000", false),
+        ] {
+            let pairs = vec![format!("a.{seg}"), "1".to_string()];
+            let got = merge(br#"{"a":[]}"#, &pairs);
+            if index {
+                assert!(matches!(got, Err(SpliceError::BadArg(_))), "{seg}: {got:?}");
+            } else {
+                assert_eq!(got.unwrap(), br#"{"a":[]}"#.to_vec(), "{seg}");
+            }
+        }
+    }
+
+    #[test]
     fn refuses_padding_past_the_limit_in_all() {
         // Each path alone is within the limit; together they are not.
         let pairs: Vec<String> = ["a.60000", "1", "b.60000", "1"].map(String::from).to_vec();
