@@ -872,6 +872,42 @@ mod tests {
     }
 
     #[test]
+    fn pads_up_to_the_limit_counted_from_the_end() {
+        let pad = u64::from(MAX_PADDING);
+        let pairs = |seg: u64| vec![format!("a.{seg}"), "1".to_string()];
+        // Exactly MAX_PADDING nulls past the end is within the limit, counted
+        // from the array's end (two elements here), alone or in all.
+        let out = merge(br#"{"a":[1,2]}"#, &pairs(pad + 2)).unwrap();
+        assert_eq!(out.len(), r#"{"a":[1,2,1]}"#.len() + 5 * pad as usize);
+        assert!(out.ends_with(b"null,null,1]}"));
+        match merge(br#"{"a":[1,2]}"#, &pairs(pad + 3)) {
+            Err(SpliceError::BadArg(m)) => assert_eq!(
+                m,
+                format!(
+                    "array index {} is more than {pad} past the end of the array",
+                    pad + 3
+                )
+            ),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn goes_into_elements_and_replaces_scalars_on_the_way() {
+        assert_eq!(
+            m(r#"{"i":[{"q":1,"r":2}]}"#, &[("i.0.q", "")]),
+            r#"{"i":[{"r":2}]}"#
+        );
+        assert_eq!(
+            m(
+                r#"{"i":[5,[1],"s"]}"#,
+                &[("i.0.x", "1"), ("i.1.0", "2"), ("i.2.y", "")]
+            ),
+            r#"{"i":[{"x":1},[2],{}]}"#
+        );
+    }
+
+    #[test]
     fn array_indexes_end_where_javascripts_do() {
         // 4294967294 (2^32 - 2, ten digits) is the last index: far past the
         // padding limit. From 4294967295 a segment names a property, which
