@@ -11,11 +11,16 @@
 //   npm run mutants -- rust     cargo-mutants only (cargo install cargo-mutants)
 //   npm run mutants -- lib      Stryker only (fetched by npx, pinned here)
 //   npm run mutants -- report   the summary of the last runs
+//   npm run mutants -- recheck  each Rust mutant the unit tests missed, built
+//                               into the addon and run against the JS test
+//                               files of its module (RECHECK below): what the
+//                               suites on real servers catch, cargo-mutants
+//                               cannot see. Changes the tree while it runs.
 //
 // The model tests run shorter than in npm test (MUTANTS_BATCH_SEEDS,
 // MUTANTS_TEXTS_SEEDS), as each mutant runs them all.
 import { spawnSync } from 'node:child_process'
-import { existsSync, readFileSync } from 'node:fs'
+import { existsSync, readFileSync, writeFileSync } from 'node:fs'
 import path from 'node:path'
 import { fileURLToPath } from 'node:url'
 
@@ -41,6 +46,41 @@ if (what === 'all' || what === 'rust') {
     BATCH_MODEL_SEEDS: process.env.MUTANTS_BATCH_SEEDS ?? '60',
     TEXTS_MODEL_SEEDS: process.env.MUTANTS_TEXTS_SEEDS ?? '150',
   })
+}
+/** The JS test files that exercise each module cargo-mutants mutates. */
+const RECHECK = {
+  'src/merge/splice.rs': ['merge.test.mjs', 'fuzz.test.mjs', 'validation.test.mjs'],
+  'src/merge/splicer.rs': ['hardening.test.mjs', 'merge.test.mjs'],
+  'src/store/texts.rs': ['read-cache.test.mjs', 'merge.test.mjs', 'contract.test.mjs'],
+  'src/store/users.rs': ['users.test.mjs', 'users-fuzz.test.mjs'],
+  'src/store/locks.rs': ['contract.test.mjs', 'hardening.test.mjs', 'concurrency.test.mjs'],
+  'src/store/keys.rs': ['store.test.mjs', 'admin.test.mjs', 'validation.test.mjs', 'users.test.mjs'],
+  'src/store/replies.rs': ['store.test.mjs', 'contract.test.mjs', 'merge.test.mjs'],
+}
+
+if (what === 'recheck') {
+  const rust = JSON.parse(readFileSync(path.join(out, 'mutants.out', 'outcomes.json'), 'utf8'))
+  const results = []
+  for (const o of rust.outcomes) {
+    if (o.summary !== 'MissedMutant') continue
+    const m = o.scenario.Mutant
+    const files = RECHECK[m.file]
+    if (!files || (process.env.RECHECK_FILE && m.file !== process.env.RECHECK_FILE)) continue
+    const diff = path.join(out, 'mutants.out', o.diff_path)
+    if (run('git', ['apply', diff]) !== 0) continue
+    try {
+      const built = spawnSync('npx', ['napi', 'build', '--platform', '--no-const-enum'], { cwd: root, stdio: 'ignore' }).status === 0
+      const tests = built && spawnSync('node', ['--test', ...files.map((f) => `__test__/${f}`)], { cwd: root, stdio: 'ignore', timeout: 600_000 })
+      const caught = !built || tests.status !== 0
+      results.push({ mutant: m.name, caught })
+      console.log(`${caught ? 'caught ' : 'MISSED '} ${m.name}`)
+    } finally {
+      run('git', ['apply', '-R', diff])
+    }
+  }
+  writeFileSync(path.join(out, 'recheck.json'), JSON.stringify(results, null, 2))
+  console.log(`\n${results.filter((r) => r.caught).length} of ${results.length} caught by the JS suites`)
+  process.exit(0)
 }
 if (what === 'all' || what === 'lib') {
   const status = run('npx', ['--yes', '--package', STRYKER, 'stryker', 'run', 'scripts/stryker.config.json'])
