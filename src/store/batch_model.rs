@@ -1077,7 +1077,7 @@ fn rounds_keep_every_promise_under_any_interleaving() {
         "batch model: {hits} gets answered from memory and {outcomes} ops settled, each checked"
     );
     assert!(
-        hits as u64 > work / 450,
+        hits > work / 450,
         "only {hits} gets were answered from memory"
     );
     assert!(outcomes as u64 > work / 45, "only {outcomes} ops succeeded");

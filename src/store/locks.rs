@@ -90,10 +90,12 @@ impl LockTokens {
         self.held().tokens.remove(id);
     }
 
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.held().tokens.len()
     }
 
+    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
@@ -145,6 +147,11 @@ mod tests {
         t.remember("s", "gone".into(), Duration::ZERO);
         t.remember_unconfirmed("s", "next".into(), Duration::from_secs(5));
         assert_eq!(t.token("s").as_deref(), Some("next"));
+        // An unconfirmed token lives its ttl too: while it does, a second
+        // unknown SET NX cannot have succeeded.
+        t.remember_unconfirmed("s", "later".into(), Duration::from_secs(5));
+        assert_eq!(t.token("s").as_deref(), Some("next"));
+        assert!(!t.is_empty());
     }
 
     #[test]
