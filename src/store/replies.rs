@@ -85,10 +85,14 @@ mod tests {
             decode_replies(Kind::Lock, &[Value::Nil], false),
             Outcome::Bool(false)
         );
-        assert_eq!(
-            decode_replies(Kind::IsLocked, &[Value::Int(1)], false),
-            Outcome::Bool(true)
-        );
+        for kind in [Kind::IsLocked, Kind::Touch] {
+            for (n, found) in [(0, false), (1, true)] {
+                assert_eq!(
+                    decode_replies(kind, &[Value::Int(n)], false),
+                    Outcome::Bool(found)
+                );
+            }
+        }
         assert_eq!(
             decode_replies(Kind::Delete, &[Value::Int(1), Value::Int(0)], false),
             Outcome::Done
@@ -103,8 +107,33 @@ mod tests {
             &[Value::BulkString(b"secret-data".to_vec())],
             false,
         ) {
-            Outcome::Failed(e) => assert!(!e.message.contains("secret"), "{}", e.message),
+            Outcome::Failed(e) => {
+                assert_eq!(e.code, Code::Redis);
+                assert_eq!(e.message, "unexpected reply to Set: a bulk string");
+            }
             other => panic!("{other:?}"),
         }
+        let described: Vec<&str> = [
+            None,
+            Some(Value::Nil),
+            Some(Value::Int(1)),
+            Some(Value::Okay),
+            Some(Value::Array(vec![])),
+            Some(Value::Boolean(true)),
+        ]
+        .iter()
+        .map(|v| describe_reply(v.as_ref()))
+        .collect();
+        assert_eq!(
+            described,
+            [
+                "no reply",
+                "nil",
+                "an integer",
+                "a status",
+                "an aggregate",
+                "another type"
+            ]
+        );
     }
 }
