@@ -67,7 +67,10 @@ if (what === 'recheck') {
     const files = RECHECK[m.file]
     if (!files || (process.env.RECHECK_FILE && m.file !== process.env.RECHECK_FILE)) continue
     const diff = path.join(out, 'mutants.out', o.diff_path)
-    if (run('git', ['apply', diff]) !== 0) continue
+    if (spawnSync('git', ['apply', diff], { cwd: root, stdio: 'ignore' }).status !== 0) {
+      console.log(`skipped  ${m.name} (the code changed since the run)`)
+      continue
+    }
     try {
       const built = spawnSync('npx', ['napi', 'build', '--platform', '--no-const-enum'], { cwd: root, stdio: 'ignore' }).status === 0
       const tests = built && spawnSync('node', ['--test', ...files.map((f) => `__test__/${f}`)], { cwd: root, stdio: 'ignore', timeout: 600_000 })
