@@ -304,6 +304,58 @@ mod tests {
     }
 
     #[test]
+    fn an_ended_op_takes_its_ticket_back_and_only_its_own() {
+        let t = Texts::new(DEFAULT_MAX_BYTES);
+        let first = t.begin("a");
+        let second = t.begin("a");
+        // The earlier op ends: the later one's ticket stays.
+        t.end("a", first);
+        t.keep("a", second, text(2), false, later());
+        assert_eq!(t.serve("a", Instant::now()).unwrap().len(), 2);
+        // An op that ended keeps nothing after.
+        let third = t.begin("a");
+        t.end("a", third);
+        t.keep("a", third, text(3), false, later());
+        assert!(t.get("a").is_none());
+    }
+
+    #[test]
+    fn tickets_of_ops_that_never_settle_are_dropped_past_the_bound() {
+        // With no text kept, the bound is 1,024 tickets: the 1,026th op
+        // drops the 1,025 before it (their texts are then not kept).
+        let ops = || {
+            let t = Texts::new(DEFAULT_MAX_BYTES);
+            let tickets: Vec<Ticket> = (0..1025).map(|i| t.begin(&i.to_string())).collect();
+            (t, tickets)
+        };
+        let (t, tickets) = ops();
+        t.keep("0", tickets[0], text(1), false, later());
+        assert!(t.get("0").is_some(), "dropped within the bound");
+        let (t, tickets) = ops();
+        t.begin("1025");
+        t.keep("0", tickets[0], text(1), false, later());
+        assert!(t.get("0").is_none(), "kept past the bound");
+    }
+
+    #[test]
+    fn the_budget_is_used_to_the_byte() {
+        // Eight texts of one size fill a budget of eight of them exactly:
+        // all stay; one entry may take an eighth of the budget, not a byte
+        // more.
+        let one = entry_cost("a0", &[b'x'; 100]) + order_cost("a0");
+        let t = Texts::new(8 * one);
+        for i in 0..8 {
+            t.remember(&format!("a{i}"), text(100), false);
+        }
+        for i in 0..8 {
+            assert!(t.get(&format!("a{i}")).is_some(), "a{i} was dropped");
+        }
+        t.remember("b0", text(101), false);
+        assert!(t.get("b0").is_none(), "an entry past an eighth was kept");
+        assert!(t.get("a0").is_some());
+    }
+
+    #[test]
     fn a_report_between_send_and_reply_keeps_the_text_out() {
         let t = Texts::new(DEFAULT_MAX_BYTES);
         // The reply comes after the report of a change: not kept.
