@@ -338,6 +338,35 @@ mod tests {
     }
 
     #[test]
+    fn replaced_entries_leave_the_count_and_the_bytes_exact() {
+        // A text replaced again and again leaves stale slots in the order of
+        // eviction until they are swept: the bytes counted stay those of the
+        // live entries (and their slots), and the count is theirs.
+        let t = Texts::new(DEFAULT_MAX_BYTES);
+        for i in 0..500 {
+            t.remember("a", text(10 + i % 3), false);
+            t.remember(&format!("b{}", i % 4), text(20), false);
+        }
+        assert_eq!(t.count(), 5);
+        let live = entry_cost("a", &[0; 10 + 499 % 3])
+            + order_cost("a")
+            + (0..4)
+                .map(|i| entry_cost(&format!("b{i}"), &[0; 20]) + order_cost(&format!("b{i}")))
+                .sum::<usize>();
+        let inner = t.inner();
+        let stale = inner.order.len() - 5;
+        assert!(stale <= 2 * 5 + 64, "{stale} stale slots");
+        let stale_bytes: usize = inner
+            .order
+            .iter()
+            .filter(|(id, g)| inner.texts.get(id).is_none_or(|(_, current)| current != g))
+            .map(|(id, _)| order_cost(id))
+            .sum();
+        drop(inner);
+        assert_eq!(t.bytes(), live + stale_bytes);
+    }
+
+    #[test]
     fn the_budget_is_used_to_the_byte() {
         // Eight texts of one size fill a budget of eight of them exactly:
         // all stay; one entry may take an eighth of the budget, not a byte

@@ -411,6 +411,42 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_remembered_bound_covers_only_what_it_reaches() {
+        // The README's headroom: an eighth of the ttl.
+        assert_eq!(headroom_ms(800), 100);
+        let u = Users::new("data.userId");
+        let t0 = Instant::now();
+        let clock = ServerClock {
+            server_ms: 1_000_000,
+            local: t0,
+        };
+        // Written for a ttl of 800 ms and a slack of 200: the entry reaches
+        // 800 + 200 + 100 ms past t0.
+        u.indexed("s", "ada", clock, 800, 200);
+        let covers = |user: &str, ttl_ms: u64, at_ms: u64| {
+            u.covering("s", user, ttl_ms, 200, t0 + Duration::from_millis(at_ms))
+                .is_some()
+        };
+        assert!(covers("ada", 800, 0));
+        assert!(
+            covers("ada", 900, 0),
+            "the headroom covers a write a little longer"
+        );
+        assert!(covers("ada", 800, 100));
+        assert!(!covers("ada", 800, 101), "past the entry's bound");
+        assert!(!covers("ada", 901, 0), "past the entry's bound");
+        assert!(!covers("bob", 800, 0), "another user's entry");
+        assert!(
+            u.covering("t", "ada", 800, 200, t0).is_none(),
+            "another session"
+        );
+        assert_eq!(
+            u.covering("s", "ada", 800, 200, t0).unwrap().server_ms,
+            1_000_000
+        );
+    }
+
+    #[test]
     fn the_user_is_a_string_or_a_number_at_the_path() {
         let u = Users::new("data.userId");
         let of = |t: &str| u.user_of(t.as_bytes());
