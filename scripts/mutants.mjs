@@ -11,6 +11,11 @@
 //   npm run mutants -- rust     cargo-mutants only (cargo install cargo-mutants)
 //   npm run mutants -- lib      Stryker only (fetched by npx, pinned here)
 //   npm run mutants -- report   the summary of the last runs
+//   npm run mutants -- retest   each Rust mutant the last run missed, applied to
+//                               the tree as it is now and run against the unit
+//                               and model tests again (cargo-mutants' own
+//                               --iterate names mutants by line, so a test
+//                               added above them makes them all new)
 //   npm run mutants -- recheck  each Rust mutant the unit tests missed, built
 //                               into the addon and run against the JS test
 //                               files of its module (RECHECK below): what the
@@ -58,6 +63,33 @@ const RECHECK = {
   'src/store/replies.rs': ['store.test.mjs', 'contract.test.mjs', 'merge.test.mjs'],
 }
 
+if (what === 'retest') {
+  const rust = JSON.parse(readFileSync(path.join(out, 'mutants.out', 'outcomes.json'), 'utf8'))
+  const results = []
+  const env = { ...process.env, BATCH_MODEL_SEEDS: process.env.MUTANTS_BATCH_SEEDS ?? '60', TEXTS_MODEL_SEEDS: process.env.MUTANTS_TEXTS_SEEDS ?? '150' }
+  for (const o of rust.outcomes) {
+    if (o.summary !== 'MissedMutant') continue
+    const m = o.scenario.Mutant
+    const diff = path.join(out, 'mutants.out', o.diff_path)
+    if (spawnSync('git', ['apply', diff], { cwd: root, stdio: 'ignore' }).status !== 0) {
+      results.push({ mutant: m.name, file: m.file, outcome: 'gone' })
+      console.log(`gone     ${m.name} (the code it mutated changed)`)
+      continue
+    }
+    try {
+      const t = spawnSync('cargo', ['test', '--lib'], { cwd: root, stdio: 'ignore', env, timeout: 300_000 })
+      const outcome = t.error ? 'timeout' : t.status === 0 ? 'missed' : 'caught'
+      results.push({ mutant: m.name, file: m.file, outcome })
+      console.log(`${outcome.padEnd(8)} ${m.name}`)
+    } finally {
+      run('git', ['apply', '-R', diff])
+    }
+  }
+  writeFileSync(path.join(out, 'retest.json'), JSON.stringify(results, null, 2))
+  const count = (o) => results.filter((r) => r.outcome === o).length
+  console.log(`\n${count('caught')} caught now, ${count('timeout')} timed out, ${count('missed')} still missed, ${count('gone')} gone, of ${results.length}`)
+  process.exit(0)
+}
 if (what === 'recheck') {
   const rust = JSON.parse(readFileSync(path.join(out, 'mutants.out', 'outcomes.json'), 'utf8'))
   const results = []
