@@ -52,6 +52,16 @@ if (what === 'all' || what === 'rust') {
     TEXTS_MODEL_SEEDS: process.env.MUTANTS_TEXTS_SEEDS ?? '150',
   })
 }
+/**
+ * Applies (or with `reverse`, takes back) a cargo-mutants diff to `file`: its
+ * header names the mutation, not a path. Context must match exactly; lines
+ * may have moved.
+ */
+function patch(file, diff, reverse = false) {
+  const args = ['-s', '-N', '-F', '0', '--no-backup-if-mismatch', '-r', '-', ...(reverse ? ['-R'] : []), file, diff]
+  return spawnSync('patch', args, { cwd: root, stdio: 'ignore' }).status === 0
+}
+
 /** The JS test files that exercise each module cargo-mutants mutates. */
 const RECHECK = {
   'src/merge/splice.rs': ['merge.test.mjs', 'fuzz.test.mjs', 'validation.test.mjs'],
@@ -71,7 +81,7 @@ if (what === 'retest') {
     if (o.summary !== 'MissedMutant') continue
     const m = o.scenario.Mutant
     const diff = path.join(out, 'mutants.out', o.diff_path)
-    if (spawnSync('git', ['apply', diff], { cwd: root, stdio: 'ignore' }).status !== 0) {
+    if (!patch(m.file, diff)) {
       results.push({ mutant: m.name, file: m.file, outcome: 'gone' })
       console.log(`gone     ${m.name} (the code it mutated changed)`)
       continue
@@ -82,7 +92,7 @@ if (what === 'retest') {
       results.push({ mutant: m.name, file: m.file, outcome })
       console.log(`${outcome.padEnd(8)} ${m.name}`)
     } finally {
-      run('git', ['apply', '-R', diff])
+      patch(m.file, diff, true)
     }
   }
   writeFileSync(path.join(out, 'retest.json'), JSON.stringify(results, null, 2))
@@ -99,7 +109,7 @@ if (what === 'recheck') {
     const files = RECHECK[m.file]
     if (!files || (process.env.RECHECK_FILE && m.file !== process.env.RECHECK_FILE)) continue
     const diff = path.join(out, 'mutants.out', o.diff_path)
-    if (spawnSync('git', ['apply', diff], { cwd: root, stdio: 'ignore' }).status !== 0) {
+    if (!patch(m.file, diff)) {
       console.log(`skipped  ${m.name} (the code changed since the run)`)
       continue
     }
@@ -110,7 +120,7 @@ if (what === 'recheck') {
       results.push({ mutant: m.name, caught })
       console.log(`${caught ? 'caught ' : 'MISSED '} ${m.name}`)
     } finally {
-      run('git', ['apply', '-R', diff])
+      patch(m.file, diff, true)
     }
   }
   writeFileSync(path.join(out, 'recheck.json'), JSON.stringify(results, null, 2))
