@@ -103,20 +103,31 @@ if (what === 'retest') {
 if (what === 'recheck') {
   const rust = JSON.parse(readFileSync(path.join(out, 'mutants.out', 'outcomes.json'), 'utf8'))
   const results = []
+  const suites = (files) => {
+    const built = spawnSync('npx', ['napi', 'build', '--platform', '--no-const-enum'], { cwd: root, stdio: 'ignore' }).status === 0
+    return built && spawnSync('node', ['--test', ...files.map((f) => `__test__/${f}`)], { cwd: root, stdio: 'ignore', timeout: 600_000 }).status === 0
+  }
+  // The suites must pass unmutated, built as the mutants are (debug).
+  const only = process.env.RECHECK_FILE
+  for (const [file, files] of Object.entries(RECHECK)) {
+    if (only && file !== only) continue
+    if (!suites(files)) {
+      console.error(`the suites of ${file} fail without a mutant: ${files.join(' ')}`)
+      process.exit(1)
+    }
+  }
   for (const o of rust.outcomes) {
     if (o.summary !== 'MissedMutant') continue
     const m = o.scenario.Mutant
     const files = RECHECK[m.file]
-    if (!files || (process.env.RECHECK_FILE && m.file !== process.env.RECHECK_FILE)) continue
+    if (!files || (only && m.file !== only)) continue
     const diff = path.join(out, 'mutants.out', o.diff_path)
     if (!patch(m.file, diff)) {
       console.log(`skipped  ${m.name} (the code changed since the run)`)
       continue
     }
     try {
-      const built = spawnSync('npx', ['napi', 'build', '--platform', '--no-const-enum'], { cwd: root, stdio: 'ignore' }).status === 0
-      const tests = built && spawnSync('node', ['--test', ...files.map((f) => `__test__/${f}`)], { cwd: root, stdio: 'ignore', timeout: 600_000 })
-      const caught = !built || tests.status !== 0
+      const caught = !suites(files)
       results.push({ mutant: m.name, caught })
       console.log(`${caught ? 'caught ' : 'MISSED '} ${m.name}`)
     } finally {
