@@ -59,7 +59,18 @@ if (what === 'all' || what === 'rust') {
  */
 function patch(file, diff, reverse = false) {
   const args = ['-s', '-N', '-F', '0', '--no-backup-if-mismatch', '-r', '-', ...(reverse ? ['-R'] : []), file, diff]
-  return spawnSync('patch', args, { cwd: root, stdio: 'ignore' }).status === 0
+  const applied = spawnSync('patch', args, { cwd: root, stdio: 'ignore' }).status === 0
+  applying = applied && !reverse ? [file, diff] : null
+  return applied
+}
+
+/** The mutant applied now, taken back if the run is stopped. @type {[string, string] | null} */
+let applying = null
+for (const signal of ['SIGINT', 'SIGTERM']) {
+  process.on(signal, () => {
+    if (applying) patch(...applying, true)
+    process.exit(130)
+  })
 }
 
 /** The JS test files that exercise each module cargo-mutants mutates. */
