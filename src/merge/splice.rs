@@ -733,13 +733,14 @@ mod tests {
             r#"{"\u00e9":3,"a\/b":4}"#
         );
         // A key of escapes of each UTF-8 width (one to four bytes: a
-        // surrogate pair) is matched by its code points.
+        // surrogate pair, and the last code point, whose first byte is F4)
+        // is matched by its code points.
         assert_eq!(
             m(
-                r#"{"\u0041\u00e9\u20ac\ud83d\ude00!":1}"#,
-                &[("Aé€😀!", "2")]
+                r#"{"\u0041\u00e9\u20ac\ud83d\ude00\udbff\udfff!":1}"#,
+                &[("Aé€😀\u{10ffff}!", "2")]
             ),
-            r#"{"\u0041\u00e9\u20ac\ud83d\ude00!":2}"#
+            r#"{"\u0041\u00e9\u20ac\ud83d\ude00\udbff\udfff!":2}"#
         );
         // A high surrogate not followed by a low one stays alone (its
         // three-byte form, which no path spells): nothing matches it.
