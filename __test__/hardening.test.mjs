@@ -360,7 +360,7 @@ describe('one bound per call, kept', () => {
     assert.equal(await redis.admin.exists(key), 0, 'the lock taken before the break was not released')
   })
 
-  it('reads sent after a write that waits (CLIENT PAUSE WRITE) wait on the same connection, and time out with it', async (t) => {
+  it('reads sent after a write that waits (CLIENT PAUSE WRITE) wait behind it on the same connection', async (t) => {
     const deadlines = { connectTimeout: 1000, commandTimeout: 500 }
     const store = redis.store({ ...deadlines, readCache: false })
     const other = redis.store({ readCache: false })
@@ -373,13 +373,20 @@ describe('one bound per call, kept', () => {
       return t.skip(`no CLIENT PAUSE WRITE here (Redis before 6.2): ${e.message}`)
     }
     try {
-      const write = timed(store.set(a, session(a), 60_000))
-      // The write leaves first, in a batch of its own; the get follows it.
-      await new Promise((resolve) => setImmediate(resolve))
-      const read = timed(store.get(b))
-      const [w, r] = await Promise.all([write, read])
+      const settled = []
+      const write = timed(store.set(a, session(a), 60_000)).finally(() => settled.push('write'))
+      // The read is made once the write waits on the server (two calls of
+      // different ticks are two batches, which may reach the wire in either
+      // order): the store's client is blocked on its SET.
+      const blocked = async () => (await redis.admin.client('LIST')).split('\n').some((l) => /cmd=set\b/.test(l) && /flags=\S*b/.test(l))
+      await until(blocked, deadlines.commandTimeout, 'the write waiting on the server')
+      const read = timed(store.get(b)).finally(() => settled.push('read'))
+      const [w] = await Promise.all([write, read])
       assert.equal(w.code, 'ERR_TIMEOUT')
-      assert.equal(r.code, 'ERR_TIMEOUT', 'the read behind the paused write was answered')
+      // The read waits behind the write: it never comes back before the
+      // write has settled (it times out with it, or is answered once the
+      // store has left that connection after the write's timeout).
+      assert.deepEqual(settled, ['write', 'read'], 'the read behind the paused write came back first')
       // The pause holds writes only: the same read on another connection is answered.
       assert.equal((await other.get(b)).meta.id, b)
     } finally {
