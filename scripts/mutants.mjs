@@ -21,6 +21,8 @@
 //                               files of its module (RECHECK below): what the
 //                               suites on real servers catch, cargo-mutants
 //                               cannot see. Changes the tree while it runs.
+//   MUTANTS_FILE=src/store/users.rs npm run mutants -- retest (or recheck)
+//                               the same, for one file's mutants only
 //
 // The model tests run shorter than in npm test (MUTANTS_BATCH_SEEDS,
 // MUTANTS_TEXTS_SEEDS), as each mutant runs them all.
@@ -84,6 +86,9 @@ const RECHECK = {
   'src/store/replies.rs': ['store.test.mjs', 'contract.test.mjs', 'merge.test.mjs'],
 }
 
+/** retest and recheck take one file's mutants only when MUTANTS_FILE names it. */
+const only = process.env.MUTANTS_FILE
+
 if (what === 'retest') {
   const rust = JSON.parse(readFileSync(path.join(out, 'mutants.out', 'outcomes.json'), 'utf8'))
   const results = []
@@ -91,6 +96,7 @@ if (what === 'retest') {
   for (const o of rust.outcomes) {
     if (o.summary !== 'MissedMutant') continue
     const m = o.scenario.Mutant
+    if (only && m.file !== only) continue
     const diff = path.join(out, 'mutants.out', o.diff_path)
     if (!patch(m.file, diff)) {
       results.push({ mutant: m.name, file: m.file, outcome: 'gone' })
@@ -119,7 +125,6 @@ if (what === 'recheck') {
     return built && spawnSync('node', ['--test', ...files.map((f) => `__test__/${f}`)], { cwd: root, stdio: 'ignore', timeout: 600_000 }).status === 0
   }
   // The suites must pass unmutated, built as the mutants are (debug).
-  const only = process.env.RECHECK_FILE
   for (const [file, files] of Object.entries(RECHECK)) {
     if (only && file !== only) continue
     if (!suites(files)) {
