@@ -265,6 +265,23 @@ describe('Redis Sentinel', () => {
   })
 })
 
+/**
+ * Starts a promotion that cannot complete, once `store` listens to every
+ * sentinel: the replica is stopped, so the sentinels choose it and send it
+ * REPLICAOF NO ONE, which it never carries out. Returns when the store holds
+ * its calls for the promotion.
+ */
+async function failoverToStoppedReplica(group, store) {
+  // The store listens from its first call on: each sentinel's client list
+  // shows its 4 subscriptions (a sentinel has no PUBSUB NUMSUB).
+  for (const s of group.sentinels) {
+    await msUntilSuccess(async () => assert.match(await cli(['-p', String(s.port), 'client', 'list']), / sub=4 /), 10_000, 50)
+  }
+  group.replica.signal('SIGSTOP')
+  assert.equal((await cli(['-p', String(group.sentinels[0].port), 'sentinel', 'failover', 'mymaster'])).trim(), 'OK')
+  await msUntilSuccess(async () => assert.equal(store.status, 'reconnecting'), 10_000, 10)
+}
+
 describe('Redis Sentinel: a promotion that does not happen', () => {
   let group
   before(async () => {
@@ -281,17 +298,7 @@ describe('Redis Sentinel: a promotion that does not happen', () => {
     const id = ids[2]
     await store.set(id, session(id), 600_000)
     const heard = await group.announcements()
-    // The store listens from its first call on: each sentinel's client list
-    // shows its 4 subscriptions (a sentinel has no PUBSUB NUMSUB).
-    for (const s of group.sentinels) {
-      await msUntilSuccess(async () => assert.match(await cli(['-p', String(s.port), 'client', 'list']), / sub=4 /), 10_000, 50)
-    }
-    // A replica that stopped: the sentinels choose it and send it
-    // REPLICAOF NO ONE, which it never carries out.
-    group.replica.signal('SIGSTOP')
-    const reply = (await cli(['-p', String(group.sentinels[0].port), 'sentinel', 'failover', 'mymaster'])).trim()
-    assert.equal(reply, 'OK')
-    await msUntilSuccess(async () => assert.equal(store.status, 'reconnecting'), 10_000, 10)
+    await failoverToStoppedReplica(group, store)
     assert.ok(heard.first('+failover-state-send-slaveof-noone'))
     await store.merge(id, { 'data.after': 1 }, 600_000)
     const done = Date.now()
@@ -323,12 +330,7 @@ describe('Redis Sentinel: a promotion neither done nor given up within the hold'
     const id = ids[3]
     await store.set(id, session(id), 600_000)
     const heard = await group.announcements()
-    for (const s of group.sentinels) {
-      await msUntilSuccess(async () => assert.match(await cli(['-p', String(s.port), 'client', 'list']), / sub=4 /), 10_000, 50)
-    }
-    group.replica.signal('SIGSTOP')
-    assert.equal((await cli(['-p', String(group.sentinels[0].port), 'sentinel', 'failover', 'mymaster'])).trim(), 'OK')
-    await msUntilSuccess(async () => assert.equal(store.status, 'reconnecting'), 10_000, 10)
+    await failoverToStoppedReplica(group, store)
     await store.merge(id, { 'data.after': 1 }, 600_000)
     assert.equal(heard.first('-failover-abort-slave-timeout'), undefined, 'the merge waited for the sentinels to give up')
     assert.equal(JSON.parse(await cli(['-p', String(group.master.port), 'get', `sess:${id}`])).data.after, 1)
