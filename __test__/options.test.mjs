@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict'
 import { describe, it } from 'node:test'
 import { inspect } from 'node:util'
-import { Redis } from 'ioredis'
+import { Cluster, Redis } from 'ioredis'
 import { startRedis } from '../harness/redis-server.mjs'
 import { createRedisSessionStore, newId, rejectsWith, session, useRedis } from './support/setup.mjs'
 
@@ -192,5 +192,18 @@ describe('migration form: createRedisSessionStore(ioredis, options)', () => {
     invalid(() => createRedisSessionStore(new Redis({ lazyConnect: true, tls: { ca: 'x' } })), /tls\.ca/)
     invalid(() => createRedisSessionStore(new Redis({ lazyConnect: true }), { url: 'redis://x' }), /cannot be given with an ioredis instance/)
     invalid(() => createRedisSessionStore(new Redis({ lazyConnect: true }), { nope: 1 }), /unknown option 'nope'/)
+    // TLS options beyond ca, cert and key (ones that loosen checks among
+    // them) are refused rather than dropped.
+    invalid(
+      () => createRedisSessionStore(new Redis({ lazyConnect: true, tls: { rejectUnauthorized: false } })),
+      /the ioredis instance sets tls\.rejectUnauthorized: only tls\.ca, tls\.cert and tls\.key are supported/,
+    )
+    invalid(() => createRedisSessionStore(new Redis({ lazyConnect: true, tls: { servername: 'x' } })), /sets tls\.servername/)
+    invalid(
+      () => createRedisSessionStore(new Redis({ lazyConnect: true, sentinels: [{ host: '127.0.0.1', port: 26379 }], name: 'm', tls: {} })),
+      /uses Sentinel with TLS, which the store does not support/,
+    )
+    const cluster = new Cluster([{ host: '127.0.0.1', port: 7000 }], { lazyConnect: true })
+    invalid(() => createRedisSessionStore(/** @type {any} */ (cluster)), /an ioredis Cluster is not supported here: pass options\.cluster/)
   })
 })

@@ -109,6 +109,25 @@ describe('TLS', { skip: serverHasTls() ? false : 'this redis-server was built wi
     await rogue.close()
   })
 
+  it("the migration form: an ioredis client's tls.ca, tls.cert and tls.key become the store's TLS, to a server that asks for client certificates", async () => {
+    const client = new Redis({
+      host: '127.0.0.1',
+      port: mutualPort,
+      // ioredis takes a CA list too; the store joins it.
+      tls: { ca: [pem('ca.crt')], cert: pem('client.crt'), key: readFileSync(file('client.key')) },
+      lazyConnect: true,
+    })
+    const store = createRedisSessionStore(client)
+    assert.match(inspect(store), /rediss:\/\/127\.0\.0\.1/)
+    await roundTrip(store)
+    await store.close()
+    // Without the client certificate, the same server refuses it.
+    const none = createRedisSessionStore(new Redis({ host: '127.0.0.1', port: mutualPort, tls: { ca: pem('ca.crt') }, lazyConnect: true }), { commandTimeout: 500 })
+    await assert.rejects(none.get('x'), (e) => ['ERR_CONNECTION', 'ERR_TIMEOUT'].includes(e.code))
+    await none.close()
+    client.disconnect()
+  })
+
   it('the read cache over TLS: held sessions are answered from memory; a change is reported, and seen by another process as soon as the writer says so', async () => {
     const tls = { ca: pem('ca.crt') }
     const url = `rediss://127.0.0.1:${tlsPort}`
