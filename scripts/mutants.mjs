@@ -22,7 +22,9 @@
 //                               suites on real servers catch, cargo-mutants
 //                               cannot see. Changes the tree while it runs.
 //   MUTANTS_FILE=src/store/users.rs npm run mutants -- retest (or recheck)
-//                               the same, for one file's mutants only
+//                               the same, for one file's mutants only;
+//                               MUTANTS_MATCH=<regex> for those whose name
+//                               (file:line:col: what it replaces) matches
 //
 // The model tests run shorter than in npm test (MUTANTS_BATCH_SEEDS,
 // MUTANTS_TEXTS_SEEDS), as each mutant runs them all.
@@ -88,6 +90,8 @@ const RECHECK = {
 
 /** retest and recheck take one file's mutants only when MUTANTS_FILE names it. */
 const only = process.env.MUTANTS_FILE
+/** …and only those whose name matches MUTANTS_MATCH. */
+const match = process.env.MUTANTS_MATCH ? new RegExp(process.env.MUTANTS_MATCH) : null
 
 if (what === 'retest') {
   const rust = JSON.parse(readFileSync(path.join(out, 'mutants.out', 'outcomes.json'), 'utf8'))
@@ -96,7 +100,7 @@ if (what === 'retest') {
   for (const o of rust.outcomes) {
     if (o.summary !== 'MissedMutant') continue
     const m = o.scenario.Mutant
-    if (only && m.file !== only) continue
+    if ((only && m.file !== only) || (match && !match.test(m.name))) continue
     const diff = path.join(out, 'mutants.out', o.diff_path)
     if (!patch(m.file, diff)) {
       results.push({ mutant: m.name, file: m.file, outcome: 'gone' })
@@ -136,7 +140,7 @@ if (what === 'recheck') {
     if (o.summary !== 'MissedMutant') continue
     const m = o.scenario.Mutant
     const files = RECHECK[m.file]
-    if (!files || (only && m.file !== only)) continue
+    if (!files || (only && m.file !== only) || (match && !match.test(m.name))) continue
     const diff = path.join(out, 'mutants.out', o.diff_path)
     if (!patch(m.file, diff)) {
       console.log(`skipped  ${m.name} (the code changed since the run)`)
