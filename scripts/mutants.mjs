@@ -90,8 +90,9 @@ const RECHECK = {
 
 /** retest and recheck take one file's mutants only when MUTANTS_FILE names it. */
 const only = process.env.MUTANTS_FILE
-/** …and only those whose name matches MUTANTS_MATCH. */
 const match = process.env.MUTANTS_MATCH ? new RegExp(process.env.MUTANTS_MATCH) : null
+/** Whether retest and recheck take mutant `m`: of MUTANTS_FILE, named as MUTANTS_MATCH says. */
+const chosen = (/** @type {{file: string, name: string}} */ m) => (!only || m.file === only) && (!match || match.test(m.name))
 
 if (what === 'retest') {
   const rust = JSON.parse(readFileSync(path.join(out, 'mutants.out', 'outcomes.json'), 'utf8'))
@@ -100,7 +101,7 @@ if (what === 'retest') {
   for (const o of rust.outcomes) {
     if (o.summary !== 'MissedMutant') continue
     const m = o.scenario.Mutant
-    if ((only && m.file !== only) || (match && !match.test(m.name))) continue
+    if (!chosen(m)) continue
     const diff = path.join(out, 'mutants.out', o.diff_path)
     if (!patch(m.file, diff)) {
       results.push({ mutant: m.name, file: m.file, outcome: 'gone' })
@@ -140,7 +141,7 @@ if (what === 'recheck') {
     if (o.summary !== 'MissedMutant') continue
     const m = o.scenario.Mutant
     const files = RECHECK[m.file]
-    if (!files || (only && m.file !== only) || (match && !match.test(m.name))) continue
+    if (!files || !chosen(m)) continue
     const diff = path.join(out, 'mutants.out', o.diff_path)
     if (!patch(m.file, diff)) {
       console.log(`skipped  ${m.name} (the code changed since the run)`)
