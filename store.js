@@ -124,10 +124,11 @@ class RedisSessionStore {
     this.#checkOpen()
     checkId(sessionId, this.#idPrefixes)
     // Answered from memory when the read cache holds the session: no
-    // crossing, no round trip. Not while a batch of this store is out (the
-    // app is busy): then the get joins the next batch, as answering at once
-    // cost this app's throughput under load (README, "Read cache").
-    let text = this.#readCache && !this.#batcher.busy && !this.#writing.has(sessionId) ? this.#addon.cached(sessionId) : null
+    // crossing, no round trip, busy or idle (the reports come on a
+    // connection of their own: src/link/tracking.rs). Not while a write of
+    // this store to the same session is in flight: that write's result is
+    // what the get must return.
+    let text = this.#readCache && !this.#writing.has(sessionId) ? this.#addon.cached(sessionId) : null
     if (text === null) {
       const [b, p] = this.#batcher.enqueue(GET, sessionId, 0, 0)
       this.#batcher.sendIfFull(b)

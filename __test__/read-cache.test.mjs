@@ -358,32 +358,34 @@ describe('the link', answers, () => {
   })
 
   it('a report handled before the reply it follows (the race of client-side caching) never lets the older text in', async () => {
-    // The proxy holds the reader's round (its get), the session is changed
-    // meanwhile, and the server's report of that change is handed to the
-    // reader first: the reply with the older text comes after it.
+    // The proxy holds the reply to the reader's get (the older text), the
+    // session is changed meanwhile, and the server's report of that change,
+    // on the reports connection, is handled by the reader first: the reply
+    // with the older text is let through only then.
     const proxy = await startProxy(redis.server.port)
     const reader = createRedisSessionStore({ url: proxy.url, readCache: true })
     try {
       await tracking(reader)
       const id = newId()
       await redis.admin.set(`sess:${id}`, JSON.stringify(session(id, { v: 1 })), 'PX', TTL)
-      let held = Buffer.alloc(0)
-      let holding = true
-      proxy.rewrite = (data) => {
-        if (!holding) return data
-        held = Buffer.concat([held, data])
-        const at = held.indexOf('>')
-        if (at < 0) return Buffer.alloc(0)
-        // A push arrived: it goes first, then what was held before it.
-        holding = false
-        return Buffer.concat([held.subarray(at), held.subarray(0, at)])
+      /** @type {() => void} */
+      let release = () => {}
+      let held = false
+      proxy.holdAnswered = (data) => {
+        if (held || !data.includes('"v":1')) return null
+        held = true
+        return new Promise((resolve) => (release = () => resolve(undefined)))
       }
       const read = reader.get(id)
-      await sleep(50) // the get's round is answered, and held
+      await until(() => held, 5000, "the get's reply was held")
+      const reported = reader.stats().readCache.invalidations
       await redis.admin.set(`sess:${id}`, JSON.stringify(session(id, { v: 2 })), 'PX', TTL)
+      await until(() => reader.stats().readCache.invalidations > reported, 5000, 'the report was handled')
+      release()
       assert.equal((await read).data.v, 1, 'the read ran before the change')
-      assert.equal(holding, false, 'the report came, and was moved ahead')
+      const before = reader.stats().readCache.hits
       assert.equal((await reader.get(id)).data.v, 2, 'the older text was not kept')
+      assert.equal(hitsSince(reader, before), 0)
     } finally {
       await reader.close()
       await proxy.stop()

@@ -4,8 +4,7 @@
 // with one of these stores: this one ("store"), this one with a subscriber
 // on its tracing channel ("store-traced": a span's worth of work per event),
 // another built checkout of it ("baseline", from APP_BASELINE), this one with
-// the read cache ("store-cache"), without it ("store-nocache") or with it
-// answering every hit at once, even while a batch is out ("store-eager"), with
+// the read cache ("store-cache"), without it ("store-nocache"), with
 // users' indexes (userIdPath: "store-users"), the 1.x
 // adapter on ioredis with auto-pipelining ("js-auto"), JSON text in a Map
 // ("map": what the app costs with a store that does no I/O but hands out a
@@ -169,12 +168,6 @@ async function serve() {
    * README's "Read cache"): every get of a held session is answered at once,
    * even while a batch is out.
    */
-  function createEagerStore(url) {
-    const { Batcher } = createRequire(import.meta.url)('../lib/batcher.js')
-    Object.defineProperty(Batcher.prototype, 'busy', { get: () => false })
-    return createRedisSessionStore({ url, readCache: true })
-  }
-
   const store =
     kind === 'store' || kind === 'store-traced'
       ? createRedisSessionStore({ url })
@@ -184,8 +177,6 @@ async function serve() {
         ? createRedisSessionStore({ url, readCache: false })
       : kind === 'store-users'
         ? createRedisSessionStore({ url, userIdPath: 'data.userId' })
-      : kind === 'store-eager'
-        ? createEagerStore(url)
       : kind === 'baseline'
         ? createRequire(import.meta.url)(path.resolve(process.env.APP_BASELINE, 'store.js')).createRedisSessionStore({ url })
         : kind === 'js-auto'

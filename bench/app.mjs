@@ -12,8 +12,7 @@
 //   with 32 clients; the Redis stores only; '' for none),
 //   APP_SECONDS (4, after 1 s of warm-up), APP_STORES (store,js-auto,map,zero;
 //   also store-traced: with a tracing subscriber, store-cache and
-//   store-nocache: this store with readCache true and false, store-eager:
-//   with the cache answering at once while a batch is out, store-users:
+//   store-nocache: this store with readCache true and false, store-users:
 //   with userIdPath (users' indexes), and baseline:
 //   the build
 //   in APP_BASELINE, another built checkout of this package),

@@ -25,6 +25,8 @@ export function startProxy(upstreamPort) {
     rewrite: (data) => data,
     /** Ms to hold a chunk the client sent (0: none), or a Promise it waits for. @type {(data: Buffer) => number | Promise<unknown>} */
     holdSent: (_data) => 0,
+    /** A Promise a chunk the server sent waits for (and what follows it on that connection), or null. @type {(data: Buffer) => Promise<unknown> | null} */
+    holdAnswered: (_data) => null,
     heldSent: 0,
     /** Breaks every connection through the proxy (it goes on listening). */
     dropConnections() {
@@ -41,17 +43,18 @@ export function startProxy(upstreamPort) {
     sockets.add(client).add(upstream)
     // One queue and one timer per connection: chunks leave in the order they
     // came, each no earlier than its due time (timers alone may reorder them).
-    /** @type {{due: number, data: Buffer}[]} */
+    /** @type {{due: number, data: Buffer, gated?: boolean}[]} */
     const queue = []
     let timer = null
     const pump = () => {
+      if (timer !== null) clearTimeout(timer)
       timer = null
-      while (queue.length > 0 && queue[0].due <= Date.now()) {
+      while (queue.length > 0 && !queue[0].gated && queue[0].due <= Date.now()) {
         const { data } = /** @type {{data: Buffer}} */ (queue.shift())
         if (client.writable) client.write(data)
         proxy.flow?.push('answered')
       }
-      if (queue.length > 0) timer = setTimeout(pump, queue[0].due - Date.now())
+      if (queue.length > 0 && !queue[0].gated) timer = setTimeout(pump, queue[0].due - Date.now())
     }
     /**
      * What the client sent that waits behind a held chunk; a gated one waits
@@ -90,7 +93,13 @@ export function startProxy(upstreamPort) {
     })
     upstream.on('data', (data) => {
       const due = Math.max(Date.now() + proxy.delayMs, queue.at(-1)?.due ?? 0)
-      queue.push({ due, data: proxy.rewrite(data) })
+      const gate = proxy.holdAnswered(data)
+      const entry = { due, data: proxy.rewrite(data), gated: gate !== null }
+      queue.push(entry)
+      gate?.finally(() => {
+        entry.gated = false
+        pump()
+      })
       if (timer === null) pump()
     })
     const end = () => {

@@ -446,11 +446,14 @@ impl Connection {
                 let (link, address) = self.topology.open(self.timeouts).await?;
                 let capabilities = link.capabilities().await?;
                 if self.tracking.state() != TrackingState::Off {
-                    let replies = link
-                        .exec(&watch_question(true))
-                        .await
-                        .map_err(|e| StoreError::from_redis(e, false))?;
+                    let question = watch_question(true);
+                    let replies = match link.ask_reports(&question).await {
+                        Some(replies) => replies,
+                        None => link.exec(&question).await,
+                    };
+                    let replies = replies.map_err(|e| StoreError::from_redis(e, false))?;
                     self.tracking.watched(&replies);
+                    self.tracking.heard();
                 }
                 Ok::<_, StoreError>((link, address, capabilities))
             };
@@ -549,13 +552,13 @@ impl Connection {
         }
     }
 
-    /// Asks the watch's question ([`watch_question`]) on link every
-    /// [`HEARTBEAT`] while the store caches, busy or idle: what the server
-    /// does not report (a SWAPDB, an eviction or a tracking-table drop
-    /// during the store's own command, a `maxmemory` set at run time) is
-    /// seen within a heartbeat, and the answer keeps an idle link fresh (a
-    /// link must have answered lately: `tracking.rs`). The last link's
-    /// heartbeat stops.
+    /// Asks the watch's question ([`watch_question`]) on the link's reports
+    /// connection every [`HEARTBEAT`] while the store caches, busy or idle:
+    /// what the server does not report (a SWAPDB, an eviction or a
+    /// tracking-table drop during the store's own command, a `maxmemory` set
+    /// at run time) is seen within a heartbeat, and the answer keeps the
+    /// reports fresh (the reports connection must have answered lately:
+    /// `tracking.rs`). The last link's heartbeat stops.
     fn beat(&self, link: &Link) {
         if self.tracking.state() == TrackingState::Off {
             return;
@@ -578,7 +581,13 @@ impl Connection {
                 if stop.load(Ordering::Acquire) || tracking.state() == TrackingState::Refused {
                     continue;
                 }
-                match tokio::time::timeout(bound, link.exec(&question)).await {
+                let asked = async {
+                    match link.ask_reports(&question).await {
+                        Some(replies) => replies,
+                        None => link.exec(&question).await,
+                    }
+                };
+                match tokio::time::timeout(bound, asked).await {
                     Ok(Ok(replies)) => {
                         tracking.watched(&replies);
                         tracking.heard();
@@ -712,7 +721,6 @@ impl Ready<'_> {
                 ))
             }
             Ok(Ok(value)) => {
-                conn.tracking.heard();
                 conn.answered();
                 Ok(value)
             }

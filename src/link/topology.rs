@@ -258,12 +258,13 @@ impl Topology {
     }
 }
 
-/// A connection the store opens itself, over TCP or TLS, watching its
-/// socket (`tracking.rs`): RESP3, the server's pushes to `watch.pushes`.
-/// Over TLS the watch wraps the TLS stream: its reader is done only when
-/// the TLS layer holds nothing it decrypted, and the socket asked is the TCP
-/// one beneath. The driver runs as a task of its own; when it ends (the
-/// connection closed), the pushes hear of it.
+/// The connections the store opens itself for the read cache, over TCP or
+/// TLS (`tracking.rs`): first the reports connection, whose socket is
+/// watched and whose `CLIENT ID` the data connection will redirect its
+/// reports to, then the data connection. Both RESP3, their pushes (their
+/// ends, `tracking-redir-broken`, the reports) to `watch.pushes`. Over TLS
+/// the watch wraps the TLS stream: its reader is done only when the TLS layer
+/// holds nothing it decrypted, and the socket asked is the TCP one beneath.
 async fn open_watched(
     info: &ConnectionInfo,
     watch: &Watch,
@@ -277,17 +278,40 @@ async fn open_watched(
         },
         _ => return Err(not_watchable()),
     };
-    let stream = tokio::net::TcpStream::connect((host.as_str(), port)).await?;
-    stream.set_nodelay(true)?;
+    let connect = || async {
+        let stream = tokio::net::TcpStream::connect((host.as_str(), port)).await?;
+        stream.set_nodelay(true)?;
+        Ok::<_, RedisError>(stream)
+    };
+    let stream = connect().await?;
     let socket = Arc::new(SocketWatch::of(&stream));
     let pushes = watch.pushes.watching(Arc::clone(&socket));
-    match tls {
-        None => over(info, Watched::new(stream, socket), pushes, timeouts).await,
+    let reports = match tls {
+        None => over(info, Watched::new(stream, socket), pushes.clone(), timeouts).await?,
         Some(tls) => {
             let stream = tls.connect(host, stream).await?;
-            over(info, Watched::new(stream, socket), pushes, timeouts).await
+            over(info, Watched::new(stream, socket), pushes.clone(), timeouts).await?
         }
-    }
+    };
+    let id: i64 = redis::cmd("CLIENT")
+        .arg("ID")
+        .query_async(&mut reports.clone())
+        .await?;
+    let stream = connect().await?;
+    let data = match tls {
+        None => over(info, stream, pushes.clone(), timeouts).await?,
+        Some(tls) => {
+            over(
+                info,
+                tls.connect(host, stream).await?,
+                pushes.clone(),
+                timeouts,
+            )
+            .await?
+        }
+    };
+    pushes.redirect_to(id);
+    Ok(Node::Watched { data, reports })
 }
 
 /// The multiplexed connection over `stream`, and its driver's task.
@@ -296,7 +320,7 @@ async fn over<S>(
     stream: S,
     pushes: Pushes,
     timeouts: Timeouts,
-) -> RedisResult<Node>
+) -> RedisResult<MultiplexedConnection>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
 {
@@ -316,7 +340,7 @@ where
             data: Vec::new(),
         });
     });
-    Ok(Node::Watched(connection))
+    Ok(connection)
 }
 
 fn not_watchable() -> RedisError {
@@ -464,18 +488,22 @@ pub enum Link {
 }
 
 /// One server's connection: kept open by a manager, or opened by the store
-/// itself to watch its socket (the read cache: `tracking.rs`).
+/// itself with a reports connection beside it whose socket it watches (the
+/// read cache: `tracking.rs`).
 #[derive(Clone)]
 pub enum Node {
     Managed(ConnectionManager),
-    Watched(MultiplexedConnection),
+    Watched {
+        data: MultiplexedConnection,
+        reports: MultiplexedConnection,
+    },
 }
 
 impl ConnectionLike for Node {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a redis::Cmd) -> redis::RedisFuture<'a, Value> {
         match self {
             Node::Managed(m) => m.req_packed_command(cmd),
-            Node::Watched(w) => w.req_packed_command(cmd),
+            Node::Watched { data, .. } => data.req_packed_command(cmd),
         }
     }
 
@@ -487,14 +515,14 @@ impl ConnectionLike for Node {
     ) -> redis::RedisFuture<'a, Vec<Value>> {
         match self {
             Node::Managed(m) => m.req_packed_commands(cmd, offset, count),
-            Node::Watched(w) => w.req_packed_commands(cmd, offset, count),
+            Node::Watched { data, .. } => data.req_packed_commands(cmd, offset, count),
         }
     }
 
     fn get_db(&self) -> i64 {
         match self {
             Node::Managed(m) => m.get_db(),
-            Node::Watched(w) => w.get_db(),
+            Node::Watched { data, .. } => data.get_db(),
         }
     }
 }
@@ -557,6 +585,18 @@ impl Link {
         match reply {
             Ok(v) => Ok(v),
             Err(e) => ServerError::try_from(e).map(Value::ServerError),
+        }
+    }
+
+    /// Runs the watch's question (`tracking.rs`) where the reports come: on
+    /// the reports connection, whose answer then follows every report sent
+    /// before it. None: the link has no reports connection.
+    pub async fn ask_reports(&self, pipe: &Pipeline) -> Option<RedisResult<Vec<Value>>> {
+        match self {
+            Link::Single(Node::Watched { reports, .. }) => {
+                Some(pipe.query_async::<Vec<Value>>(&mut reports.clone()).await)
+            }
+            _ => None,
         }
     }
 

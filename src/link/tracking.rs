@@ -11,26 +11,36 @@
 //! write by its writer has the report on its way already. (`BCAST` sends its
 //! reports only at the end of the server's event-loop turn, after the
 //! writer's reply: a reader told at once read the old text 31 times in 2,000
-//! rounds. Default mode would track every key the link reads.) Reports come
-//! as RESP3 pushes on the link itself, handled by the connection's own task
-//! as soon as their bytes arrive.
+//! rounds. Default mode would track every key the link reads.)
+//!
+//! The reports come on a connection of their own, the *reports connection*,
+//! which carries nothing else: the data connection tracks with `REDIRECT` to
+//! it (`CLIENT TRACKING ON REDIRECT <its id>`). So whether a report waits
+//! unread can be asked while the data connection has replies in flight: a
+//! busy store answers hits as an idle one does. (On one connection, a report
+//! sits among the replies, and "nothing unread" could be asked only while
+//! nothing was in flight.) The order of a reply and a report no longer
+//! follows the server's: the tickets (`texts.rs`) keep a reply out of the
+//! cache when a report on its key was handled after it was planned, and a
+//! report handled after the reply drops the text it kept.
 //!
 //! Whether a connection tracks is confirmed in the very pipeline whose
 //! replies the cache may keep (the round's first command): `CLIENT GETREDIR`
-//! answers 0 on a tracking connection, -1 on one that is not (a connection
-//! the client opened again by itself); then the next round turns tracking on
-//! again. A connection lost, a new link, a timeout: the cache forgets
-//! everything ([`Tracking::lost`]), as the server's reports on the old
-//! connection are gone with it.
+//! answers the reports connection's id on a connection that tracks into it,
+//! another number on one that does not (-1: a connection the client opened
+//! again by itself; another id: an older link's); then the next round turns
+//! tracking on again. A connection lost (either one), a new link, a timeout:
+//! the cache forgets everything ([`Tracking::lost`]), as the server's reports
+//! on the old connection are gone with it.
 //!
 //! A connection can also go silent without breaking (a partition, a server
 //! stopped): reports would stop, and nothing would say so. So a text is
-//! served only while the link answered within [`FRESH_FOR`]: an answer comes
-//! after every report the server sent before it, on the same connection. The
-//! store asks the link the watch's question ([`watch_question`]) every
-//! [`HEARTBEAT`], which keeps an idle link fresh and finds what no report
-//! says (a SWAPDB, an eviction or a tracking-table drop caused by the
-//! store's own command, a `maxmemory` set at run time): see
+//! served only while the reports connection answered within [`FRESH_FOR`]:
+//! an answer comes after every report the server sent before it, on the same
+//! connection. The store asks the reports connection the watch's question
+//! ([`watch_question`]) every [`HEARTBEAT`], which keeps it fresh and finds
+//! what no report says (a SWAPDB, an eviction or a tracking-table drop
+//! caused by the store's own command, a `maxmemory` set at run time): see
 //! [`Tracking::watched`].
 //!
 //! And a report may have arrived without being handled yet: the connection's
@@ -38,12 +48,12 @@
 //! on JavaScript's. A writer's reply and the report to the readers leave the
 //! server together, so a reader told by the writer at once could find its
 //! text before its own thread read the report. So the store opens the
-//! connection itself and watches its socket ([`SocketWatch`]): a text is
-//! served only when the socket has nothing to read (no byte, no end) and the connection's task
-//! has handled all it read.
+//! reports connection itself and watches its socket ([`SocketWatch`]): a
+//! text is served only when that socket has nothing to read (no byte, no
+//! end) and the connection's task has handled all it read.
 
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -122,8 +132,11 @@ pub struct Tracking {
     /// When the link last answered, in ms after `since`.
     heard_ms: AtomicU64,
     since: Instant,
-    /// The socket of the current connection.
+    /// The socket of the current reports connection.
     socket: Mutex<Option<Arc<SocketWatch>>>,
+    /// The current reports connection's id (`CLIENT ID`), which the data
+    /// connection redirects its reports to; 0: none (not open yet, or gone).
+    redirect: AtomicI64,
     /// Set when the connection closed: the next call opens another.
     broken: AtomicBool,
     /// Connections opened (the current one's number).
@@ -247,17 +260,28 @@ pub const HEARTBEAT: Duration = Duration::from_millis(500);
 pub struct Pushes(Arc<Tracking>, u64);
 
 impl Pushes {
-    /// The pushes of a new connection, which watches this socket: from now
-    /// on, those of an older connection (its end, as it is dropped) are not
-    /// heard.
+    /// The pushes of a new link, whose reports connection has this socket
+    /// (its data connection sends the same pushes: its end): from now on,
+    /// those of an older link (its end, as it is dropped) are not heard. The
+    /// reports go nowhere until [`Pushes::redirect_to`] names the
+    /// connection.
     pub fn watching(&self, watch: Arc<SocketWatch>) -> Pushes {
         let t = &self.0;
         let id = t.connections.fetch_add(1, Ordering::AcqRel) + 1;
         *t.socket
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(watch);
+        t.redirect.store(0, Ordering::Release);
         t.broken.store(false, Ordering::Release);
         Pushes(Arc::clone(t), id)
+    }
+
+    /// The reports connection of this link is open, with this `CLIENT ID`:
+    /// the next round turns tracking on with `REDIRECT` to it.
+    pub fn redirect_to(&self, client_id: i64) {
+        if self.1 == self.0.connections.load(Ordering::Acquire) {
+            self.0.redirect.store(client_id, Ordering::Release);
+        }
     }
 }
 
@@ -275,11 +299,12 @@ impl AsyncPushSender for Pushes {
                 // A flush (FLUSHDB, FLUSHALL) says null: everything.
                 _ => listener.everything(),
             },
-            // The connection is gone, and its reports with it.
-            PushKind::Disconnection => {
-                self.0.broken.store(true, Ordering::Release);
-                self.0.lost()
-            }
+            // A connection of the link is gone (the reports connection, and
+            // its reports with it; or the data connection), or the server
+            // found the reports connection gone (`tracking-redir-broken`,
+            // on the data connection): the link is opened again.
+            PushKind::Disconnection => self.0.broken(),
+            PushKind::Other(ref kind) if kind == "tracking-redir-broken" => self.0.broken(),
             _ => {}
         }
         Ok(())
@@ -299,12 +324,14 @@ impl Tracking {
             heard_ms: AtomicU64::new(0),
             since: Instant::now(),
             socket: Mutex::new(None),
+            redirect: AtomicI64::new(0),
             broken: AtomicBool::new(false),
             connections: AtomicU64::new(0),
         })
     }
 
-    /// The link answered: every report sent before the answer has been handled.
+    /// The reports connection answered: every report sent to it before the
+    /// answer has been handled.
     pub fn heard(&self) {
         let ms = self.since.elapsed().as_millis() as u64;
         self.heard_ms.fetch_max(ms, Ordering::AcqRel);
@@ -316,8 +343,9 @@ impl Tracking {
         self.since.elapsed().saturating_sub(heard)
     }
 
-    /// Whether a `get` may be answered from memory now: tracking is on and the
-    /// link answered within [`FRESH_FOR`].
+    /// Whether a `get` may be answered from memory now: tracking is on, the
+    /// reports connection answered within [`FRESH_FOR`] and holds nothing
+    /// unread.
     pub fn serves(&self) -> bool {
         self.state() == TrackingState::On
             && self.quiet_for() < FRESH_FOR
@@ -335,8 +363,16 @@ impl Tracking {
         Pushes(Arc::clone(self), 0)
     }
 
-    /// Whether the connection closed since last asked (the next call opens
-    /// another).
+    /// A connection of the link closed: the reports go nowhere now, so the
+    /// cache forgets, and the next call opens another link.
+    fn broken(&self) {
+        self.redirect.store(0, Ordering::Release);
+        self.broken.store(true, Ordering::Release);
+        self.lost()
+    }
+
+    /// Whether a connection of the link closed since last asked (the next
+    /// call opens another link).
     pub fn take_broken(&self) -> bool {
         self.broken.swap(false, Ordering::AcqRel)
     }
@@ -413,15 +449,26 @@ impl Tracking {
     }
 
     /// The command that opens a round whose replies the cache may keep:
-    /// turning tracking on, or confirming it. None: no tracking.
+    /// turning tracking on (its reports to the reports connection), or
+    /// confirming it. None: no tracking (nor while no reports connection is
+    /// open).
     pub fn round_command(&self) -> Option<Cmd> {
         if self.stands_aside() {
+            return None;
+        }
+        let redirect = self.redirect.load(Ordering::Acquire);
+        if redirect == 0 {
             return None;
         }
         match self.state() {
             TrackingState::Starting => {
                 let mut cmd = redis::cmd("CLIENT");
-                cmd.arg("TRACKING").arg("ON").arg("OPTIN").arg("NOLOOP");
+                cmd.arg("TRACKING")
+                    .arg("ON")
+                    .arg("REDIRECT")
+                    .arg(redirect)
+                    .arg("OPTIN")
+                    .arg("NOLOOP");
                 Some(cmd)
             }
             TrackingState::On => {
@@ -442,14 +489,18 @@ impl Tracking {
                 self.set(TrackingState::Starting, TrackingState::On);
                 true
             }
-            // GETREDIR: tracking, without redirection.
-            Value::Int(0) => true,
-            // GETREDIR: this connection does not track (opened again by the
-            // client): the cache forgets, the next round turns it on.
+            // GETREDIR: tracking, into the current reports connection.
+            Value::Int(id) if *id != 0 && *id == self.redirect.load(Ordering::Acquire) => true,
+            // GETREDIR: this connection does not track (-1: opened again by
+            // the client), or into another reports connection (an older
+            // link's): the cache forgets, the next round turns it on.
             Value::Int(_) => {
                 self.lost();
                 false
             }
+            // The reports connection named is gone (the round was planned
+            // before its end was heard): the link is opened again.
+            Value::ServerError(e) if e.details().is_some_and(|d| d.contains("redirect")) => false,
             // NOPERM, an unknown subcommand: not on this server.
             Value::ServerError(_) => {
                 self.set(TrackingState::Starting, TrackingState::Refused);
@@ -774,12 +825,47 @@ mod tests {
     #[test]
     fn states_follow_the_replies() {
         let t = Tracking::new(true);
+        t.listen(Arc::new(Heard::default()));
         assert_eq!(t.state(), TrackingState::Starting);
+        // No reports connection yet: no tracked round.
+        assert!(t.round_command().is_none());
+        t.pushes().redirect_to(7);
+        let on = t.round_command().expect("a command that turns tracking on");
+        assert_eq!(
+            on.args_iter()
+                .map(|a| match a {
+                    redis::Arg::Simple(b) => String::from_utf8_lossy(b).into_owned(),
+                    _ => String::new(),
+                })
+                .collect::<Vec<_>>(),
+            ["CLIENT", "TRACKING", "ON", "REDIRECT", "7", "OPTIN", "NOLOOP"]
+        );
         assert!(t.confirmed(&Value::Okay));
         assert_eq!(t.state(), TrackingState::On);
-        assert!(t.confirmed(&Value::Int(0)));
+        // GETREDIR: into the reports connection.
+        assert!(t.confirmed(&Value::Int(7)));
+        // Into another one (an older link's), or none: forgotten, turned on again.
+        assert!(!t.confirmed(&Value::Int(5)));
+        assert_eq!(t.state(), TrackingState::Starting);
+        assert!(t.confirmed(&Value::Okay));
         assert!(!t.confirmed(&Value::Int(-1)));
         assert_eq!(t.state(), TrackingState::Starting);
+        // The reports connection named is gone: not refused, the link opens again.
+        let gone =
+            redis::parse_redis_value(b"-ERR The client ID you want redirect to does not exist\r\n")
+                .expect("a server's error");
+        assert!(!t.confirmed(&gone));
+        assert_eq!(t.state(), TrackingState::Starting);
+        // Its end heard: no tracked round until the next link's.
+        t.pushes()
+            .send(PushInfo {
+                kind: PushKind::Other("tracking-redir-broken".into()),
+                data: vec![],
+            })
+            .unwrap();
+        assert!(t.take_broken());
+        assert!(t.round_command().is_none());
+        t.pushes().redirect_to(8);
         // An ACL without CLIENT TRACKING (this check never ran before: the
         // error was built in a way that is not a server's).
         let refused = redis::parse_redis_value(

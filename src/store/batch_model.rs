@@ -4,8 +4,9 @@
 //! indexes and on each kind of compare-and-set (`swap.lua`, `SET … IFEQ`,
 //! `SET … IFDEQ`), against a model of Redis that runs the pipelines they
 //! plan command by command: strings and sorted sets with their expiries,
-//! `MULTI`/`EXEC`, the scripts by their SHA1 (and NOSCRIPT after a script
-//! flush), `CLIENT TRACKING` with OPTIN, `CLIENT CACHING` and NOLOOP. Between
+//! flush), `CLIENT TRACKING` with OPTIN, `CLIENT CACHING`, NOLOOP and
+//! REDIRECT (the reports on a connection of their own, in any order with the
+//! replies). Between
 //! any two steps: other clients' writes, deletes, expiries and flushes, the
 //! server's reports, replies read and handled late, time passing, the server
 //! stalling so that calls time out (their commands still run later),
@@ -13,9 +14,10 @@
 //!
 //! After every step it checks what the README promises:
 //! - nothing the read cache would serve differs from the server's value at
-//!   that moment (a get is answered from memory only when the connection has
-//!   nothing unread, tracking is on, and no write of that session by this
-//!   store is in flight, as `store.js` and `tracking.rs` rule);
+//!   that moment (a get is answered from memory only when the reports
+//!   connection has nothing unread, tracking is on, and no write of that
+//!   session by this store is in flight, as `store.js` and `tracking.rs`
+//!   rule, whatever replies are in flight);
 //! - every session this store wrote that names a user is in that user's
 //!   index, with an entry that outlives it, however late its write landed.
 //!
@@ -184,7 +186,7 @@ impl Server {
                     self.tracking_on = true;
                     Value::Okay
                 }
-                "GETREDIR" => Value::Int(if self.tracking_on { 0 } else { -1 }),
+                "GETREDIR" => Value::Int(if self.tracking_on { REPORTS_ID } else { -1 }),
                 "CACHING" => {
                     self.caching = true;
                     Value::Okay
@@ -428,14 +430,19 @@ struct Model {
     batches: Vec<Batch>,
     /// Pipelines sent, not yet run: (batch, the commands left, replies so far).
     queue: VecDeque<(usize, VecDeque<Command>, Vec<Value>)>,
-    /// Sent by the server, not yet read.
+    /// Replies sent by the server, not yet read.
     wire: VecDeque<Msg>,
+    /// Reports sent by the server to the reports connection, not yet read.
+    reports: VecDeque<Msg>,
     /// Writes of each session in flight (`store.js` `#writing`).
     writing: HashMap<String, u32>,
     next_n: u64,
     hits: u64,
     log: Vec<String>,
 }
+
+/// The reports connection's `CLIENT ID`.
+const REPORTS_ID: i64 = 7;
 
 fn leak<T>(value: T) -> &'static T {
     Box::leak(Box::new(value))
@@ -504,7 +511,11 @@ impl Model {
             server,
             parts,
             texts,
-            pushes: tracking.pushes(),
+            pushes: {
+                let pushes = tracking.pushes();
+                pushes.redirect_to(REPORTS_ID);
+                pushes
+            },
             tracking,
             keys,
             users,
@@ -516,6 +527,7 @@ impl Model {
             batches: Vec::new(),
             queue: VecDeque::new(),
             wire: VecDeque::new(),
+            reports: VecDeque::new(),
             writing: HashMap::new(),
             next_n: 0,
             hits: 0,
@@ -725,14 +737,20 @@ impl Model {
 
     fn flush_reports(&mut self) {
         for report in self.server.reports.drain(..) {
-            self.wire.push_back(Msg::Report(report));
+            self.reports.push_back(Msg::Report(report));
         }
     }
 
-    /// The connection's task reads the next message: a report goes to the
-    /// push sender at once, a reply to its batch (if it still waits).
+    /// A connection's task reads the next message: the reports
+    /// connection's, a report, goes to the push sender at once; the data
+    /// connection's, a reply, to its batch (if it still waits).
     fn read(&mut self) {
-        match self.wire.pop_front() {
+        let from = if self.rng.below(2) == 0 {
+            &mut self.wire
+        } else {
+            &mut self.reports
+        };
+        match from.pop_front() {
             Some(Msg::Report(keys)) => {
                 let data = match keys {
                     Some(keys) => vec![Value::Array(
@@ -802,6 +820,7 @@ impl Model {
         self.queue.clear();
         self.server.reports.clear();
         self.wire.clear();
+        self.reports.clear();
         self.server.tracking_on = false;
         self.server.tracked.clear();
         self.server.caching = false;
@@ -908,7 +927,11 @@ impl Model {
             let live: Vec<usize> = (0..self.batches.len())
                 .filter(|b| !self.batches[*b].finished)
                 .collect();
-            if live.is_empty() && self.queue.is_empty() && self.wire.is_empty() {
+            if live.is_empty()
+                && self.queue.is_empty()
+                && self.wire.is_empty()
+                && self.reports.is_empty()
+            {
                 return;
             }
             match self.rng.below(3) {
@@ -922,6 +945,7 @@ impl Model {
             // A merge backing off waits for time to pass.
             if self.queue.is_empty()
                 && self.wire.is_empty()
+                && self.reports.is_empty()
                 && live.iter().all(|b| self.batches[*b].sent.is_none())
             {
                 self.server.now += 1;
@@ -956,7 +980,7 @@ impl Model {
     fn check(&mut self) {
         let clock = self.server.clock();
         // The read cache serves nothing the server does not hold now.
-        let serves = self.wire.is_empty()
+        let serves = self.reports.is_empty()
             && self.tracking.state() == TrackingState::On
             && !self.tracking.stands_aside();
         for id in IDS {

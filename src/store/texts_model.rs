@@ -2,8 +2,8 @@
 //! generator interleaves this store's reads and writes, other clients'
 //! writes, expiries, flushes, the server's reports, replies handled late and
 //! in any order, endings (`destroyUserSessions`) and lost connections
-//! against a small model of Redis (values, ttls, this connection's entries of
-//! the tracking table, OPTIN and NOLOOP, one connection's order), and checks
+//! against a small model of Redis (values, ttls, this link's entries of the
+//! tracking table, OPTIN, NOLOOP and REDIRECT, each connection's order), and checks
 //! after every step that whatever the cache would serve is the model's value
 //! at that moment: no text older than the server's, and no deleted, expired
 //! or ended session.
@@ -15,12 +15,20 @@
 //!   key leaves its tracking entries; a change made by this connection
 //!   (NOLOOP) sends none, but the key leaves them all the same; a read
 //!   asked with `CACHING YES`, and a tracked write's `PTTL`, track it again.
-//! - Replies and reports reach the connection in the order sent; the
-//!   connection's task hands a report to the texts at once, and a reply to
-//!   its op, whose task handles it later, in any order with the others.
-//! - A get is answered from memory only when the connection has nothing
-//!   unread (`tracking.rs`, `SocketWatch`) and no write of that session by
-//!   this store is in flight (`store.js`).
+//! - A link is two connections (`tracking.rs`): replies come on the data
+//!   connection, reports on the reports connection, each in the order sent,
+//!   in any order with each other. The reports connection's task hands a
+//!   report to the texts at once; the data connection's hands a reply to its
+//!   op, whose task handles it later, in any order with the others.
+//! - A get is answered from memory only when the reports connection has
+//!   nothing unread (`tracking.rs`, `SocketWatch`), the link has its reports
+//!   connection, and no write of that session by this store is in flight
+//!   (`store.js`), whatever the data connection has in flight.
+//! - The reports connection alone can be lost: the texts and tickets go, a
+//!   round planned meanwhile keeps nothing servable, and the next op opens a
+//!   new link, while the old data connection's ops go on. For the server the
+//!   old connection is another client: its writes are reported to the new
+//!   link, its reads track nothing the new link hears of.
 //!
 //! Not in the model: events the server does not report to the connection
 //! that caused them (an eviction or a tracking-table drop during its own
@@ -69,6 +77,11 @@ struct Op {
     /// compares with.
     version: u64,
     expected: u64,
+    /// The link it was sent on.
+    link: u64,
+    /// Whether its round was tracked (the link had its reports connection
+    /// when it was planned): only then is what it keeps servable.
+    servable: bool,
 }
 
 /// What a reply says.
@@ -80,26 +93,26 @@ enum Reply {
     Applied(bool),
 }
 
-#[derive(Debug)]
-enum Msg {
-    Reply(usize, Reply),
-    /// A report: these keys changed; None: everything (a flush).
-    Report(Option<&'static str>),
-}
+/// A report: this key changed; None: everything (a flush).
+type Report = Option<&'static str>;
 
 #[derive(Default)]
 struct Server {
     /// Session → (version, expires at, model ms).
     values: HashMap<&'static str, (u64, u64)>,
-    /// The keys this connection tracks.
+    /// The keys the current link's data connection tracks.
     tracked: HashSet<&'static str>,
+    /// The current link; an older link's data connection is another client.
+    link: u64,
+    /// The current link's reports connection is gone: reports go nowhere.
+    reports_gone: bool,
 }
 
 impl Server {
-    /// Another client changed `id`: this connection is told if it tracked it.
-    fn changed_by_other(&mut self, id: &'static str, wire: &mut VecDeque<Msg>) {
-        if self.tracked.remove(id) {
-            wire.push_back(Msg::Report(Some(id)));
+    /// Another client changed `id`: the link is told if it tracked it.
+    fn changed_by_other(&mut self, id: &'static str, reports: &mut VecDeque<Report>) {
+        if self.tracked.remove(id) && !self.reports_gone {
+            reports.push_back(Some(id));
         }
     }
 
@@ -115,8 +128,11 @@ impl Server {
             .map(|(v, _)| *v)
     }
 
-    /// Runs one of this connection's commands at `now`.
-    fn run(&mut self, op: &Op, now: u64) -> Reply {
+    /// Runs one of this store's commands at `now`.
+    fn run(&mut self, op: &Op, now: u64, reports: &mut VecDeque<Report>) -> Reply {
+        if op.link != self.link {
+            return self.run_as_other(op, now, reports);
+        }
         // A key past its expiry is deleted when touched (no report to the
         // connection whose command found it: NOLOOP, and its reply says so).
         if self.values.get(op.id).is_some_and(|(_, e)| *e <= now) {
@@ -166,6 +182,46 @@ impl Server {
     }
 }
 
+impl Server {
+    /// An op of an older link's data connection: to the server another
+    /// client, whose changes are reported to the current link, and whose
+    /// reads track nothing the current link hears of.
+    fn run_as_other(&mut self, op: &Op, now: u64, reports: &mut VecDeque<Report>) -> Reply {
+        if self.values.get(op.id).is_some_and(|(_, e)| *e <= now) {
+            self.values.remove(op.id);
+            self.changed_by_other(op.id, reports);
+        }
+        let changed = match op.kind {
+            Kind::Get => {
+                return Reply::Found(self.values.get(op.id).map(|(v, e)| (*v, e - now)));
+            }
+            Kind::Set => {
+                self.values.insert(op.id, (op.version, now + op.ttl));
+                true
+            }
+            Kind::Merge => {
+                let applied = self.values.get(op.id).map(|(v, _)| *v) == Some(op.expected);
+                if applied {
+                    self.values.insert(op.id, (op.version, now + op.ttl));
+                }
+                applied
+            }
+            Kind::Delete | Kind::End => self.values.remove(op.id).is_some(),
+            Kind::Touch => match self.values.get_mut(op.id) {
+                Some(entry) => {
+                    entry.1 = now + op.ttl;
+                    true
+                }
+                None => false,
+            },
+        };
+        if changed {
+            self.changed_by_other(op.id, reports);
+        }
+        Reply::Applied(changed)
+    }
+}
+
 fn text_of(version: u64) -> Arc<Vec<u8>> {
     Arc::new(version.to_string().into_bytes())
 }
@@ -183,8 +239,17 @@ struct Model {
     ops: Vec<Op>,
     /// Sent, not yet run by the server.
     queue: VecDeque<usize>,
-    /// Sent by the server, not yet read by the connection's task.
-    wire: VecDeque<Msg>,
+    /// Replies sent by the server, not yet read by the data connection's
+    /// task (the current link's and older ones').
+    replies: VecDeque<(usize, Reply)>,
+    /// Reports sent by the server, not yet read by the reports connection's
+    /// task.
+    reports: VecDeque<Report>,
+    /// The current link (counted from 0).
+    link: u64,
+    /// The current link's reports connection was lost: nothing is served
+    /// until the next link.
+    reports_lost: bool,
     /// Handed to their ops, not yet handled by them.
     received: Vec<(usize, Reply)>,
     /// Writes and endings of each session in flight: a get concurrent with
@@ -209,7 +274,10 @@ impl Model {
             now: 0,
             ops: Vec::new(),
             queue: VecDeque::new(),
-            wire: VecDeque::new(),
+            replies: VecDeque::new(),
+            reports: VecDeque::new(),
+            link: 0,
+            reports_lost: false,
             received: Vec::new(),
             writing: HashMap::new(),
             next_version: 1,
@@ -230,6 +298,11 @@ impl Model {
     /// This store plans an op and sends it, as `rounds.rs` does: a ticket for
     /// every op whose reply the cache may keep.
     fn plan(&mut self) {
+        // A round of a batch already out may still go on the old link
+        // (it had its link before the end was heard): it is not tracked.
+        if self.reports_lost && self.rng.below(2) == 0 {
+            self.new_link();
+        }
         let id = self.rng.pick(&IDS);
         let kind = self.rng.pick(&[
             Kind::Get,
@@ -272,18 +345,54 @@ impl Model {
             ttl,
             version,
             expected,
+            link: self.link,
+            servable: !self.reports_lost,
         });
     }
 
-    /// The server runs the next command of this connection.
+    /// The next round opens a new link (`connection.rs`, after a
+    /// connection of the old one closed): every text goes
+    /// (`server_changed`), the new data connection tracks nothing yet, and
+    /// the old one's ops go on, to the server another client.
+    fn new_link(&mut self) {
+        self.link += 1;
+        self.server.link = self.link;
+        self.server.tracked.clear();
+        self.server.reports_gone = false;
+        self.reports_lost = false;
+        self.texts.flush();
+        self.log
+            .push(format!("{}: new link {}", self.now, self.link));
+    }
+
+    /// The server runs the next command of a data connection: the current
+    /// link's, or an older one's still in flight (each in its order).
     fn serve_command(&mut self) {
-        let Some(at) = self.queue.pop_front() else {
+        let queued = self.queue.iter().copied().collect::<Vec<_>>();
+        let Some(pick) = self.next_of_some_link(queued.into_iter()) else {
             return;
         };
-        let reply = self.server.run(&self.ops[at], self.now);
+        let at = self.queue.remove(pick).unwrap();
+        let reply = self.server.run(&self.ops[at], self.now, &mut self.reports);
         self.log
             .push(format!("{}: server runs #{at}: {reply:?}", self.now));
-        self.wire.push_back(Msg::Reply(at, reply));
+        self.replies.push_back((at, reply));
+    }
+
+    /// Where the first op of a link, one picked at random, stands among
+    /// `ops`: connections keep their own order, not each other's.
+    fn next_of_some_link(&mut self, ops: impl Iterator<Item = usize>) -> Option<usize> {
+        let mut heads: Vec<(u64, usize)> = Vec::new();
+        for (i, at) in ops.enumerate() {
+            let link = self.ops[at].link;
+            if !heads.iter().any(|(l, _)| *l == link) {
+                heads.push((link, i));
+            }
+        }
+        if heads.is_empty() {
+            return None;
+        }
+        Some(heads[self.rng.below(heads.len() as u64) as usize].1)
     }
 
     /// Another client writes, deletes, shortens or flushes.
@@ -310,12 +419,14 @@ impl Model {
             _ => {
                 self.server.values.clear();
                 self.server.tracked.clear();
-                self.wire.push_back(Msg::Report(None));
+                if !self.server.reports_gone {
+                    self.reports.push_back(None);
+                }
                 self.log.push(format!("{}: other flushes", self.now));
                 return;
             }
         }
-        self.server.changed_by_other(id, &mut self.wire);
+        self.server.changed_by_other(id, &mut self.reports);
     }
 
     /// The server's active expiry (in its cron: no client's command, so
@@ -332,18 +443,26 @@ impl Model {
         due.sort(); // one order whatever the map's: a seed replays the same steps
         for id in due {
             self.server.values.remove(id);
-            self.server.changed_by_other(id, &mut self.wire);
+            self.server.changed_by_other(id, &mut self.reports);
         }
     }
 
-    /// The connection's task reads the next message: a report goes to the
-    /// texts at once, a reply to its op.
-    fn read(&mut self) {
-        match self.wire.pop_front() {
-            Some(Msg::Report(Some(id))) => self.texts.invalidate([id].into_iter()),
-            Some(Msg::Report(None)) => self.texts.flush(),
-            Some(Msg::Reply(at, reply)) => self.received.push((at, reply)),
+    /// The reports connection's task reads the next report: it goes to the
+    /// texts at once.
+    fn read_report(&mut self) {
+        match self.reports.pop_front() {
+            Some(Some(id)) => self.texts.invalidate([id].into_iter()),
+            Some(None) => self.texts.flush(),
             None => {}
+        }
+    }
+
+    /// A data connection's task reads its next reply and hands it to its op.
+    fn read_reply(&mut self) {
+        let heads = self.replies.iter().map(|(at, _)| *at).collect::<Vec<_>>();
+        if let Some(pick) = self.next_of_some_link(heads.into_iter()) {
+            let reply = self.replies.remove(pick).unwrap();
+            self.received.push(reply);
         }
     }
 
@@ -358,20 +477,18 @@ impl Model {
         let op = &self.ops[at];
         self.log
             .push(format!("{}: #{at} handles {reply:?}", self.now));
+        let until = |ms| op.servable.then(|| self.at(op.planned + ms));
         match (op.kind, reply) {
-            (Kind::Get, Reply::Found(Some((v, pttl)))) => self.texts.keep(
-                op.id,
-                op.ticket.unwrap(),
-                text_of(v),
-                false,
-                Some(self.at(op.planned + pttl)),
-            ),
+            (Kind::Get, Reply::Found(Some((v, pttl)))) => {
+                self.texts
+                    .keep(op.id, op.ticket.unwrap(), text_of(v), false, until(pttl))
+            }
             (Kind::Set | Kind::Merge, Reply::Applied(true)) => self.texts.keep(
                 op.id,
                 op.ticket.unwrap(),
                 text_of(op.version),
                 true,
-                Some(self.at(op.planned + op.ttl)),
+                until(op.ttl),
             ),
             (Kind::Merge, Reply::Applied(false)) => {
                 self.texts.end(op.id, op.ticket.unwrap());
@@ -400,31 +517,49 @@ impl Model {
         let ran = self.rng.below(self.queue.len() as u64 + 1);
         for _ in 0..ran {
             let at = self.queue.pop_front().unwrap();
-            let _ = self.server.run(&self.ops[at], self.now);
+            let _ = self
+                .server
+                .run(&self.ops[at], self.now, &mut VecDeque::new());
         }
         let unanswered: Vec<usize> = self
             .queue
             .drain(..)
-            .chain(self.wire.drain(..).filter_map(|m| match m {
-                Msg::Reply(at, _) => Some(at),
-                Msg::Report(_) => None,
-            }))
+            .chain(self.replies.drain(..).map(|(at, _)| at))
             .collect();
         for at in unanswered {
             self.settled(at); // failed: its ticket goes unused
         }
-        self.server.tracked.clear();
+        self.reports.clear();
         self.texts.flush();
         self.log.push(format!("{}: connection lost", self.now));
+        self.new_link();
+    }
+
+    /// The reports connection alone is lost (`tracking.rs`: its end, or
+    /// `tracking-redir-broken`): the reports unread are gone and the server
+    /// sends none any more; the texts and tickets go at once; the data
+    /// connection's ops go on.
+    fn lose_reports(&mut self) {
+        self.reports.clear();
+        self.server.reports_gone = true;
+        self.reports_lost = true;
+        self.texts.flush();
+        self.log
+            .push(format!("{}: reports connection lost", self.now));
     }
 
     /// The app goes quiet: everything sent is run, read and handled (in a
     /// random order still).
     fn settle_all(&mut self) {
-        while !(self.queue.is_empty() && self.wire.is_empty() && self.received.is_empty()) {
-            match self.rng.below(3) {
+        while !(self.queue.is_empty()
+            && self.replies.is_empty()
+            && self.reports.is_empty()
+            && self.received.is_empty())
+        {
+            match self.rng.below(4) {
                 0 => self.serve_command(),
-                1 => self.read(),
+                1 => self.read_reply(),
+                2 => self.read_report(),
                 _ => self.handle(),
             }
         }
@@ -433,8 +568,9 @@ impl Model {
     /// After every step: a get answered from memory now returns the
     /// server's value, or the cache does not answer it.
     fn check(&mut self) {
-        if !self.wire.is_empty() {
-            return; // something unread: the cache answers no get
+        if !self.reports.is_empty() || self.reports_lost {
+            // A report unread, or none can come: the cache answers no get.
+            return;
         }
         for id in IDS {
             if self.writing.get(id).copied().unwrap_or(0) > 0 {
@@ -462,13 +598,15 @@ impl Model {
             0..=249 => self.plan(),
             250..=449 => self.serve_command(),
             450..=499 => self.other_client(),
-            500..=719 => self.read(),
+            500..=609 => self.read_reply(),
+            610..=719 => self.read_report(),
             720..=939 => self.handle(),
             940..=969 => {
                 self.now += self.rng.below(30);
                 self.expire();
             }
-            970..=994 => self.settle_all(),
+            970..=991 => self.settle_all(),
+            992..=995 => self.lose_reports(),
             _ => self.lose_connection(),
         }
         self.check();
