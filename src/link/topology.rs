@@ -293,10 +293,18 @@ async fn open_watched(
             over(info, Watched::new(stream, socket), pushes.clone(), timeouts).await?
         }
     };
-    let id: i64 = redis::cmd("CLIENT")
+    // An ACL may refuse `CLIENT ID`: the store then works as without the
+    // cache (`refused`), as where `CLIENT TRACKING` is refused.
+    let id = match redis::cmd("CLIENT")
         .arg("ID")
-        .query_async(&mut reports.clone())
-        .await?;
+        .query_async::<Value>(&mut reports.clone())
+        .await
+    {
+        Ok(Value::Int(id)) => Some(id),
+        Ok(_) => None,
+        Err(e) if e.kind() == redis::ErrorKind::Server(ServerErrorKind::NoPerm) => None,
+        Err(e) => return Err(e),
+    };
     let stream = connect().await?;
     let data = match tls {
         None => over(info, stream, pushes.clone(), timeouts).await?,
@@ -310,7 +318,10 @@ async fn open_watched(
             .await?
         }
     };
-    pushes.redirect_to(id);
+    match id {
+        Some(id) => pushes.redirect_to(id),
+        None => pushes.refused(),
+    }
     Ok(Node::Watched { data, reports })
 }
 

@@ -135,7 +135,8 @@ pub struct Tracking {
     /// The socket of the current reports connection.
     socket: Mutex<Option<Arc<SocketWatch>>>,
     /// The current reports connection's id (`CLIENT ID`), which the data
-    /// connection redirects its reports to; 0: none (not open yet, or gone).
+    /// connection redirects its reports to; 0: none (not open yet, or gone);
+    /// [`REFUSED`]: the server would not say.
     redirect: AtomicI64,
     /// Set when the connection closed: the next call opens another.
     broken: AtomicBool,
@@ -248,6 +249,9 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
     }
 }
 
+/// `Tracking::redirect` when the server refused `CLIENT ID`.
+const REFUSED: i64 = -1;
+
 /// How long after the link's last answer the cache may still answer `get`s:
 /// the longest a change can go unreported on a connection that went silent.
 pub const FRESH_FOR: Duration = Duration::from_millis(1500);
@@ -274,6 +278,14 @@ impl Pushes {
         t.redirect.store(0, Ordering::Release);
         t.broken.store(false, Ordering::Release);
         Pushes(Arc::clone(t), id)
+    }
+
+    /// The server would not say the reports connection's id (an ACL without
+    /// `CLIENT ID`): no tracking, as where `CLIENT TRACKING` is refused.
+    pub fn refused(&self) {
+        if self.1 == self.0.connections.load(Ordering::Acquire) {
+            self.0.redirect.store(REFUSED, Ordering::Release);
+        }
     }
 
     /// The reports connection of this link is open, with this `CLIENT ID`:
@@ -457,7 +469,10 @@ impl Tracking {
             return None;
         }
         let redirect = self.redirect.load(Ordering::Acquire);
-        if redirect == 0 {
+        if redirect == REFUSED {
+            self.set(TrackingState::Starting, TrackingState::Refused);
+        }
+        if redirect <= 0 {
             return None;
         }
         match self.state() {
@@ -490,7 +505,7 @@ impl Tracking {
                 true
             }
             // GETREDIR: tracking, into the current reports connection.
-            Value::Int(id) if *id != 0 && *id == self.redirect.load(Ordering::Acquire) => true,
+            Value::Int(id) if *id > 0 && *id == self.redirect.load(Ordering::Acquire) => true,
             // GETREDIR: this connection does not track (-1: opened again by
             // the client), or into another reports connection (an older
             // link's): the cache forgets, the next round turns it on.
