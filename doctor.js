@@ -192,7 +192,7 @@ function readCacheCheck(addon, facts, max) {
   const table = `${tracked} keys tracked for client-side caching${limit ? ` (tracking-table-max-keys ${limit === '0' ? 'unlimited' : limit}; beyond it the server reports keys to make room)` : ''}`
   if (facts.cluster) return check('ok', 'readCache', 'not on a cluster yet: every get goes to Redis.')
   if (state === 'off') return check('ok', 'readCache', `off: every get goes to Redis (readCache: true answers gets of held sessions from memory; README, "Read cache"). ${table}.`)
-  if (state === 'refused') return check('warn', 'readCache', 'readCache: true, but the server refused CLIENT TRACKING: every get goes to Redis. Grant +client|tracking (Redis 6.0+).')
+  if (state === 'refused') return check('warn', 'readCache', 'readCache: true, but the server refused CLIENT TRACKING (or CLIENT ID): every get goes to Redis. Grant +client|tracking +client|id (Redis 6.0+).')
   if (state === 'evicting') {
     return check('warn', 'readCache', `readCache: true, but the server may evict keys (maxmemory-policy ${info.maxmemory_policy ?? 'unknown'}): the cache stands aside, as an eviction the store's own write causes is not reported to it. maxmemory-policy noeviction (or no maxmemory) lets it answer gets.`)
   }

@@ -74,6 +74,47 @@ describe('a get of a session this store holds', answers, () => {
     assert.equal(hitsSince(store, before), 1)
   })
 
+  it('while a batch of the store is out, answers a hit from memory when that batch\'s outcomes come back', async () => {
+    // The proxy holds the answer to a miss (its batch stays out); a hit made
+    // meanwhile waits for it, and sends nothing.
+    const proxy = await startProxy(redis.server.port)
+    const store = createRedisSessionStore({ url: proxy.url, readCache: true })
+    try {
+      const id = newId()
+      await store.set(id, session(id, { n: 1 }), TTL)
+      const missing = newId()
+      /** @type {() => void} */
+      let release = () => {}
+      let held = false
+      proxy.holdAnswered = () => {
+        if (held || !proxy.sent?.some((s) => s.includes(missing))) return null
+        held = true
+        return new Promise((resolve) => (release = () => resolve(undefined)))
+      }
+      proxy.sent = []
+      const before = store.stats().readCache
+      let settled = false
+      const out = store.get(missing)
+      await Promise.resolve() // the miss's batch leaves (a microtask)
+      const hit = store.get(id).then((s) => {
+        settled = true
+        return s
+      })
+      await until(() => held, 5000, "the miss's answer was held")
+      for (let turn = 0; turn < 3; turn++) await new Promise((resolve) => setImmediate(resolve))
+      assert.equal(settled, false, 'the hit waits for the batch out')
+      release()
+      assert.equal(await out, null)
+      assert.equal((await hit).data.n, 1)
+      const after = store.stats().readCache
+      assert.deepEqual([after.hits - before.hits, after.misses - before.misses], [1, 1])
+      assert.equal(proxy.sent.filter((s) => s.includes(id)).length, 0, 'the hit sent nothing')
+    } finally {
+      await store.close()
+      await proxy.stop()
+    }
+  })
+
   it('returns the result of this store\'s own write, resolved or still in flight', async () => {
     const store = redis.store({ readCache: true })
     const id = newId()
@@ -509,7 +550,7 @@ describe('where the server does not track', () => {
     // Subcommand rules (-client|tracking) came with Redis 7.0; before, the whole command.
     const subcommands = serverVersion.valkey || serverVersion.at >= 700
     if (!subcommands && refused === 'id') return t.skip('no subcommand rules before Redis 7.0: the tracking case refuses all of CLIENT')
-    const user = `no${refused}`
+    const user = refused === 'tracking' ? 'notrack' : 'noid' // the doctor's test below uses notrack
     await redis.admin.call('ACL', 'SETUSER', user, 'on', '>pw', '~*', '+@all', subcommands ? `-client|${refused}` : '-client')
     const store = redis.store({ username: user, password: 'pw', readCache: true })
     const id = newId()

@@ -62,6 +62,11 @@ function onOutcomes(batches, slots, codes, values) {
   settleOutcomes(batches, slots, codes, values)
 }
 
+// Gets a busy store answered from memory: they resolve with the next
+// outcomes that cross back, after them (Batcher.nextOutcomes).
+/** @type {(() => void)[]} */
+let held = []
+
 /** @param {number[]} batches @param {number[]} slots @param {number[]} codes @param {(string | null)[]} values */
 function settleOutcomes(batches, slots, codes, values) {
   for (let i = 0; i < batches.length; i++) {
@@ -81,6 +86,11 @@ function settleOutcomes(batches, slots, codes, values) {
       inFlight.delete(batches[i])
       b.done()
     }
+  }
+  if (held.length > 0) {
+    const resolve = held
+    held = []
+    for (const r of resolve) r()
   }
   if (inFlight.size === 0) keepAlive.unref()
 }
@@ -132,6 +142,11 @@ class Batcher {
   /** Whether a batch of this store is out. */
   get busy() {
     return this.#batches > 0
+  }
+
+  /** Resolves after the next outcomes that cross back (this store has a batch out). */
+  nextOutcomes() {
+    return new Promise((resolve) => held.push(() => resolve(undefined)))
   }
 
   /** @param {import('../index').AddonStore} addon */
