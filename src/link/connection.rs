@@ -446,12 +446,10 @@ impl Connection {
                 let (link, address) = self.topology.open(self.timeouts).await?;
                 let capabilities = link.capabilities().await?;
                 if self.tracking.state() != TrackingState::Off {
-                    let question = watch_question(true);
-                    let replies = match link.ask_reports(&question).await {
-                        Some(replies) => replies,
-                        None => link.exec(&question).await,
-                    };
-                    let replies = replies.map_err(|e| StoreError::from_redis(e, false))?;
+                    let replies = link
+                        .ask_reports(&watch_question(true))
+                        .await
+                        .map_err(|e| StoreError::from_redis(e, false))?;
                     self.tracking.watched(&replies);
                     self.tracking.heard();
                 }
@@ -581,13 +579,7 @@ impl Connection {
                 if stop.load(Ordering::Acquire) || tracking.state() == TrackingState::Refused {
                     continue;
                 }
-                let asked = async {
-                    match link.ask_reports(&question).await {
-                        Some(replies) => replies,
-                        None => link.exec(&question).await,
-                    }
-                };
-                match tokio::time::timeout(bound, asked).await {
+                match tokio::time::timeout(bound, link.ask_reports(&question)).await {
                     Ok(Ok(replies)) => {
                         tracking.watched(&replies);
                         tracking.heard();

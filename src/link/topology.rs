@@ -601,13 +601,13 @@ impl Link {
 
     /// Runs the watch's question (`tracking.rs`) where the reports come: on
     /// the reports connection, whose answer then follows every report sent
-    /// before it. None: the link has no reports connection.
-    pub async fn ask_reports(&self, pipe: &Pipeline) -> Option<RedisResult<Vec<Value>>> {
+    /// before it (on a link without one, as any pipeline).
+    pub async fn ask_reports(&self, pipe: &Pipeline) -> RedisResult<Vec<Value>> {
         match self {
             Link::Single(Node::Watched { reports, .. }) => {
-                Some(pipe.query_async::<Vec<Value>>(&mut reports.clone()).await)
+                pipe.query_async::<Vec<Value>>(&mut reports.clone()).await
             }
-            _ => None,
+            _ => self.exec(pipe).await,
         }
     }
 
