@@ -135,24 +135,13 @@ class Batcher {
   #batches = 0
   /** @type {(() => void)[]} */
   #idle = []
-  /** Ops of this store in flight (in its batches out). */
-  #opsOut = 0
-  #batchDone = (/** @type {number} */ ops) => {
-    this.#opsOut -= ops
+  #batchDone = () => {
     if (--this.#batches === 0) for (const resolve of this.#idle.splice(0)) resolve()
   }
 
   /** Whether a batch of this store is out. */
   get busy() {
     return this.#batches > 0
-  }
-
-  /**
-   * Whether more than one op of this store is out: the app is busy, not just
-   * finishing a call it did not wait for (an unlock after the response).
-   */
-  get crowded() {
-    return this.#opsOut > 1
   }
 
   /** Resolves after the next outcomes that cross back (this store has a batch out). */
@@ -220,10 +209,8 @@ class Batcher {
     if (b.traces !== null) for (const t of b.traces) t.batchSize = b.kinds.length
     const id = (lastBatch = (lastBatch + 1) >>> 0)
     if (inFlight.size === 0) keepAlive.ref()
-    const ops = b.kinds.length
-    inFlight.set(id, { settle: b.settle, left: ops, done: () => this.#batchDone(ops) })
+    inFlight.set(id, { settle: b.settle, left: b.kinds.length, done: this.#batchDone })
     this.#batches++
-    this.#opsOut += ops
     try {
       this.#addon.batch(id, b.kinds, b.ids, b.ttls, b.counts, b.strings, performance.now() - b.since)
     } catch (e) {
@@ -231,7 +218,7 @@ class Batcher {
       inFlight.delete(id)
       if (inFlight.size === 0) keepAlive.unref()
       for (let i = 1; i < b.settle.length; i += 2) /** @type {Function} */ (b.settle[i])(e)
-      this.#batchDone(ops)
+      this.#batchDone()
     }
   }
 
