@@ -146,7 +146,7 @@ class Batcher {
 
   /** Resolves after the next outcomes that cross back (this store has a batch out). */
   nextOutcomes() {
-    return new Promise((resolve) => held.push(() => resolve(undefined)))
+    return /** @type {Promise<void>} */ (new Promise((resolve) => held.push(resolve)))
   }
 
   /** @param {import('../index').AddonStore} addon */
