@@ -434,6 +434,42 @@ describe('the link', answers, () => {
   })
 })
 
+  it("a report that comes after the answer to the store's own question (written after the writer's reply) is never outrun by a hit", async () => {
+    // Redis writes a turn's replies client by client; a reports connection
+    // with an answer due in that turn is written after a writer's reply (seen
+    // with strace, README "Read cache"). The proxy plays that order: it holds
+    // the answer to the store's heartbeat question, and the report of a change
+    // made meanwhile waits behind it, while the writer has its reply. A get
+    // then must not be answered from memory.
+    const proxy = await startProxy(redis.server.port)
+    const reader = createRedisSessionStore({ url: proxy.url, readCache: true })
+    try {
+      await tracking(reader)
+      const id = newId()
+      await redis.admin.set(`sess:${id}`, JSON.stringify(session(id, { v: 1 })), 'PX', TTL)
+      assert.equal((await reader.get(id)).data.v, 1)
+      await until(async () => (await reader.get(id)).data.v === 1 && reader.stats().readCache.hits > 0, 5000, 'a hit')
+      /** @type {() => void} */
+      let release = () => {}
+      let held = false
+      proxy.holdAnswered = (data) => {
+        if (held || !data.includes('tracking-table-max-keys')) return null
+        held = true
+        return new Promise((resolve) => (release = () => resolve(undefined)))
+      }
+      await until(() => held, 5000, 'the answer to the next heartbeat was held')
+      await redis.admin.set(`sess:${id}`, JSON.stringify(session(id, { v: 2 })), 'PX', TTL)
+      const before = reader.stats().readCache.hits
+      assert.equal((await reader.get(id)).data.v, 2, 'the older text was served')
+      assert.equal(hitsSince(reader, before), 0)
+      release()
+      await until(async () => (await reader.get(id)).data.v === 2 && hitsSince(reader, before) > 0, 5000, 'hits again once the answer came')
+    } finally {
+      await reader.close()
+      await proxy.stop()
+    }
+  })
+
 
 // Events no server reports to the store (or to any client): the store asks
 // every heartbeat (0.5 s), and drops its texts or stands aside when it sees

@@ -446,10 +446,12 @@ impl Connection {
                 let (link, address) = self.topology.open(self.timeouts).await?;
                 let capabilities = link.capabilities().await?;
                 if self.tracking.state() != TrackingState::Off {
+                    let asking = self.tracking.asking();
                     let replies = link
                         .ask_reports(&watch_question(true))
                         .await
                         .map_err(|e| StoreError::from_redis(e, false))?;
+                    drop(asking);
                     self.tracking.watched(&replies);
                     self.tracking.heard();
                 }
@@ -579,7 +581,10 @@ impl Connection {
                 if stop.load(Ordering::Acquire) || tracking.state() == TrackingState::Refused {
                     continue;
                 }
-                match tokio::time::timeout(bound, link.ask_reports(&question)).await {
+                let asking = tracking.asking();
+                let answer = tokio::time::timeout(bound, link.ask_reports(&question)).await;
+                drop(asking);
+                match answer {
                     Ok(Ok(replies)) => {
                         tracking.watched(&replies);
                         tracking.heard();
