@@ -127,13 +127,15 @@ class RedisSessionStore {
     // crossing, no round trip, busy or idle (the reports come on a
     // connection of their own: src/link/tracking.rs). Not while a write of
     // this store to the same session is in flight: that write's result is
-    // what the get must return. Idle, the hit resolves in this tick; while a
-    // batch is out, with the next outcomes that cross back: resolving each
-    // hit at once under load broke the app's rhythm (its requests then
-    // share fewer batches) and cost 20-25 % of its requests per second at
-    // 32 and 128 clients (README, "Read cache").
+    // what the get must return. Idle (or with one call out: an unlock the
+    // app did not wait for), the hit resolves in this tick; while more calls
+    // are out, with the next outcomes that cross back: resolving each hit at
+    // once under load broke the app's rhythm (its requests then share fewer
+    // batches) and cost 20-25 % of its requests per second at 32 and 128
+    // clients; holding it whenever a call was out cost one client a round
+    // trip after each unlock (README, "Read cache").
     let text = this.#readCache && !this.#writing.has(sessionId) ? this.#addon.cached(sessionId) : null
-    if (text !== null && this.#batcher.busy) await this.#batcher.nextOutcomes()
+    if (text !== null && this.#batcher.crowded) await this.#batcher.nextOutcomes()
     if (text === null) {
       const [b, p] = this.#batcher.enqueue(GET, sessionId, 0, 0)
       this.#batcher.sendIfFull(b)

@@ -74,41 +74,45 @@ describe('a get of a session this store holds', answers, () => {
     assert.equal(hitsSince(store, before), 1)
   })
 
-  it('while a batch of the store is out, answers a hit from memory when that batch\'s outcomes come back', async () => {
-    // The proxy holds the answer to a miss (its batch stays out); a hit made
-    // meanwhile waits for it, and sends nothing.
+  it('while more than one call of the store is out, answers a hit from memory when their outcomes come back; with one, at once', async () => {
+    // The proxy holds the answers to misses (their batch stays out); a hit
+    // made meanwhile waits for them when two are out, and sends nothing. One
+    // call out (an unlock the app did not wait for) does not hold it.
     const proxy = await startProxy(redis.server.port)
     const store = createRedisSessionStore({ url: proxy.url, readCache: true })
     try {
       const id = newId()
       await store.set(id, session(id, { n: 1 }), TTL)
-      const missing = newId()
-      /** @type {() => void} */
-      let release = () => {}
-      let held = false
-      proxy.holdAnswered = () => {
-        if (held || !proxy.sent?.some((s) => s.includes(missing))) return null
-        held = true
-        return new Promise((resolve) => (release = () => resolve(undefined)))
+      for (const out of [1, 2]) {
+        const missing = Array.from({ length: out }, () => newId())
+        /** @type {() => void} */
+        let release = () => {}
+        let held = false
+        proxy.sent = []
+        proxy.holdAnswered = () => {
+          if (held || !proxy.sent?.some((s) => missing.every((m) => s.includes(m)))) return null
+          held = true
+          return new Promise((resolve) => (release = () => resolve(undefined)))
+        }
+        const before = store.stats().readCache
+        let settled = false
+        const misses = Promise.all(missing.map((m) => store.get(m)))
+        await Promise.resolve() // the misses' batch leaves (a microtask)
+        const hit = store.get(id).then((s) => {
+          settled = true
+          return s
+        })
+        await until(() => held, 5000, "the misses' answers were held")
+        for (let turn = 0; turn < 3; turn++) await new Promise((resolve) => setImmediate(resolve))
+        assert.equal(settled, out === 1, out === 1 ? 'one call out: the hit is answered at once' : 'the hit waits for the batch out')
+        release()
+        assert.deepEqual(await misses, missing.map(() => null))
+        assert.equal((await hit).data.n, 1)
+        const after = store.stats().readCache
+        assert.deepEqual([after.hits - before.hits, after.misses - before.misses], [1, out])
+        assert.equal(proxy.sent.filter((s) => s.includes(id)).length, 0, 'the hit sent nothing')
+        proxy.holdAnswered = () => null
       }
-      proxy.sent = []
-      const before = store.stats().readCache
-      let settled = false
-      const out = store.get(missing)
-      await Promise.resolve() // the miss's batch leaves (a microtask)
-      const hit = store.get(id).then((s) => {
-        settled = true
-        return s
-      })
-      await until(() => held, 5000, "the miss's answer was held")
-      for (let turn = 0; turn < 3; turn++) await new Promise((resolve) => setImmediate(resolve))
-      assert.equal(settled, false, 'the hit waits for the batch out')
-      release()
-      assert.equal(await out, null)
-      assert.equal((await hit).data.n, 1)
-      const after = store.stats().readCache
-      assert.deepEqual([after.hits - before.hits, after.misses - before.misses], [1, 1])
-      assert.equal(proxy.sent.filter((s) => s.includes(id)).length, 0, 'the hit sent nothing')
     } finally {
       await store.close()
       await proxy.stop()

@@ -18,7 +18,7 @@ const { True: TRUE, False: FALSE, Text: TEXT, Null: NULL, Failed: FAILED } = Out
 // of their ops have not settled, and what to tell their store when all have.
 // Outcomes come from Rust through one channel per store, all into
 // `onOutcomes`, which holds no store: a store nobody uses can be collected.
-/** @type {Map<number, {settle: (Function | null)[], left: number, done: () => void}>} */
+/** @type {Map<number, {settle: (Function | null)[], left: number, ops: number, done: (ops: number) => void}>} */
 const inFlight = new Map()
 let lastBatch = 0
 // The channel from Rust does not keep the process alive; this timer does,
@@ -84,7 +84,7 @@ function settleOutcomes(batches, slots, codes, values) {
     else resolve(code === TEXT ? values[i] : code === NULL ? null : code === TRUE ? true : code === FALSE ? false : undefined)
     if (--b.left === 0) {
       inFlight.delete(batches[i])
-      b.done()
+      b.done(b.ops)
     }
   }
   if (held.length > 0) {
@@ -135,13 +135,19 @@ class Batcher {
   #batches = 0
   /** @type {(() => void)[]} */
   #idle = []
-  #batchDone = () => {
+  /** Ops of this store in flight (in its batches out). */
+  #opsOut = 0
+  #batchDone = (/** @type {number} */ ops) => {
+    this.#opsOut -= ops
     if (--this.#batches === 0) for (const resolve of this.#idle.splice(0)) resolve()
   }
 
-  /** Whether a batch of this store is out. */
-  get busy() {
-    return this.#batches > 0
+  /**
+   * Whether more than one op of this store is out: the app is busy, not just
+   * finishing a call it did not wait for (an unlock after the response).
+   */
+  get crowded() {
+    return this.#opsOut > 1
   }
 
   /** Resolves after the next outcomes that cross back (this store has a batch out). */
@@ -209,8 +215,10 @@ class Batcher {
     if (b.traces !== null) for (const t of b.traces) t.batchSize = b.kinds.length
     const id = (lastBatch = (lastBatch + 1) >>> 0)
     if (inFlight.size === 0) keepAlive.ref()
-    inFlight.set(id, { settle: b.settle, left: b.kinds.length, done: this.#batchDone })
+    const ops = b.kinds.length
+    inFlight.set(id, { settle: b.settle, left: ops, ops, done: this.#batchDone })
     this.#batches++
+    this.#opsOut += ops
     try {
       this.#addon.batch(id, b.kinds, b.ids, b.ttls, b.counts, b.strings, performance.now() - b.since)
     } catch (e) {
@@ -218,7 +226,7 @@ class Batcher {
       inFlight.delete(id)
       if (inFlight.size === 0) keepAlive.unref()
       for (let i = 1; i < b.settle.length; i += 2) /** @type {Function} */ (b.settle[i])(e)
-      this.#batchDone()
+      this.#batchDone(ops)
     }
   }
 
