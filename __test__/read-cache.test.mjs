@@ -28,19 +28,32 @@ const ROUNDS = Number(process.env.CACHE_ROUNDS ?? 10_000)
 const hitsSince = (store, before) => store.stats().readCache.hits - before
 
 /**
- * Makes the proxy hold the first chunk the server sends that includes `text`,
- * and what follows it on that connection, until `gate.release()`.
+ * Makes the proxy hold the first chunk the server sends that `matches`, and
+ * what follows it on that connection, until `gate.release()`.
  * @param {Awaited<ReturnType<typeof startProxy>>} proxy
- * @param {string} text
+ * @param {(data: Buffer) => boolean} matches
  */
-function holdFirst(proxy, text) {
+function holdFirst(proxy, matches) {
   const gate = { held: false, release: () => {} }
   proxy.holdAnswered = (data) => {
-    if (gate.held || !data.includes(text)) return null
+    if (gate.held || !matches(data)) return null
     gate.held = true
     return new Promise((resolve) => (gate.release = () => resolve(undefined)))
   }
   return gate
+}
+
+/**
+ * A caching store whose connections go through a proxy, tracking already,
+ * and a session of its id at `v: 1` in Redis (written around the store).
+ */
+async function readerBehindProxy() {
+  const proxy = await startProxy(redis.server.port)
+  const reader = createRedisSessionStore({ url: proxy.url, readCache: true })
+  await tracking(reader)
+  const id = newId()
+  await redis.admin.set(`sess:${id}`, JSON.stringify(session(id, { v: 1 })), 'PX', TTL)
+  return { proxy, reader, id }
 }
 
 /** Waits until the store's link tracks (its first round turns tracking on). */
@@ -101,15 +114,8 @@ describe('a get of a session this store holds', answers, () => {
       await store.set(id, session(id, { n: 1 }), TTL)
       for (const out of [1, 2]) {
         const missing = Array.from({ length: out }, () => newId())
-        /** @type {() => void} */
-        let release = () => {}
-        let held = false
         proxy.sent = []
-        proxy.holdAnswered = () => {
-          if (held || !proxy.sent?.some((s) => missing.every((m) => s.includes(m)))) return null
-          held = true
-          return new Promise((resolve) => (release = () => resolve(undefined)))
-        }
+        const gate = holdFirst(proxy, () => proxy.sent?.some((s) => missing.every((m) => s.includes(m))) ?? false)
         const before = store.stats().readCache
         let settled = false
         const misses = Promise.all(missing.map((m) => store.get(m)))
@@ -118,10 +124,10 @@ describe('a get of a session this store holds', answers, () => {
           settled = true
           return s
         })
-        await until(() => held, 5000, "the misses' answers were held")
+        await until(() => gate.held, 5000, "the misses' answers were held")
         for (let turn = 0; turn < 3; turn++) await new Promise((resolve) => setImmediate(resolve))
         assert.equal(settled, out === 1, out === 1 ? 'one call out: the hit is answered at once' : 'the hit waits for the batch out')
-        release()
+        gate.release()
         assert.deepEqual(await misses, missing.map(() => null))
         assert.equal((await hit).data.n, 1)
         const after = store.stats().readCache
@@ -213,21 +219,19 @@ describe('a get of a session this store holds', answers, () => {
   it('is never served once the server evicted the key', async () => {
     const server = await startRedis({ args: ['--maxmemory', '4mb', '--maxmemory-policy', 'allkeys-lru'] })
     const store = createRedisSessionStore({ url: server.url, rememberedTextBytes: 64 << 20, readCache: true })
+    const admin = new Redis({ port: server.port, host: '127.0.0.1' })
     try {
       const ids = Array.from({ length: 400 }, newId)
       const big = (id) => session(id, { pad: 'x'.repeat(20_000) })
       for (const id of ids) await store.set(id, big(id), TTL)
-      const admin = new Redis({ port: server.port, host: '127.0.0.1' })
       const evictedKeys = async () => Number((await admin.info('stats')).match(/evicted_keys:(\d+)/)[1])
       const evicted = await evictedKeys()
-      if (evicted === 0) admin.disconnect()
       assert.ok(evicted > 0, 'the server evicted keys')
       let found = 0
       for (const id of ids) if (await store.get(id)) found++
       // The gets' replies take memory too: on a slow machine the server may
       // evict a few more keys while they run. None evicted before is found.
       const evictedAfter = await evictedKeys()
-      admin.disconnect()
       assert.ok(found <= ids.length - evicted, `${found} found, ${evicted} evicted before the gets`)
       assert.ok(found >= ids.length - evictedAfter, `${found} found, ${evictedAfter} evicted after`)
       // An eviction a store's own write causes is not reported to it
@@ -235,6 +239,7 @@ describe('a get of a session this store holds', answers, () => {
       assert.equal(store.stats().readCache.tracking, 'evicting')
       assert.equal(store.stats().readCache.hits, 0)
     } finally {
+      admin.disconnect()
       await store.close()
       await server.stop()
     }
@@ -429,13 +434,9 @@ describe('the link', answers, () => {
     // session is changed meanwhile, and the server's report of that change,
     // on the reports connection, is handled by the reader first: the reply
     // with the older text is let through only then.
-    const proxy = await startProxy(redis.server.port)
-    const reader = createRedisSessionStore({ url: proxy.url, readCache: true })
+    const { proxy, reader, id } = await readerBehindProxy()
     try {
-      await tracking(reader)
-      const id = newId()
-      await redis.admin.set(`sess:${id}`, JSON.stringify(session(id, { v: 1 })), 'PX', TTL)
-      const gate = holdFirst(proxy, '"v":1')
+      const gate = holdFirst(proxy, (data) => data.includes('"v":1'))
       const read = reader.get(id)
       await until(() => gate.held, 5000, "the get's reply was held")
       const reported = reader.stats().readCache.invalidations
@@ -459,15 +460,11 @@ describe('the link', answers, () => {
     // the answer to the store's heartbeat question, and the report of a change
     // made meanwhile waits behind it, while the writer has its reply. A get
     // then must not be answered from memory.
-    const proxy = await startProxy(redis.server.port)
-    const reader = createRedisSessionStore({ url: proxy.url, readCache: true })
+    const { proxy, reader, id } = await readerBehindProxy()
     try {
-      await tracking(reader)
-      const id = newId()
-      await redis.admin.set(`sess:${id}`, JSON.stringify(session(id, { v: 1 })), 'PX', TTL)
       assert.equal((await reader.get(id)).data.v, 1)
       await until(async () => (await reader.get(id)).data.v === 1 && reader.stats().readCache.hits > 0, 5000, 'a hit')
-      const gate = holdFirst(proxy, 'tracking-table-max-keys')
+      const gate = holdFirst(proxy, (data) => data.includes('tracking-table-max-keys'))
       await until(() => gate.held, 5000, 'the answer to the next heartbeat was held')
       await redis.admin.set(`sess:${id}`, JSON.stringify(session(id, { v: 2 })), 'PX', TTL)
       const before = reader.stats().readCache.hits
