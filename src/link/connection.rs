@@ -426,7 +426,7 @@ impl Connection {
                 }
             }
             if let Some((link, generation)) = unknown {
-                match link.capabilities().await {
+                match Box::pin(link.capabilities()).await {
                     Ok(capabilities) => {
                         if let State::Ready(open) = &mut *self.state() {
                             if open.generation == generation {
@@ -457,7 +457,10 @@ impl Connection {
                 }
                 Ok::<_, StoreError>((link, address, capabilities))
             };
-            let (link, address, capabilities) = match opened.await {
+            // Boxed: opening a link (TLS, sentinels, a cluster) is a large
+            // future that every batch's own future would otherwise carry
+            // inline and copy each time its task is made and settled.
+            let (link, address, capabilities) = match Box::pin(opened).await {
                 Ok(opened) => opened,
                 Err(e) => {
                     *self.open_failed() = Some((Instant::now(), e.clone()));
