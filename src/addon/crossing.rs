@@ -110,8 +110,9 @@ struct Job {
 /// Where the main thread hands batches over. A batch needs a task of its own
 /// (a large merge waits for its splice on the splicer's thread while the
 /// store's other batches go on), but creating one allocates the batch's whole
-/// future, about 4 KB at 128-byte alignment, and that cost, measured with perf,
-/// was half of a lone call's time in `AddonStore.batch()`. So the main thread
+/// future (about 2 KB at 128-byte alignment; the link's opening is boxed in
+/// `connection.rs` to keep it so), and that cost, measured with perf, was
+/// half of a lone call's time in `AddonStore.batch()`. So the main thread
 /// only sends the batch down a channel; one long-lived task per store spawns
 /// the batch's task on the runtime's worker. Dropping the runner (the store's
 /// JS object went away) ends that task once the channel is empty.
