@@ -411,7 +411,7 @@ mod tests {
     /// future: at 13.3 KB (the link's opening inline) those copies cost a
     /// get of 1 KB in 64 in flight 9 % of its rate (`npm run bench`). Size
     /// only, so the bound holds on any machine; the release build's is 1,976
-    /// bytes, a test build's more.
+    /// bytes.
     #[tokio::test]
     async fn a_batch_future_stays_small() {
         let store = unreachable_store();
