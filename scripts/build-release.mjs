@@ -193,7 +193,7 @@ if (process.argv[1] === fileURLToPath(import.meta.url)) {
     const built = path.join(targetDir, target.triple, 'release', LIBRARY)
     const checked = checkBinary(built, target)
     copyFileSync(built, path.join(root, 'npm', target.platform, target.binary))
-    rows.push(`| ${target.platform} | ${took}, together | ${checked} |`)
+    rows.push(`| ${target.platform} | ${took}${targets.length > 1 ? ", together" : ""} | ${checked} |`)
   }
   console.log(['| npm/<platform>/ | build | checked |', '|---|---|---|', ...rows].join('\n'))
 }
