@@ -131,27 +131,18 @@ export function unpackedPackage(dest, work) {
   execFileSync('tar', ['-xzf', path.join(work, String(tgz)), '-C', dest, '--strip-components=1'])
 }
 
-function zigDir() {
-  const dir = path.join(tools, `zig-${ZIG}`)
-  if (existsSync(path.join(dir, 'ziglang', 'zig'))) return path.join(dir, 'ziglang')
-  const work = mkdtempSync(path.join(tmpdir(), 'rsr-zig-'))
+/**
+ * The folder of `binary`, a tool unpacked once from PyPI's wheel `spec` into
+ * .toolchains/`name` (its binary in the wheel's folder `inside`).
+ */
+function toolFromWheel(spec, name, inside, binary) {
+  const dir = path.join(tools, name)
+  const bin = path.join(dir, inside)
+  if (existsSync(path.join(bin, binary))) return bin
+  const work = mkdtempSync(path.join(tmpdir(), `rsr-${name}-`))
   try {
-    unpackWheel(`ziglang==${ZIG}`, work, dir)
-    execFileSync('chmod', ['+x', path.join(dir, 'ziglang', 'zig')])
-  } finally {
-    rmSync(work, { recursive: true, force: true })
-  }
-  return path.join(dir, 'ziglang')
-}
-
-function zigbuildDir() {
-  const dir = path.join(tools, `cargo-zigbuild-${ZIGBUILD}`)
-  const bin = path.join(dir, `cargo_zigbuild-${ZIGBUILD}.data`, 'scripts')
-  if (existsSync(path.join(bin, 'cargo-zigbuild'))) return bin
-  const work = mkdtempSync(path.join(tmpdir(), 'rsr-zigbuild-'))
-  try {
-    unpackWheel(`cargo-zigbuild==${ZIGBUILD}`, work, dir)
-    execFileSync('chmod', ['+x', path.join(bin, 'cargo-zigbuild')])
+    unpackWheel(spec, work, dir)
+    execFileSync('chmod', ['+x', path.join(bin, binary)])
   } finally {
     rmSync(work, { recursive: true, force: true })
   }
@@ -177,7 +168,9 @@ if (process.argv[1] === fileURLToPath(import.meta.url)) {
     process.exit(2)
   }
   const targets = TARGETS.filter((t) => t.here && (asked.length === 0 || asked.includes(t.platform)))
-  const PATH = [zigbuildDir(), zigDir(), process.env.PATH].join(path.delimiter)
+  const zigbuild = toolFromWheel(`cargo-zigbuild==${ZIGBUILD}`, `cargo-zigbuild-${ZIGBUILD}`, `cargo_zigbuild-${ZIGBUILD}.data/scripts`, 'cargo-zigbuild')
+  const zig = toolFromWheel(`ziglang==${ZIG}`, `zig-${ZIG}`, 'ziglang', 'zig')
+  const PATH = [zigbuild, zig, process.env.PATH].join(path.delimiter)
   rustTargets(targets.map((t) => t.triple))
   const env = { ...process.env, PATH }
   for (const t of targets.filter((t) => t.libc === 'musl')) {
