@@ -426,6 +426,8 @@ impl Connection {
                 }
             }
             if let Some((link, generation)) = unknown {
+                // Boxed, as the opening below: a rare path whose large
+                // future every batch's future would otherwise carry inline.
                 match Box::pin(link.capabilities()).await {
                     Ok(capabilities) => {
                         if let State::Ready(open) = &mut *self.state() {
