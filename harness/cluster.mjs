@@ -95,6 +95,17 @@ export async function startCluster(opts = {}) {
         '--cluster-yes',
       ])
     },
+    /** Waits until every node agrees on the slots and none is open (`redis-cli --cluster check`). */
+    async agreed() {
+      await waitFor('the nodes to agree', async () => {
+        try {
+          await cli(['--cluster', 'check', `127.0.0.1:${nodes[0].port}`])
+          return true
+        } catch {
+          return false
+        }
+      })
+    },
     async stop() {
       await Promise.allSettled(nodes.map((n) => n.stop()))
       rmSync(dir, { recursive: true, force: true })

@@ -2,12 +2,12 @@
 // process of its own: for each message {id, version}, reads the session and
 // answers with the version it found. With BUSY set, the store's connection
 // also carries a loop of other sessions' sets and gets meanwhile. A third
-// argument, JSON, adds options (TLS).
+// argument, JSON, adds options (TLS; a cluster's nodes, with an empty url).
 import { createRequire } from 'node:module'
 
 const { createRedisSessionStore } = createRequire(import.meta.url)('../../store.js')
 const [url, busy, more] = process.argv.slice(2)
-const store = createRedisSessionStore({ url, readCache: true, ...(more ? JSON.parse(more) : {}) })
+const store = createRedisSessionStore({ ...(url ? { url } : {}), readCache: true, ...(more ? JSON.parse(more) : {}) })
 
 let running = true
 const traffic = []

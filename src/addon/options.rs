@@ -249,20 +249,23 @@ impl StoreOptions {
             command: command_timeout,
         };
         let prefix = o.prefix.as_deref().unwrap_or(DEFAULT_PREFIX);
-        // The read cache needs a text budget, and (for now) one link to one
-        // server at a time: not a cluster, whose clients open links to new
-        // masters by themselves. The store opens that link itself, over TCP
-        // or TLS, to watch its socket (`link/tracking.rs`).
-        let tracks =
-            o.read_cache.unwrap_or(false) && remembered_text_bytes > 0 && o.cluster.is_none();
-        let tracking = Tracking::new(tracks);
+        // The read cache needs a text budget. The store opens its reports
+        // connections itself (on a single server its data connection too),
+        // over TCP or TLS, to watch their sockets (`link/tracking.rs`).
+        let tracks = o.read_cache.unwrap_or(false) && remembered_text_bytes > 0;
+        let tracking = match &o.cluster {
+            Some(_) => Tracking::cluster(tracks),
+            None => Tracking::new(tracks),
+        };
         let watch = if tracks {
-            // TLS where the store's other links speak it: a rediss:// URL,
-            // or a Sentinel's data nodes with options.tls.
-            let speaks_tls = match (&o.url, &o.sentinel) {
-                (_, Some(_)) => certs.is_some(),
-                (Some(url), None) => url.starts_with("rediss://"),
-                (None, None) => false,
+            // TLS where the store's other links speak it: a rediss:// URL
+            // (a cluster's: its nodes'), or a Sentinel's data nodes with
+            // options.tls.
+            let speaks_tls = match (&o.url, &o.sentinel, &o.cluster) {
+                (_, _, Some(c)) => c.nodes.iter().any(|n| n.starts_with("rediss://")),
+                (_, Some(_), None) => certs.is_some(),
+                (Some(url), None, None) => url.starts_with("rediss://"),
+                (None, None, None) => false,
             };
             let tls = speaks_tls
                 .then(|| Tls::new(certs.as_ref()).map_err(|e| bad_tls(&e)))
@@ -275,7 +278,7 @@ impl StoreOptions {
             None
         };
         let (topology, description) = if let Some(c) = &o.cluster {
-            cluster_topology(c, o, db, certs, timeouts)?
+            cluster_topology(c, o, db, certs, timeouts, watch)?
         } else if let Some(s) = &o.sentinel {
             sentinel_topology(s, o, db, certs, timeouts, watch)?
         } else {
@@ -365,6 +368,7 @@ fn cluster_topology(
     db: Option<i64>,
     certs: Option<TlsCertificates>,
     timeouts: Timeouts,
+    watch: Option<Watch>,
 ) -> Result<(Topology, String)> {
     if db.is_some_and(|db| db != 0) {
         return Err(StoreError::invalid_arg(
@@ -396,7 +400,7 @@ fn cluster_topology(
             "options.tls needs rediss:// node URLs in options.cluster.nodes",
         ));
     }
-    let topology = Topology::cluster(builder_nodes, certs, timeouts)?;
+    let topology = Topology::cluster(builder_nodes, certs, timeouts, watch)?;
     let description = format!(
         "cluster {}",
         nodes.iter().map(describe).collect::<Vec<_>>().join(",")

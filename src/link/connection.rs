@@ -4,11 +4,13 @@
 //! (`capabilities.rs`), learned when it opens and again after the connection
 //! was lost. `close()` lets calls in flight finish first.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Once, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
+use redis::aio::MultiplexedConnection;
 use redis::{Pipeline, RedisResult, Value};
 use tokio::sync::Notify;
 
@@ -16,8 +18,13 @@ use crate::errors::{Code, Result, StoreError};
 use crate::link::capabilities::{Capabilities, NativeCommand};
 use crate::link::retry::Revive;
 use crate::link::sentinel::{self, Announcement, PROMOTION_HOLD};
-use crate::link::topology::{is_lost, Link, Route, Timeouts, Topology};
-use crate::link::tracking::{watch_question, Tracking, TrackingState, HEARTBEAT};
+use crate::link::topology::{
+    is_lost, masters_of, open_master_feed, ClusterWatch, Link, Master, Route, SlotMap, Timeouts,
+    Topology, Unit,
+};
+use crate::link::tracking::{
+    tracking_on, watch_question, Pushes, Tracking, TrackingState, HEARTBEAT,
+};
 
 /// The link calls use now.
 struct Open {
@@ -447,7 +454,8 @@ impl Connection {
             let opened = async {
                 let (link, address) = self.topology.open(self.timeouts).await?;
                 let capabilities = link.capabilities().await?;
-                if self.tracking.state() != TrackingState::Off {
+                // A cluster's feeds open with its heartbeat (`beat_cluster`).
+                if self.tracking.state() != TrackingState::Off && !self.topology.is_cluster() {
                     let asking = self.tracking.asking();
                     let replies = link
                         .ask_reports(&watch_question(true))
@@ -579,6 +587,22 @@ impl Connection {
         }
         let (link, tracking) = (link.clone(), Arc::clone(&self.tracking));
         let (closing, bound) = (Arc::clone(&self.closing), self.call_bound());
+        if let Some(watch) = self.topology.cluster_watch() {
+            let (watch, timeouts) = (watch.clone(), self.timeouts);
+            tokio::spawn(async move {
+                let mut feeds = ClusterFeeds::default();
+                while !closing.load(Ordering::Acquire) && !stop.load(Ordering::Acquire) {
+                    if tracking.state() != TrackingState::Refused {
+                        let beat = feeds.beat(&link, &tracking, &watch, timeouts);
+                        if tokio::time::timeout(bound, beat).await.is_err() {
+                            tracking.lost();
+                        }
+                    }
+                    tokio::time::sleep(HEARTBEAT).await;
+                }
+            });
+            return;
+        }
         tokio::spawn(async move {
             let question = watch_question(false);
             while !closing.load(Ordering::Acquire) && !stop.load(Ordering::Acquire) {
@@ -758,6 +782,15 @@ impl Ready<'_> {
         Ok(values)
     }
 
+    /// Runs a round's pipeline, the commands of each of `units` together
+    /// (`Link::exec_units`), answered by the call's deadline.
+    pub async fn exec_units(&self, pipe: &Pipeline, units: &[Unit]) -> Result<Vec<Value>> {
+        if units.is_empty() {
+            return self.exec(pipe).await;
+        }
+        self.answered(self.link.exec_units(pipe, units)).await
+    }
+
     /// One command, sent where `to` says (`Link::query`), answered by the
     /// call's deadline.
     pub async fn query(&self, cmd: &redis::Cmd, to: Route<'_>) -> Result<Value> {
@@ -768,5 +801,98 @@ impl Ready<'_> {
     /// without it): the scripts do that step on this link from now on.
     pub fn refused(&self, command: NativeCommand) {
         self.conn.refuse(self.generation, command);
+    }
+}
+
+/// A cluster's reports connections, one per master, kept by the heartbeat
+/// (`Connection::beat`), and the slots each master served at its last look.
+#[derive(Default)]
+struct ClusterFeeds {
+    /// By node id: the master, its reports connection, its feed's pushes,
+    /// and whether the watch's question was asked there yet.
+    open: HashMap<String, (Master, MultiplexedConnection, Pushes, bool)>,
+    /// The masters and their slots at the last look.
+    map: Option<SlotMap>,
+}
+
+impl ClusterFeeds {
+    /// One heartbeat on a cluster: the masters and their slots (`CLUSTER
+    /// SLOTS`, asked the client's way), every text dropped when they changed
+    /// (a resharding, a failover: a key may now be written where the store
+    /// is told nothing); a reports connection opened to each master that has
+    /// none, and closed to a node that is master no more; then on each, the
+    /// watch's question, and tracking turned on (again, if the client opened
+    /// that connection anew) on the client's connection to that master,
+    /// `REDIRECT` to it. A feed is heard only when all of that answered.
+    async fn beat(
+        &mut self,
+        link: &Link,
+        tracking: &Arc<Tracking>,
+        watch: &ClusterWatch,
+        timeouts: Timeouts,
+    ) {
+        let mut slots = redis::cmd("CLUSTER");
+        slots.arg("SLOTS");
+        let Some(map) = link
+            .query(&slots, Route::ByKey)
+            .await
+            .ok()
+            .and_then(|reply| masters_of(&reply))
+        else {
+            // Not heard: the feeds go stale and the cache stops serving.
+            return;
+        };
+        if self.map.as_ref().is_some_and(|last| *last != map) {
+            tracking.flush();
+        }
+        let masters = map.0.clone();
+        self.map = Some(map);
+        self.open.retain(|node, (_, _, pushes, _)| {
+            masters.iter().any(|m| &m.node == node) && pushes.is_current()
+        });
+        for master in &masters {
+            if self.open.contains_key(&master.node) {
+                continue;
+            }
+            if let Ok((reports, pushes)) = open_master_feed(watch, master, timeouts).await {
+                self.open.insert(
+                    master.node.clone(),
+                    (master.clone(), reports, pushes, false),
+                );
+            }
+        }
+        let nodes: Vec<String> = masters.iter().map(|m| m.node.clone()).collect();
+        tracking.masters(&nodes);
+        let asked = self
+            .open
+            .values_mut()
+            .map(|(master, reports, pushes, asked)| {
+                let opening = !*asked;
+                *asked = true;
+                let (master, mut reports, pushes) =
+                    (master.clone(), reports.clone(), pushes.clone());
+                let tracking = Arc::clone(tracking);
+                async move {
+                    let address = format!("{}:{}", master.host, master.port);
+                    let on = tracking_on(pushes.client_id());
+                    let Ok(reply) = link.query(&on, Route::ToNode(&address)).await else {
+                        return;
+                    };
+                    tracking.turned_on(&reply);
+                    if matches!(reply, Value::ServerError(_)) {
+                        return;
+                    }
+                    let asking = pushes.asking();
+                    let replies = watch_question(opening)
+                        .query_async::<Vec<Value>>(&mut reports)
+                        .await;
+                    drop(asking);
+                    if let Ok(replies) = replies {
+                        pushes.watched(&replies);
+                        pushes.heard();
+                    }
+                }
+            });
+        futures_util::future::join_all(asked).await;
     }
 }

@@ -14,7 +14,9 @@ use redis::aio::{
 };
 use redis::cluster::{ClusterClient, ClusterClientBuilder};
 use redis::cluster_async::ClusterConnection;
-use redis::cluster_routing::{MultipleNodeRoutingInfo, RoutingInfo, SingleNodeRoutingInfo};
+use redis::cluster_routing::{
+    MultipleNodeRoutingInfo, Route as SlotRoute, RoutingInfo, SingleNodeRoutingInfo, SlotAddr,
+};
 use redis::sentinel::{SentinelClientBuilder, SentinelServerType};
 use redis::{
     ConnectionAddr, ConnectionInfo, Pipeline, RedisError, RedisResult, ServerError,
@@ -44,8 +46,9 @@ pub enum Topology {
     /// The client, its manager's settings, and, when the store tracks keys,
     /// how it opens the connection itself (to watch its socket: `tracking.rs`).
     Single(redis::Client, ConnectionManagerConfig, Option<Watch>),
-    /// The client, and the first seed node's address.
-    Cluster(ClusterClient, String),
+    /// The client, the first seed node's address, and, when the store tracks
+    /// keys, what it needs to open a reports connection to each master.
+    Cluster(ClusterClient, String, Option<ClusterWatch>),
     /// The sentinels name the master each time a link opens (`sentinel.rs`).
     /// The manager's settings and `watch` as for `Single`.
     Sentinel(Sentinels, ConnectionManagerConfig, Option<Watch>),
@@ -57,6 +60,27 @@ pub enum Topology {
 pub struct Watch {
     pub pushes: Pushes,
     pub tls: Option<Tls>,
+}
+
+/// What the store needs to open a reports connection to a cluster's master:
+/// the pushes and TLS, and the first seed's connection settings (the
+/// masters share its login, protocol and TLS).
+#[derive(Clone)]
+pub struct ClusterWatch {
+    pub watch: Watch,
+    pub seed: ConnectionInfo,
+}
+
+/// A cluster's masters, and the slot ranges each serves (first, last,
+/// node id), sorted: what `CLUSTER SLOTS` says.
+pub type SlotMap = (Vec<Master>, Vec<(i64, i64, String)>);
+
+/// A cluster's master, as `CLUSTER SLOTS` names it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Master {
+    pub node: String,
+    pub host: String,
+    pub port: u16,
 }
 
 /// The sentinels and what the store needs of the master they name.
@@ -90,16 +114,20 @@ impl Topology {
         Topology::Single(client, manager_config(timeouts), watch)
     }
 
-    /// A Redis Cluster reached through seed `nodes`.
+    /// A Redis Cluster reached through seed `nodes`; `watch` for a store
+    /// that tracks keys (the client then speaks RESP3 and tells `watch` when
+    /// one of its connections closes).
     pub fn cluster(
         nodes: Vec<ConnectionInfo>,
         certs: Option<TlsCertificates>,
         timeouts: Timeouts,
+        watch: Option<Watch>,
     ) -> Result<Topology> {
         let seed = nodes
             .first()
             .map(|n| n.addr().to_string())
             .unwrap_or_default();
+        let first = nodes.first().cloned();
         let mut builder = ClusterClientBuilder::new(nodes)
             .connection_timeout(timeouts.connect)
             .response_timeout(timeouts.command)
@@ -109,13 +137,28 @@ impl Topology {
         if let Some(certs) = certs {
             builder = builder.certs(certs);
         }
+        if let Some(watch) = &watch {
+            builder = builder
+                .use_protocol(redis::ProtocolVersion::RESP3)
+                .push_sender(watch.pushes.clone());
+        }
         let client = builder.build().map_err(|e| {
             StoreError::invalid_arg(format!(
                 "options.cluster is not usable: {}",
                 e.detail().unwrap_or(e.category())
             ))
         })?;
-        Ok(Topology::Cluster(client, seed))
+        let watch = match (watch, first) {
+            (Some(watch), Some(first)) => {
+                let settings = first.redis_settings().clone();
+                let seed = first
+                    .clone()
+                    .set_redis_settings(settings.set_protocol(redis::ProtocolVersion::RESP3));
+                Some(ClusterWatch { watch, seed })
+            }
+            _ => None,
+        };
+        Ok(Topology::Cluster(client, seed, watch))
     }
 
     /// The master the sentinels of `t` name; `watch` as for [`single`](Self::single).
@@ -181,6 +224,15 @@ impl Topology {
         }
     }
 
+    /// What the store needs to open a cluster's reports connections, when
+    /// it tracks keys on a cluster.
+    pub fn cluster_watch(&self) -> Option<&ClusterWatch> {
+        match self {
+            Topology::Cluster(_, _, watch) => watch.as_ref(),
+            _ => None,
+        }
+    }
+
     /// Whether commands of one pipeline may run out of order (Redis Cluster).
     pub fn is_cluster(&self) -> bool {
         matches!(self, Topology::Cluster(..))
@@ -229,7 +281,7 @@ impl Topology {
                 let m = ConnectionManager::new_with_config(client.clone(), config.clone());
                 Ok((Link::Single(Node::Managed(within(t, m).await?)), address))
             }
-            Topology::Cluster(client, seed) => Ok((
+            Topology::Cluster(client, seed, _) => Ok((
                 Link::Cluster(within(t, client.get_async_connection()).await?),
                 seed.clone(),
             )),
@@ -252,7 +304,7 @@ impl Topology {
     pub fn address(&self) -> String {
         match self {
             Topology::Single(client, _, _) => client.get_connection_info().addr().to_string(),
-            Topology::Cluster(_, seed) => seed.clone(),
+            Topology::Cluster(_, seed, _) => seed.clone(),
             Topology::Sentinel(..) => String::new(),
         }
     }
@@ -270,42 +322,12 @@ async fn open_watched(
     watch: &Watch,
     timeouts: Timeouts,
 ) -> RedisResult<Node> {
-    let (host, port, tls) = match info.addr() {
-        ConnectionAddr::Tcp(host, port) => (host, *port, None),
-        ConnectionAddr::TcpTls { host, port, .. } => match &watch.tls {
-            Some(tls) => (host, *port, Some(tls)),
-            None => return Err(not_watchable()),
-        },
-        _ => return Err(not_watchable()),
-    };
-    let connect = || async {
-        let stream = tokio::net::TcpStream::connect((host.as_str(), port)).await?;
-        stream.set_nodelay(true)?;
-        Ok::<_, RedisError>(stream)
-    };
-    let stream = connect().await?;
-    let socket = Arc::new(SocketWatch::of(&stream));
-    let pushes = watch.pushes.watching(Arc::clone(&socket));
-    let reports = match tls {
-        None => over(info, Watched::new(stream, socket), pushes.clone(), timeouts).await?,
-        Some(tls) => {
-            let stream = tls.connect(host, stream).await?;
-            over(info, Watched::new(stream, socket), pushes.clone(), timeouts).await?
-        }
-    };
-    // An ACL may refuse `CLIENT ID`: the store then works as without the
-    // cache (`refused`), as where `CLIENT TRACKING` is refused.
-    let id = match redis::cmd("CLIENT")
-        .arg("ID")
-        .query_async::<Value>(&mut reports.clone())
-        .await
-    {
-        Ok(Value::Int(id)) => Some(id),
-        Ok(_) => None,
-        Err(e) if e.kind() == redis::ErrorKind::Server(ServerErrorKind::NoPerm) => None,
-        Err(e) => return Err(e),
-    };
-    let stream = connect().await?;
+    let (reports, pushes) = open_reports(info, watch, timeouts, |socket| {
+        watch.pushes.watching(socket)
+    })
+    .await?;
+    let (host, port, tls) = reached(info, watch)?;
+    let stream = connect(host, port).await?;
     let data = match tls {
         None => over(info, stream, pushes.clone(), timeouts).await?,
         Some(tls) => {
@@ -318,11 +340,155 @@ async fn open_watched(
             .await?
         }
     };
+    Ok(Node::Watched { data, reports })
+}
+
+/// Where `info` goes, and over TLS with what, for a connection the store
+/// opens itself.
+fn reached<'a>(
+    info: &'a ConnectionInfo,
+    watch: &'a Watch,
+) -> RedisResult<(&'a str, u16, Option<&'a Tls>)> {
+    match info.addr() {
+        ConnectionAddr::Tcp(host, port) => Ok((host, *port, None)),
+        ConnectionAddr::TcpTls { host, port, .. } => match &watch.tls {
+            Some(tls) => Ok((host, *port, Some(tls))),
+            None => Err(not_watchable()),
+        },
+        _ => Err(not_watchable()),
+    }
+}
+
+async fn connect(host: &str, port: u16) -> RedisResult<tokio::net::TcpStream> {
+    let stream = tokio::net::TcpStream::connect((host, port)).await?;
+    stream.set_nodelay(true)?;
+    Ok(stream)
+}
+
+/// A reports connection to the server at `info`, its socket watched, its
+/// pushes to the feed `feed` makes of the socket, and its `CLIENT ID` told
+/// to that feed. An ACL may refuse `CLIENT ID`: the store then works as
+/// without the cache (`refused`), as where `CLIENT TRACKING` is refused.
+async fn open_reports(
+    info: &ConnectionInfo,
+    watch: &Watch,
+    timeouts: Timeouts,
+    feed: impl FnOnce(Arc<SocketWatch>) -> Pushes,
+) -> RedisResult<(MultiplexedConnection, Pushes)> {
+    let (host, port, tls) = reached(info, watch)?;
+    let stream = connect(host, port).await?;
+    let socket = Arc::new(SocketWatch::of(&stream));
+    let pushes = feed(Arc::clone(&socket));
+    let reports = match tls {
+        None => over(info, Watched::new(stream, socket), pushes.clone(), timeouts).await?,
+        Some(tls) => {
+            let stream = tls.connect(host, stream).await?;
+            over(info, Watched::new(stream, socket), pushes.clone(), timeouts).await?
+        }
+    };
+    let id = match redis::cmd("CLIENT")
+        .arg("ID")
+        .query_async::<Value>(&mut reports.clone())
+        .await
+    {
+        Ok(Value::Int(id)) => Some(id),
+        Ok(_) => None,
+        Err(e) if e.kind() == redis::ErrorKind::Server(ServerErrorKind::NoPerm) => None,
+        Err(e) => return Err(e),
+    };
     match id {
         Some(id) => pushes.redirect_to(id),
         None => pushes.refused(),
     }
-    Ok(Node::Watched { data, reports })
+    Ok((reports, pushes))
+}
+
+/// A reports connection to the cluster's master `master`, whose pushes
+/// (and its `CLIENT ID`) go to a feed of its own (`tracking.rs`): the store
+/// asks it the watch's question and checks, with `CLUSTER MYID`, that it
+/// reached that node.
+pub async fn open_master_feed(
+    w: &ClusterWatch,
+    master: &Master,
+    timeouts: Timeouts,
+) -> Result<(MultiplexedConnection, Pushes)> {
+    let addr = match w.seed.addr() {
+        ConnectionAddr::TcpTls {
+            insecure,
+            tls_params,
+            ..
+        } => ConnectionAddr::TcpTls {
+            host: master.host.clone(),
+            port: master.port,
+            insecure: *insecure,
+            tls_params: tls_params.clone(),
+        },
+        _ => ConnectionAddr::Tcp(master.host.clone(), master.port),
+    };
+    let info = w.seed.clone().set_addr(addr);
+    let opened = async {
+        let (reports, pushes) = open_reports(&info, &w.watch, timeouts, |socket| {
+            w.watch.pushes.watching_node(&master.node, socket)
+        })
+        .await?;
+        let id = redis::cmd("CLUSTER")
+            .arg("MYID")
+            .query_async::<String>(&mut reports.clone())
+            .await?;
+        if id != master.node {
+            return Err(RedisError::from((
+                redis::ErrorKind::ClusterConnectionNotFound,
+                "another node answered at the master's address",
+            )));
+        }
+        Ok((reports, pushes))
+    };
+    within(timeouts.connect + timeouts.command, opened).await
+}
+
+/// The masters of a cluster, from a reply to `CLUSTER SLOTS`, with the
+/// slot ranges each serves (a change of either means texts may be stale:
+/// `connection.rs` flushes them).
+pub fn masters_of(reply: &Value) -> Option<SlotMap> {
+    let Value::Array(ranges) = reply else {
+        return None;
+    };
+    let text = |v: &Value| match v {
+        Value::BulkString(b) => Some(String::from_utf8_lossy(b).into_owned()),
+        Value::SimpleString(s) => Some(s.clone()),
+        Value::VerbatimString { text, .. } => Some(text.clone()),
+        _ => None,
+    };
+    let mut masters: Vec<Master> = Vec::new();
+    let mut slots = Vec::with_capacity(ranges.len());
+    for range in ranges {
+        let Value::Array(range) = range else {
+            return None;
+        };
+        let (Some(Value::Int(from)), Some(Value::Int(to)), Some(Value::Array(node))) =
+            (range.first(), range.get(1), range.get(2))
+        else {
+            return None;
+        };
+        let (Some(host), Some(Value::Int(port)), Some(id)) = (
+            node.first().and_then(text),
+            node.get(1),
+            node.get(2).and_then(text),
+        ) else {
+            return None;
+        };
+        slots.push((*from, *to, id.clone()));
+        if !masters.iter().any(|m| m.node == id) {
+            masters.push(Master {
+                node: id,
+                host,
+                port: u16::try_from(*port).ok()?,
+            });
+        }
+    }
+    masters.sort_by(|a, b| a.node.cmp(&b.node));
+    slots.sort();
+    Some((masters, slots))
 }
 
 /// The multiplexed connection over `stream`, and its driver's task.
@@ -392,6 +558,11 @@ pub fn is_lost(e: &RedisError) -> bool {
         || e.is_connection_refusal()
         || e.is_timeout()
         || e.code() == Some("READONLY")
+}
+
+/// Whether a reply is a cluster's redirection (MOVED, ASK).
+pub fn is_redirect(v: &Value) -> bool {
+    matches!(v, Value::ServerError(e) if matches!(e.kind(), Some(ServerErrorKind::Moved | ServerErrorKind::Ask)))
 }
 
 /// How many redirections the store follows itself (`cluster_query`).
@@ -481,6 +652,15 @@ fn has_key(cmd: &redis::Cmd) -> bool {
     }
 }
 
+/// Commands of a round that go together, in one write, to the master of
+/// `key`'s slot (`rounds.rs`: a tracked op on a cluster, whose replies say
+/// which master ran it and whether that connection tracks).
+pub struct Unit {
+    pub first: usize,
+    pub len: usize,
+    pub key: String,
+}
+
 /// Where `Link::query` sends a command.
 #[derive(Debug, Clone, Copy)]
 pub enum Route<'a> {
@@ -562,6 +742,66 @@ impl Link {
                     .collect()
             }
         }
+    }
+
+    /// Runs a round's pipeline, the commands of each of `units` together on
+    /// a cluster (on a single server the whole pipeline goes as one anyway);
+    /// error replies stay in place.
+    pub async fn exec_units(&self, pipe: &Pipeline, units: &[Unit]) -> RedisResult<Vec<Value>> {
+        let Link::Cluster(c) = self else {
+            return self.exec(pipe).await;
+        };
+        if units.is_empty() {
+            return self.exec(pipe).await;
+        }
+        let commands: Vec<&redis::Cmd> = pipe.cmd_iter().collect();
+        let mut calls = Vec::with_capacity(commands.len());
+        let mut at = 0;
+        let mut units = units.iter().peekable();
+        while at < commands.len() {
+            let c = c.clone();
+            match units.next_if(|u| u.first == at) {
+                Some(unit) => {
+                    let mut together = redis::pipe();
+                    for cmd in &commands[at..(at + unit.len).min(commands.len())] {
+                        together.add_command((*cmd).clone());
+                    }
+                    let (len, key) = (unit.len, unit.key.clone());
+                    at += unit.len;
+                    calls.push(futures_util::future::Either::Left(async move {
+                        let master = SlotRoute::with_key(key, SlotAddr::Master);
+                        let to = SingleNodeRoutingInfo::SpecificNode(master);
+                        let mut c = c;
+                        match c.route_pipeline(together, 0, len, to).await {
+                            Ok(values) if values.len() == len => Ok(values),
+                            Ok(_) => Err(RedisError::from((
+                                redis::ErrorKind::Client,
+                                "a tracked op's replies did not match its commands",
+                            ))),
+                            Err(e) => {
+                                let e = ServerError::try_from(e)?;
+                                Ok(vec![Value::ServerError(e); len])
+                            }
+                        }
+                    }));
+                }
+                None => {
+                    let cmd = commands[at].clone();
+                    at += 1;
+                    calls.push(futures_util::future::Either::Right(async move {
+                        match cluster_query(c, &cmd).await {
+                            Ok(v) => Ok(vec![v]),
+                            Err(e) => ServerError::try_from(e).map(|e| vec![Value::ServerError(e)]),
+                        }
+                    }));
+                }
+            }
+        }
+        let mut replies = Vec::with_capacity(commands.len());
+        for values in futures_util::future::join_all(calls).await {
+            replies.extend(values?);
+        }
+        Ok(replies)
     }
 
     /// One command, sent where `to` says: `None`, where its key routes it
@@ -647,5 +887,46 @@ impl Link {
             }
             (_, Err(_)) => Ok(Capabilities::SCRIPTS),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cluster_slots_name_the_masters_and_their_ranges() {
+        let bulk = |s: &str| Value::BulkString(s.as_bytes().to_vec());
+        let range = |from: i64, to: i64, port: i64, id: &str| {
+            Value::Array(vec![
+                Value::Int(from),
+                Value::Int(to),
+                Value::Array(vec![bulk("127.0.0.1"), Value::Int(port), bulk(id)]),
+                // A replica, which is no master.
+                Value::Array(vec![bulk("127.0.0.1"), Value::Int(port + 1), bulk("r")]),
+            ])
+        };
+        let reply = Value::Array(vec![
+            range(5461, 10922, 7002, "b"),
+            range(0, 5460, 7000, "a"),
+            range(10923, 16383, 7000, "a"),
+        ]);
+        let (masters, slots) = masters_of(&reply).expect("a map");
+        assert_eq!(
+            masters
+                .iter()
+                .map(|m| (m.node.as_str(), m.port))
+                .collect::<Vec<_>>(),
+            [("a", 7000), ("b", 7002)]
+        );
+        assert_eq!(slots[0], (0, 5460, "a".to_owned()));
+        assert_eq!(slots.len(), 3);
+        assert!(masters_of(&Value::Nil).is_none());
+        assert!(is_redirect(
+            &redis::parse_redis_value(b"-MOVED 3999 127.0.0.1:6381\r\n").unwrap()
+        ));
+        assert!(!is_redirect(
+            &redis::parse_redis_value(b"-ERR nope\r\n").unwrap()
+        ));
     }
 }

@@ -115,10 +115,42 @@ impl TrackingState {
     }
 }
 
-/// One store's tracking: the command that turns it on, its state, and where
-/// the server's pushes go.
+/// One store's tracking: its state, where the server's pushes go, and the
+/// reports connections ([`Feed`]): one on a single server, one per master on
+/// a cluster.
 pub struct Tracking {
     state: AtomicU8,
+    /// A cluster: a feed per master, and each tracked op confirms on its own
+    /// which master ran it ([`Tracking::unit_confirmed`]).
+    cluster: bool,
+    listener: OnceLock<Arc<dyn Invalidations>>,
+    /// The current feeds (a replaced or closed one is retired and dropped
+    /// from here).
+    feeds: Mutex<Vec<Arc<Feed>>>,
+    /// A cluster: every master had a feed at the heartbeat's last look.
+    complete: AtomicBool,
+    /// Set when a single server's connection closed: the next call opens
+    /// another link.
+    broken: AtomicBool,
+}
+
+/// One reports connection: the server (on a cluster, the master) whose
+/// reports it carries, its socket, its `CLIENT ID`, when it last answered,
+/// and what the watch saw on its server.
+pub struct Feed {
+    /// The cluster node it goes to (`CLUSTER MYID`); empty on a single server.
+    node: String,
+    /// None only in tests that have no connection.
+    socket: Option<Arc<SocketWatch>>,
+    /// Its `CLIENT ID`, which data connections redirect their reports to; 0:
+    /// not known yet; [`REFUSED`]: the server would not say.
+    redirect: AtomicI64,
+    /// When it last answered, in ms after `since`; [`NEVER`]: not yet.
+    heard_ms: AtomicU64,
+    since: Instant,
+    /// Questions of the store's out on it, not yet answered
+    /// ([`Tracking::asking`]).
+    asking: AtomicU32,
     /// The server may evict keys (a `maxmemory` and a policy other than
     /// `noeviction`, or unknown): an eviction the store's own write caused is
     /// not reported to it (NOLOOP), so the cache answers no `get`.
@@ -131,28 +163,68 @@ pub struct Tracking {
     /// The server is Redis before 6.2, which sends the report of a script's
     /// own write inside the reply of the transaction around it (NOLOOP does
     /// not hold for scripts there): a tracked merge's reply would not parse,
-    /// so the cache stands aside. Learned when the link opens.
+    /// so the cache stands aside. Learned when the feed opens.
     unsupported: AtomicBool,
     /// What the watch counted at its last look (SWAPDB calls, keys
     /// evicted): a change means texts may be stale with no report.
     counted: Mutex<Counted>,
-    listener: OnceLock<Arc<dyn Invalidations>>,
-    /// When the link last answered, in ms after `since`.
-    heard_ms: AtomicU64,
-    /// Questions of the store's own out on the reports connection, not yet
-    /// answered ([`Tracking::asking`]).
-    asking: AtomicU32,
-    since: Instant,
-    /// The socket of the current reports connection.
-    socket: Mutex<Option<Arc<SocketWatch>>>,
-    /// The current reports connection's id (`CLIENT ID`), which the data
-    /// connection redirects its reports to; 0: none (not open yet, or gone);
-    /// [`REFUSED`]: the server would not say.
-    redirect: AtomicI64,
-    /// Set when the connection closed: the next call opens another.
-    broken: AtomicBool,
-    /// Connections opened (the current one's number).
-    connections: AtomicU64,
+    /// Replaced by a newer connection, or closed: its pushes are not heard.
+    retired: AtomicBool,
+}
+
+/// `Feed::heard_ms` before its first answer.
+const NEVER: u64 = u64::MAX;
+
+impl Feed {
+    fn new(node: String, socket: Option<Arc<SocketWatch>>) -> Arc<Feed> {
+        Arc::new(Feed {
+            node,
+            socket,
+            redirect: AtomicI64::new(0),
+            heard_ms: AtomicU64::new(NEVER),
+            since: Instant::now(),
+            asking: AtomicU32::new(0),
+            may_evict: AtomicBool::new(false),
+            crowded: AtomicBool::new(false),
+            unsupported: AtomicBool::new(false),
+            counted: Mutex::new(Counted::default()),
+            retired: AtomicBool::new(false),
+        })
+    }
+
+    /// How long since it last answered.
+    fn quiet_for(&self) -> Duration {
+        match self.heard_ms.load(Ordering::Acquire) {
+            NEVER => Duration::MAX,
+            ms => self
+                .since
+                .elapsed()
+                .saturating_sub(Duration::from_millis(ms)),
+        }
+    }
+
+    /// Why the cache stands aside on its server, if it does.
+    fn aside(&self) -> Option<&'static str> {
+        if self.unsupported.load(Ordering::Acquire) {
+            Some("unsupported")
+        } else if self.may_evict.load(Ordering::Acquire) {
+            Some("evicting")
+        } else if self.crowded.load(Ordering::Acquire) {
+            Some("crowded")
+        } else {
+            None
+        }
+    }
+
+    /// Whether, as far as this feed goes, a text may be served now: it
+    /// answered within [`FRESH_FOR`], has no question of the store's out,
+    /// holds nothing unread, and its server gives no reason to stand aside.
+    fn serves(&self) -> bool {
+        self.quiet_for() < FRESH_FOR
+            && self.aside().is_none()
+            && self.asking.load(Ordering::SeqCst) == 0
+            && self.socket.as_ref().is_some_and(|s| s.quiet())
+    }
 }
 
 /// A watched connection's socket: whether it holds bytes not read yet, and
@@ -165,6 +237,16 @@ pub struct SocketWatch {
 }
 
 impl SocketWatch {
+    /// A watch of no socket: never quiet (tests without a connection).
+    #[cfg(test)]
+    pub fn detached() -> SocketWatch {
+        SocketWatch {
+            #[cfg(unix)]
+            fd: -1,
+            drained: AtomicBool::new(false),
+        }
+    }
+
     pub fn of(stream: &tokio::net::TcpStream) -> SocketWatch {
         #[cfg(not(unix))]
         let _ = stream;
@@ -260,17 +342,17 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
     }
 }
 
-/// A question of the store's out on the reports connection
+/// A question of the store's out on a reports connection
 /// ([`Tracking::asking`]).
-pub struct Asking<'a>(&'a Tracking);
+pub struct Asking(Arc<Feed>);
 
-impl Drop for Asking<'_> {
+impl Drop for Asking {
     fn drop(&mut self) {
         self.0.asking.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
-/// `Tracking::redirect` when the server refused `CLIENT ID`.
+/// `Feed::redirect` when the server refused `CLIENT ID`.
 const REFUSED: i64 = -1;
 
 /// How long after the link's last answer the cache may still answer `get`s:
@@ -280,41 +362,100 @@ pub const FRESH_FOR: Duration = Duration::from_millis(1500);
 pub const HEARTBEAT: Duration = Duration::from_millis(500);
 
 /// The push sender a link's clients are given: it hands invalidations to the
-/// store's cache, from the connection's own task, without waiting.
+/// store's cache, from the connection's own task, without waiting. With a
+/// feed, the pushes of that reports connection (on a single server, of its
+/// data connection too); without, those of connections that carry no
+/// reports (a cluster's data connections).
 #[derive(Clone)]
-pub struct Pushes(Arc<Tracking>, u64);
+pub struct Pushes(Arc<Tracking>, Option<Arc<Feed>>);
 
 impl Pushes {
-    /// The pushes of a new link, whose reports connection has this socket
-    /// (its data connection sends the same pushes: its end): from now on,
-    /// those of an older link (its end, as it is dropped) are not heard. The
-    /// reports go nowhere until [`Pushes::redirect_to`] names the
-    /// connection.
-    pub fn watching(&self, watch: Arc<SocketWatch>) -> Pushes {
+    /// The pushes of a single server's new link, whose reports connection
+    /// has this socket (its data connection sends the same pushes: its end):
+    /// from now on, those of an older link (its end, as it is dropped) are
+    /// not heard. The reports go nowhere until [`Pushes::redirect_to`] names
+    /// the connection.
+    pub fn watching(&self, socket: Arc<SocketWatch>) -> Pushes {
         let t = &self.0;
-        let id = t.connections.fetch_add(1, Ordering::AcqRel) + 1;
-        *t.socket
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(watch);
-        t.redirect.store(0, Ordering::Release);
+        let feed = Feed::new(String::new(), Some(socket));
+        let old = std::mem::replace(&mut *t.feeds(), vec![Arc::clone(&feed)]);
+        for f in old {
+            f.retired.store(true, Ordering::Release);
+        }
         t.broken.store(false, Ordering::Release);
-        Pushes(Arc::clone(t), id)
+        Pushes(Arc::clone(t), Some(feed))
+    }
+
+    /// The pushes of a new reports connection to the cluster node `node`
+    /// (`CLUSTER MYID`), whose socket is `socket`: it replaces that node's
+    /// older one.
+    pub fn watching_node(&self, node: &str, socket: Arc<SocketWatch>) -> Pushes {
+        let t = &self.0;
+        let feed = Feed::new(node.to_owned(), Some(socket));
+        let mut feeds = t.feeds();
+        feeds.retain(|f| {
+            let keep = f.node != node;
+            if !keep {
+                f.retired.store(true, Ordering::Release);
+            }
+            keep
+        });
+        feeds.push(Arc::clone(&feed));
+        Pushes(Arc::clone(t), Some(feed))
+    }
+
+    /// The feed these pushes come from: theirs, or else (tests without a
+    /// connection) the single server's current one, made if need be.
+    fn feed(&self) -> Arc<Feed> {
+        match &self.1 {
+            Some(feed) => Arc::clone(feed),
+            None => {
+                let mut feeds = self.0.feeds();
+                if feeds.is_empty() {
+                    feeds.push(Feed::new(String::new(), None));
+                }
+                Arc::clone(&feeds[0])
+            }
+        }
     }
 
     /// The server would not say the reports connection's id (an ACL without
     /// `CLIENT ID`): no tracking, as where `CLIENT TRACKING` is refused.
     pub fn refused(&self) {
-        if self.1 == self.0.connections.load(Ordering::Acquire) {
-            self.0.redirect.store(REFUSED, Ordering::Release);
-        }
+        self.feed().redirect.store(REFUSED, Ordering::Release);
     }
 
-    /// The reports connection of this link is open, with this `CLIENT ID`:
-    /// the next round turns tracking on with `REDIRECT` to it.
+    /// The reports connection is open, with this `CLIENT ID`: the next round
+    /// turns tracking on with `REDIRECT` to it.
     pub fn redirect_to(&self, client_id: i64) {
-        if self.1 == self.0.connections.load(Ordering::Acquire) {
-            self.0.redirect.store(client_id, Ordering::Release);
-        }
+        self.feed().redirect.store(client_id, Ordering::Release);
+    }
+
+    /// Whether its feed is still current (neither replaced nor closed).
+    pub fn is_current(&self) -> bool {
+        self.1
+            .as_ref()
+            .is_some_and(|f| !f.retired.load(Ordering::Acquire))
+    }
+
+    /// Its `CLIENT ID` (0: not known).
+    pub fn client_id(&self) -> i64 {
+        self.feed().redirect.load(Ordering::Acquire).max(0)
+    }
+
+    /// A question of the store's is out on this reports connection.
+    pub fn asking(&self) -> Asking {
+        Tracking::ask(self.feed())
+    }
+
+    /// What this reports connection's server answered the watch's question.
+    pub fn watched(&self, replies: &[Value]) {
+        self.0.watched_on(&self.feed(), replies)
+    }
+
+    /// This reports connection answered.
+    pub fn heard(&self) {
+        heard(&self.feed())
     }
 }
 
@@ -323,7 +464,11 @@ impl AsyncPushSender for Pushes {
         let Some(listener) = self.0.listener.get() else {
             return Ok(());
         };
-        if self.1 != 0 && self.1 != self.0.connections.load(Ordering::Acquire) {
+        if self
+            .1
+            .as_ref()
+            .is_some_and(|f| f.retired.load(Ordering::Acquire))
+        {
             return Ok(()); // an older connection's
         }
         match info.kind {
@@ -332,91 +477,146 @@ impl AsyncPushSender for Pushes {
                 // A flush (FLUSHDB, FLUSHALL) says null: everything.
                 _ => listener.everything(),
             },
-            // A connection of the link is gone (the reports connection, and
-            // its reports with it; or the data connection), or the server
-            // found the reports connection gone (`tracking-redir-broken`,
-            // on the data connection): the link is opened again.
-            PushKind::Disconnection => self.0.broken(),
-            PushKind::Other(ref kind) if kind == "tracking-redir-broken" => self.0.broken(),
+            // A connection is gone (a reports connection, and its reports
+            // with it; or a data connection, and what it tracked), or the
+            // server found the reports connection gone
+            // (`tracking-redir-broken`, on a data connection).
+            PushKind::Disconnection => self.0.closed(self.1.as_deref()),
+            PushKind::Other(ref kind) if kind == "tracking-redir-broken" => {
+                self.0.closed(self.1.as_deref())
+            }
             _ => {}
         }
         Ok(())
     }
 }
 
+/// `feed` answered: every report sent to it before the answer was handled.
+fn heard(feed: &Feed) {
+    let ms = feed.since.elapsed().as_millis() as u64;
+    let _ = feed
+        .heard_ms
+        .fetch_update(Ordering::AcqRel, Ordering::Acquire, |was| {
+            Some(if was == NEVER { ms } else { was.max(ms) })
+        });
+}
+
+/// The command that turns tracking on for the connection it runs on, its
+/// reports to the reports connection `redirect`.
+pub fn tracking_on(redirect: i64) -> Cmd {
+    let mut cmd = redis::cmd("CLIENT");
+    cmd.arg("TRACKING")
+        .arg("ON")
+        .arg("REDIRECT")
+        .arg(redirect)
+        .arg("OPTIN")
+        .arg("NOLOOP");
+    cmd
+}
+
 impl Tracking {
-    /// A store's tracking; `enabled` false: none.
+    /// A store's tracking on one server (or Sentinel's master); `enabled`
+    /// false: none.
     pub fn new(enabled: bool) -> Arc<Tracking> {
+        Self::make(enabled, false)
+    }
+
+    /// A store's tracking on a cluster: a feed per master.
+    pub fn cluster(enabled: bool) -> Arc<Tracking> {
+        Self::make(enabled, true)
+    }
+
+    fn make(enabled: bool, cluster: bool) -> Arc<Tracking> {
         Arc::new(Tracking {
             state: AtomicU8::new(if enabled { 1 } else { 0 }),
-            may_evict: AtomicBool::new(false),
-            crowded: AtomicBool::new(false),
-            unsupported: AtomicBool::new(false),
-            counted: Mutex::new(Counted::default()),
+            cluster,
             listener: OnceLock::new(),
-            heard_ms: AtomicU64::new(0),
-            asking: AtomicU32::new(0),
-            since: Instant::now(),
-            socket: Mutex::new(None),
-            redirect: AtomicI64::new(0),
+            feeds: Mutex::new(Vec::new()),
+            complete: AtomicBool::new(false),
             broken: AtomicBool::new(false),
-            connections: AtomicU64::new(0),
         })
     }
 
-    /// The reports connection answered: every report sent to it before the
-    /// answer has been handled.
+    fn feeds(&self) -> std::sync::MutexGuard<'_, Vec<Arc<Feed>>> {
+        self.feeds
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The single server's current feed.
+    fn first(&self) -> Option<Arc<Feed>> {
+        self.feeds().first().cloned()
+    }
+
+    /// The single server's reports connection answered.
     pub fn heard(&self) {
-        let ms = self.since.elapsed().as_millis() as u64;
-        self.heard_ms.fetch_max(ms, Ordering::AcqRel);
+        if let Some(feed) = self.first() {
+            heard(&feed);
+        }
     }
 
-    /// A question of the store's is out on the reports connection until the
-    /// guard is dropped (after its answer was handled): no text is served
-    /// meanwhile. Redis writes a turn's replies client by client, the one
-    /// that got its first reply of the turn last first; a reports connection
-    /// with an answer due in the turn of another client's write is written
-    /// after that writer's reply, even a transaction's, so a reader the
-    /// writer told at once could find the report not there yet (seen with
-    /// `strace` on Redis 7.0 and 8.6: the report first in 200 of 200
-    /// transactions, after in 196-197 of 200 with a question sent to the
+    /// A question of the store's is out on the single server's reports
+    /// connection until the guard is dropped (after its answer was handled):
+    /// no text is served meanwhile. Redis writes a turn's replies client by
+    /// client, the one that got its first reply of the turn last first; a
+    /// reports connection with an answer due in the turn of another client's
+    /// write is written after that writer's reply, even a transaction's, so
+    /// a reader the writer told at once could find the report not there yet
+    /// (seen with `strace` on Redis 7.0 and 8.6: the report first in 200 of
+    /// 200 transactions, after in 196-197 of 200 with a question sent to the
     /// reports connection just before).
-    pub fn asking(&self) -> Asking<'_> {
-        self.asking.fetch_add(1, Ordering::SeqCst);
-        Asking(self)
+    pub fn asking(&self) -> Option<Asking> {
+        self.first().map(Self::ask)
     }
 
-    /// How long since the link last answered.
-    pub fn quiet_for(&self) -> Duration {
-        let heard = Duration::from_millis(self.heard_ms.load(Ordering::Acquire));
-        self.since.elapsed().saturating_sub(heard)
+    fn ask(feed: Arc<Feed>) -> Asking {
+        feed.asking.fetch_add(1, Ordering::SeqCst);
+        Asking(feed)
     }
 
-    /// Whether a `get` may be answered from memory now: tracking is on, the
-    /// reports connection answered within [`FRESH_FOR`], has no question of
-    /// the store's out, and holds nothing unread.
+    /// Whether a `get` may be answered from memory now: tracking is on and
+    /// every feed (on a cluster, one for each master) answered within
+    /// [`FRESH_FOR`], has no question of the store's out, and holds nothing
+    /// unread.
     pub fn serves(&self) -> bool {
-        self.state() == TrackingState::On
-            && self.quiet_for() < FRESH_FOR
-            && !self.stands_aside()
-            && self.asking.load(Ordering::SeqCst) == 0
-            && self
-                .socket
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner())
-                .as_ref()
-                .is_some_and(|s| s.quiet())
+        if self.state() != TrackingState::On {
+            return false;
+        }
+        if self.cluster && !self.complete.load(Ordering::Acquire) {
+            return false;
+        }
+        let feeds = self.feeds();
+        !feeds.is_empty() && feeds.iter().all(|f| f.serves())
     }
 
     /// The push sender for the link's clients.
     pub fn pushes(self: &Arc<Self>) -> Pushes {
-        Pushes(Arc::clone(self), 0)
+        Pushes(Arc::clone(self), None)
     }
 
-    /// A connection of the link closed: the reports go nowhere now, so the
-    /// cache forgets, and the next call opens another link.
+    /// A connection closed (`feed`: a reports connection). The cache
+    /// forgets. On a single server the next call opens another link; on a
+    /// cluster the client reopens its own connections, and the heartbeat
+    /// the feed.
+    fn closed(&self, feed: Option<&Feed>) {
+        if !self.cluster {
+            return self.broken();
+        }
+        if let Some(feed) = feed {
+            feed.retired.store(true, Ordering::Release);
+            self.feeds().retain(|f| !f.retired.load(Ordering::Acquire));
+            self.complete.store(false, Ordering::Release);
+        }
+        self.lost()
+    }
+
+    /// A connection of the single server's link closed: the reports go
+    /// nowhere now, so the cache forgets, and the next call opens another
+    /// link.
     fn broken(&self) {
-        self.redirect.store(0, Ordering::Release);
+        if let Some(feed) = self.first() {
+            feed.redirect.store(0, Ordering::Release);
+        }
         self.broken.store(true, Ordering::Release);
         self.lost()
     }
@@ -441,39 +641,47 @@ impl Tracking {
         TrackingState::from_u8(self.state.load(Ordering::Acquire))
     }
 
-    /// What the link's server answered the watch's question
-    /// ([`watch_question`]), when the link opened and every [`HEARTBEAT`]
+    /// What the single server answered the watch's question.
+    pub fn watched(&self, replies: &[Value]) {
+        if let Some(feed) = self.first() {
+            self.watched_on(&feed, replies);
+        }
+    }
+
+    /// What a feed's server answered the watch's question
+    /// ([`watch_question`]), when the feed opened and every [`HEARTBEAT`]
     /// since: whether the cache must stand aside, and whether what it holds
     /// may have gone stale with no report (a SWAPDB, an eviction), in which
     /// case every text goes. Standing aside drops them too: they are not
     /// served again when the cache comes back.
-    pub fn watched(&self, replies: &[Value]) {
+    fn watched_on(&self, feed: &Feed, replies: &[Value]) {
         let seen = Seen::of(replies);
-        let was_aside = self.stands_aside();
-        self.may_evict.store(seen.may_evict, Ordering::Release);
-        self.crowded.store(seen.crowded, Ordering::Release);
+        let was_aside = feed.aside().is_some();
+        feed.may_evict.store(seen.may_evict, Ordering::Release);
+        feed.crowded.store(seen.crowded, Ordering::Release);
         if let Some(unsupported) = seen.unsupported {
-            self.unsupported.store(unsupported, Ordering::Release);
+            feed.unsupported.store(unsupported, Ordering::Release);
         }
         let changed = {
-            let mut counted = self.counted.lock().unwrap_or_else(|p| p.into_inner());
+            let mut counted = feed.counted.lock().unwrap_or_else(|p| p.into_inner());
             let changed = counted.changed(&seen.counted);
             *counted = seen.counted;
             changed
         };
-        if changed || (!was_aside && self.stands_aside()) {
+        if changed || (!was_aside && feed.aside().is_some()) {
             self.flush();
         }
     }
 
-    /// Every text goes (the link stays as it is).
-    fn flush(&self) {
+    /// Every text goes (the link stays as it is): a MOVED or ASK, a change
+    /// of a cluster's slots or masters, what the watch saw.
+    pub fn flush(&self) {
         if let Some(listener) = self.listener.get() {
             listener.everything();
         }
     }
 
-    /// Whether the cache stands aside: the server may evict keys, or its
+    /// Whether the cache stands aside: a server may evict keys, or its
     /// tracking table is crowded.
     pub fn stands_aside(&self) -> bool {
         self.aside().is_some()
@@ -481,15 +689,7 @@ impl Tracking {
 
     /// Why the cache stands aside (`stats().readCache.tracking`), if it does.
     pub fn aside(&self) -> Option<&'static str> {
-        if self.unsupported.load(Ordering::Acquire) {
-            Some("unsupported")
-        } else if self.may_evict.load(Ordering::Acquire) {
-            Some("evicting")
-        } else if self.crowded.load(Ordering::Acquire) {
-            Some("crowded")
-        } else {
-            None
-        }
+        self.feeds().iter().find_map(|f| f.aside())
     }
 
     fn set(&self, from: TrackingState, to: TrackingState) {
@@ -498,15 +698,17 @@ impl Tracking {
                 .compare_exchange(from as u8, to as u8, Ordering::AcqRel, Ordering::Acquire);
     }
 
-    /// The command that opens a round whose replies the cache may keep:
-    /// turning tracking on (its reports to the reports connection), or
-    /// confirming it. None: no tracking (nor while no reports connection is
-    /// open).
+    /// The single server's command that opens a round whose replies the
+    /// cache may keep: turning tracking on (its reports to the reports
+    /// connection), or confirming it. None: no tracking (nor while no
+    /// reports connection is open).
     pub fn round_command(&self) -> Option<Cmd> {
-        if self.stands_aside() {
+        if self.cluster || self.stands_aside() {
             return None;
         }
-        let redirect = self.redirect.load(Ordering::Acquire);
+        let redirect = self
+            .first()
+            .map_or(0, |f| f.redirect.load(Ordering::Acquire));
         if redirect == REFUSED {
             self.set(TrackingState::Starting, TrackingState::Refused);
         }
@@ -514,16 +716,7 @@ impl Tracking {
             return None;
         }
         match self.state() {
-            TrackingState::Starting => {
-                let mut cmd = redis::cmd("CLIENT");
-                cmd.arg("TRACKING")
-                    .arg("ON")
-                    .arg("REDIRECT")
-                    .arg(redirect)
-                    .arg("OPTIN")
-                    .arg("NOLOOP");
-                Some(cmd)
-            }
+            TrackingState::Starting => Some(tracking_on(redirect)),
             TrackingState::On => {
                 let mut cmd = redis::cmd("CLIENT");
                 cmd.arg("GETREDIR");
@@ -536,6 +729,9 @@ impl Tracking {
     /// Whether the reply to the round's [`round_command`](Self::round_command)
     /// shows that the connection which ran the round tracks.
     pub fn confirmed(&self, reply: &Value) -> bool {
+        let redirect = self
+            .first()
+            .map_or(0, |f| f.redirect.load(Ordering::Acquire));
         match reply {
             // Turned on.
             Value::Okay => {
@@ -543,7 +739,7 @@ impl Tracking {
                 true
             }
             // GETREDIR: tracking, into the current reports connection.
-            Value::Int(id) if *id > 0 && *id == self.redirect.load(Ordering::Acquire) => true,
+            Value::Int(id) if *id > 0 && *id == redirect => true,
             // GETREDIR: this connection does not track (-1: opened again by
             // the client), or into another reports connection (an older
             // link's): the cache forgets, the next round turns it on.
@@ -555,12 +751,85 @@ impl Tracking {
             // before its end was heard): the link is opened again.
             Value::ServerError(e) if e.details().is_some_and(|d| d.contains("redirect")) => false,
             // NOPERM, an unknown subcommand: not on this server.
-            Value::ServerError(_) => {
-                self.set(TrackingState::Starting, TrackingState::Refused);
+            Value::ServerError(_) => self.refused(),
+            _ => false,
+        }
+    }
+
+    /// The server refused tracking: the cache keeps no text for reads.
+    fn refused(&self) -> bool {
+        self.set(TrackingState::Starting, TrackingState::Refused);
+        false
+    }
+
+    /// On a cluster: whether a tracked op may be sent (it opens with
+    /// [`unit_head`]'s two commands, whose replies
+    /// [`unit_confirmed`](Self::unit_confirmed) reads).
+    pub fn tracks_units(&self) -> bool {
+        self.cluster
+            && matches!(self.state(), TrackingState::Starting | TrackingState::On)
+            && !self.stands_aside()
+            && !self.feeds().is_empty()
+    }
+
+    /// On a cluster: tracking on the master `node`'s data connection failed
+    /// with `reply` (the heartbeat's `CLIENT TRACKING ON`): refused (an ACL,
+    /// a server without it), the cache keeps no text for reads.
+    pub fn turned_on(&self, reply: &Value) {
+        if let Value::ServerError(e) = reply {
+            if !e.details().is_some_and(|d| d.contains("redirect")) {
+                self.refused();
+            }
+        }
+    }
+
+    /// On a cluster, whether the master that ran a tracked op tracks into
+    /// its feed: the replies to `CLUSTER MYID` (which master) and `CLIENT
+    /// GETREDIR` (into which connection; client ids are numbered per server).
+    /// A connection that does not (-1: the client opened it again; the id of
+    /// an older feed) lost what it tracked: the cache forgets, and the next
+    /// heartbeat turns tracking on there again.
+    pub fn unit_confirmed(&self, node: &Value, redirect: &Value) -> bool {
+        let node = match node {
+            Value::BulkString(b) => String::from_utf8_lossy(b).into_owned(),
+            Value::SimpleString(s) => s.clone(),
+            Value::VerbatimString { text, .. } => text.clone(),
+            _ => return false,
+        };
+        // A master the store has no feed of yet (the heartbeat opens one):
+        // not tracked there, and nothing the cache holds came from it.
+        let Some(feed) = self.feeds().iter().find(|f| f.node == node).cloned() else {
+            return false;
+        };
+        let expected = feed.redirect.load(Ordering::Acquire);
+        match redirect {
+            Value::Int(id) if *id > 0 && *id == expected => {
+                self.set(TrackingState::Starting, TrackingState::On);
+                true
+            }
+            Value::Int(_) => {
+                self.lost();
                 false
             }
             _ => false,
         }
+    }
+
+    /// On a cluster, the masters the heartbeat found (`CLUSTER MYID` ids):
+    /// feeds of nodes that are masters no more are retired. Whether every
+    /// master has a feed (until then no text is served).
+    pub fn masters(&self, nodes: &[String]) -> bool {
+        let mut feeds = self.feeds();
+        feeds.retain(|f| {
+            let keep = nodes.contains(&f.node);
+            if !keep {
+                f.retired.store(true, Ordering::Release);
+            }
+            keep
+        });
+        let complete = nodes.iter().all(|n| feeds.iter().any(|f| &f.node == n));
+        self.complete.store(complete, Ordering::Release);
+        complete
     }
 
     /// The connection was lost, or a new one opened: the server's reports
@@ -573,10 +842,16 @@ impl Tracking {
         }
         self.state
             .store(TrackingState::Starting as u8, Ordering::Release);
-        if let Some(listener) = self.listener.get() {
-            listener.everything();
-        }
+        self.flush();
     }
+}
+
+/// The two commands a tracked op opens with on a cluster, in the pipeline
+/// sent to its key's master: which master ran it, and into which connection
+/// it tracks ([`Tracking::unit_confirmed`]).
+pub fn unit_head(pipe: &mut redis::Pipeline) {
+    pipe.cmd("CLUSTER").arg("MYID");
+    pipe.cmd("CLIENT").arg("GETREDIR");
 }
 
 /// Asked when a link that caches opens, and every [`HEARTBEAT`] after
@@ -827,6 +1102,7 @@ mod tests {
         let heard = Arc::new(Heard::default());
         t.listen(heard.clone());
         let flushes = || heard.0.lock().unwrap().iter().filter(|k| *k == "*").count();
+        t.pushes().redirect_to(7); // a reports connection (with no socket)
         t.watched(&replies("0", "1000", 10, 0, None));
         assert_eq!((t.aside(), flushes()), (None, 0));
         // SWAPDB called since (no line: never called): everything goes.
@@ -932,5 +1208,56 @@ mod tests {
         assert!(off.round_command().is_none());
         off.lost();
         assert_eq!(off.state(), TrackingState::Off);
+    }
+
+    #[test]
+    fn a_cluster_confirms_each_op_by_its_master_and_serves_only_with_every_master_fed() {
+        let t = Tracking::cluster(true);
+        let heard = Arc::new(Heard::default());
+        t.listen(heard.clone());
+        assert!(!t.tracks_units(), "no feed yet");
+        assert!(t.round_command().is_none(), "no round command on a cluster");
+        let base = t.pushes();
+        // A feed (with no socket here) per master; client ids are per server.
+        let a = base.watching_node("node-a", Arc::new(SocketWatch::detached()));
+        a.redirect_to(7);
+        let b = base.watching_node("node-b", Arc::new(SocketWatch::detached()));
+        b.redirect_to(7);
+        assert!(t.tracks_units());
+        let node = |n: &str| Value::BulkString(n.as_bytes().to_vec());
+        // Tracking into its own master's feed: confirmed, and on.
+        assert!(t.unit_confirmed(&node("node-a"), &Value::Int(7)));
+        assert_eq!(t.state(), TrackingState::On);
+        // A master with no feed of the store's: not confirmed, nothing lost.
+        assert!(!t.unit_confirmed(&node("node-c"), &Value::Int(7)));
+        assert_eq!(t.state(), TrackingState::On);
+        // A connection that does not track (the client opened it again):
+        // forgotten, turned on by the next heartbeat.
+        assert!(!t.unit_confirmed(&node("node-b"), &Value::Int(-1)));
+        assert_eq!(t.state(), TrackingState::Starting);
+        assert!(t.unit_confirmed(&node("node-b"), &Value::Int(7)));
+        // Every master must have a feed: a third master has none.
+        assert!(!t.masters(&["node-a".into(), "node-b".into(), "node-c".into()]));
+        assert!(t.masters(&["node-a".into(), "node-b".into()]));
+        // A master's reports connection closed: its feed goes, the texts
+        // with it, and the link stays (no reopening on a cluster).
+        a.send(PushInfo {
+            kind: PushKind::Disconnection,
+            data: vec![],
+        })
+        .unwrap();
+        assert!(!a.is_current() && b.is_current());
+        assert!(!t.take_broken());
+        assert!(!t.masters(&["node-a".into(), "node-b".into()]));
+        assert!(!t.serves());
+        // A node that is master no more: its feed is retired, its pushes unheard.
+        let before = heard.0.lock().unwrap().len();
+        assert!(t.masters(&["node-a".into()]) == false && !b.is_current());
+        b.send(PushInfo {
+            kind: PushKind::Invalidate,
+            data: vec![Value::Array(vec![Value::BulkString(b"sess:x".to_vec())])],
+        })
+        .unwrap();
+        assert_eq!(heard.0.lock().unwrap().len(), before);
     }
 }

@@ -95,7 +95,7 @@ impl<'a> Batch<'a> {
                 deliver(done);
                 continue;
             }
-            let replies = match ready.exec(&planned.pipe).await {
+            let replies = match ready.exec_units(&planned.pipe, &planned.units).await {
                 Ok(replies) => replies,
                 Err(e) => {
                     let unanswered = rounds.unanswered(planned);

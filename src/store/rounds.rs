@@ -39,7 +39,8 @@ use crate::link::capabilities::{
     compare_and_set_result, is_refusal, Capabilities, CompareAndSetBy, Expiry, NativeCommand,
 };
 use crate::link::scripts::{is_noscript, Scripts};
-use crate::link::tracking::Tracking;
+use crate::link::topology::{is_redirect, Unit};
+use crate::link::tracking::{unit_head, Tracking};
 use crate::merge::splice::SpliceError;
 use crate::merge::splicer::{self, Spliced};
 use crate::store::keys::Keys;
@@ -112,6 +113,9 @@ struct Planned {
     /// A write sent as a tracked transaction (`track_write`): where its
     /// `EXEC` reply is, which holds the op's own replies.
     exec: Option<usize>,
+    /// On a cluster, an op sent tracked: where the replies to its head
+    /// (`tracking::unit_head`) are.
+    head: Option<usize>,
 }
 
 /// What a round may keep in the read cache: its ops' tickets, and when it
@@ -209,6 +213,9 @@ pub struct Pending {
     /// write was written: the write expires by it (`PXAT`), so that it never
     /// outlives the entry, however late it is applied (`users.rs`).
     expires: Option<ServerClock>,
+    /// On a cluster, the op's tracked commands were redirected (MOVED, ASK):
+    /// it goes again untracked, where the client follows redirections.
+    untracked: bool,
 }
 
 /// A round planned: its pipeline, and each op's place in it.
@@ -218,6 +225,11 @@ pub struct Round {
     /// When the round was planned, if it opens with the tracking command
     /// (its replies may be kept by the read cache).
     tracked: Option<Instant>,
+    /// On a cluster, the ops sent tracked: each one's commands go together
+    /// to its key's master.
+    pub units: Vec<Unit>,
+    /// When the round was planned.
+    at: Instant,
 }
 
 impl Round {
@@ -278,6 +290,7 @@ impl<'a> Rounds<'a> {
                 not_before: None,
                 indexed: false,
                 expires: None,
+                untracked: false,
             })
             .collect()
     }
@@ -412,7 +425,10 @@ impl<'a> Rounds<'a> {
         now: Instant,
     ) -> Settled {
         let Round {
-            planned, tracked, ..
+            planned,
+            tracked,
+            at,
+            ..
         } = round;
         let mut settled = Settled::default();
         // The round's first reply, when it asked: whether its connection tracks.
@@ -429,8 +445,22 @@ impl<'a> Rounds<'a> {
             token,
             ticket,
             exec,
+            head,
         } in planned
         {
+            let op = &self.ops[pending.op];
+            // On a cluster, the op's own head says whether it was tracked.
+            let servable_from = match head {
+                Some(h) => match (replies.get(h), replies.get(h + 1)) {
+                    (Some(node), Some(redirect))
+                        if self.parts.tracking.unit_confirmed(node, redirect) =>
+                    {
+                        Some(at)
+                    }
+                    _ => None,
+                },
+                None => servable_from,
+            };
             let keep = Keep {
                 ticket,
                 servable_from,
@@ -443,13 +473,25 @@ impl<'a> Rounds<'a> {
                 }
                 None => replies.get_mut(first..first + len).unwrap_or_default(),
             };
+            if head.is_some() && r.iter().any(is_redirect) {
+                // The slot moved, or is moving: what this store holds of the
+                // keys there may be told by another master now. Every text
+                // goes; the op goes again untracked, where the client follows
+                // the redirection (nothing of it ran: a redirected read
+                // reads nothing, a redirected transaction is refused whole).
+                self.parts.tracking.flush();
+                self.end(op, keep);
+                pending.untracked = true;
+                pending.step = Some(step);
+                todo.push(pending);
+                continue;
+            }
             if !scripts_loaded && r.iter().any(is_noscript) {
                 settled.missing_script = true;
                 pending.step = Some(step);
                 todo.push(pending);
                 continue;
             }
-            let op = &self.ops[pending.op];
             match self.advance(pending.op, step, token, r, capabilities, keep) {
                 Next::Finished(outcome) => done.push((pending.op, outcome)),
                 Next::Indexed(step, clock) => {
@@ -522,6 +564,10 @@ impl<'a> Rounds<'a> {
                 now
             });
         let caches = parts.tracking.enabled();
+        // On a cluster, each op whose text the cache keeps is sent tracked on
+        // its own (`tracking::unit_head`).
+        let units_track = parts.cluster && parts.tracking.tracks_units();
+        let mut units = Vec::new();
         for (pending, step) in round {
             let op = &self.ops[pending.op];
             let token = match op.kind {
@@ -555,17 +601,31 @@ impl<'a> Rounds<'a> {
             };
             // In a tracked round, the reads and writes whose texts the cache
             // keeps ask the server to report the key's changes (`CLIENT
-            // CACHING YES`: the mode is OPTIN), and read its ttl.
+            // CACHING YES`: the mode is OPTIN), and read its ttl. On a
+            // cluster, each of them opens with its own head.
             let mut exec = None;
+            let unit = units_track
+                && !pending.untracked
+                && matches!(
+                    (&step, op.kind),
+                    (Step::Commands, Kind::Get | Kind::Set) | (Step::CompareAndSet { .. }, _)
+                );
+            let head = unit.then(|| {
+                let at = first;
+                unit_head(&mut pipe);
+                first += 2;
+                at
+            });
+            let tracks = tracked.is_some() || unit;
             let pushed = match &step {
-                Step::Commands if op.kind == Kind::Get && tracked.is_some() => {
+                Step::Commands if op.kind == Kind::Get && tracks => {
                     pipe.cmd("CLIENT").arg("CACHING").arg("YES");
                     first += 1;
                     push_commands(&mut pipe, op, parts.keys, how, None, expiry);
                     pipe.cmd("PTTL").arg(parts.keys.session(&op.id));
                     Ok(2)
                 }
-                Step::Commands if op.kind == Kind::Set && tracked.is_some() => {
+                Step::Commands if op.kind == Kind::Set && tracks => {
                     let key = parts.keys.session(&op.id);
                     let (at, n) = track_write(&mut pipe, &mut first, &key, |pipe| {
                         push_commands(pipe, op, parts.keys, how, None, expiry)
@@ -573,7 +633,7 @@ impl<'a> Rounds<'a> {
                     exec = Some(at);
                     Ok(n)
                 }
-                Step::CompareAndSet { old, new, .. } if tracked.is_some() => {
+                Step::CompareAndSet { old, new, .. } if tracks => {
                     let key = parts.keys.session(&op.id);
                     let (at, n) = track_write(&mut pipe, &mut first, &key, |pipe| {
                         let texts = (&old[..], &new[..]);
@@ -626,6 +686,7 @@ impl<'a> Rounds<'a> {
                     done.push((pending.op, Outcome::Done))
                 }
                 Ok(len) => {
+                    let key = head.map(|_| parts.keys.session(&op.id));
                     planned.push(Planned {
                         pending,
                         step,
@@ -634,8 +695,16 @@ impl<'a> Rounds<'a> {
                         token,
                         ticket,
                         exec,
+                        head,
                     });
                     first += len + usize::from(exec.is_some());
+                    if let (Some(start), Some(key)) = (head, key) {
+                        units.push(Unit {
+                            first: start,
+                            len: first - start,
+                            key,
+                        });
+                    }
                 }
                 Err(e) => done.push((pending.op, Outcome::Failed(e))),
             }
@@ -644,6 +713,8 @@ impl<'a> Rounds<'a> {
             pipe,
             planned,
             tracked,
+            units,
+            at: now,
         }
     }
 
