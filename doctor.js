@@ -190,7 +190,6 @@ function readCacheCheck(addon, facts, max) {
   const values = max.error ? [] : perNode(max.value).flatMap(([, r]) => (Array.isArray(r) ? r : r && typeof r === 'object' ? Object.values(r) : [r]))
   const limit = values.map(String).find((v) => /^\d+$/.test(v))
   const table = `${tracked} keys tracked for client-side caching${limit ? ` (tracking-table-max-keys ${limit === '0' ? 'unlimited' : limit}; beyond it the server reports keys to make room)` : ''}`
-  if (facts.cluster) return check('ok', 'readCache', 'not on a cluster yet: every get goes to Redis.')
   if (state === 'off') return check('ok', 'readCache', `off: every get goes to Redis (readCache: true answers gets of held sessions from memory; README, "Read cache"). ${table}.`)
   if (state === 'refused') return check('warn', 'readCache', 'readCache: true, but the server refused CLIENT TRACKING (or CLIENT ID): every get goes to Redis. Grant +client|tracking +client|id (Redis 6.0+).')
   if (state === 'evicting') {

@@ -1252,7 +1252,7 @@ mod tests {
         assert!(!t.serves());
         // A node that is master no more: its feed is retired, its pushes unheard.
         let before = heard.0.lock().unwrap().len();
-        assert!(t.masters(&["node-a".into()]) == false && !b.is_current());
+        assert!(!t.masters(&["node-a".into()]) && !b.is_current());
         b.send(PushInfo {
             kind: PushKind::Invalidate,
             data: vec![Value::Array(vec![Value::BulkString(b"sess:x".to_vec())])],
