@@ -440,8 +440,9 @@ export interface StoreOptions {
    * round trip, while the server reports every change to the session keys
    * (`CLIENT TRACKING`, RESP3). Texts are held within
    * `rememberedTextBytes`. Default `false` (README, "Read cache": under
-   * load it costs Redis more than it saves). Not on a cluster yet, nor
-   * where the server refuses tracking or may evict keys.
+   * load it costs Redis more than it saves). On a cluster too (a reports
+   * connection per master). Not where the server refuses tracking or may
+   * evict keys.
    */
   readCache?: boolean
   /**
