@@ -38,7 +38,8 @@ async function waitFor(what, check, timeoutMs = 20_000) {
 /**
  * A cluster of `masters` masters, all slots assigned, state ok everywhere.
  * `bins` gives node i's server binary (a cluster in the middle of an upgrade).
- * @param {{masters?: number, args?: string[], bins?: string[]}} [opts]
+ * With `replicas` (per master), the replicas follow the masters in `nodes`.
+ * @param {{masters?: number, replicas?: number, args?: string[], bins?: string[]}} [opts]
  */
 export async function startCluster(opts = {}) {
   const dir = mkdtempSync(path.join(tmpdir(), 'rsr-cluster-'))
@@ -51,15 +52,22 @@ export async function startCluster(opts = {}) {
     ...(opts.args ?? []),
   ]
   try {
-    for (let i = 0; i < (opts.masters ?? 3); i++) {
+    const count = (opts.masters ?? 3) * (1 + (opts.replicas ?? 0))
+    for (let i = 0; i < count; i++) {
       const port = await freePort()
       nodes.push(await startRedis({ port, args: nodeArgs(port), bin: opts.bins?.[i] }))
     }
-    await cli(['--cluster', 'create', ...nodes.map((n) => `127.0.0.1:${n.port}`), '--cluster-replicas', '0', '--cluster-yes'])
+    await cli(['--cluster', 'create', ...nodes.map((n) => `127.0.0.1:${n.port}`), '--cluster-replicas', String(opts.replicas ?? 0), '--cluster-yes'])
     for (const n of nodes) {
       await waitFor(`cluster_state:ok on ${n.port}`, async () =>
         (await cli(['-p', String(n.port), 'cluster', 'info'])).includes('cluster_state:ok'),
       )
+      // A replica in sync with its master (a failover of one still in its
+      // handshake never happens).
+      await waitFor(`${n.port} a master or a replica in sync`, async () => {
+        const [role, , , state] = (await cli(['-p', String(n.port), 'role'])).split('\n')
+        return role === 'master' || state === 'connected'
+      })
     }
   } catch (e) {
     await Promise.allSettled(nodes.map((n) => n.stop()))
@@ -94,6 +102,26 @@ export async function startCluster(opts = {}) {
         '--cluster-slots', String(slots),
         '--cluster-yes',
       ])
+    },
+    /**
+     * Promotes a replica of the master on `port` with `CLUSTER FAILOVER` (the
+     * manual, lossless kind), and waits until every node sees it as master.
+     * Resolves the new master's port.
+     */
+    async failover(port) {
+      const id = await this.id(port)
+      let replica
+      for (const n of nodes) {
+        const [role, , master] = (await cli(['-p', String(n.port), 'role'])).split('\n')
+        if (role === 'slave' && master === String(port)) replica = n
+      }
+      if (!replica) throw new Error(`no replica of ${port} (${id})`)
+      await cli(['-p', String(replica.port), 'cluster', 'failover'])
+      await waitFor(`the replica on ${replica.port} promoted`, async () =>
+        (await cli(['-p', String(replica.port), 'role'])).startsWith('master'),
+      )
+      await this.agreed()
+      return replica.port
     },
     /** Waits until every node agrees on the slots and none is open (`redis-cli --cluster check`). */
     async agreed() {

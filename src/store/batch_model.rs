@@ -6,7 +6,11 @@
 //! plan command by command: strings and sorted sets with their expiries,
 //! flush), `CLIENT TRACKING` with OPTIN, `CLIENT CACHING`, NOLOOP and
 //! REDIRECT (the reports on a connection of their own, in any order with the
-//! replies). Between
+//! replies). A third of the seeds run as on a cluster: each op whose text
+//! is kept opens with `CLUSTER MYID` + `CLIENT GETREDIR`, the heartbeat
+//! (not a round) turns tracking on, and a slot on the move answers a tracked
+//! op `MOVED` (running none of it) while the op sent again untracked, as the
+//! client follows the redirection, reaches the data. Between
 //! any two steps: other clients' writes, deletes, expiries and flushes, the
 //! server's reports, replies read and handled late, time passing, the server
 //! stalling so that calls time out (their commands still run later),
@@ -24,7 +28,9 @@
 //! It finds, with the fix undone: a write that expires its ttl from when it
 //! lands (`PX` in place of `PXAT`) outliving its entry after a stall; a
 //! report that leaves the ticket it should take back; a text kept past its
-//! `PTTL`; a set sent without its index step.
+//! `PTTL`; a set sent without its index step; on a cluster, a tracked op's
+//! text kept whatever its connection's `CLIENT GETREDIR` said (seed 26:
+//! served a text a write after the connection was lost had changed).
 //!
 //! `BATCH_MODEL_SEEDS` (default 300) seeds of `BATCH_MODEL_STEPS` (default
 //! 1,500) steps each; `BATCH_MODEL_SEED` runs one seed and prints its steps.
@@ -38,7 +44,7 @@ use redis::{PushInfo, PushKind, Value};
 
 use crate::link::capabilities::{digest, Capabilities, CompareAndDeleteBy, CompareAndSetBy};
 use crate::link::scripts::Scripts;
-use crate::link::tracking::{Pushes, Tracking, TrackingState};
+use crate::link::tracking::{Pushes, SocketWatch, Tracking, TrackingState};
 use crate::merge::splice::merge as splice;
 use crate::store::keys::Keys;
 use crate::store::locks::LockTokens;
@@ -99,6 +105,8 @@ struct Server {
     /// Reports for this store's connection, in the order sent.
     reports: Vec<Option<Vec<String>>>,
     shas: Shas,
+    /// On a cluster, a slot on the move: tracked ops may be redirected.
+    moving: bool,
 }
 
 #[derive(Clone)]
@@ -161,6 +169,27 @@ impl Server {
         self.changed(key, by_store);
     }
 
+    /// A command of a tracked op sent to a master that no longer serves its
+    /// slot: the keyless ones run, the keyed ones are refused with `MOVED`
+    /// (a transaction with one refused is discarded at its `EXEC`).
+    fn redirected(&mut self, cmd: Command) -> Value {
+        let name = text(&cmd[0]).to_ascii_uppercase();
+        match name.as_str() {
+            "CLUSTER" | "CLIENT" | "MULTI" => self.run(cmd),
+            "EXEC" => {
+                self.multi = None;
+                self.caching = false;
+                error("EXECABORT Transaction discarded because of previous errors.")
+            }
+            _ => {
+                if self.multi.is_none() {
+                    self.caching = false;
+                }
+                error("MOVED 1234 127.0.0.1:7001")
+            }
+        }
+    }
+
     /// Runs one command of this store's connection.
     fn run(&mut self, cmd: Command) -> Value {
         let name = text(&cmd[0]).to_ascii_uppercase();
@@ -181,6 +210,7 @@ impl Server {
     fn command(&mut self, name: &str, cmd: &Command) -> Value {
         let key = cmd.get(1).map(|k| text(k)).unwrap_or_default();
         match name {
+            "CLUSTER" => Value::BulkString(NODE.as_bytes().to_vec()), // MYID
             "CLIENT" => match text(&cmd[1]).to_ascii_uppercase().as_str() {
                 "TRACKING" => {
                     self.tracking_on = true;
@@ -415,6 +445,18 @@ struct Batch {
     finished: bool,
 }
 
+/// A pipeline's commands not run yet, each with its place in a tracked op.
+type Commands = VecDeque<(Command, Unit)>;
+
+/// Where a command stands in a cluster's tracked op.
+#[derive(Clone, Copy, PartialEq)]
+enum Unit {
+    Not,
+    /// Its first command (`CLUSTER MYID`): whether the slot moved is decided here.
+    Head,
+    In,
+}
+
 struct Model {
     seed: u64,
     rng: Rng,
@@ -428,8 +470,13 @@ struct Model {
     users: Option<&'static Users>,
     capabilities: Capabilities,
     batches: Vec<Batch>,
-    /// Pipelines sent, not yet run: (batch, the commands left, replies so far).
-    queue: VecDeque<(usize, VecDeque<Command>, Vec<Value>)>,
+    /// Pipelines sent, not yet run: (batch, the commands left, replies so
+    /// far). Each command says where it stands in a cluster's tracked op.
+    queue: VecDeque<(usize, Commands, Vec<Value>)>,
+    /// The seed runs as on a cluster.
+    cluster: bool,
+    /// The tracked op being run was redirected (a cluster's slot on the move).
+    redirected: bool,
     /// Replies sent by the server, not yet read.
     wire: VecDeque<Msg>,
     /// Reports sent by the server to the reports connection, not yet read.
@@ -443,6 +490,10 @@ struct Model {
 
 /// The reports connection's `CLIENT ID`.
 const REPORTS_ID: i64 = 7;
+/// On a cluster, the master's node id (`CLUSTER MYID`).
+const NODE: &str = "node-a";
+/// The queue's entry of the heartbeat's `CLIENT TRACKING ON` (no batch's).
+const HEARTBEAT: usize = usize::MAX;
 
 fn leak<T>(value: T) -> &'static T {
     Box::leak(Box::new(value))
@@ -463,7 +514,13 @@ impl Model {
         };
         let shared = Arc::new(Texts::new(8 << 20));
         let texts: &'static Texts = leak(Arc::clone(&shared)).as_ref();
-        let tracking = Tracking::new(true);
+        // From a generator of its own: a seed's other choices stay as they were.
+        let cluster = Rng(seed ^ 0x5eed).below(3) == 0;
+        let tracking = if cluster {
+            Tracking::cluster(true)
+        } else {
+            Tracking::new(true)
+        };
         tracking.listen(Arc::new(Reports::new(shared, keys.clone())));
         let users = with_users.then(|| leak(Users::new("data.userId")));
         let scripts = leak(Scripts::default());
@@ -486,7 +543,7 @@ impl Model {
             keys: leak(keys.clone()),
             scripts,
             tracking: leak(Arc::clone(&tracking)).as_ref(),
-            cluster: false,
+            cluster,
             call_bound: Duration::from_millis(CALL_BOUND_MS),
             backoff: no_backoff,
         };
@@ -503,6 +560,7 @@ impl Model {
             multi: None,
             reports: Vec::new(),
             shas,
+            moving: false,
         };
         Model {
             seed,
@@ -512,10 +570,20 @@ impl Model {
             parts,
             texts,
             pushes: {
-                let pushes = tracking.pushes();
+                let pushes = if cluster {
+                    // The master's reports connection (no socket in the
+                    // model: its reports are the model's own queue).
+                    let socket = Arc::new(SocketWatch::detached());
+                    tracking.pushes().watching_node(NODE, socket)
+                } else {
+                    tracking.pushes()
+                };
                 pushes.redirect_to(REPORTS_ID);
+                tracking.masters(&[NODE.to_owned()]);
                 pushes
             },
+            cluster,
+            redirected: false,
             tracking,
             keys,
             users,
@@ -689,16 +757,28 @@ impl Model {
                 let mut done = Vec::new();
                 let planned = batch.rounds.plan(round, &capabilities, &mut done, now);
                 if !planned.is_empty() {
+                    let unit = |i: usize| match planned
+                        .units
+                        .iter()
+                        .find(|u| (u.first..u.first + u.len).contains(&i))
+                    {
+                        Some(u) if u.first == i => Unit::Head,
+                        Some(_) => Unit::In,
+                        None => Unit::Not,
+                    };
                     let commands = planned
                         .pipe
                         .cmd_iter()
-                        .map(|c| {
-                            c.args_iter()
+                        .enumerate()
+                        .map(|(i, c)| {
+                            let args = c
+                                .args_iter()
                                 .map(|a| match a {
                                     redis::Arg::Simple(a) => a.to_vec(),
                                     _ => panic!("a cursor in a round"),
                                 })
-                                .collect()
+                                .collect();
+                            (args, unit(i))
                         })
                         .collect();
                     self.queue.push_back((b, commands, Vec::new()));
@@ -714,12 +794,21 @@ impl Model {
         let Some((b, mut commands, mut replies)) = self.queue.pop_front() else {
             return;
         };
-        if let Some(cmd) = commands.pop_front() {
+        if let Some((cmd, unit)) = commands.pop_front() {
             let shown: Vec<String> = cmd
                 .iter()
                 .map(|a| text(a).chars().take(40).collect())
                 .collect();
-            let reply = self.server.run(cmd);
+            match unit {
+                Unit::Head => self.redirected = self.server.moving && self.rng.below(2) == 0,
+                Unit::Not => self.redirected = false,
+                Unit::In => {}
+            }
+            let reply = if self.redirected && unit != Unit::Not {
+                self.server.redirected(cmd)
+            } else {
+                self.server.run(cmd)
+            };
             self.log.push(format!(
                 "{}: server runs #{b}'s {} -> {reply:?}",
                 self.server.now,
@@ -729,7 +818,9 @@ impl Model {
         }
         self.flush_reports();
         if commands.is_empty() {
-            self.wire.push_back(Msg::Reply { batch: b, replies });
+            if b != HEARTBEAT {
+                self.wire.push_back(Msg::Reply { batch: b, replies });
+            }
         } else {
             self.queue.push_front((b, commands, replies));
         }
@@ -809,7 +900,7 @@ impl Model {
         let mut ran = self.rng.below(8);
         while ran > 0 && !self.queue.is_empty() {
             let (b, mut commands, replies) = self.queue.pop_front().unwrap();
-            if let Some(cmd) = commands.pop_front() {
+            if let Some((cmd, _)) = commands.pop_front() {
                 self.server.run(cmd);
             }
             if !commands.is_empty() {
@@ -903,6 +994,25 @@ impl Model {
     /// command: every tracking connection is told).
     fn tick(&mut self) {
         self.server.now += self.rng.below(8);
+        if self.cluster {
+            // The heartbeat turns tracking on, on the data connection, in
+            // its own write (`ClusterFeeds::beat`); a slot starts or ends
+            // moving.
+            if self.rng.below(3) == 0 {
+                let on = crate::link::tracking::tracking_on(REPORTS_ID)
+                    .args_iter()
+                    .map(|a| match a {
+                        redis::Arg::Simple(a) => a.to_vec(),
+                        _ => Vec::new(),
+                    })
+                    .collect();
+                self.queue
+                    .push_back((HEARTBEAT, VecDeque::from([(on, Unit::Not)]), Vec::new()));
+            }
+            if self.rng.below(10) == 0 {
+                self.server.moving = !self.server.moving;
+            }
+        }
         let clock = self.server.clock();
         let mut due: Vec<String> = self
             .server
