@@ -3,7 +3,7 @@
 import assert from 'node:assert/strict'
 import { describe, it } from 'node:test'
 import { setTimeout as sleep } from 'node:timers/promises'
-import { newId, session, useRedis } from './support/setup.mjs'
+import { newId, session, untilCacheServes, useRedis } from './support/setup.mjs'
 
 const redis = useRedis()
 const COOKIE_TTL = 86_400_000
@@ -106,11 +106,7 @@ for (const readCache of [false, true]) {
         await store.set(id, session(id), COOKIE_TTL)
         // On a cluster, it serves once each master's reports connection
         // answered (the heartbeat's first round).
-        for (let i = 0; i < 100 && store.stats().readCache.tracking !== 'on'; i++) {
-          await store.get(id)
-          await sleep(20)
-        }
-        assert.equal(store.stats().readCache.tracking, 'on')
+        await untilCacheServes(store, id)
         const before = store.stats().readCache.hits
         for (let i = 0; i < 3; i++) assert.equal((await store.get(id)).meta.id, id)
         const hits = store.stats().readCache.hits - before

@@ -4,7 +4,7 @@
 import assert from 'node:assert/strict'
 import { after, before, describe, it } from 'node:test'
 import { setTimeout as sleep } from 'node:timers/promises'
-import { createRedisSessionStore, session } from '../support/setup.mjs'
+import { createRedisSessionStore, session, untilCacheServes } from '../support/setup.mjs'
 import { staleReads } from '../support/stale-reads.mjs'
 import { startCluster } from '../../harness/cluster.mjs'
 
@@ -24,15 +24,6 @@ after(async () => {
 
 const options = () => ({ cluster: { nodes: cluster.urls }, readCache: true })
 
-/** Waits until the store's cache says it serves (every master's feed heard). */
-async function tracking(store, id) {
-  for (let i = 0; i < 100; i++) {
-    await store.get(id)
-    if (store.stats().readCache.tracking === 'on') return
-    await sleep(50)
-  }
-  assert.fail(`tracking stayed ${store.stats().readCache.tracking}`)
-}
 
 describe('the read cache on Redis Cluster', () => {
   it('serves hits for sessions on all three masters', async () => {
@@ -42,7 +33,7 @@ describe('the read cache on Redis Cluster', () => {
       await Promise.all(ids.map((id) => store.set(id, session(id, { n: 1 }), 600_000)))
       const perNode = await Promise.all(admin.nodes('master').map((n) => n.dbsize()))
       for (const count of perNode) assert.ok(count > 10, `keys per master: ${perNode}`)
-      await tracking(store, ids[0])
+      await untilCacheServes(store, ids[0])
       for (const id of ids) await store.get(id) // read once: tracked
       const before = store.stats().readCache.hits
       for (const id of ids) assert.equal((await store.get(id)).data.n, 1)

@@ -7,18 +7,9 @@
 import assert from 'node:assert/strict'
 import { after, before, describe, it } from 'node:test'
 import { setTimeout as sleep } from 'node:timers/promises'
-import { createRedisSessionStore, session } from '../support/setup.mjs'
+import { createRedisSessionStore, session, untilCacheServes } from '../support/setup.mjs'
 import { startCluster } from '../../harness/cluster.mjs'
 
-/** Waits until the store's cache says it serves (every master's feed heard). */
-async function tracking(store, id) {
-  for (let i = 0; i < 100; i++) {
-    await store.get(id)
-    if (store.stats().readCache.tracking === 'on') return
-    await sleep(50)
-  }
-  assert.fail(`tracking stayed ${store.stats().readCache.tracking}`)
-}
 
 describe('the read cache through a failover', () => {
   let failing
@@ -36,7 +27,7 @@ describe('the read cache through a failover', () => {
     const ids = Array.from({ length: 60 }, (_, i) => `cc-failover-${i}`)
     try {
       await Promise.all(ids.map((id) => writer.set(id, session(id, { v: 1 }), 600_000)))
-      await tracking(reader, ids[0])
+      await untilCacheServes(reader, ids[0])
       for (const id of ids) await reader.get(id)
       const hits = reader.stats().readCache.hits
       for (const id of ids) assert.equal((await reader.get(id)).data.v, 1)
@@ -49,7 +40,7 @@ describe('the read cache through a failover', () => {
       for (let i = 0; i < 200 && reader.stats().readCache.flushes === flushes; i++) await sleep(25)
       assert.ok(reader.stats().readCache.flushes > flushes, 'the texts were dropped')
       for (const id of ids) assert.equal((await reader.get(id)).data.v, 2, id)
-      await tracking(reader, ids[0])
+      await untilCacheServes(reader, ids[0])
       for (const id of ids) await reader.get(id)
       const again = reader.stats().readCache.hits
       for (const id of ids) await reader.get(id)

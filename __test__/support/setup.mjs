@@ -194,3 +194,16 @@ export function runNode(code, ms, args = []) {
     })
   })
 }
+
+/**
+ * Gets `id` until the store's read cache says it serves (`tracking: 'on'`:
+ * on a cluster, once every master's reports connection answered), or fails.
+ */
+export async function untilCacheServes(store, id) {
+  for (let i = 0; i < 100; i++) {
+    await store.get(id)
+    if (store.stats().readCache.tracking === 'on') return
+    await sleep(50)
+  }
+  throw new Error(`tracking stayed ${store.stats().readCache.tracking}`)
+}
