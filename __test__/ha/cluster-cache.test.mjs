@@ -105,4 +105,28 @@ describe('the read cache on Redis Cluster', () => {
       await writer.close()
     }
   })
+
+  for (const refused of ['tracking', 'id']) {
+    it(`a user the ACL refuses CLIENT ${refused.toUpperCase()} on every master: every get goes to Redis`, async () => {
+      const user = `cc-no${refused}`
+      await Promise.all(
+        admin.nodes('master').map((n) => n.call('ACL', 'SETUSER', user, 'on', '>pw', '~*', '+@all', `-client|${refused}`)),
+      )
+      const store = createRedisSessionStore({ ...options(), username: user, password: 'pw' })
+      const id = `cc-acl-${refused}`
+      try {
+        await store.set(id, session(id, { v: 1 }), 600_000)
+        // The heartbeat asks each master; it says so within a few.
+        for (let i = 0; i < 100 && store.stats().readCache.tracking !== 'refused'; i++) {
+          assert.equal((await store.get(id)).data.v, 1)
+          await sleep(20)
+        }
+        await admin.set(`sess:${id}`, JSON.stringify(session(id, { v: 2 })))
+        assert.equal((await store.get(id)).data.v, 2)
+        assert.deepEqual([store.stats().readCache.tracking, store.stats().readCache.hits], ['refused', 0])
+      } finally {
+        await store.close()
+      }
+    })
+  }
 })

@@ -454,7 +454,7 @@ impl Connection {
             let opened = async {
                 let (link, address) = self.topology.open(self.timeouts).await?;
                 let capabilities = link.capabilities().await?;
-                // A cluster's feeds open with its heartbeat (`beat_cluster`).
+                // A cluster's feeds open with its heartbeat (`ClusterFeeds::beat`).
                 if self.tracking.state() != TrackingState::Off && !self.topology.is_cluster() {
                     let asking = self.tracking.asking();
                     let replies = link
@@ -873,6 +873,12 @@ impl ClusterFeeds {
                     (master.clone(), reports.clone(), pushes.clone());
                 let tracking = Arc::clone(tracking);
                 async move {
+                    if pushes.client_id() == 0 {
+                        // The server would not say its id (an ACL without
+                        // `CLIENT ID`): as where tracking is refused.
+                        tracking.refused();
+                        return;
+                    }
                     let address = format!("{}:{}", master.host, master.port);
                     let on = tracking_on(pushes.client_id());
                     let Ok(reply) = link.query(&on, Route::ToNode(&address)).await else {

@@ -756,8 +756,9 @@ impl Tracking {
         }
     }
 
-    /// The server refused tracking: the cache keeps no text for reads.
-    fn refused(&self) -> bool {
+    /// The server refused tracking (or `CLIENT ID`): the cache keeps no
+    /// text for reads.
+    pub fn refused(&self) -> bool {
         self.set(TrackingState::Starting, TrackingState::Refused);
         false
     }
